@@ -1,0 +1,140 @@
+"""``conduit ...``: the command tree. Every admin action is a command, so installs script.
+
+Each command accepts ``--config F`` and ``--data-dir D`` after its name. Errors are one line
+on stderr (``conduit: ...``) and a non-zero exit; no tracebacks for operator mistakes.
+Command groups that later capabilities fill say so when called. The commands' work lives
+in the modules they call; this file only parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Overrides, Settings, load_settings
+from gateway.errors import ConduitError, ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="F", help="configuration file (TOML)")
+    common.add_argument("--data-dir", type=Path, metavar="D", help="data directory")
+    return common
+
+
+def _listen_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--portal-listen", metavar="HOST:PORT", help="portal address")
+    parser.add_argument("--ssh-listen", metavar="HOST:PORT", help="SSH listener address")
+
+
+def settings_from(args: argparse.Namespace, *, portal_tls: bool | None = None) -> Settings:
+    return load_settings(
+        args.config,
+        Overrides(
+            data_dir=args.data_dir,
+            portal_listen=getattr(args, "portal_listen", None),
+            ssh_listen=getattr(args, "ssh_listen", None),
+            portal_tls=portal_tls,
+        ),
+    )
+
+
+def _pending_group(name: str, arrives_with: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"conduit {name}: no subcommands in this version; they arrive with {arrives_with}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here so `conduit --help` stays fast and import errors name the command.
+    from gateway import commands
+
+    common = _common()
+    parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
+    parser.add_argument("--version", action="version", version=f"conduit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create data directory and keys")
+    p.add_argument("--force", action="store_true", help="replace existing keys (dangerous)")
+    p.set_defaults(handler=commands.cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the gateway")
+    _listen_flags(p)
+    p.set_defaults(handler=commands.cmd_serve)
+
+    p = sub.add_parser("demo", parents=[common], help="run a demo site on embedded defaults")
+    _listen_flags(p)
+    p.set_defaults(handler=commands.cmd_demo, data_dir_default=Path("conduit-demo"))
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", metavar="ACTION", required=True
+    )
+    p = db.add_parser("upgrade", parents=[common], help="apply pending migrations")
+    p.set_defaults(handler=commands.cmd_db_upgrade)
+    p = db.add_parser("current", parents=[common], help="show the schema revision")
+    p.set_defaults(handler=commands.cmd_db_current)
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="config_command", metavar="ACTION", required=True
+    )
+    p = cfg.add_parser("check", parents=[common], help="validate and print effective settings")
+    p.set_defaults(handler=commands.cmd_config_check)
+
+    user = sub.add_parser("user", help="accounts").add_subparsers(
+        dest="user_command", metavar="ACTION", required=True
+    )
+    p = user.add_parser("list", parents=[common], help="list accounts")
+    p.set_defaults(handler=commands.cmd_user_list)
+    p = user.add_parser("enroll-admin", parents=[common], help="print a fresh admin enrolment link")
+    p.set_defaults(handler=commands.cmd_user_enroll_admin)
+
+    for name, arrives_with in (
+        ("asset", "the Authorization capability"),
+        ("zone", "the Authorization capability"),
+        ("grant", "the Authorization capability"),
+        ("request", "the Authorization capability"),
+        ("access", "the Authorization capability"),
+        ("sessions", "the SSH jump host"),
+        ("recordings", "the Recordings capability"),
+        ("audit", "the Recordings and audit capability"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=f"(arrives with {arrives_with})")
+        p.set_defaults(handler=_pending_group(name, arrives_with))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Everything Conduit writes (database, recordings, keys, logs) is private to its user.
+    os.umask(0o077)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None) is None and getattr(args, "data_dir_default", None):
+        args.data_dir = args.data_dir_default
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_USAGE
+    except ConduitError as exc:
+        print(f"conduit: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""What each ``conduit`` command does, in terms of the modules that own the work.
+
+Handlers return an exit code and print results for people; they raise ``ConduitError``
+for anything an operator must fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from gateway.config import Settings
+from gateway.db import migrate
+from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.errors import ConduitError
+from gateway.identity.accounts import list_users
+from gateway.identity.enrollment import issue_admin_bootstrap
+from gateway.keys import init_key_material
+from gateway.logs import setup_logging
+
+T = TypeVar("T")
+
+
+def _settings(args: argparse.Namespace, **kwargs: bool | None) -> Settings:
+    from gateway.cli import settings_from
+
+    return settings_from(args, **kwargs)
+
+
+def _db_errors(func: Callable[[], Awaitable[T]]) -> T:
+    """Run a database coroutine; unreachable servers become one operator-readable line."""
+    try:
+        return asyncio.run(func())  # type: ignore[arg-type]
+    except (OperationalError, DBAPIError, OSError) as exc:
+        # str(exc) may hold SQL but never the URL's password; keep only the first line.
+        first = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConduitError(f"cannot use the database: {first}") from None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    report = init_key_material(settings, force=args.force)
+    for action, path in report.actions:
+        print(f"{action:8} {path}")
+    print(f"data directory ready: {settings.data_dir}")
+    print("next: conduit db upgrade, then conduit serve")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run() -> list[str]:
+        engine = make_engine(settings)
+        try:
+            return await migrate.upgrade(engine, progress=lambda line: print(line, flush=True))
+        finally:
+            await engine.dispose()
+
+    _db_errors(run)
+    print(f"schema at {migrate.head_revision()}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run() -> str | None:
+        engine = make_engine(settings)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    current = _db_errors(run)
+    head = migrate.head_revision()
+    state = "current" if current == head else f"behind (needs {head})"
+    print(f"{current or 'empty'} {state}")
+    return 0 if current == head else 1
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    dump = settings.model_dump(mode="json")
+    if settings.database.url:
+        dump["database"]["url"] = _redact_url(settings.database.url)
+    for section, values in dump.items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {value!r}")
+    print("configuration is valid", file=sys.stderr)
+    return 0
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run() -> list[tuple[str, str, str, str]]:
+        engine = make_engine(settings)
+        try:
+            await migrate.require_current(engine)
+            async with make_sessionmaker(engine)() as db:
+                return [
+                    (u.username, u.status, ",".join(u.role_names), u.organisation)
+                    for u in await list_users(db)
+                ]
+        finally:
+            await engine.dispose()
+
+    rows = _db_errors(run)
+    print(f"{'USERNAME':24} {'STATUS':9} {'ROLES':28} ORGANISATION")
+    for name, status, roles, org in rows:
+        print(f"{name:24} {status:9} {roles:28} {org}")
+    return 0
+
+
+def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
+    from gateway.services import utc_now
+
+    settings = _settings(args)
+
+    async def run() -> str:
+        engine = make_engine(settings)
+        try:
+            await migrate.require_current(engine)
+            async with make_sessionmaker(engine)() as db, db.begin():
+                link = await issue_admin_bootstrap(db, utc_now())
+            return f"{link.url(settings.portal_url)} (valid for 30 minutes)"
+        finally:
+            await engine.dispose()
+
+    print(_db_errors(run))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve
+
+    settings = _settings(args)
+    setup_logging(settings.logging.level, settings.logging.format)
+    return asyncio.run(serve(settings))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args)

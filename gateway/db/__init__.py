@@ -1,0 +1,1 @@
+"""Database: async engine, models, schema migrations. Does not hold business rules."""

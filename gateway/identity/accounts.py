@@ -1,0 +1,83 @@
+"""Accounts: creating and listing users with validated names and roles.
+
+Passwords are stored as argon2id hashes, TOTP secrets sealed under the master key and
+bound to the user's id. Does not authenticate (see the login flow) or authorise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import ROLES, USER_STATUSES, User, UserRole
+from gateway.errors import ConduitError
+from gateway.identity.passwords import hash_password
+from gateway.sealed import seal
+
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+class AccountError(ConduitError):
+    """An account request is malformed or conflicts with an existing account."""
+
+
+def totp_context(user_id: int) -> bytes:
+    return f"totp:user:{user_id}".encode()
+
+
+def check_username(username: str) -> str:
+    if not USERNAME_RE.fullmatch(username):
+        raise AccountError(
+            "username must be 1-64 characters: a-z, 0-9, '.', '_', '-', starting with a "
+            "letter or digit"
+        )
+    return username
+
+
+async def create_user(
+    db: AsyncSession,
+    *,
+    username: str,
+    roles: Sequence[str],
+    now: dt.datetime,
+    master_key: bytes,
+    password: str | None = None,
+    totp_secret: str | None = None,
+    status: str = "invited",
+    display_name: str = "",
+    email: str = "",
+    organisation: str = "",
+) -> User:
+    check_username(username)
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise AccountError(f"roles must be among {', '.join(ROLES)}; got {', '.join(unknown)}")
+    if status not in USER_STATUSES:
+        raise AccountError(f"unknown status {status!r}")
+    existing = await db.execute(select(User.id).where(User.username == username))
+    if existing.scalar_one_or_none() is not None:
+        raise AccountError(f"user {username} already exists")
+    user = User(
+        username=username,
+        display_name=display_name,
+        email=email,
+        organisation=organisation,
+        status=status,
+        password_hash=hash_password(password) if password is not None else None,
+        created_at=now,
+        updated_at=now,
+        roles=[UserRole(role=r) for r in sorted(set(roles))],
+    )
+    db.add(user)
+    await db.flush()  # assigns the id the TOTP seal is bound to
+    if totp_secret is not None:
+        user.totp_secret_enc = seal(master_key, totp_secret.encode(), totp_context(user.id))
+    return user
+
+
+async def list_users(db: AsyncSession) -> list[User]:
+    return list((await db.execute(select(User).order_by(User.username))).scalars())

@@ -1,0 +1,194 @@
+"""``conduit serve``: one asyncio process running the portal and the SSH listener.
+
+Start-up fails closed: keys, schema and listeners must all come up or the process exits
+non-zero with one clear line. SIGTERM/SIGINT: stop accepting, end live sessions with
+reason ``shutdown``, close the database, exit 0, all within the grace period (< 10 s).
+Does not create keys or migrate the schema (``init`` and ``db upgrade`` do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Generator
+from typing import TextIO
+
+import asyncssh
+import uvicorn
+
+from gateway.config import ListenAddress, Settings
+from gateway.db.migrate import require_current
+from gateway.errors import ConduitError
+from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstrap
+from gateway.keys import load_keyring
+from gateway.services import Services
+from gateway.ssh.listener import start_ssh_listener
+from gateway.web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class _PortalServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _portal_config(services: Services) -> uvicorn.Config:
+    settings = services.settings
+    listen = settings.portal_listen
+    tls: dict[str, object] = {}
+    if settings.portal.tls:
+        tls = {
+            "ssl_certfile": str(services.keys.tls_cert_file),
+            "ssl_keyfile": str(services.keys.tls_key_file),
+        }
+    return uvicorn.Config(
+        create_app(services),
+        host=listen.host,
+        port=listen.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="off",
+        timeout_graceful_shutdown=max(1, settings.server.shutdown_grace_seconds - 1),
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+async def announce_admin_enrollment(services: Services, out: TextIO) -> None:
+    """With no active admin, print a fresh one-time enrolment link (never to the log)."""
+    async with services.sessions() as db, db.begin():
+        if await active_admin_exists(db):
+            return
+        link = await issue_admin_bootstrap(db, services.clock())
+    url = link.url(services.settings.portal_url)
+    expires = link.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(
+        f"No administrator yet. Enrol the first one within 30 minutes (until {expires}):", file=out
+    )
+    print(f"  {url}", file=out, flush=True)
+    log.info("admin enrolment link issued", extra={"expires_at": expires})
+
+
+def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
+    """A listening TCP socket for ``listen``; ``ConduitError`` names the address on failure."""
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConduitError(f"cannot listen on {listen} for the {what}: {exc.strerror}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConduitError(f"cannot listen on {listen} for the {what}: {exc.strerror}") from None
+    return sock
+
+
+async def serve(
+    settings: Settings,
+    *,
+    out: TextIO = sys.stdout,
+    on_ready: Callable[[Services], None] | None = None,
+) -> int:
+    keys = load_keyring(settings)
+    services = Services.build(settings, keys)
+    try:
+        await require_current(services.engine)
+        await announce_admin_enrollment(services, out)
+        return await _run(services, on_ready)
+    finally:
+        await services.close()
+
+
+async def _run(services: Services, on_ready: Callable[[Services], None] | None) -> int:
+    settings = services.settings
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    # Bind both listeners before serving anything, so a busy or forbidden address is one
+    # clear error and nothing half-started is left behind.
+    portal_socket = bind_listener(settings.portal_listen, "portal")
+    ssh_acceptor: asyncssh.SSHAcceptor | None = None
+    if settings.ssh.enabled:
+        try:
+            ssh_acceptor = await start_ssh_listener(services)
+        except OSError as exc:
+            portal_socket.close()
+            raise ConduitError(
+                f"cannot listen on {settings.ssh.listen} for SSH: {exc.strerror}"
+            ) from None
+    portal = _PortalServer(_portal_config(services))
+    portal_task = services.tasks.start("portal", portal.serve(sockets=[portal_socket]))
+    while not portal.started and not portal_task.done():  # noqa: ASYNC110 - uvicorn has only a flag
+        await asyncio.sleep(0.02)
+    if portal_task.done():
+        log.error("portal failed to start on %s", settings.portal.listen)
+        if ssh_acceptor is not None:
+            ssh_acceptor.close()
+        return 1
+    log.info(
+        "conduit serving",
+        extra={
+            "portal": settings.portal_url,
+            "ssh": settings.ssh.listen if ssh_acceptor else "off",
+        },
+    )
+    print(f"Conduit portal on {settings.portal_url}", flush=True)
+    if ssh_acceptor is not None:
+        print(f"Conduit SSH on {settings.ssh.listen}", flush=True)
+    if on_ready is not None:
+        on_ready(services)
+
+    stopped_by = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped_by, portal_task}, return_when=asyncio.FIRST_COMPLETED)
+    stopped_by.cancel()
+    crashed = portal_task.done() and not stop.is_set()
+    await _shutdown(services, portal, portal_task, ssh_acceptor)
+    return 1 if crashed else 0
+
+
+async def _shutdown(
+    services: Services,
+    portal: uvicorn.Server,
+    portal_task: asyncio.Task[None],
+    ssh_acceptor: asyncssh.SSHAcceptor | None,
+) -> None:
+    grace = services.settings.server.shutdown_grace_seconds
+    log.info("shutting down: no new connections, ending live sessions")
+    if ssh_acceptor is not None:
+        ssh_acceptor.close()
+    portal.should_exit = True
+    ended = 0
+    try:
+        async with asyncio.timeout(grace):
+            ended = await services.live.end_all("shutdown")
+    except TimeoutError:
+        log.error("live sessions did not end within %s s", grace)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(portal_task), timeout=grace)
+    if not portal_task.done():
+        portal.force_exit = True
+    if ssh_acceptor is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ssh_acceptor.wait_closed(), timeout=1)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1):
+            await services.tasks.cancel_all()
+    log.info("stopped", extra={"sessions_ended": ended})

@@ -1,0 +1,89 @@
+"""The one object holding what a running gateway shares: passed explicitly, no globals.
+
+Built once by ``serve`` (or a CLI command), closed once. Does not start listeners.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.keys import KeyRing
+from gateway.live import LiveRegistry
+from gateway.tasks import TaskSet
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Metrics:
+    """Prometheus metrics of one gateway process, on its own registry."""
+
+    def __init__(self, live: LiveRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.live_sessions = Gauge(
+            "conduit_live_sessions", "Sessions open on this process", registry=self.registry
+        )
+        self.live_sessions.set_function(lambda: len(live))
+        self.ssh_connections = Counter(
+            "conduit_ssh_connections", "SSH connections accepted", registry=self.registry
+        )
+        self.ssh_refused = Counter(
+            "conduit_ssh_connections_refused",
+            "SSH connections refused before authentication",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "conduit_http_requests", "Portal HTTP requests", ["status"], registry=self.registry
+        )
+        self.ready = Gauge(
+            "conduit_ready_check",
+            "Readiness check result (1 ok)",
+            ["check"],
+            registry=self.registry,
+        )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    keys: KeyRing
+    live: LiveRegistry
+    tasks: TaskSet
+    metrics: Metrics
+    clock: Clock = utc_now
+    node: str = field(default="")
+
+    @classmethod
+    def build(cls, settings: Settings, keys: KeyRing, clock: Clock = utc_now) -> Services:
+        node = settings.server.node_name or socket.gethostname()
+        engine = make_engine(settings)
+        live = LiveRegistry(node)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            keys=keys,
+            live=live,
+            tasks=TaskSet(),
+            metrics=Metrics(live),
+            clock=clock,
+            node=node,
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Portal: FastAPI app factory, routes per resource, templates. Translates HTTP to calls."""

@@ -1,0 +1,37 @@
+"""FastAPI app factory: wires routers, templates, static files and security headers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from gateway import __version__
+from gateway.services import Services
+from gateway.web import health, pages
+from gateway.web.security import security_headers
+
+HERE = Path(__file__).parent
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="Conduit", version=__version__, docs_url=None, redoc_url=None)
+    app.state.services = services
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.middleware("http")(security_headers)
+
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        services.metrics.http_requests.labels(str(response.status_code)).inc()
+        return response
+
+    app.middleware("http")(count)
+    app.include_router(health.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    return app

@@ -1,0 +1,152 @@
+"""Helpers for tests that drive the real ``conduit`` command in subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CONDUIT = [sys.executable, "-m", "gateway"]
+
+
+def pg_available() -> str:
+    """Empty string when the test PostgreSQL server answers, else why not."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    env.update(extra)
+    return env
+
+
+def conduit(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CONDUIT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else clean_env(),
+        input=stdin,
+        check=False,
+    )
+
+
+class Served:
+    """A real ``conduit serve``/``demo`` process and a client for its portal."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        portal: str,
+        env: dict[str, str] | None = None,
+        https: bool = True,
+    ) -> None:
+        self.portal = portal
+        self.base = f"{'https' if https else 'http'}://{portal}"
+        self.proc = subprocess.Popen(
+            [*CONDUIT, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env if env is not None else clean_env(),
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        self.stderr = ""
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for_output(self, pattern: str, deadline_s: float = 30) -> re.Match[str]:
+        """The first match of ``pattern`` in what the process has printed so far or soon."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            found = re.search(pattern, self.stdout)
+            if found:
+                return found
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in output: {self.stdout}")
+
+    def client(self) -> httpx.Client:
+        # Tests trust the gateway's own self-signed certificate by not verifying; the
+        # certificate itself is checked in test_init.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return httpx.Client(base_url=self.base, verify=ctx, timeout=5)
+
+    def wait_healthy(self, deadline_s: float = 30) -> None:
+        end = time.monotonic() + deadline_s
+        with self.client() as client:
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    self.finish()
+                    raise AssertionError(f"conduit exited {self.proc.returncode}: {self.stderr}")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise AssertionError("conduit did not become healthy")
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.finish()
+        return code
+
+    def finish(self) -> None:
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        self.proc.wait(timeout=10)
+        if self.proc.stderr.closed:
+            return
+        self._reader.join(timeout=10)
+        self.stderr += self.proc.stderr.read()
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish()
+
+
+def init_data_dir(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    result = conduit("init", "--data-dir", str(data_dir), *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    result = conduit("db", "upgrade", "--data-dir", str(data_dir), *extra, env=env)
+    assert result.returncode == 0, result.stderr

@@ -104,23 +104,37 @@ async def serve(
     *,
     out: TextIO = sys.stdout,
     on_ready: Callable[[Services], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the process exit code."""
     keys = load_keyring(settings)
     services = Services.build(settings, keys)
     try:
         await require_current(services.engine)
         await announce_admin_enrollment(services, out)
-        return await _run(services, on_ready)
+        return await _run(services, on_ready, stop or asyncio.Event())
     finally:
         await services.close()
 
 
-async def _run(services: Services, on_ready: Callable[[Services], None] | None) -> int:
+async def _run(
+    services: Services, on_ready: Callable[[Services], None] | None, stop: asyncio.Event
+) -> int:
     settings = services.settings
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        return await _serve_until(services, on_ready, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _serve_until(
+    services: Services, on_ready: Callable[[Services], None] | None, stop: asyncio.Event
+) -> int:
+    settings = services.settings
 
     # Bind both listeners before serving anything, so a busy or forbidden address is one
     # clear error and nothing half-started is left behind.

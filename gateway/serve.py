@@ -120,7 +120,6 @@ async def serve(
 async def _run(
     services: Services, on_ready: Callable[[Services], None] | None, stop: asyncio.Event
 ) -> int:
-    settings = services.settings
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -43,3 +43,4 @@ def setup_logging(level: str, fmt: str) -> None:
     # asyncssh logs every packet exchange at info; keep its noise at warning.
     logging.getLogger("asyncssh").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

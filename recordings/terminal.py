@@ -1,0 +1,117 @@
+"""Terminal recordings: event types, their payloads, and export to asciicast v2.
+
+Inside the container a terminal event is a generic event (``recordings.events``) whose type
+is a :class:`TerminalEvent` and whose payload is raw bytes (output, input), two big-endian
+u16 (resize: cols, rows) or UTF-8 text (marker). Binary framing keeps recording cheap; JSON
+is produced only on export. Does not read files or verify recordings (see
+``recordings.verify``) and does not interpret escape sequences (search does that).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import struct
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
+from typing import TextIO
+
+from recordings.container import Header
+from recordings.events import Event
+
+_RESIZE = struct.Struct(">HH")
+DEFAULT_SIZE = (80, 24)
+
+
+class TerminalEvent(IntEnum):
+    OUTPUT = 1
+    INPUT = 2
+    RESIZE = 3
+    MARKER = 4
+
+
+def resize_payload(cols: int, rows: int) -> bytes:
+    return _RESIZE.pack(cols, rows)
+
+
+def parse_resize(payload: bytes) -> tuple[int, int]:
+    if len(payload) != _RESIZE.size:
+        raise ValueError("resize payload must be 4 bytes")
+    cols, rows = _RESIZE.unpack(payload)
+    return int(cols), int(rows)
+
+
+def _size_from_metadata(header: Header) -> tuple[int, int]:
+    try:
+        return int(header.metadata["cols"]), int(header.metadata["rows"])
+    except (KeyError, ValueError):
+        return DEFAULT_SIZE
+
+
+def _line(offset_us: int, code: str, data: str) -> str:
+    # ensure_ascii keeps every line 7-bit clean whatever the terminal sent.
+    return json.dumps([round(offset_us / 1_000_000, 6), code, data]) + "\n"
+
+
+def asciicast_lines(
+    header: Header, events: Iterable[Event], *, include_input: bool = False
+) -> Iterator[str]:
+    """Yield an asciicast v2 document line by line (header JSON, then one event per line).
+
+    Output and input are decoded as UTF-8 with replacement by incremental decoders, so a
+    character split across two events is still one character. A resize that is the first
+    event sets the initial size; later ones become ``"r"`` events, markers ``"m"`` events.
+    """
+    stream = iter(events)
+    first = next(stream, None)
+    width, height = _size_from_metadata(header)
+    if first is not None and first.type == TerminalEvent.RESIZE:
+        width, height = parse_resize(first.payload)
+        first = None
+    cast_header: dict[str, object] = {
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": int(header.started_at.timestamp()),
+        "env": {"TERM": header.metadata.get("term", "xterm-256color")},
+    }
+    yield json.dumps(cast_header) + "\n"
+    decoders = {
+        TerminalEvent.OUTPUT: codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        TerminalEvent.INPUT: codecs.getincrementaldecoder("utf-8")(errors="replace"),
+    }
+    codes = {TerminalEvent.OUTPUT: "o", TerminalEvent.INPUT: "i"}
+    last_offset = 0
+    for event in _chain_first(first, stream):
+        last_offset = event.offset_us
+        if event.type == TerminalEvent.OUTPUT or (
+            event.type == TerminalEvent.INPUT and include_input
+        ):
+            kind = TerminalEvent(event.type)
+            text = decoders[kind].decode(event.payload)
+            if text:
+                yield _line(event.offset_us, codes[kind], text)
+        elif event.type == TerminalEvent.RESIZE:
+            cols, rows = parse_resize(event.payload)
+            yield _line(event.offset_us, "r", f"{cols}x{rows}")
+        elif event.type == TerminalEvent.MARKER:
+            yield _line(event.offset_us, "m", event.payload.decode("utf-8", "replace"))
+    for kind, decoder in decoders.items():
+        # A trailing incomplete sequence becomes U+FFFD rather than vanishing.
+        tail = decoder.decode(b"", final=True)
+        if tail and (kind == TerminalEvent.OUTPUT or include_input):
+            yield _line(last_offset, codes[kind], tail)
+
+
+def _chain_first(first: Event | None, rest: Iterator[Event]) -> Iterator[Event]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def export_asciicast(
+    header: Header, events: Iterable[Event], out: TextIO, *, include_input: bool = False
+) -> None:
+    """Write a ``.cast`` file for asciinema tools and the player."""
+    for line in asciicast_lines(header, events, include_input=include_input):
+        out.write(line)

@@ -34,3 +34,7 @@ class TransitionError(RbacError):
 
 class ApprovalError(RbacError):
     """This person may not approve or deny this request (own request, not eligible, twice)."""
+
+
+class PolicyNameError(RbacError, ValueError):
+    """A name, subject, object or action in policy is malformed."""

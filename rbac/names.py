@@ -1,0 +1,66 @@
+"""Names of things in policy: validation and the exact, namespaced form the model uses.
+
+Every name is checked against one strict pattern, and every policy term carries its kind
+(``user:alice``, ``asset:plc-1``), so a user can never be confused with a role of the same
+name and nothing is ever matched by pattern. Does not know which names exist.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rbac.errors import PolicyNameError
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+SUBJECT_KINDS = ("user", "role", "org")
+OBJECT_KINDS = ("asset", "zone")
+SIMPLE_ACTIONS = frozenset(
+    {
+        "ssh",
+        "sftp-read",
+        "sftp-write",
+        "vnc",
+        "rdp",
+        "watch",
+        "kill",
+        "approve",
+        "audit-read",
+        "admin",
+    }
+)
+TUNNEL_RE = re.compile(r"tunnel:([1-9][0-9]{0,4})")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME_RE.fullmatch(name):
+        raise PolicyNameError(
+            f"{what} {name!r} is not valid: 1-64 of a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return name
+
+
+def check_action(action: str) -> str:
+    if action in SIMPLE_ACTIONS:
+        return action
+    match = TUNNEL_RE.fullmatch(action)
+    if match and int(match.group(1)) <= 65535:
+        return action
+    raise PolicyNameError(
+        f"action {action!r} is not valid: one of {', '.join(sorted(SIMPLE_ACTIONS))} "
+        "or tunnel:<port>"
+    )
+
+
+def term(kind: str, name: str) -> str:
+    """The model's form of a subject or object: ``kind:name``, both validated."""
+    if kind not in SUBJECT_KINDS + OBJECT_KINDS:
+        raise PolicyNameError(f"unknown kind {kind!r}")
+    return f"{kind}:{check_name(name, kind)}"
+
+
+def split_term(value: str) -> tuple[str, str]:
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in SUBJECT_KINDS + OBJECT_KINDS:
+        raise PolicyNameError(f"{value!r} is not a kind:name term")
+    check_name(name, kind)
+    return kind, name

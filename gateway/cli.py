@@ -61,6 +61,7 @@ def _pending_group(name: str, arrives_with: str) -> Handler:
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `conduit --help` stays fast and import errors name the command.
     from gateway import commands
+    from gateway.audit_commands import add_audit_commands
 
     common = _common()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
@@ -109,10 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("access", "the Authorization capability"),
         ("sessions", "the SSH jump host"),
         ("recordings", "the Recordings capability"),
-        ("audit", "the Recordings and audit capability"),
     ):
         p = sub.add_parser(name, parents=[common], help=f"(arrives with {arrives_with})")
         p.set_defaults(handler=_pending_group(name, arrives_with))
+    add_audit_commands(sub, common)
     return parser
 
 

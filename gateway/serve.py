@@ -30,6 +30,7 @@ from gateway.ssh.listener import start_ssh_listener
 from gateway.web.app import create_app
 
 log = logging.getLogger(__name__)
+AUDIT_CHECKPOINT_SECONDS = 300
 
 
 class _PortalServer(uvicorn.Server):
@@ -76,6 +77,16 @@ async def announce_admin_enrollment(services: Services, out: TextIO) -> None:
     )
     print(f"  {url}", file=out, flush=True)
     log.info("admin enrolment link issued", extra={"expires_at": expires})
+
+
+async def checkpoint_periodically(services: Services) -> None:
+    """Sign the audit chain head regularly, so a rewritten tail cannot pass verification."""
+    while True:
+        await asyncio.sleep(AUDIT_CHECKPOINT_SECONDS)
+        try:
+            await services.audit.checkpoint()
+        except Exception:  # a failed checkpoint must not stop the gateway; it is retried
+            log.exception("audit checkpoint failed")
 
 
 def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
@@ -166,6 +177,17 @@ async def _serve_until(
     print(f"Conduit portal on {settings.portal_url}", flush=True)
     if ssh_acceptor is not None:
         print(f"Conduit SSH on {settings.ssh.listen}", flush=True)
+    await services.audit.record(
+        actor="system",
+        action="gateway.start",
+        result="success",
+        target=services.node,
+        detail={
+            "portal": settings.portal.listen,
+            "ssh": settings.ssh.listen if ssh_acceptor else "off",
+        },
+    )
+    services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     if on_ready is not None:
         on_ready(services)
 
@@ -204,4 +226,15 @@ async def _shutdown(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1):
             await services.tasks.cancel_all()
+    try:
+        await services.audit.record(
+            actor="system",
+            action="gateway.stop",
+            result="success",
+            target=services.node,
+            detail={"sessions_ended": ended},
+        )
+        await services.audit.checkpoint()
+    except Exception:  # the process is exiting anyway; the chain itself stays verifiable
+        log.exception("could not write the final audit checkpoint")
     log.info("stopped", extra={"sessions_ended": ended})

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from gateway.audit import AuditLog
 from gateway.config import Settings
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.keys import KeyRing
@@ -65,6 +66,7 @@ class Services:
     live: LiveRegistry
     tasks: TaskSet
     metrics: Metrics
+    audit: AuditLog
     clock: Clock = utc_now
     node: str = field(default="")
 
@@ -73,14 +75,16 @@ class Services:
         node = settings.server.node_name or socket.gethostname()
         engine = make_engine(settings)
         live = LiveRegistry(node)
+        sessions = make_sessionmaker(engine)
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             keys=keys,
             live=live,
             tasks=TaskSet(),
             metrics=Metrics(live),
+            audit=AuditLog(sessions, keys.signing_key, clock),
             clock=clock,
             node=node,
         )

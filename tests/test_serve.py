@@ -66,13 +66,20 @@ def test_health_readiness_metrics_and_headers(served: tuple[Served, int]) -> Non
     assert server.terminate() == 0
 
 
-def test_sigterm_exits_zero_within_ten_seconds(served: tuple[Served, int]) -> None:
+def test_sigterm_exits_zero_within_ten_seconds(served: tuple[Served, int], data_dir: Path) -> None:
     server, _ = served
     # Keep a connection open so shutdown has something to close.
     with server.client() as client:
         assert client.get("/healthz").status_code == 200
         assert server.terminate(timeout=10) == 0
     assert "stopped" in server.stderr
+    # Start and stop are audited, and the chain is checkpointed at shutdown.
+    exported = conduit("audit", "export", "--data-dir", str(data_dir))
+    assert exported.returncode == 0, exported.stderr
+    actions = [json.loads(line)["action"] for line in exported.stdout.splitlines()]
+    assert actions == ["gateway.start", "gateway.stop"]
+    verified = conduit("audit", "verify", "--data-dir", str(data_dir))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_first_start_prints_a_working_one_time_admin_link(data_dir: Path) -> None:

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here so `conduit --help` stays fast and import errors name the command.
     from gateway import commands
     from gateway.audit_commands import add_audit_commands
+    from gateway.authz_commands import add_authz_commands
 
     common = _common()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
@@ -103,17 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_user_enroll_admin)
 
     for name, arrives_with in (
-        ("asset", "the Authorization capability"),
-        ("zone", "the Authorization capability"),
-        ("grant", "the Authorization capability"),
-        ("request", "the Authorization capability"),
-        ("access", "the Authorization capability"),
         ("sessions", "the SSH jump host"),
         ("recordings", "the Recordings capability"),
     ):
         p = sub.add_parser(name, parents=[common], help=f"(arrives with {arrives_with})")
         p.set_defaults(handler=_pending_group(name, arrives_with))
     add_audit_commands(sub, common)
+    add_authz_commands(sub, common)
     return parser
 
 

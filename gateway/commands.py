@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -20,8 +20,11 @@ from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.identity.accounts import list_users
 from gateway.identity.enrollment import issue_admin_bootstrap
-from gateway.keys import init_key_material
+from gateway.keys import init_key_material, load_keyring
 from gateway.logs import setup_logging
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 T = TypeVar("T")
 
@@ -40,6 +43,24 @@ def _db_errors(func: Callable[[], Awaitable[T]]) -> T:
         # str(exc) may hold SQL but never the URL's password; keep only the first line.
         first = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConduitError(f"cannot use the database: {first}") from None
+
+
+def with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
+    """Run ``work`` against a full ``Services`` of this installation (keys, current schema)."""
+    from gateway.services import Services
+
+    settings = _settings(args)
+    keys = load_keyring(settings)
+
+    async def run() -> T:
+        services = Services.build(settings, keys)
+        try:
+            await migrate.require_current(services.engine)
+            return await work(services)
+        finally:
+            await services.close()
+
+    return _db_errors(run)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from gateway.web.app import create_app
 
 log = logging.getLogger(__name__)
 AUDIT_CHECKPOINT_SECONDS = 300
+REQUEST_EXPIRY_SECONDS = 60
 
 
 class _PortalServer(uvicorn.Server):
@@ -89,6 +90,18 @@ async def checkpoint_periodically(services: Services) -> None:
             log.exception("audit checkpoint failed")
 
 
+async def expire_requests_periodically(services: Services) -> None:
+    """Expire unanswered and finished access requests; their grants end with them."""
+    while True:
+        try:
+            expired = await services.requests.expire_due()
+            if expired:
+                log.info("access requests expired", extra={"count": len(expired)})
+        except Exception:  # retried next round; a failure must not stop the gateway
+            log.exception("request expiry failed")
+        await asyncio.sleep(REQUEST_EXPIRY_SECONDS)
+
+
 def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
     """A listening TCP socket for ``listen``; ``ConduitError`` names the address on failure."""
     try:
@@ -122,6 +135,7 @@ async def serve(
     services = Services.build(settings, keys)
     try:
         await require_current(services.engine)
+        await services.authz.refresh(force=True)
         await announce_admin_enrollment(services, out)
         return await _run(services, on_ready, stop or asyncio.Event())
     finally:
@@ -188,6 +202,7 @@ async def _serve_until(
         },
     )
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
+    services.tasks.start("request-expiry", expire_requests_periodically(services))
     if on_ready is not None:
         on_ready(services)
 

@@ -15,8 +15,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from gateway.audit import AuditLog
+from gateway.authz.access_requests import RequestService
+from gateway.authz.service import AuthzService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.events import ChangeBus
 from gateway.keys import KeyRing
 from gateway.live import LiveRegistry
 from gateway.tasks import TaskSet
@@ -67,6 +70,9 @@ class Services:
     tasks: TaskSet
     metrics: Metrics
     audit: AuditLog
+    bus: ChangeBus
+    authz: AuthzService
+    requests: RequestService
     clock: Clock = utc_now
     node: str = field(default="")
 
@@ -76,6 +82,9 @@ class Services:
         engine = make_engine(settings)
         live = LiveRegistry(node)
         sessions = make_sessionmaker(engine)
+        audit = AuditLog(sessions, keys.signing_key, clock)
+        bus = ChangeBus()
+        authz = AuthzService(sessions, clock, bus, audit)
         return cls(
             settings=settings,
             engine=engine,
@@ -84,7 +93,10 @@ class Services:
             live=live,
             tasks=TaskSet(),
             metrics=Metrics(live),
-            audit=AuditLog(sessions, keys.signing_key, clock),
+            audit=audit,
+            bus=bus,
+            authz=authz,
+            requests=RequestService(authz, sessions, clock, bus, audit),
             clock=clock,
             node=node,
         )

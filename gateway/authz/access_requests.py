@@ -1,0 +1,379 @@
+"""Access requests in the database: create, approve, deny, cancel, revoke, expire.
+
+The state machine is ``rbac.requests`` (pure); this module loads a request, applies one
+transition and stores it with a conditional UPDATE on its version, so two approvers racing
+on the same request cannot both move it: exactly one wins and makes the grants, the other
+gets ``RequestConflict``. Approval creates one time-bounded grant per asset and action in
+the same transaction. Eligibility (``approve`` on every asset of the request, right now) is
+asked of the authorization service, never decided here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.authz.service import AuditSink, AuthzService, PolicyError, new_id
+from gateway.authz.tables import AccessRequestRow, Asset, AssetZone, Grant, RequestEventRow, Zone
+from gateway.errors import ConduitError
+from gateway.events import Change, ChangeBus
+from rbac import requests as rq
+from rbac.errors import RbacError
+from rbac.names import check_action
+
+Clock = Callable[[], dt.datetime]
+
+
+class RequestConflict(ConduitError):
+    """Someone else changed the request at the same moment; nothing was changed."""
+
+
+class RequestService:
+    def __init__(
+        self,
+        authz: AuthzService,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        bus: ChangeBus,
+        audit: AuditSink,
+        pending_ttl: dt.timedelta = rq.DEFAULT_PENDING_TTL,
+    ) -> None:
+        self._authz = authz
+        self._sessions = sessions
+        self._clock = clock
+        self._bus = bus
+        self._audit = audit
+        self._ttl = pending_ttl
+
+    async def create(
+        self,
+        requester: str,
+        assets: Sequence[str],
+        actions: Sequence[str],
+        reason: str,
+        start: dt.datetime,
+        duration: dt.timedelta,
+        *,
+        source: str = "",
+    ) -> rq.AccessRequest:
+        for action in actions:
+            check_action(action)
+        now = self._clock()
+        async with self._sessions() as db, db.begin():
+            cap, approvals = await self._limits(db, assets)
+            try:
+                request = rq.new_request(
+                    new_id("r"),
+                    requester,
+                    assets,
+                    actions,
+                    reason,
+                    start,
+                    duration,
+                    now,
+                    duration_cap=cap,
+                    required_approvals=approvals,
+                    pending_ttl=self._ttl,
+                )
+            except RbacError as exc:
+                raise PolicyError(exc.message, exc.detail) from None
+            db.add(
+                AccessRequestRow(
+                    id=request.request_id,
+                    requester=requester,
+                    assets=json.dumps(request.assets),
+                    actions=json.dumps(request.actions),
+                    reason=request.reason,
+                    start=request.start,
+                    duration_seconds=int(duration.total_seconds()),
+                    required_approvals=approvals,
+                    pending_ttl_seconds=int(self._ttl.total_seconds()),
+                    state=request.state.value,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await db.flush()
+            db.add(
+                RequestEventRow(
+                    request_id=request.request_id,
+                    kind="created",
+                    state=request.state.value,
+                    actor=requester,
+                    at=now,
+                    comment="",
+                )
+            )
+        await self._after(request, "request.created", requester, source)
+        return request
+
+    async def _limits(self, db: AsyncSession, assets: Sequence[str]) -> tuple[dt.timedelta, int]:
+        """Duration cap and approvals needed: the strictest over the assets and their zones."""
+        if not assets:
+            raise PolicyError("at least one asset is required")
+        rows = {
+            a.name: a
+            for a in (await db.execute(select(Asset).where(Asset.name.in_(list(assets))))).scalars()
+        }
+        missing = sorted(set(assets) - set(rows))
+        if missing:
+            # The same answer as a forbidden asset would get elsewhere: it is not reachable.
+            raise PolicyError("not found or not permitted", f"unknown assets {missing}")
+        hours = [a.max_request_hours for a in rows.values()]
+        approvals = [1]
+        zones = {z.name: z for z in (await db.execute(select(Zone))).scalars()}
+        placed = (
+            await db.execute(
+                select(AssetZone.asset, AssetZone.zone).where(AssetZone.asset.in_(list(assets)))
+            )
+        ).all()
+        for _, zone_name in placed:
+            seen: set[str] = set()
+            zone = zones.get(zone_name)
+            while zone is not None and zone.name not in seen:  # zones nest; cycles tolerated
+                seen.add(zone.name)
+                approvals.append(zone.required_approvals)
+                if zone.max_request_hours is not None:
+                    hours.append(zone.max_request_hours)
+                zone = zones.get(zone.parent) if zone.parent else None
+        return dt.timedelta(hours=min(hours)), max(approvals)
+
+    async def get(self, request_id: str) -> rq.AccessRequest:
+        async with self._sessions() as db:
+            request, _ = await self._load(db, request_id)
+            return request
+
+    async def list_requests(
+        self, *, state: str | None = None, requester: str | None = None
+    ) -> list[rq.AccessRequest]:
+        async with self._sessions() as db:
+            query = select(AccessRequestRow.id).order_by(AccessRequestRow.created_at)
+            if state:
+                query = query.where(AccessRequestRow.state == state)
+            if requester:
+                query = query.where(AccessRequestRow.requester == requester)
+            ids = list((await db.execute(query)).scalars())
+            return [(await self._load(db, i))[0] for i in ids]
+
+    async def _load(self, db: AsyncSession, request_id: str) -> tuple[rq.AccessRequest, int]:
+        row = await db.get(AccessRequestRow, request_id)
+        if row is None:
+            raise PolicyError("not found or not permitted", f"no request {request_id}")
+        events = (
+            await db.execute(
+                select(RequestEventRow)
+                .where(RequestEventRow.request_id == request_id)
+                .order_by(RequestEventRow.id)
+            )
+        ).scalars()
+        approvals: list[rq.Approval] = []
+        history: list[rq.Transition] = []
+        for event in events:
+            if event.kind == "approval":
+                approvals.append(rq.Approval(event.actor, event.at, event.comment))
+            elif event.kind == "state":
+                history.append(
+                    rq.Transition(
+                        rq.RequestState(event.state), event.at, event.actor, event.comment
+                    )
+                )
+        request = rq.AccessRequest(
+            request_id=row.id,
+            requester=row.requester,
+            assets=tuple(json.loads(row.assets)),
+            actions=tuple(json.loads(row.actions)),
+            reason=row.reason,
+            start=row.start,
+            duration=dt.timedelta(seconds=row.duration_seconds),
+            created_at=row.created_at,
+            required_approvals=row.required_approvals,
+            pending_ttl=dt.timedelta(seconds=row.pending_ttl_seconds),
+            state=rq.RequestState(row.state),
+            approvals=tuple(approvals),
+            history=tuple(history),
+        )
+        return request, row.version
+
+    async def _eligible(self, request: rq.AccessRequest, person: str) -> set[str]:
+        for asset in request.assets:
+            if not (await self._authz.authorize(person, asset, "approve")).allowed:
+                return set()
+        return {person}
+
+    async def approve(
+        self, request_id: str, approver: str, comment: str = "", *, source: str = ""
+    ) -> rq.AccessRequest:
+        async def step(request: rq.AccessRequest) -> rq.AccessRequest:
+            eligible = await self._eligible(request, approver)
+            return rq.approve(request, approver, self._clock(), eligible=eligible, comment=comment)
+
+        return await self._transition(request_id, approver, step, source)
+
+    async def deny(
+        self, request_id: str, approver: str, comment: str = "", *, source: str = ""
+    ) -> rq.AccessRequest:
+        async def step(request: rq.AccessRequest) -> rq.AccessRequest:
+            eligible = await self._eligible(request, approver)
+            return rq.deny(request, approver, self._clock(), eligible=eligible, comment=comment)
+
+        return await self._transition(request_id, approver, step, source)
+
+    async def cancel(self, request_id: str, actor: str, *, source: str = "") -> rq.AccessRequest:
+        async def step(request: rq.AccessRequest) -> rq.AccessRequest:
+            return rq.cancel(request, actor, self._clock())
+
+        return await self._transition(request_id, actor, step, source)
+
+    async def revoke(
+        self, request_id: str, actor: str, comment: str = "", *, source: str = ""
+    ) -> rq.AccessRequest:
+        async def step(request: rq.AccessRequest) -> rq.AccessRequest:
+            return rq.revoke(request, actor, self._clock(), comment=comment)
+
+        return await self._transition(request_id, actor, step, source)
+
+    async def expire_due(self) -> list[str]:
+        """Expire every pending or approved request whose time has come."""
+        now = self._clock()
+        expired: list[str] = []
+        for request in await self.list_requests(state="pending") + await self.list_requests(
+            state="approved"
+        ):
+            due = rq.expires_at(request)
+            if due is not None and due <= now:
+                try:
+                    await self._transition(
+                        request.request_id, rq.SYSTEM_ACTOR, _expire_step(now), ""
+                    )
+                    expired.append(request.request_id)
+                except RequestConflict:
+                    continue  # another process expired or answered it first
+        return expired
+
+    async def _transition(
+        self, request_id: str, actor: str, step: Callable[[rq.AccessRequest], Any], source: str
+    ) -> rq.AccessRequest:
+        try:
+            async with self._sessions() as db, db.begin():
+                before, version = await self._load(db, request_id)
+                try:
+                    after: rq.AccessRequest = await step(before)
+                except RbacError as exc:
+                    await self._refused(request_id, actor, source, exc)
+                    raise
+                await self._store(db, before, after, version)
+        except (OperationalError, DBAPIError) as exc:
+            # SQLite reports a lost race as "database is locked"/busy snapshot: same outcome.
+            raise RequestConflict(
+                "the request changed meanwhile; reload and try again",
+                f"request {request_id}: {type(exc).__name__}",
+            ) from None
+        kind = f"request.{after.state.value}" if after.state != before.state else "request.approval"
+        await self._after(after, kind, actor, source)
+        return after
+
+    async def _store(
+        self, db: AsyncSession, before: rq.AccessRequest, after: rq.AccessRequest, version: int
+    ) -> None:
+        now = self._clock()
+        result = await db.execute(
+            update(AccessRequestRow)
+            .where(
+                AccessRequestRow.id == after.request_id,
+                AccessRequestRow.version == version,
+            )
+            .values(state=after.state.value, version=version + 1, updated_at=now)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise RequestConflict(
+                "the request changed meanwhile; reload and try again",
+                f"request {after.request_id}: version {version} is stale",
+            )
+        for approval in after.approvals[len(before.approvals) :]:
+            db.add(
+                RequestEventRow(
+                    request_id=after.request_id,
+                    kind="approval",
+                    state=after.state.value,
+                    actor=approval.approver,
+                    at=approval.at,
+                    comment=approval.comment,
+                )
+            )
+        for transition in after.history[len(before.history) :]:
+            db.add(
+                RequestEventRow(
+                    request_id=after.request_id,
+                    kind="state",
+                    state=transition.state.value,
+                    actor=transition.actor,
+                    at=transition.at,
+                    comment=transition.comment,
+                )
+            )
+        if after.state is rq.RequestState.APPROVED and before.state is rq.RequestState.PENDING:
+            for asset in after.assets:
+                for action in after.actions:
+                    await self._authz.add_grant(
+                        subject_kind="user",
+                        subject=after.requester,
+                        object_kind="asset",
+                        obj=asset,
+                        action=action,
+                        actor=after.history[-1].actor,
+                        valid_from=after.start,
+                        valid_until=after.end,
+                        request_id=after.request_id,
+                        db=db,
+                    )
+        if after.state in (rq.RequestState.REVOKED, rq.RequestState.EXPIRED):
+            grants = (
+                await db.execute(
+                    select(Grant).where(
+                        Grant.request_id == after.request_id, Grant.revoked_at.is_(None)
+                    )
+                )
+            ).scalars()
+            for grant in list(grants):
+                await self._authz.revoke_in(db, grant, after.history[-1].actor)
+
+    async def _refused(self, request_id: str, actor: str, source: str, exc: RbacError) -> None:
+        await self._audit.record(
+            actor=actor,
+            action="request.refused",
+            result="denied",
+            target=request_id,
+            source=source,
+            detail={"reason": exc.detail},
+        )
+
+    async def _after(self, request: rq.AccessRequest, kind: str, actor: str, source: str) -> None:
+        await self._authz.refresh()
+        self._bus.publish(Change(kind, (request.request_id,)))
+        await self._audit.record(
+            actor=actor,
+            action=kind,
+            result="success",
+            target=request.request_id,
+            source=source,
+            detail={
+                "requester": request.requester,
+                "assets": ",".join(request.assets),
+                "actions": ",".join(request.actions),
+                "state": request.state.value,
+            },
+        )
+
+
+def _expire_step(now: dt.datetime) -> Callable[[rq.AccessRequest], Any]:
+    async def step(request: rq.AccessRequest) -> rq.AccessRequest:
+        return rq.expire(request, now)
+
+    return step

@@ -1,0 +1,325 @@
+"""The authorization service: decisions, assets, zones and grants, kept in step across processes.
+
+``authorize`` answers from an in-memory ``rbac.policy.PolicyIndex``; before each answer it
+reads ``policy_version`` (one indexed row) and reloads when another process or node changed
+policy, so a revoke made with the CLI binds the serving process at its next decision. Every
+change bumps the version in its own transaction, publishes a change event and is audited.
+Missing and forbidden look the same to callers' users; the Decision's reason says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.authz import policy_store
+from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
+from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.events import Change, ChangeBus
+from rbac.names import check_action, check_name, term
+from rbac.policy import Decision, PolicyIndex
+from rbac.windows import parse_schedule
+
+Clock = Callable[[], dt.datetime]
+
+
+class AuditSink(Protocol):
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        result: str,
+        target: str = "",
+        source: str = "",
+        detail: Any = None,
+    ) -> int: ...
+
+
+class PolicyError(ConduitError):
+    """A policy change is malformed or refers to something that does not exist."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+class AuthzService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        bus: ChangeBus,
+        audit: AuditSink,
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._bus = bus
+        self._audit = audit
+        self._index = PolicyIndex()
+        self._active: frozenset[str] = frozenset()
+        self._assets: frozenset[str] = frozenset()
+        self._version = -1
+        self._reload_lock = asyncio.Lock()
+
+    # -- decisions -----------------------------------------------------------------------
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Reload the index if policy changed anywhere; True when it reloaded."""
+        async with self._sessions() as db:
+            version = await policy_store.current_version(db)
+            if version == self._version and not force:
+                return False
+            async with self._reload_lock:
+                index, active, loaded = await policy_store.load_index(db)
+                assets = frozenset((await db.execute(select(Asset.name))).scalars())
+                self._index, self._active, self._assets, self._version = (
+                    index,
+                    active,
+                    assets,
+                    loaded,
+                )
+        self._bus.publish(Change("policy.reloaded", (str(loaded),)))
+        return True
+
+    async def authorize(
+        self, username: str, asset: str, action: str, now: dt.datetime | None = None
+    ) -> Decision:
+        await self.refresh()
+        when = now or self._clock()
+        if username not in self._active:
+            return Decision(False, f"user:{username} is not an active account")
+        if asset not in self._assets:
+            return Decision(False, f"asset:{asset} does not exist")
+        return self._index.authorize(f"user:{username}", f"asset:{asset}", action, when)
+
+    async def check(self, username: str, asset: str, action: str, *, source: str = "") -> Decision:
+        """``authorize`` for an operation: a refusal is audited and raised as not-found."""
+        decision = await self.authorize(username, asset, action)
+        if not decision.allowed:
+            await self._audit.record(
+                actor=username,
+                action="access.denied",
+                result="denied",
+                target=asset,
+                source=source,
+                detail={"action": action, "reason": decision.reason},
+            )
+            raise NotFoundOrForbidden(decision.reason)
+        return decision
+
+    async def reachable_now(self, username: str) -> list[tuple[str, str, Decision]]:
+        """(asset, action, decision) for everything ``username`` may do right now."""
+        await self.refresh()
+        now = self._clock()
+        out: list[tuple[str, str, Decision]] = []
+        if username not in self._active:
+            return out
+        actions = sorted({r.action for r in self._index.rules()})
+        for asset in sorted(self._assets):
+            for action in actions:
+                decision = self._index.authorize(f"user:{username}", f"asset:{asset}", action, now)
+                if decision.allowed:
+                    out.append((asset, action, decision))
+        return out
+
+    # -- changes -------------------------------------------------------------------------
+    async def _changed(self, change: Change, actor: str, detail: dict[str, Any]) -> None:
+        await self.refresh()
+        self._bus.publish(change)
+        await self._audit.record(
+            actor=actor,
+            action=change.kind,
+            result="success",
+            target=",".join(change.ids),
+            detail=detail,
+        )
+
+    async def add_asset(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        protocol: str,
+        *,
+        actor: str,
+        zones: tuple[str, ...] = (),
+        max_request_hours: int = 8,
+        record_input: bool = True,
+    ) -> Asset:
+        check_name(name, "asset")
+        if protocol not in PROTOCOLS:
+            raise PolicyError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if not 1 <= port <= 65535:
+            raise PolicyError("port must be 1-65535")
+        if not host or len(host) > 255 or any(c.isspace() for c in host):
+            raise PolicyError("host must be a host name or address")
+        async with self._sessions() as db, db.begin():
+            if (await db.execute(select(Asset.id).where(Asset.name == name))).first():
+                raise PolicyError(f"asset {name} already exists")
+            asset = Asset(
+                name=name,
+                host=host,
+                port=port,
+                protocol=protocol,
+                max_request_hours=max_request_hours,
+                record_input=record_input,
+                created_at=self._clock(),
+            )
+            db.add(asset)
+            await db.flush()
+            for zone in zones:
+                await self._place(db, f"asset:{name}", zone)
+            await policy_store.bump_version(db)
+        await self._changed(
+            Change("asset.added", (name,)),
+            actor,
+            {"host": host, "port": port, "protocol": protocol},
+        )
+        return asset
+
+    async def add_zone(
+        self,
+        name: str,
+        *,
+        actor: str,
+        parent: str | None = None,
+        required_approvals: int = 1,
+        max_request_hours: int | None = None,
+    ) -> None:
+        check_name(name, "zone")
+        if required_approvals < 1:
+            raise PolicyError("required approvals must be at least 1")
+        async with self._sessions() as db, db.begin():
+            if (await db.execute(select(Zone.id).where(Zone.name == name))).first():
+                raise PolicyError(f"zone {name} already exists")
+            db.add(
+                Zone(
+                    name=name,
+                    parent=parent,
+                    required_approvals=required_approvals,
+                    max_request_hours=max_request_hours,
+                    created_at=self._clock(),
+                )
+            )
+            await db.flush()
+            if parent is not None:
+                await self._place(db, f"zone:{name}", parent)
+            await policy_store.bump_version(db)
+        await self._changed(Change("zone.added", (name,)), actor, {"parent": parent or ""})
+
+    async def place(self, asset: str, zone: str, *, actor: str) -> None:
+        async with self._sessions() as db, db.begin():
+            if not (await db.execute(select(Asset.id).where(Asset.name == asset))).first():
+                raise PolicyError(f"asset {asset} does not exist")
+            await self._place(db, f"asset:{asset}", zone)
+        await self._changed(Change("asset.placed", (asset, zone)), actor, {})
+
+    async def _place(self, db: AsyncSession, item: str, zone: str) -> None:
+        if not (await db.execute(select(Zone.id).where(Zone.name == zone))).first():
+            raise PolicyError(f"zone {zone} does not exist")
+        kind, name = item.split(":", 1)
+        if kind == "asset":
+            db.add(AssetZone(asset=name, zone=zone))
+        await policy_store.add_g(db, "g2", item, f"zone:{zone}")
+
+    async def add_grant(
+        self,
+        *,
+        subject_kind: str,
+        subject: str,
+        object_kind: str,
+        obj: str,
+        action: str,
+        actor: str,
+        schedule: str | None = None,
+        valid_from: dt.datetime | None = None,
+        valid_until: dt.datetime | None = None,
+        effect: str = "allow",
+        request_id: str | None = None,
+        db: AsyncSession | None = None,
+    ) -> Grant:
+        """Standing access (schedule and/or absolute window) or an explicit deny."""
+        check_action(action)
+        if schedule is not None:
+            parse_schedule(schedule)  # refuse bad text before storing it
+        if valid_from and valid_until and valid_until <= valid_from:
+            raise PolicyError("--until must be after --from")
+        if effect not in ("allow", "deny"):
+            raise PolicyError("effect must be allow or deny")
+        grant = Grant(
+            id=new_id("g"),
+            subject=term(subject_kind, subject),
+            object=term(object_kind, obj),
+            action=action,
+            effect=effect,
+            schedule=schedule,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            request_id=request_id,
+            created_by=actor,
+            created_at=self._clock(),
+        )
+        if db is not None:  # part of a larger transaction (request approval)
+            await self._store_grant(db, grant, object_kind, obj)
+            return grant
+        async with self._sessions() as own, own.begin():
+            await self._store_grant(own, grant, object_kind, obj)
+        await self._changed(Change("grant.added", (grant.id,)), actor, _grant_detail(grant))
+        return grant
+
+    async def _store_grant(self, db: AsyncSession, grant: Grant, kind: str, name: str) -> None:
+        table = Asset if kind == "asset" else Zone
+        if not (await db.execute(select(table.id).where(table.name == name))).first():
+            raise PolicyError(f"{kind} {name} does not exist")
+        db.add(grant)
+        await db.flush()
+        await policy_store.add_p(db, grant)
+
+    async def revoke_grant(self, grant_id: str, *, actor: str) -> Grant:
+        async with self._sessions() as db, db.begin():
+            grant = await db.get(Grant, grant_id)
+            if grant is None or grant.revoked_at is not None:
+                raise PolicyError(f"no active grant {grant_id}")
+            await self.revoke_in(db, grant, actor)
+        await self._changed(Change("grant.revoked", (grant_id,)), actor, _grant_detail(grant))
+        return grant
+
+    async def revoke_in(self, db: AsyncSession, grant: Grant, actor: str) -> None:
+        grant.revoked_at = self._clock()
+        grant.revoked_by = actor
+        await policy_store.remove_p(db, grant)
+
+    async def list_grants(self, *, include_revoked: bool = False) -> list[Grant]:
+        async with self._sessions() as db:
+            query = select(Grant).order_by(Grant.created_at)
+            if not include_revoked:
+                query = query.where(Grant.revoked_at.is_(None))
+            return list((await db.execute(query)).scalars())
+
+    async def list_assets(self) -> list[tuple[Asset, list[str]]]:
+        async with self._sessions() as db:
+            assets = list((await db.execute(select(Asset).order_by(Asset.name))).scalars())
+            places = (await db.execute(select(AssetZone.asset, AssetZone.zone))).all()
+        zones: dict[str, list[str]] = {}
+        for asset, zone in places:
+            zones.setdefault(asset, []).append(zone)
+        return [(a, sorted(zones.get(a.name, []))) for a in assets]
+
+
+def _grant_detail(grant: Grant) -> dict[str, Any]:
+    return {
+        "subject": grant.subject,
+        "object": grant.object,
+        "action_granted": grant.action,
+        "effect": grant.effect,
+        "schedule": grant.schedule or "",
+        "from": grant.valid_from.isoformat() if grant.valid_from else "",
+        "until": grant.valid_until.isoformat() if grant.valid_until else "",
+        "request": grant.request_id or "",
+    }

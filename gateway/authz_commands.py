@@ -1,0 +1,263 @@
+"""``conduit asset|zone|grant|request|access ...``: authorization from the command line.
+
+Parsers and handlers only; the work is ``gateway.authz``'s. Admin commands run as the
+operator (recorded as actor ``cli:<login>`` in the audit log); ``request approve|deny`` act
+for the approver named with ``--as``, whose ``approve`` permission is checked like in the
+portal. Times print in UTC ISO 8601.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import sys
+
+from gateway.commands import with_services
+from gateway.errors import ConduitError
+from gateway.services import Services
+from rbac.errors import RbacError
+from rbac.windows import parse_instant
+
+Sub = argparse._SubParsersAction  # argparse has no public name for it
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else "-"
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except RbacError as exc:
+        raise ConduitError(exc.message) from None
+
+
+def _run(args: argparse.Namespace, work: object) -> int:
+    try:
+        return with_services(args, work)  # type: ignore[arg-type]
+    except RbacError as exc:
+        print(f"conduit: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    asset = sub.add_parser("asset", help="assets").add_subparsers(
+        dest="asset_command", metavar="ACTION", required=True
+    )
+    p = asset.add_parser("add", parents=[common], help="add an asset")
+    p.add_argument("name")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--protocol", choices=("ssh", "vnc", "rdp"), required=True)
+    p.add_argument("--zone", action="append", default=[], help="zone (repeatable)")
+    p.add_argument("--max-request-hours", type=int, default=8)
+    p.add_argument(
+        "--no-input-recording",
+        action="store_true",
+        help="record output only (keystrokes are not recorded)",
+    )
+    p.set_defaults(handler=cmd_asset_add)
+    p = asset.add_parser("list", parents=[common], help="list assets")
+    p.set_defaults(handler=cmd_asset_list)
+
+    zone = sub.add_parser("zone", help="zones").add_subparsers(
+        dest="zone_command", metavar="ACTION", required=True
+    )
+    p = zone.add_parser("add", parents=[common], help="add a zone")
+    p.add_argument("name")
+    p.add_argument("--parent")
+    p.add_argument("--approvals", type=int, default=1, help="approvals a request needs (N of M)")
+    p.add_argument("--max-request-hours", type=int)
+    p.set_defaults(handler=cmd_zone_add)
+
+    grant = sub.add_parser("grant", help="standing grants and denies").add_subparsers(
+        dest="grant_command", metavar="ACTION", required=True
+    )
+    p = grant.add_parser("add", parents=[common], help="grant (or deny) access")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user")
+    who.add_argument("--org")
+    who.add_argument("--role")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--asset")
+    what.add_argument("--zone")
+    p.add_argument("--action", required=True, help="ssh, sftp-read, tunnel:502, approve, ...")
+    p.add_argument("--schedule", help='e.g. "Mon-Fri 07:00-17:00 Europe/Berlin"')
+    p.add_argument("--from", dest="valid_from", metavar="T", help="ISO 8601 with offset")
+    p.add_argument("--until", dest="valid_until", metavar="T", help="ISO 8601 with offset")
+    p.add_argument("--deny", action="store_true", help="an explicit deny (overrides allows)")
+    p.set_defaults(handler=cmd_grant_add)
+    p = grant.add_parser("list", parents=[common], help="list grants")
+    p.add_argument("--all", action="store_true", help="include revoked grants")
+    p.set_defaults(handler=cmd_grant_list)
+    p = grant.add_parser("revoke", parents=[common], help="revoke a grant")
+    p.add_argument("grant_id")
+    p.set_defaults(handler=cmd_grant_revoke)
+
+    request = sub.add_parser("request", help="access requests").add_subparsers(
+        dest="request_command", metavar="ACTION", required=True
+    )
+    p = request.add_parser("list", parents=[common], help="list requests")
+    p.add_argument(
+        "--state", choices=("pending", "approved", "denied", "cancelled", "expired", "revoked")
+    )
+    p.set_defaults(handler=cmd_request_list)
+    for name in ("approve", "deny"):
+        p = request.add_parser(name, parents=[common], help=f"{name} a request")
+        p.add_argument("request_id")
+        p.add_argument("--as", dest="approver", required=True, help="the approver's username")
+        p.add_argument("--comment", default="")
+        p.set_defaults(handler=cmd_request_answer, answer=name)
+
+    access = sub.add_parser("access", help="explain decisions").add_subparsers(
+        dest="access_command", metavar="ACTION", required=True
+    )
+    p = access.add_parser("check", parents=[common], help="may USER do ACTION on ASSET?")
+    p.add_argument("user")
+    p.add_argument("asset")
+    p.add_argument("action")
+    p.add_argument("--at", metavar="T", help="ISO 8601 instant (default: now)")
+    p.set_defaults(handler=cmd_access_check)
+
+
+def cmd_asset_add(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        await services.authz.add_asset(
+            args.name,
+            args.host,
+            args.port,
+            args.protocol,
+            actor=_actor(),
+            zones=tuple(args.zone),
+            max_request_hours=args.max_request_hours,
+            record_input=not args.no_input_recording,
+        )
+        print(f"asset {args.name} added")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_asset_list(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        print(f"{'NAME':24} {'PROTOCOL':8} {'ADDRESS':28} ZONES")
+        for asset, zones in await services.authz.list_assets():
+            address = f"{asset.host}:{asset.port}"
+            print(f"{asset.name:24} {asset.protocol:8} {address:28} {','.join(zones)}")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_zone_add(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        await services.authz.add_zone(
+            args.name,
+            actor=_actor(),
+            parent=args.parent,
+            required_approvals=args.approvals,
+            max_request_hours=args.max_request_hours,
+        )
+        print(f"zone {args.name} added")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_grant_add(args: argparse.Namespace) -> int:
+    subject_kind = "user" if args.user else "org" if args.org else "role"
+    object_kind = "asset" if args.asset else "zone"
+    valid_from, valid_until = _time(args.valid_from), _time(args.valid_until)
+
+    async def work(services: Services) -> int:
+        grant = await services.authz.add_grant(
+            subject_kind=subject_kind,
+            subject=args.user or args.org or args.role,
+            object_kind=object_kind,
+            obj=args.asset or args.zone,
+            action=args.action,
+            actor=_actor(),
+            schedule=args.schedule,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            effect="deny" if args.deny else "allow",
+        )
+        print(grant.id)
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_grant_list(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        print(f"{'ID':20} {'EFFECT':6} {'SUBJECT':22} {'OBJECT':22} {'ACTION':12} WHEN")
+        for g in await services.authz.list_grants(include_revoked=args.all):
+            when = g.schedule or ""
+            if g.valid_from or g.valid_until:
+                when += f" [{_iso(g.valid_from)}, {_iso(g.valid_until)})"
+            if g.revoked_at:
+                when += f" revoked {_iso(g.revoked_at)}"
+            print(
+                f"{g.id:20} {g.effect:6} {g.subject:22} {g.object:22} {g.action:12} "
+                f"{when.strip() or 'always'}"
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_grant_revoke(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        await services.authz.revoke_grant(args.grant_id, actor=_actor())
+        print(f"grant {args.grant_id} revoked")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_request_list(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        print(f"{'ID':20} {'STATE':9} {'REQUESTER':14} {'START':21} {'HOURS':5} ASSETS / ACTIONS")
+        for r in await services.requests.list_requests(state=args.state):
+            hours = r.duration.total_seconds() / 3600
+            print(
+                f"{r.request_id:20} {r.state.value:9} {r.requester:14} {_iso(r.start):21} "
+                f"{hours:5.1f} {','.join(r.assets)} / {','.join(r.actions)}"
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_request_answer(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        answer = services.requests.approve if args.answer == "approve" else services.requests.deny
+        result = await answer(args.request_id, args.approver, args.comment)
+        print(f"request {result.request_id} is {result.state.value}")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_access_check(args: argparse.Namespace) -> int:
+    at = _time(args.at)
+
+    async def work(services: Services) -> int:
+        decision = await services.authz.authorize(args.user, args.asset, args.action, at)
+        print(f"{'allowed' if decision.allowed else 'denied'}: {decision.reason}")
+        print(f"grant: {decision.grant_id or '-'}")
+        until = _iso(decision.valid_until) if decision.valid_until else "never changes"
+        print(f"valid_until: {until}")
+        return 0 if decision.allowed else 1
+
+    return _run(args, work)

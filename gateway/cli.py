@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import commands
     from gateway.audit_commands import add_audit_commands
     from gateway.authz_commands import add_authz_commands
+    from gateway.recordings_commands import add_recordings_commands
 
     common = _common()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
@@ -103,14 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = user.add_parser("enroll-admin", parents=[common], help="print a fresh admin enrolment link")
     p.set_defaults(handler=commands.cmd_user_enroll_admin)
 
-    for name, arrives_with in (
-        ("sessions", "the SSH jump host"),
-        ("recordings", "the Recordings capability"),
-    ):
+    for name, arrives_with in (("sessions", "the SSH jump host"),):
         p = sub.add_parser(name, parents=[common], help=f"(arrives with {arrives_with})")
         p.set_defaults(handler=_pending_group(name, arrives_with))
     add_audit_commands(sub, common)
     add_authz_commands(sub, common)
+    add_recordings_commands(sub, common)
     return parser
 
 

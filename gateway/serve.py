@@ -25,6 +25,7 @@ from gateway.db.migrate import require_current
 from gateway.errors import ConduitError
 from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstrap
 from gateway.keys import load_keyring
+from gateway.recordings_index.retention import apply_retention
 from gateway.services import Services
 from gateway.ssh.listener import start_ssh_listener
 from gateway.web.app import create_app
@@ -32,6 +33,7 @@ from gateway.web.app import create_app
 log = logging.getLogger(__name__)
 AUDIT_CHECKPOINT_SECONDS = 300
 REQUEST_EXPIRY_SECONDS = 60
+RETENTION_SECONDS = 3600
 
 
 class _PortalServer(uvicorn.Server):
@@ -102,6 +104,22 @@ async def expire_requests_periodically(services: Services) -> None:
         await asyncio.sleep(REQUEST_EXPIRY_SECONDS)
 
 
+async def apply_retention_periodically(services: Services) -> None:
+    """Delete recordings older than the retention period (each deletion is audited)."""
+    days = services.settings.recordings.retention_days
+    while True:
+        try:
+            report = await apply_retention(services.recordings, days, actor="system")
+            if report.deleted or report.failed:
+                log.info(
+                    "retention applied",
+                    extra={"deleted": len(report.deleted), "failed": len(report.failed)},
+                )
+        except Exception:  # retried next round
+            log.exception("retention failed")
+        await asyncio.sleep(RETENTION_SECONDS)
+
+
 def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
     """A listening TCP socket for ``listen``; ``ConduitError`` names the address on failure."""
     try:
@@ -136,6 +154,8 @@ async def serve(
     try:
         await require_current(services.engine)
         await services.authz.refresh(force=True)
+        # Recordings left open by a crash of this node are closed as incomplete and signed.
+        await services.recordings.recover_open()
         await announce_admin_enrollment(services, out)
         return await _run(services, on_ready, stop or asyncio.Event())
     finally:
@@ -203,6 +223,8 @@ async def _serve_until(
     )
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     services.tasks.start("request-expiry", expire_requests_periodically(services))
+    if settings.recordings.retention_days:
+        services.tasks.start("recording-retention", apply_retention_periodically(services))
     if on_ready is not None:
         on_ready(services)
 

@@ -22,6 +22,7 @@ from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.events import ChangeBus
 from gateway.keys import KeyRing
 from gateway.live import LiveRegistry
+from gateway.recordings_index import RecordingService
 from gateway.tasks import TaskSet
 
 Clock = Callable[[], dt.datetime]
@@ -73,6 +74,7 @@ class Services:
     bus: ChangeBus
     authz: AuthzService
     requests: RequestService
+    recordings: RecordingService
     clock: Clock = utc_now
     node: str = field(default="")
 
@@ -97,6 +99,7 @@ class Services:
             bus=bus,
             authz=authz,
             requests=RequestService(authz, sessions, clock, bus, audit),
+            recordings=RecordingService.from_settings(settings, keys, sessions, clock, audit),
             clock=clock,
             node=node,
         )

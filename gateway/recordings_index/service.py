@@ -1,0 +1,417 @@
+"""The gateway's recordings service: start, close, recover, verify and read recordings.
+
+Glue between the pure ``recordings`` library and the gateway: it builds the local store
+and data-key ring under the recordings directory, registers every recording in the catalog
+before the session may proceed (fail closed), updates the catalog at close, indexes
+terminal text for search, recovers at start only the recordings the catalog says this node
+left open, and audits every view or download before any plaintext is handed out. Does not
+decide who may view (the caller checks authorization first) and does not apply retention
+or quota rules (see ``retention``), though it asks them before starting a recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from gateway.config import Settings
+from gateway.keys import KeyRing
+from gateway.recordings_index import catalog, search
+from gateway.recordings_index.catalog import CatalogEntry
+from gateway.recordings_index.quota import QuotaExceeded, quota_status
+from gateway.recordings_index.tables import RecordingRow
+from recordings import (
+    DataKeyRing,
+    Kind,
+    LocalDataKeyStore,
+    LocalRecordingStore,
+    MasterKey,
+    RecordingNotFound,
+    RecordingReader,
+    RecordingUnavailable,
+    RecordingWriter,
+    VerifyResult,
+    WriterPolicy,
+    check_id,
+    recover_recording,
+    signing_key_id,
+    start_recording,
+    verify_recording,
+)
+from recordings.screen import TextLine, screen_lines
+from recordings.terminal import DEFAULT_SIZE
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+# Output beyond this much per recording is not interpreted for search (bounded work).
+INDEX_OUTPUT_BYTES = 64 << 20
+
+
+class AuditSink(Protocol):
+    """What the service needs from ``gateway.audit.AuditLog``."""
+
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        result: str,
+        target: str = "",
+        source: str = "",
+        detail: Mapping[str, object] | None = None,
+    ) -> int: ...
+
+
+class RecordingMissing(Exception):
+    """No such recording in the catalog (or its file is gone)."""
+
+
+def master_key_id(master_key: bytes) -> str:
+    """Stable, non-secret id of a master key: a domain-separated SHA-256 prefix."""
+    digest = hashlib.sha256(b"conduit recordings master key id v1\x00" + master_key)
+    return "mk-" + digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who and what a recording is of: identifiers only, they travel in the clear header."""
+
+    username: str
+    asset: str
+    protocol: str
+    session_id: str
+
+
+class RecordingService:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[Any],
+        store_root: Path,
+        master_key: bytes,
+        signing_key: Ed25519PrivateKey,
+        clock: Clock,
+        audit: AuditSink,
+        node: str = "local",
+        monotonic: Callable[[], float] = time.monotonic,
+        policy: WriterPolicy | None = None,
+        older_master_keys: Mapping[str, bytes] | None = None,
+        quota_bytes: int = 0,
+    ) -> None:
+        self.sessions = sessions
+        self.audit = audit
+        self.clock = clock
+        self.node = node
+        self.store = LocalRecordingStore(store_root)
+        self.keys_root = self.store.root / "keys"
+        self._key_store = LocalDataKeyStore(self.keys_root)
+        master = MasterKey(master_key_id(master_key), master_key)
+        older = {
+            master_key_id(k): MasterKey(master_key_id(k), k)
+            for k in (older_master_keys or {}).values()
+        }
+        self.data_keys = DataKeyRing(self._key_store, master, older)
+        self._signing_key = signing_key
+        public = signing_key.public_key()
+        self.verify_keys: dict[str, Ed25519PublicKey] = {signing_key_id(public): public}
+        self._monotonic = monotonic
+        self._policy = policy
+        self.quota_bytes = quota_bytes
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        keys: KeyRing,
+        sessions: async_sessionmaker[Any],
+        clock: Clock,
+        audit: AuditSink,
+    ) -> RecordingService:
+        """The service as configured: store under ``recordings_dir``, node name, quota."""
+        return cls(
+            sessions=sessions,
+            store_root=settings.recordings_dir,
+            master_key=keys.master_key,
+            signing_key=keys.signing_key,
+            clock=clock,
+            audit=audit,
+            node=settings.server.node_name or socket.gethostname(),
+            quota_bytes=settings.recordings.quota_bytes,
+        )
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def start(
+        self,
+        info: SessionInfo,
+        *,
+        kind: Kind,
+        on_failure: Callable[[str], None],
+        metadata: Mapping[str, str] | None = None,
+    ) -> RecordingWriter:
+        """Open a recording and register it; raise ``RecordingUnavailable`` to refuse.
+
+        Refuses (``QuotaExceeded``, audited) when the store is at or over its quota.
+        """
+        try:
+            status = await quota_status(self.sessions, self.quota_bytes)
+        except Exception as exc:  # no catalog, no recording: fail closed
+            raise RecordingUnavailable(
+                f"cannot check recording quota: {type(exc).__name__}"
+            ) from exc
+        if status.exceeded:
+            await self.audit.record(
+                actor=info.username,
+                action="recording.start",
+                result="denied",
+                target=info.asset,
+                detail={
+                    "reason": "recording quota exceeded",
+                    "used_bytes": status.used_bytes,
+                    "quota_bytes": status.quota_bytes,
+                },
+            )
+            raise QuotaExceeded(status)
+        started_at = self.clock()
+        header_meta = {
+            **(metadata or {}),
+            "user": info.username,
+            "asset": info.asset,
+            "protocol": info.protocol,
+            "session_id": info.session_id,
+            "node": self.node,
+        }
+        writer = await start_recording(
+            store=self.store,
+            data_keys=self.data_keys,
+            signing_key=self._signing_key,
+            kind=kind,
+            started_at=started_at,
+            metadata=header_meta,
+            clock=self._monotonic,
+            on_failure=on_failure,
+            policy=self._policy,
+        )
+        row = RecordingRow(
+            id=writer.recording_id,
+            kind=str(kind),
+            username=info.username,
+            asset=info.asset,
+            protocol=info.protocol,
+            session_id=info.session_id,
+            node=self.node,
+            data_key_id=writer.header.data_key_id,
+            started_at=started_at,
+            size_bytes=0,
+            integrity="unverified",
+            integrity_detail="",
+            indexed_lines=0,
+        )
+        try:
+            async with self.sessions() as db, db.begin():
+                await catalog.register_open(db, row)
+        except Exception as exc:
+            # Not in the catalog means never recovered or found: refuse the session.
+            await writer.close("recording_failed")
+            raise RecordingUnavailable(f"cannot register recording: {type(exc).__name__}") from exc
+        return writer
+
+    async def close(self, writer: RecordingWriter, end_reason: str) -> CatalogEntry:
+        """Finalize and sign, then record the end in the catalog and index the text."""
+        outcome = await writer.close(end_reason)
+        reason = outcome.end_reason if outcome.footer_written else "recording_failed"
+        return await self._finish(writer.recording_id, reason)
+
+    async def recover_open(self) -> list[tuple[str, VerifyResult | None]]:
+        """Close every recording the catalog says this node left open (crash recovery)."""
+        async with self.sessions() as db:
+            entries = await catalog.open_on_node(db, self.node)
+        done: list[tuple[str, VerifyResult | None]] = []
+        for entry in entries:
+            try:
+                result: VerifyResult | None = await asyncio.to_thread(
+                    recover_recording,
+                    self.store,
+                    entry.id,
+                    self.data_keys.resolve,
+                    self._signing_key,
+                    self.verify_keys,
+                )
+            except RecordingNotFound:
+                result = None
+            except Exception as exc:  # leave it open: the next start tries again
+                log.warning("cannot recover recording %s: %s", entry.id, exc)
+                await self.audit.record(
+                    actor="system",
+                    action="recording.recover",
+                    result="error",
+                    target=entry.id,
+                    detail={"error": type(exc).__name__},
+                )
+                continue
+            reason = result.end_reason if result is not None and result.end_reason else "incomplete"
+            await self._finish(entry.id, reason, missing=result is None)
+            await self.audit.record(
+                actor="system",
+                action="recording.recover",
+                result="success" if result is not None else "failure",
+                target=entry.id,
+                detail={"status": str(result.status) if result is not None else "missing"},
+            )
+            done.append((entry.id, result))
+        return done
+
+    async def _finish(
+        self, recording_id: str, end_reason: str, *, missing: bool = False
+    ) -> CatalogEntry:
+        size = 0 if missing else await asyncio.to_thread(self._file_size, recording_id)
+        async with self.sessions() as db, db.begin():
+            await catalog.mark_closed(
+                db, recording_id, ended_at=self.clock(), end_reason=end_reason, size=size
+            )
+        if missing:
+            async with self.sessions() as db, db.begin():
+                await catalog.set_integrity(
+                    db, recording_id, "missing", "file not found", self.clock()
+                )
+        else:
+            await self._verify_and_index(recording_id)
+        return await self.entry(recording_id)
+
+    def _file_size(self, recording_id: str) -> int:
+        with self.store.open_read(recording_id) as stream:
+            return stream.seek(0, 2)
+
+    def _read_text(
+        self, recording_id: str, cols: int, rows: int
+    ) -> tuple[VerifyResult, list[TextLine]]:
+        with self.store.open_read(recording_id) as stream:
+            reader = RecordingReader(stream, self.data_keys.resolve, self.verify_keys)
+            lines = list(
+                screen_lines(reader.events(), cols, rows, max_output_bytes=INDEX_OUTPUT_BYTES)
+            )
+        assert reader.result is not None  # noqa: S101 - events() exhausted sets it
+        return reader.result, lines
+
+    async def _verify_and_index(self, recording_id: str) -> None:
+        entry = await self.entry(recording_id)
+        if entry.kind == str(Kind.TERMINAL):
+            result, lines = await asyncio.to_thread(self._read_text, recording_id, *DEFAULT_SIZE)
+        else:
+            result, lines = await asyncio.to_thread(self._verify_file, recording_id), []
+        async with self.sessions() as db, db.begin():
+            await catalog.set_integrity(
+                db, recording_id, str(result.status), _describe(result), self.clock()
+            )
+            count = await search.index_lines(db, recording_id, lines)
+            await catalog.set_indexed(db, recording_id, count)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _verify_file(self, recording_id: str) -> VerifyResult:
+        with self.store.open_read(recording_id) as stream:
+            return verify_recording(stream, self.data_keys.resolve, self.verify_keys)
+
+    async def verify(self, recording_id: str) -> VerifyResult:
+        """Verify the file and store the verdict in the catalog."""
+        await self.entry(recording_id)
+        try:
+            result = await asyncio.to_thread(self._verify_file, recording_id)
+        except RecordingNotFound as exc:
+            async with self.sessions() as db, db.begin():
+                await catalog.set_integrity(
+                    db, recording_id, "missing", "file not found", self.clock()
+                )
+            raise RecordingMissing(recording_id) from exc
+        async with self.sessions() as db, db.begin():
+            await catalog.set_integrity(
+                db, recording_id, str(result.status), _describe(result), self.clock()
+            )
+        return result
+
+    async def entry(self, recording_id: str) -> CatalogEntry:
+        check_id(recording_id)
+        async with self.sessions() as db:
+            found = await catalog.get_entry(db, recording_id)
+        if found is None:
+            raise RecordingMissing(recording_id)
+        return found
+
+    async def entries(self, *, limit: int | None = None) -> list[CatalogEntry]:
+        async with self.sessions() as db:
+            return await catalog.list_entries(db, limit=limit)
+
+    async def search(
+        self, query: str, *, actor: str, source: str = "", limit: int = 100
+    ) -> list[search.SearchHit]:
+        """Search every recording's text; the search itself is audited (it reveals content)."""
+        await self.audit.record(
+            actor=actor,
+            action="recording.search",
+            result="success",
+            source=source,
+            detail={"query": query[:200], "limit": limit},
+        )
+        async with self.sessions() as db:
+            return await search.search_text(db, query, limit=limit)
+
+    @contextlib.asynccontextmanager
+    async def open_for_reading(
+        self, recording_id: str, *, actor: str, source: str = "", purpose: str = "view"
+    ) -> AsyncIterator[tuple[CatalogEntry, BinaryIO]]:
+        """Audit, then open the raw recording file; ``purpose`` is ``view`` or ``download``.
+
+        The audit event is written before any byte is read: no audit, no access.
+        """
+        if purpose not in ("view", "download"):
+            raise ValueError("purpose must be view or download")
+        entry = await self.entry(recording_id)
+        try:
+            stream = await asyncio.to_thread(self.store.open_read, recording_id)
+        except RecordingNotFound as exc:
+            await self.audit.record(
+                actor=actor,
+                action=f"recording.{purpose}",
+                result="failure",
+                target=recording_id,
+                source=source,
+                detail={"reason": "file not found"},
+            )
+            raise RecordingMissing(recording_id) from exc
+        try:
+            await self.audit.record(
+                actor=actor,
+                action=f"recording.{purpose}",
+                result="success",
+                target=recording_id,
+                source=source,
+                detail={"user": entry.username, "asset": entry.asset},
+            )
+            yield entry, stream
+        finally:
+            stream.close()
+
+    def reader(self, stream: BinaryIO) -> RecordingReader:
+        """A verifying reader over a stream from :meth:`open_for_reading`."""
+        return RecordingReader(stream, self.data_keys.resolve, self.verify_keys)
+
+
+def _describe(result: VerifyResult) -> str:
+    if result.tampered_chunk is not None:
+        return f"chunk {result.tampered_chunk}: {result.detail}"
+    if result.location:
+        return f"{result.location}: {result.detail}"
+    return result.detail

@@ -9,13 +9,17 @@ portal. Times print in UTC ISO 8601.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import getpass
 import sys
+from pathlib import Path
 
+from gateway import vault
 from gateway.commands import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
+from gateway.ssh import hostkeys
 from rbac.errors import RbacError
 from rbac.windows import parse_instant
 
@@ -69,6 +73,21 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     p.set_defaults(handler=cmd_asset_add)
     p = asset.add_parser("list", parents=[common], help="list assets")
     p.set_defaults(handler=cmd_asset_list)
+    p = asset.add_parser("credential", parents=[common], help="vault the target credential")
+    p.add_argument("name")
+    p.add_argument("--username", required=True, help="account name on the target")
+    p.add_argument("--account", default="default", help="routing name (user+asset+account)")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password-stdin", action="store_true", help="read the password")
+    secret.add_argument("--key-file", type=Path, help="unencrypted private key file")
+    p.set_defaults(handler=cmd_asset_credential)
+    p = asset.add_parser("pin-hostkey", parents=[common], help="pin the target's SSH host key")
+    p.add_argument("name")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scan", action="store_true", help="read the key from the target now")
+    how.add_argument("--key", metavar="LINE", help="a public key or known_hosts line")
+    p.add_argument("--replace", action="store_true", help="drop the keys pinned before")
+    p.set_defaults(handler=cmd_asset_pin_hostkey)
 
     zone = sub.add_parser("zone", help="zones").add_subparsers(
         dest="zone_command", metavar="ACTION", required=True
@@ -154,6 +173,70 @@ def cmd_asset_list(args: argparse.Namespace) -> int:
         for asset, zones in await services.authz.list_assets():
             address = f"{asset.host}:{asset.port}"
             print(f"{asset.name:24} {asset.protocol:8} {address:28} {','.join(zones)}")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_asset_credential(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password: str | None = sys.stdin.readline().rstrip("\r\n")
+        key: bytes | None = None
+    else:
+        password, key = None, args.key_file.read_bytes()
+
+    async def work(services: Services) -> int:
+        async with services.sessions() as db, db.begin():
+            if (await services.authz.asset(db, args.name)) is None:
+                raise ConduitError(f"asset {args.name} does not exist")
+            await vault.set_credential(
+                db,
+                services.keys.master_key,
+                asset=args.name,
+                account=args.account,
+                username=args.username,
+                password=password,
+                private_key=key,
+                now=services.clock(),
+            )
+        await services.audit.record(
+            actor=_actor(),
+            action="credential.set",
+            result="success",
+            target=args.name,
+            detail={"account": args.account, "target_user": args.username},
+        )
+        print(f"credential for {args.name} ({args.account}) stored")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_asset_pin_hostkey(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        async with services.sessions() as db:
+            row = await services.authz.asset(db, args.name)
+        if row is None:
+            raise ConduitError(f"asset {args.name} does not exist")
+        if args.scan:
+            async with asyncio.timeout(15):
+                key = await hostkeys.scan(row.host, row.port)
+        else:
+            key = hostkeys.parse_key_line(args.key)
+        async with services.sessions() as db, db.begin():
+            if args.replace:
+                await hostkeys.unpin_all(db, args.name)
+            fingerprint = await hostkeys.pin(
+                db, args.name, key, actor=_actor(), now=services.clock()
+            )
+        await services.audit.record(
+            actor=_actor(),
+            action="hostkey.pinned",
+            result="success",
+            target=args.name,
+            detail={"fingerprint": fingerprint, "replace": args.replace},
+        )
+        print(f"pinned {fingerprint} for {args.name}")
         return 0
 
     return _run(args, work)

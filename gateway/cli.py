@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import commands
     from gateway.audit_commands import add_audit_commands
     from gateway.authz_commands import add_authz_commands
+    from gateway.identity_commands import add_token_commands, add_user_commands
     from gateway.recordings_commands import add_recordings_commands
 
     common = _common()
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = user.add_parser("list", parents=[common], help="list accounts")
     p.set_defaults(handler=commands.cmd_user_list)
+    add_user_commands(user, common)
+    add_token_commands(sub, common)
     p = user.add_parser("enroll-admin", parents=[common], help="print a fresh admin enrolment link")
     p.set_defaults(handler=commands.cmd_user_enroll_admin)
 

@@ -44,3 +44,4 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("asyncssh").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("casbin").setLevel(max(logging.WARNING, root.level))

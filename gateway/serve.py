@@ -20,6 +20,7 @@ from typing import TextIO
 import asyncssh
 import uvicorn
 
+from gateway.broker import Broker
 from gateway.config import ListenAddress, Settings
 from gateway.db.migrate import require_current
 from gateway.errors import ConduitError
@@ -27,12 +28,13 @@ from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstr
 from gateway.keys import load_keyring
 from gateway.recordings_index.retention import apply_retention
 from gateway.services import Services
-from gateway.ssh.listener import start_ssh_listener
+from gateway.ssh.server import start_ssh_server
 from gateway.web.app import create_app
 
 log = logging.getLogger(__name__)
 AUDIT_CHECKPOINT_SECONDS = 300
 REQUEST_EXPIRY_SECONDS = 60
+POLICY_POLL_SECONDS = 0.5
 RETENTION_SECONDS = 3600
 
 
@@ -90,6 +92,19 @@ async def checkpoint_periodically(services: Services) -> None:
             await services.audit.checkpoint()
         except Exception:  # a failed checkpoint must not stop the gateway; it is retried
             log.exception("audit checkpoint failed")
+
+
+async def watch_policy(services: Services) -> None:
+    """Notice policy changes made by other processes (CLI, other nodes) within half a second.
+
+    A reload publishes a change event, which makes every live session re-check at once.
+    """
+    while True:
+        await asyncio.sleep(POLICY_POLL_SECONDS)
+        try:
+            await services.authz.refresh()
+        except Exception:  # the database may be briefly away; sessions keep their deadlines
+            log.exception("policy refresh failed")
 
 
 async def expire_requests_periodically(services: Services) -> None:
@@ -186,7 +201,9 @@ async def _serve_until(
     ssh_acceptor: asyncssh.SSHAcceptor | None = None
     if settings.ssh.enabled:
         try:
-            ssh_acceptor = await start_ssh_listener(services)
+            ssh_acceptor = await start_ssh_server(
+                services, Broker(services), services.authenticator
+            )
         except OSError as exc:
             portal_socket.close()
             raise ConduitError(
@@ -223,6 +240,7 @@ async def _serve_until(
     )
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     services.tasks.start("request-expiry", expire_requests_periodically(services))
+    services.tasks.start("policy-watch", watch_policy(services))
     if settings.recordings.retention_days:
         services.tasks.start("recording-retention", apply_retention_periodically(services))
     if on_ready is not None:

@@ -20,6 +20,7 @@ from gateway.authz.service import AuthzService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.events import ChangeBus
+from gateway.identity.login import Authenticator
 from gateway.keys import KeyRing
 from gateway.live import LiveRegistry
 from gateway.recordings_index import RecordingService
@@ -75,6 +76,7 @@ class Services:
     authz: AuthzService
     requests: RequestService
     recordings: RecordingService
+    authenticator: Authenticator
     clock: Clock = utc_now
     node: str = field(default="")
 
@@ -100,6 +102,8 @@ class Services:
             authz=authz,
             requests=RequestService(authz, sessions, clock, bus, audit),
             recordings=RecordingService.from_settings(settings, keys, sessions, clock, audit),
+            # One for portal, API and SSH: its argon2 concurrency limit covers them all.
+            authenticator=Authenticator(sessions, keys.master_key, settings.lockout, audit),
             clock=clock,
             node=node,
         )

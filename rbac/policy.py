@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -73,12 +73,36 @@ class Rule:
         return min(points) if points else None
 
 
+_PROOF = object()  # only this module holds it, so only rbac can construct an Authorization
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Proof that ``subject`` may do ``action`` on ``obj`` from ``decided_at`` until
+    ``valid_until``. Only ``rbac`` constructs one (``PolicyIndex.authorize``); code that
+    connects to an asset demands one, so no path reaches an asset without a decision.
+    """
+
+    subject: str
+    obj: str
+    action: str
+    grant_id: str
+    decided_at: datetime
+    valid_until: datetime | None
+    _token: object = field(repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self._token is not _PROOF:
+            raise PermissionError("an Authorization is only made by rbac.policy.authorize")
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
     reason: str
     grant_id: str | None = None
     valid_until: datetime | None = None  # None: this decision does not change by itself
+    authorization: Authorization | None = None  # present exactly when allowed
 
 
 def _closure(start: str, edges: dict[str, set[str]]) -> list[str]:
@@ -164,7 +188,11 @@ class PolicyIndex:
         """Decide ``subject`` doing ``action`` on ``obj`` at ``now`` (aware datetime)."""
         rules = self.matching(subject, obj, action)
         allowed, reason, grant = _evaluate(rules, now, subject, obj, action)
-        return Decision(allowed, reason, grant, _valid_until(rules, now, allowed))
+        until = _valid_until(rules, now, allowed)
+        proof = None
+        if allowed and grant is not None:
+            proof = Authorization(subject, obj, action, grant, now, until, _token=_PROOF)
+        return Decision(allowed, reason, grant, until, proof)
 
 
 def _evaluate(

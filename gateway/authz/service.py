@@ -302,6 +302,9 @@ class AuthzService:
                 query = query.where(Grant.revoked_at.is_(None))
             return list((await db.execute(query)).scalars())
 
+    async def asset(self, db: AsyncSession, name: str) -> Asset | None:
+        return (await db.execute(select(Asset).where(Asset.name == name))).scalar_one_or_none()
+
     async def list_assets(self) -> list[tuple[Asset, list[str]]]:
         async with self._sessions() as db:
             assets = list((await db.execute(select(Asset).order_by(Asset.name))).scalars())

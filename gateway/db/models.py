@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway.db.types import UTCDateTime
@@ -33,6 +33,11 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
     # Encrypted with the master key (nonce + AES-GCM ciphertext); never stored in clear.
     totp_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    # Added by 0003_identity. The last TOTP time step accepted: a code is single-use because
+    # a login must move this forward with one conditional UPDATE (gateway.identity.codes).
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Added by 0003_identity. Set when the failure count reaches the lockout limit.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 

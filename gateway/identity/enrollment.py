@@ -1,4 +1,4 @@
-"""One-time enrolment links: the admin bootstrap link printed at first start.
+"""One-time enrolment links: the admin bootstrap link and user invitations.
 
 A token is 256 bits from ``secrets``; only its SHA-256 is stored, so a database reader
 cannot use a pending link. Issuing a new bootstrap link voids the older ones. Consuming a
@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import EnrollmentToken, User, UserRole
 
 ADMIN_BOOTSTRAP = "admin-bootstrap"
+INVITE = "invite"
 BOOTSTRAP_LIFETIME = dt.timedelta(minutes=30)
+INVITE_LIFETIME = dt.timedelta(days=3)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,32 @@ async def issue_admin_bootstrap(db: AsyncSession, now: dt.datetime) -> Enrollmen
         )
     )
     return EnrollmentLink(token, expires)
+
+
+async def issue_invite(
+    db: AsyncSession, user_id: int, now: dt.datetime, lifetime: dt.timedelta = INVITE_LIFETIME
+) -> EnrollmentLink:
+    """Void the user's older unused invitations and issue a fresh one (caller commits)."""
+    await db.execute(
+        update(EnrollmentToken)
+        .where(
+            EnrollmentToken.purpose == INVITE,
+            EnrollmentToken.user_id == user_id,
+            EnrollmentToken.used_at.is_(None),
+        )
+        .values(expires_at=now)
+    )
+    token = secrets.token_urlsafe(32)
+    db.add(
+        EnrollmentToken(
+            token_sha256=_digest(token),
+            purpose=INVITE,
+            user_id=user_id,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+    )
+    return EnrollmentLink(token, now + lifetime)
 
 
 async def find_valid(db: AsyncSession, token: str, now: dt.datetime) -> EnrollmentToken | None:

@@ -333,3 +333,16 @@ def test_index_agrees_with_casbin_on_random_policies(
         )
         just_before = decision.valid_until - timedelta(microseconds=1)
         assert idx.authorize(who, asset, action, just_before).allowed is decision.allowed
+
+
+def test_only_rbac_makes_an_authorization() -> None:
+    from rbac.policy import Authorization
+
+    idx = site()
+    decision = idx.authorize("user:bob", "asset:plc-1", "ssh", utc(2026, 3, 2, 10))
+    proof = decision.authorization
+    assert proof is not None and proof.grant_id == "g-bob"
+    assert proof.valid_until == utc(2026, 3, 2, 12) and proof.obj == "asset:plc-1"
+    assert idx.authorize("user:bob", "asset:plc-1", "ssh", utc(2026, 3, 3)).authorization is None
+    with pytest.raises(PermissionError):
+        Authorization("user:bob", "asset:plc-1", "ssh", "g-bob", utc(2026, 1, 1), None)

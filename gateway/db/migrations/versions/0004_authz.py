@@ -1,7 +1,7 @@
 """Assets, zones, grants, access requests, and Casbin's policy table.
 
 Revision ID: 0004_authz
-Revises: 0002_audit
+Revises: 0003_identity
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from gateway.db.types import UTCDateTime
 
 revision = "0004_authz"
-down_revision = "0002_audit"
+down_revision = "0003_identity"
 branch_labels = None
 depends_on = None
 

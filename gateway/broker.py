@@ -1,0 +1,293 @@
+"""The broker: the single place where a session is decided, recorded, registered and ended.
+
+``open`` runs the lifecycle of ARCHITECTURE.md for every protocol: decide (rbac through the
+authorization service; a refusal is audited and looks like "not found"), record (no
+recording, no session), register with a watchdog, audit ``session.start``; ``connect_ssh``
+reaches the asset only with the Authorization; ``close`` finalizes the recording and audits
+``session.end`` with the reason. Front ends translate; they never decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+import asyncssh
+from sqlalchemy import select
+
+from gateway.authz.tables import Asset
+from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.events import Change
+from gateway.live import KillHandle, LiveSession
+from gateway.recordings_index import SessionInfo
+from gateway.services import Services
+from gateway.ssh import hostkeys, upstream
+from gateway.vault import DEFAULT_ACCOUNT, credential_for
+from rbac.policy import Authorization
+from recordings import Kind
+from recordings.writer import RecordingWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ticket:
+    """An open, authorized, recorded session."""
+
+    session_id: str
+    username: str
+    asset: str
+    action: str
+    protocol: str
+    source: str
+    proof: Authorization
+    writer: RecordingWriter
+    live: LiveSession
+    record_input: bool
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    recheck: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
+    last_activity: float = 0.0
+    watchdog: asyncio.Task[None] | None = None
+
+
+class Broker:
+    def __init__(self, services: Services) -> None:
+        self._s = services
+        self._tickets: dict[str, Ticket] = {}
+        services.bus.subscribe(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        for ticket in self._tickets.values():
+            self._wake(ticket)
+
+    def _wake(self, ticket: Ticket) -> None:
+        ticket.recheck.set()
+
+    async def open(
+        self,
+        username: str,
+        asset: str,
+        action: str,
+        *,
+        protocol: str,
+        source: str,
+        kill: KillHandle,
+        kind: Kind = Kind.TERMINAL,
+    ) -> Ticket:
+        s = self._s
+        decision = await s.authz.authorize(username, asset, action)
+        if not decision.allowed or decision.authorization is None:
+            await s.audit.record(
+                actor=username,
+                action="session.denied",
+                result="denied",
+                target=asset,
+                source=source,
+                detail={
+                    "protocol": protocol,
+                    "action_requested": action,
+                    "reason": decision.reason,
+                },
+            )
+            raise NotFoundOrForbidden(decision.reason)
+        session_id = s.live.new_id()
+        async with s.sessions() as db:
+            record_input = bool(
+                (await db.execute(select(Asset.record_input).where(Asset.name == asset))).scalar()
+            )
+
+        def recording_failed(reason: str) -> None:
+            ticket = self._tickets.get(session_id)
+            if ticket is not None:
+                s.tasks.start(f"kill-{session_id}", self.kill(session_id, "recording_failed"))
+
+        try:
+            writer = await s.recordings.start(
+                SessionInfo(
+                    username=username, asset=asset, protocol=protocol, session_id=session_id
+                ),
+                kind=kind,
+                on_failure=recording_failed,
+            )
+        except ConduitError as exc:
+            await s.audit.record(
+                actor=username,
+                action="session.denied",
+                result="error",
+                target=asset,
+                source=source,
+                detail={"protocol": protocol, "reason": exc.detail},
+            )
+            raise
+        now = s.clock()
+        live = LiveSession(
+            session_id=session_id,
+            node=s.node,
+            username=username,
+            asset=asset,
+            protocol=protocol,
+            started_at=now,
+            valid_until=decision.valid_until,
+            kill=kill,
+        )
+        ticket = Ticket(
+            session_id,
+            username,
+            asset,
+            action,
+            protocol,
+            source,
+            decision.authorization,
+            writer,
+            live,
+            record_input,
+            last_activity=asyncio.get_running_loop().time(),
+        )
+        self._tickets[session_id] = ticket
+        s.live.register(live)
+        await s.audit.record(
+            actor=username,
+            action="session.start",
+            result="success",
+            target=asset,
+            source=source,
+            detail={
+                "session_id": session_id,
+                "protocol": protocol,
+                "grant_id": decision.grant_id or "",
+                "recording_id": writer.recording_id,
+                "valid_until": decision.valid_until.isoformat() if decision.valid_until else "",
+            },
+        )
+        ticket.watchdog = s.tasks.start(f"watchdog-{session_id}", self._watch(ticket))
+        return ticket
+
+    async def connect_ssh(
+        self, ticket: Ticket, account: str = DEFAULT_ACCOUNT
+    ) -> asyncssh.SSHClientConnection:
+        s = self._s
+        async with s.sessions() as db:
+            row = (await db.execute(select(Asset).where(Asset.name == ticket.asset))).scalar_one()
+            pins = await hostkeys.pinned(db, ticket.asset)
+            credential = await credential_for(db, s.keys.master_key, ticket.proof, account)
+        try:
+            return await upstream.connect(ticket.proof, row.host, row.port, credential, pins)
+        except upstream.HostKeyMismatch as exc:
+            log.error("ALERT host key mismatch: %s", exc.detail)
+            await s.audit.record(
+                actor=ticket.username,
+                action="upstream.hostkey_mismatch",
+                result="failure",
+                target=ticket.asset,
+                source=ticket.source,
+                detail={"session_id": ticket.session_id, "reason": exc.detail},
+            )
+            raise
+        except upstream.UpstreamError as exc:
+            await s.audit.record(
+                actor=ticket.username,
+                action="upstream.failed",
+                result="failure",
+                target=ticket.asset,
+                source=ticket.source,
+                detail={"session_id": ticket.session_id, "reason": exc.detail},
+            )
+            raise
+
+    def activity(self, ticket: Ticket) -> None:
+        ticket.last_activity = asyncio.get_running_loop().time()
+
+    async def kill(self, session_id: str, reason: str) -> bool:
+        """End a live session with ``reason`` (admin kill, revoke, expiry, shutdown...)."""
+        ticket = self._tickets.get(session_id)
+        if ticket is None:
+            return False
+        ticket.end_reason = ticket.end_reason or reason
+        await ticket.live.kill(ticket.end_reason)
+        return True
+
+    def schedule_close(self, ticket: Ticket, reason: str) -> None:
+        """``close`` from a synchronous asyncssh callback, owned by the task set."""
+        self._s.tasks.start(f"close-{ticket.session_id}", self.close(ticket, reason))
+
+    async def close(self, ticket: Ticket, reason: str) -> None:
+        """Called once by the front end when the session is over, whatever ended it."""
+        if self._tickets.pop(ticket.session_id, None) is None:
+            return
+        reason = ticket.end_reason or reason
+        ticket.end_reason = reason
+        ticket.ended.set()
+        ticket.recheck.set()
+        if ticket.watchdog is not None and ticket.watchdog is not asyncio.current_task():
+            ticket.watchdog.cancel()
+        self._s.live.unregister(ticket.session_id)
+        recording_id = ticket.writer.recording_id
+        try:
+            await self._s.recordings.close(ticket.writer, reason)
+        except Exception:  # the catalog row stays open; recovery closes it at next start
+            log.exception("closing recording %s failed", recording_id)
+        await self._s.audit.record(
+            actor=ticket.username,
+            action="session.end",
+            result="success",
+            target=ticket.asset,
+            source=ticket.source,
+            detail={
+                "session_id": ticket.session_id,
+                "reason": reason,
+                "recording_id": recording_id,
+                "bytes_up": ticket.live.bytes_up,
+                "bytes_down": ticket.live.bytes_down,
+            },
+        )
+
+    async def _watch(self, ticket: Ticket) -> None:
+        """End the session at valid_until, on revoke, on idle and at max duration.
+
+        Wakes at the earliest deadline or when a change event sets ``recheck``; every wake
+        asks the authorization service again, so a revoke or an edited window binds at once.
+        """
+        s = self._s
+        limits = s.settings.sessions
+        loop = asyncio.get_running_loop()
+        started_mono = loop.time() - (s.clock() - ticket.live.started_at).total_seconds()
+        first = True
+        while not ticket.ended.is_set():
+            if not first:
+                decision = await s.authz.authorize(ticket.username, ticket.asset, ticket.action)
+                if not decision.allowed:
+                    until = ticket.live.valid_until
+                    expired = until is not None and s.clock() >= until
+                    await self.kill(ticket.session_id, "expired" if expired else "revoked")
+                    return
+                ticket.live.valid_until = decision.valid_until
+            first = False
+            deadlines = [
+                started_mono + limits.max_duration_seconds,
+                ticket.last_activity + limits.idle_timeout_seconds,
+            ]
+            if ticket.live.valid_until is not None:
+                remaining = (ticket.live.valid_until - s.clock()).total_seconds()
+                deadlines.append(loop.time() + max(0.0, remaining))
+            wait = max(0.0, min(deadlines) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await ticket.recheck.wait()
+            ticket.recheck.clear()
+            if ticket.ended.is_set():
+                return
+            now_mono = loop.time()
+            if now_mono >= started_mono + limits.max_duration_seconds:
+                await self.kill(ticket.session_id, "max_duration")
+                return
+            if now_mono >= ticket.last_activity + limits.idle_timeout_seconds:
+                await self.kill(ticket.session_id, "idle")
+                return
+
+
+def utc(value: dt.datetime | None) -> str:
+    return value.isoformat() if value else ""

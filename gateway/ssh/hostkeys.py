@@ -1,0 +1,91 @@
+"""Pinned target host keys: the only keys the upstream client accepts for an asset.
+
+An admin pins keys by scanning the target once (trust on first use, by a person, audited)
+or by pasting a known_hosts line. The upstream connection builds its known-hosts from the
+pins alone; no pin means no connection. Does not connect anywhere except for ``scan``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncssh
+from sqlalchemy import String, UniqueConstraint, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.db.models import Base
+from gateway.db.types import UTCDateTime
+from gateway.errors import ConduitError
+
+
+class HostKeyError(ConduitError):
+    """A host key line is malformed, or a scan failed."""
+
+
+class AssetHostKey(Base):
+    __tablename__ = "asset_host_keys"
+    __table_args__ = (UniqueConstraint("asset", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset: Mapped[str] = mapped_column(String(64), index=True)
+    key: Mapped[str] = mapped_column(String(16384))  # OpenSSH public key line
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    added_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+def parse_key_line(line: str) -> asyncssh.SSHKey:
+    """A public key from ``ssh-ed25519 AAAA...`` or a known_hosts line ``host ssh-ed25519 AAAA``."""
+    parts = line.strip().split()
+    for start in range(min(2, len(parts))):
+        try:
+            return asyncssh.import_public_key(" ".join(parts[start : start + 2]))
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+    raise HostKeyError("not an OpenSSH public key or known_hosts line")
+
+
+async def scan(host: str, port: int) -> asyncssh.SSHKey:
+    """The target's host key, read once (callers bound the wait with ``asyncio.timeout``)."""
+    try:
+        key = await asyncssh.get_server_host_key(host, port)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise HostKeyError(f"could not read the host key of {host}:{port}: {exc}") from None
+    if key is None:
+        raise HostKeyError(f"{host}:{port} offered no host key")
+    return key
+
+
+async def pin(
+    db: AsyncSession, asset: str, key: asyncssh.SSHKey, *, actor: str, now: dt.datetime
+) -> str:
+    fingerprint = key.get_fingerprint("sha256")
+    exists = await db.execute(
+        select(AssetHostKey.id).where(
+            AssetHostKey.asset == asset, AssetHostKey.fingerprint == fingerprint
+        )
+    )
+    if exists.first() is None:
+        db.add(
+            AssetHostKey(
+                asset=asset,
+                key=key.export_public_key("openssh").decode().strip(),
+                fingerprint=fingerprint,
+                added_by=actor,
+                created_at=now,
+            )
+        )
+    return fingerprint
+
+
+async def unpin_all(db: AsyncSession, asset: str) -> None:
+    for row in (
+        await db.execute(select(AssetHostKey).where(AssetHostKey.asset == asset))
+    ).scalars():
+        await db.delete(row)
+
+
+async def pinned(db: AsyncSession, asset: str) -> list[asyncssh.SSHKey]:
+    rows = (await db.execute(select(AssetHostKey.key).where(AssetHostKey.asset == asset))).scalars()
+    return [asyncssh.import_public_key(line) for line in rows]

@@ -1,0 +1,282 @@
+"""Relaying one SSH session channel between the vendor's client and the asset.
+
+Low-level asyncssh sessions on both legs (the streams API measured ~35% slower), bytes
+only. Both directions go to the recorder (input unless the asset turns it off) with
+timestamps. Back-pressure is passed along: when one side's send buffer fills, reading from
+the other side pauses, so a slow client never makes the gateway buffer without bound.
+Exit status and exit signal are passed back; window changes, signals and breaks are passed
+on. Does not authenticate or decide: the broker has done that before a relay exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from gateway.broker import Broker, Ticket
+from gateway.errors import ConduitError
+from recordings.terminal import TerminalEvent, resize_payload
+
+log = logging.getLogger(__name__)
+ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ")
+ENV_PREFIX_ALLOWED = ("LC_",)
+TermSize = tuple[int, int, int, int]
+
+
+def allowed_env(env: Mapping[Any, Any]) -> dict[str | bytes, str | bytes]:
+    """Only locale and timezone variables pass: nothing that changes what a program runs."""
+    allowed: dict[str | bytes, str | bytes] = {}
+    for key, value in env.items():
+        if not (isinstance(key, str) and isinstance(value, str)) or len(value) > 256:
+            continue
+        if key in ENV_ALLOWED or key.startswith(ENV_PREFIX_ALLOWED):
+            allowed[key] = value
+    return allowed
+
+
+@dataclass
+class Request:
+    """What the client asked for on this channel, before anything is opened."""
+
+    command: str | None = None
+    term_type: str | None = None
+    term_size: TermSize = (80, 24, 0, 0)
+    term_modes: Mapping[int, int] = field(default_factory=dict)
+    env: dict[str | bytes, str | bytes] = field(default_factory=dict)
+
+
+class UpstreamSide(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, relay: RelaySession) -> None:
+        self._relay = relay
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._relay.from_upstream(data, datatype)
+
+    def eof_received(self) -> bool:
+        self._relay.upstream_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self._relay.pause_client()
+
+    def resume_writing(self) -> None:
+        self._relay.resume_client()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.upstream_closed(self)
+
+
+class RelaySession(asyncssh.SSHServerSession[bytes]):
+    """The client-facing end; created per session channel by the SSH server."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        username: str,
+        asset: str,
+        account: str,
+        source: str,
+        start: Callable[[RelaySession], Awaitable[None]],
+    ) -> None:
+        self.broker = broker
+        self.username = username
+        self.asset = asset
+        self.account = account
+        self.source = source
+        self.request = Request()
+        self._start = start
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._up_chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._up_conn: asyncssh.SSHClientConnection | None = None
+        self.ticket: Ticket | None = None
+        self._pending_eof = False
+        self._early: list[tuple[bytes, asyncssh.DataType]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    # -- requests from the client ----------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(
+        self, term_type: str, term_size: TermSize, term_modes: Mapping[int, int]
+    ) -> bool:
+        self.request.term_type, self.request.term_size = term_type, term_size
+        self.request.term_modes = term_modes
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        if len(command) > 65536 or "\0" in command:
+            return False
+        self.request.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False  # SFTP goes through the gateway's own SFTP server, not a raw relay
+
+    def session_started(self) -> None:
+        assert self._chan is not None  # noqa: S101 - asyncssh calls connection_made first
+        self.request.env = allowed_env(dict(self._chan.get_environment()))
+        self._task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        try:
+            await self._start(self)
+        except ConduitError as exc:
+            self.fail(exc.message)
+        except Exception:
+            log.exception("session set-up failed")
+            self.fail("internal error")
+
+    def fail(self, message: str) -> None:
+        if self._chan is not None:
+            self._chan.write_stderr(f"conduit: {message}\r\n".encode())
+            self._chan.exit(1)
+
+    async def attach(self, ticket: Ticket, conn: asyncssh.SSHClientConnection) -> None:
+        """Open the upstream channel for this request and start relaying."""
+        self.ticket, self._up_conn = ticket, conn
+        r = self.request
+        chan, _ = await conn.create_session(
+            lambda: UpstreamSide(self),
+            r.command,
+            term_type=r.term_type,
+            term_size=r.term_size if r.term_type else None,
+            term_modes=r.term_modes if r.term_type else None,
+            env=r.env,
+            encoding=None,
+        )
+        self._up_chan = chan
+        early, self._early = self._early, []
+        for data, datatype in early:
+            self._forward(data, datatype)
+        if self._pending_eof:
+            chan.write_eof()
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    # -- client -> upstream ----------------------------------------------------------------
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._up_chan is None or self.ticket is None:
+            # Typed before the asset is connected: keep this one packet and stop delivery, so
+            # the rest waits in asyncssh's window (bounded) and arrives in order later.
+            self._early.append((data, datatype))
+            if self._chan is not None:
+                self._chan.pause_reading()
+            return
+        self._forward(data, datatype)
+
+    def _forward(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self._up_chan is not None and self.ticket is not None  # noqa: S101
+        ticket = self.ticket
+        ticket.live.bytes_up += len(data)
+        self.broker.activity(ticket)
+        if ticket.record_input:
+            ticket.writer.record(TerminalEvent.INPUT, data)
+        self._up_chan.write(data, datatype)
+
+    def eof_received(self) -> bool:
+        if self._up_chan is None:
+            self._pending_eof = True
+        else:
+            self._up_chan.write_eof()
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._up_chan is not None and self.ticket is not None:
+            self.ticket.writer.record(TerminalEvent.RESIZE, resize_payload(width, height))
+            self._up_chan.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        if self._up_chan is not None:
+            self._up_chan.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self._up_chan is not None:
+            self._up_chan.send_break(msec)
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        if self._up_chan is not None:
+            self._up_chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._up_chan is not None:
+            self._up_chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._up_conn is not None:
+            self._up_conn.close()
+        self._finish("client_closed")
+
+    # -- upstream -> client ----------------------------------------------------------------
+    def from_upstream(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._chan is None or self.ticket is None:
+            return
+        self.ticket.live.bytes_down += len(data)
+        self.broker.activity(self.ticket)
+        self.ticket.writer.record(TerminalEvent.OUTPUT, data)
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self._chan.write_stderr(data)
+        else:
+            self._chan.write(data)
+
+    def upstream_eof(self) -> None:
+        if self._chan is not None:
+            self._chan.write_eof()
+
+    def pause_client(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_client(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    def upstream_closed(self, side: UpstreamSide) -> None:
+        chan = self._chan
+        if chan is not None:
+            if side.exit_signal is not None:
+                signal, core, msg, lang = side.exit_signal
+                chan.exit_with_signal(signal, core, msg, lang)
+            elif side.exit_status is not None:
+                chan.exit(side.exit_status)
+            else:
+                chan.close()
+        if self._up_conn is not None:
+            self._up_conn.close()
+        self._finish("closed")
+
+    def _finish(self, reason: str) -> None:
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.broker.schedule_close(ticket, reason)
+
+    async def kill(self, reason: str) -> None:
+        """The kill handle registered with the live registry."""
+        chan = self._chan
+        if chan is not None:
+            chan.write_stderr(f"\r\nconduit: session ended: {reason}\r\n".encode())
+            chan.exit(255)
+        if self._up_conn is not None:
+            self._up_conn.close()
+
+
+def kill_handle(session: RelaySession) -> Callable[[str], Awaitable[None]]:
+    return session.kill

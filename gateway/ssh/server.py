@@ -1,0 +1,287 @@
+"""The SSH jump host: authentication with MFA, username routing, and session dispatch.
+
+Every asyncssh hook refuses unless it is one we handle. Authentication is MFA always:
+keyboard-interactive asks for the password and a verification code (works for ssh, scp,
+sftp, PuTTY, WinSCP) and goes through the same ``Authenticator`` as the portal, so the
+lockout is shared; a one-time connect code from the portal (made after MFA, bound to user
+and asset) may be given as the password. Sessions are opened through the broker; remote
+forwarding, agent and X11 forwarding are refused. Does not decide access itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncssh
+from asyncssh.auth import KbdIntChallenge, KbdIntResponse
+from sqlalchemy import select
+
+from gateway.broker import Broker
+from gateway.db.models import User
+from gateway.errors import ConduitError
+from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
+from gateway.identity.ssh_access import use_connect_code
+from gateway.services import Services
+from gateway.ssh.relay import RelaySession
+from gateway.ssh.routing import Route, parse_route
+from gateway.vault import DEFAULT_ACCOUNT
+
+log = logging.getLogger(__name__)
+# Advertised after "SSH-2.0-": OpenSSH clients send eow@openssh.com only to peers whose
+# version starts with "OpenSSH" (see shared/SSH-RELAY.md); we name ourselves honestly.
+SERVER_VERSION = "Conduit_0.1"
+
+
+class _Gate:
+    """Counts connections that have not finished authenticating."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+
+
+class GatewaySSHServer(asyncssh.SSHServer):
+    def __init__(
+        self, services: Services, gate: _Gate, broker: Broker, authenticator: Authenticator
+    ) -> None:
+        self._s = services
+        self._gate = gate
+        self._broker = broker
+        self._auth = authenticator
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._counted = False
+        self._route: Route | None = None
+        self._identity: Identity | None = None
+        self._source = ""
+
+    # -- connection ----------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self._source = str(peer[0]) if peer else ""
+        if self._gate.pending >= self._gate.limit:
+            self._s.metrics.ssh_refused.labels("unauthenticated_cap").inc()
+            log.warning("ssh: refusing %s: too many unauthenticated connections", self._source)
+            conn.close()
+            return
+        self._gate.pending += 1
+        self._counted = True
+        self._s.metrics.ssh_connections.inc()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gate.pending -= 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._uncount()
+
+    def auth_completed(self) -> None:
+        self._uncount()
+
+    # -- authentication ------------------------------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        self._route = parse_route(username)
+        banner = self._s.settings.ssh.banner or self._s.settings.portal.banner
+        if banner and self._conn is not None:
+            self._conn.send_auth_banner(banner + "\r\n")
+        return True  # authentication is always required
+
+    def _user(self) -> str:
+        return self._route.user if self._route is not None else "?"
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> KbdIntChallenge:
+        return ("Conduit login", "", "", [("Password: ", False), ("Verification code: ", True)])
+
+    async def validate_kbdint_response(
+        self, username: str, responses: KbdIntResponse
+    ) -> KbdIntChallenge | bool:
+        if len(responses) != 2:
+            return False
+        password, code = responses
+        try:
+            self._identity = await self._auth.verify_password_and_code(
+                self._user(), password, code, "ssh", self._source, self._s.clock()
+            )
+        except AuthenticationFailed:
+            return False
+        return self._route is not None
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        """A one-time connect code as the password: bound to this user and this asset."""
+        route = self._route
+        if route is None or route.asset is None:
+            await self._audit_failure("connect code without an asset in the username")
+            return False
+        now = self._s.clock()
+        async with self._s.sessions() as db, db.begin():
+            user = (
+                await db.execute(select(User).where(User.username == route.user))
+            ).scalar_one_or_none()
+            ok = (
+                user is not None
+                and user.status == "active"
+                and await use_connect_code(db, user.id, route.asset, password, now)
+            )
+        if not ok or user is None:
+            await self._audit_failure("connect code not valid for this user and asset")
+            return False
+        self._identity = Identity(
+            user.id, user.username, tuple(user.role_names), now, "ssh", "connect-code"
+        )
+        await self._s.audit.record(
+            actor=user.username,
+            action="login.success",
+            result="success",
+            target=route.asset,
+            source=self._source,
+            detail={"channel": "ssh", "factor": "connect-code"},
+        )
+        return True
+
+    async def _audit_failure(self, reason: str) -> None:
+        await self._s.audit.record(
+            actor=self._user(),
+            action="login.failure",
+            result="failure",
+            source=self._source,
+            detail={"channel": "ssh", "reason": reason},
+        )
+
+    def public_key_auth_supported(self) -> bool:
+        return False
+
+    # -- channels ------------------------------------------------------------------------
+    def session_requested(self) -> asyncssh.SSHServerSession[Any] | bool:
+        if self._identity is None or self._route is None:
+            return False
+        route = self._route
+        if route.asset is None:
+            return MenuSession(self._s, self._identity.username, self._s.settings.ssh_listen.port)
+        return RelaySession(
+            self._broker,
+            self._identity.username,
+            route.asset,
+            route.account or DEFAULT_ACCOUNT,
+            self._source,
+            self._start_relay,
+        )
+
+    async def _start_relay(self, session: RelaySession) -> None:
+        ticket = await self._broker.open(
+            session.username,
+            session.asset,
+            "ssh",
+            protocol="ssh",
+            source=session.source,
+            kill=session.kill,
+        )
+        try:
+            conn = await self._broker.connect_ssh(ticket, session.account)
+            await session.attach(ticket, conn)
+        except (ConduitError, asyncssh.Error, OSError):
+            await self._broker.close(ticket, "upstream_failed")
+            raise
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refuse("remote forwarding", f"{listen_host}:{listen_port}")
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        self._refuse("direct-tcpip", f"{dest_host}:{dest_port}")
+        return False
+
+    def _refuse(self, what: str, target: str) -> None:
+        self._s.tasks.start(
+            "audit-refusal",
+            self._s.audit.record(
+                actor=self._identity.username if self._identity else self._user(),
+                action="ssh.refused",
+                result="denied",
+                target=target,
+                source=self._source,
+                detail={"request": what},
+            ),
+        )
+
+
+class MenuSession(asyncssh.SSHServerSession[bytes]):
+    """``ssh alice@gateway`` with no asset: what alice may reach now, and how."""
+
+    def __init__(self, services: Services, username: str, port: int) -> None:
+        self._s = services
+        self._username = username
+        self._port = port
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        self._s.tasks.start("ssh-menu", self._show())
+
+    async def _show(self) -> None:
+        chan = self._chan
+        assert chan is not None  # noqa: S101 - set in connection_made
+        reachable = [r for r in await self._s.authz.reachable_now(self._username) if r[1] == "ssh"]
+        if not reachable:
+            lines = [
+                "You may not reach any asset over SSH right now.",
+                "Request access in the portal.",
+            ]
+        else:
+            lines = ["Assets you may reach over SSH now:"]
+            for asset, _, decision in reachable:
+                until = decision.valid_until
+                shown = until.strftime("%Y-%m-%d %H:%M UTC") if until else "no end"
+                lines.append(f"  {asset:24} until {shown}")
+            lines.append(f"Connect with: ssh -p {self._port} {self._username}+ASSET@<gateway>")
+        chan.write("".join(f"{line}\r\n" for line in lines).encode())
+        chan.exit(0)
+
+
+async def start_ssh_server(
+    services: Services, broker: Broker, authenticator: Authenticator
+) -> asyncssh.SSHAcceptor:
+    settings = services.settings
+    listen = settings.ssh_listen
+    gate = _Gate(settings.ssh.max_unauthenticated)
+    return await asyncssh.create_server(
+        lambda: GatewaySSHServer(services, gate, broker, authenticator),
+        listen.host,
+        listen.port,
+        server_host_keys=list(services.keys.ssh_host_keys),
+        server_version=SERVER_VERSION,
+        login_timeout=settings.ssh.login_timeout_seconds,
+        encryption_algs=[
+            "aes128-gcm@openssh.com",
+            "aes256-gcm@openssh.com",
+            "chacha20-poly1305@openssh.com",
+            "aes128-ctr",
+            "aes256-ctr",
+        ],
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_scp=False,
+        line_editor=False,
+        encoding=None,  # bytes end to end: the relay never decodes what it carries
+        reuse_address=True,
+    )

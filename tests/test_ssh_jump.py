@@ -1,0 +1,326 @@
+"""The SSH jump host with real peers: OpenSSH ssh as the vendor, OpenSSH sshd as the asset."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pyotp
+import pytest
+
+from gateway.config import Overrides, load_settings
+from gateway.identity.accounts import create_user
+from gateway.keys import load_keyring
+from gateway.services import Services
+from gateway.ssh import hostkeys
+from gateway.vault import set_credential
+from tests.sshd_target import SSHDTarget, free_port, missing_reason, start_sshd
+from tests.support import Served, conduit, init_data_dir
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    target = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+@dataclass
+class Gateway:
+    data: Path
+    server: Served
+    ssh_port: int
+    secrets: dict[str, str]
+    work: Path
+
+    def code(self, user: str, step: int = 0) -> str:
+        totp = pyotp.TOTP(self.secrets[user])
+        return totp.at(time.time() + 30 * step)
+
+    def askpass(self, user: str, code: str) -> dict[str, str]:
+        """Environment making OpenSSH answer keyboard-interactive from files."""
+        (self.work / "pw").write_text(PASSWORD)
+        (self.work / "code").write_text(code)
+        script = self.work / "askpass.sh"
+        script.write_text(f"""#!/bin/sh
+case "$1" in
+  *assword*) cat {self.work}/pw ;;
+  *erification*) cat {self.work}/code ;;
+esac
+""")
+        script.chmod(0o700)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+        env.update(SSH_ASKPASS=str(script), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+        return env
+
+    def ssh(
+        self, route: str, command: str, code: str, *extra: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(self.ssh_port),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                f"UserKnownHostsFile={self.work / 'known_hosts'}",
+                "-o",
+                "PreferredAuthentications=keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=10",
+                *extra,
+                f"{route}@127.0.0.1",
+                command,
+            ],
+            env=self.askpass(route, code),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def audit(self) -> list[dict[str, object]]:
+        exported = conduit("audit", "export", "--data-dir", str(self.data))
+        assert exported.returncode == 0, exported.stderr
+        return [json.loads(line) for line in exported.stdout.splitlines()]
+
+
+async def _populate(data: Path, sshd: SSHDTarget, secrets: dict[str, str]) -> None:
+    settings = load_settings(None, Overrides(data_dir=data), environ={})
+    keys = load_keyring(settings)
+    services = Services.build(settings, keys)
+    try:
+        async with services.sessions() as db, db.begin():
+            for user, secret in secrets.items():
+                await create_user(
+                    db,
+                    username=user,
+                    roles=["vendor"],
+                    now=services.clock(),
+                    master_key=keys.master_key,
+                    password=PASSWORD,
+                    totp_secret=secret,
+                    status="active",
+                    organisation="acme",
+                )
+        await services.authz.add_asset("target", "127.0.0.1", sshd.port, "ssh", actor="test")
+        await services.authz.add_asset("other", "127.0.0.1", sshd.port, "ssh", actor="test")
+        async with services.sessions() as db, db.begin():
+            await set_credential(
+                db,
+                keys.master_key,
+                asset="target",
+                username="root",
+                private_key=sshd.client_key.read_bytes(),
+                now=services.clock(),
+            )
+            await hostkeys.pin(
+                db,
+                "target",
+                hostkeys.parse_key_line(sshd.host_public_key),
+                actor="test",
+                now=services.clock(),
+            )
+        await services.authz.add_grant(
+            subject_kind="org",
+            subject="acme",
+            object_kind="asset",
+            obj="target",
+            action="ssh",
+            actor="test",
+        )
+    finally:
+        await services.close()
+
+
+@pytest.fixture
+def gateway(sshd: SSHDTarget, tmp_path: Path) -> Iterator[Gateway]:
+    data = tmp_path / "data"
+    init_data_dir(data)
+    secrets = {name: pyotp.random_base32() for name in ("alice", "bob", "carol", "dave")}
+    asyncio.run(_populate(data, sshd, secrets))
+    portal, ssh_port = free_port(), free_port()
+    server = Served(
+        [
+            "serve",
+            "--data-dir",
+            str(data),
+            "--portal-listen",
+            f"127.0.0.1:{portal}",
+            "--ssh-listen",
+            f"127.0.0.1:{ssh_port}",
+        ],
+        f"127.0.0.1:{portal}",
+    )
+    try:
+        server.wait_healthy()
+        work = tmp_path / "client"
+        work.mkdir()
+        yield Gateway(data, server, ssh_port, secrets, work)
+    finally:
+        server.kill()
+
+
+def test_exec_returns_exit_status_and_is_recorded_and_audited(gateway: Gateway) -> None:
+    result = gateway.ssh(
+        "alice+target", "echo conduit-$((40+2)); echo oops >&2; exit 3", gateway.code("alice")
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "conduit-42\n"
+    assert "oops" in result.stderr
+    actions = [(e["action"], e["actor"]) for e in gateway.audit()]
+    assert ("login.success", "alice") in actions
+    assert ("session.start", "alice") in actions and ("session.end", "alice") in actions
+    found = conduit("recordings", "search", "conduit-42", "--data-dir", str(gateway.data))
+    assert found.returncode == 0, found.stderr
+    assert "[conduit]-[42]" in found.stdout  # hits come back with the words marked
+
+
+def test_same_code_cannot_log_in_twice_and_wrong_code_is_refused(gateway: Gateway) -> None:
+    code = gateway.code("bob")
+    assert gateway.ssh("bob+target", "true", code).returncode == 0
+    again = gateway.ssh("bob+target", "true", code)
+    assert again.returncode == 255 and "Permission denied" in again.stderr
+    wrong = gateway.ssh("bob+target", "true", "000000" if code != "000000" else "111111")
+    assert wrong.returncode == 255
+    failures = [e for e in gateway.audit() if e["action"] == "login.failure"]
+    assert len(failures) >= 2
+
+
+def test_forbidden_and_missing_assets_look_the_same(gateway: Gateway) -> None:
+    forbidden = gateway.ssh("carol+other", "true", gateway.code("carol"))
+    missing = gateway.ssh("carol+nothing", "true", gateway.code("carol", 1))
+    assert forbidden.returncode == missing.returncode == 1
+    assert "not found or not permitted" in forbidden.stderr
+    assert "not found or not permitted" in missing.stderr
+    denied = [e for e in gateway.audit() if e["action"] == "session.denied"]
+    assert {e["target"] for e in denied} == {"other", "nothing"}
+
+
+@pytest.mark.parametrize("username", ["a+b+c+d", "+x", "u+", "u+../x", "A+target", "u" * 1025])
+def test_malformed_usernames_are_refused(gateway: Gateway, username: str) -> None:
+    async def attempt() -> None:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            gateway.ssh_port,
+            username=username,
+            password=PASSWORD,
+            known_hosts=None,
+            client_keys=None,
+            preferred_auth=["password"],
+            agent_path=None,
+        ):
+            pass
+
+    with pytest.raises(
+        (asyncssh.PermissionDenied, asyncssh.ProtocolError, asyncssh.DisconnectError)
+    ):
+        asyncio.run(attempt())
+    assert gateway.server.proc.poll() is None
+
+
+def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
+    class Client(asyncssh.SSHClient):
+        def kbdint_auth_requested(self) -> str:
+            return ""
+
+        def kbdint_challenge_received(
+            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+        ) -> list[str]:
+            return [PASSWORD if "assword" in p else gateway.code("dave") for p, _ in prompts]
+
+    async def shell() -> str:
+        conn, _ = await asyncssh.create_connection(
+            Client,
+            "127.0.0.1",
+            gateway.ssh_port,
+            username="dave+target",
+            known_hosts=None,
+            client_keys=None,
+            agent_path=None,
+            preferred_auth=["keyboard-interactive"],
+        )
+        async with conn:
+            process = await conn.create_process(term_type="xterm", term_size=(100, 30))
+            process.stdin.write("echo typed-$((6*7))\n")
+            output = ""
+            while "typed-42" not in output:
+                try:
+                    output += await asyncio.wait_for(process.stdout.read(1024), 10)
+                except TimeoutError:
+                    raise AssertionError(f"no echo; got {output!r}") from None
+            process.stdin.write("exit 0\n")
+            await asyncio.wait_for(process.wait(), 10)
+            return output
+
+    assert "typed-42" in asyncio.run(shell())
+    listing = conduit("recordings", "search", "typed-42", "--data-dir", str(gateway.data))
+    assert "[typed]-[42]" in listing.stdout
+
+
+def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> None:
+    grants = conduit("grant", "list", "--data-dir", str(gateway.data)).stdout.splitlines()
+    grant_id = next(line.split()[0] for line in grants if "asset:target" in line)
+    env = gateway.askpass("alice+target", gateway.code("alice"))
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            "-p",
+            str(gateway.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+            "alice+target@127.0.0.1",
+            "echo started; sleep 60",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        revoked = conduit("grant", "revoke", grant_id, "--data-dir", str(gateway.data))
+        assert revoked.returncode == 0, revoked.stderr
+        ended_at = time.monotonic()
+        code = proc.wait(timeout=10)
+        elapsed = time.monotonic() - ended_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    assert code != 0
+    assert elapsed < 5  # generous for a loaded CI machine; bench/ measures the real figure
+    ends = [e for e in gateway.audit() if e["action"] == "session.end"]
+    assert ends and ends[-1]["detail"]["reason"] == "revoked"  # type: ignore[index]
+
+
+def test_changed_target_host_key_refuses(gateway: Gateway, sshd: SSHDTarget) -> None:
+    sshd.rotate_host_key()
+    result = gateway.ssh("alice+target", "true", gateway.code("alice"))
+    assert result.returncode == 1
+    assert "could not be verified" in result.stderr
+    assert any(e["action"] == "upstream.hostkey_mismatch" for e in gateway.audit())

@@ -22,7 +22,7 @@ from gateway.audit import (
     open_syslog_sender,
     parse_syslog_target,
 )
-from gateway.commands import _db_errors, _settings
+from gateway.commands import run_db, settings_of
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
@@ -72,7 +72,7 @@ class ProgressLines:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     keys = load_keyring(settings)
 
     async def run() -> AuditVerifyResult:
@@ -86,7 +86,7 @@ def audit_verify(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    result = _db_errors(run)
+    result = run_db(run)
     if result.ok:
         print(
             f"audit log intact: {result.checked} events, "
@@ -168,7 +168,7 @@ async def _send(
 
 
 def audit_export(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     keys = load_keyring(settings)
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")
@@ -197,7 +197,7 @@ def audit_export(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    count = _db_errors(run)
+    count = run_db(run)
     where = str(target) if target is not None else args.output
     print(f"exported {count} event(s) as {fmt} to {where}", file=sys.stderr)
     return EXIT_OK

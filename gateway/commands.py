@@ -29,13 +29,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _settings(args: argparse.Namespace, **kwargs: bool | None) -> Settings:
+def settings_of(args: argparse.Namespace, **kwargs: bool | None) -> Settings:
     from gateway.cli import settings_from
 
     return settings_from(args, **kwargs)
 
 
-def _db_errors(func: Callable[[], Awaitable[T]]) -> T:
+def run_db(func: Callable[[], Awaitable[T]]) -> T:
     """Run a database coroutine; unreachable servers become one operator-readable line."""
     try:
         return asyncio.run(func())  # type: ignore[arg-type]
@@ -49,7 +49,7 @@ def with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable
     """Run ``work`` against a full ``Services`` of this installation (keys, current schema)."""
     from gateway.services import Services
 
-    settings = _settings(args)
+    settings = settings_of(args)
     keys = load_keyring(settings)
 
     async def run() -> T:
@@ -60,11 +60,11 @@ def with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable
         finally:
             await services.close()
 
-    return _db_errors(run)
+    return run_db(run)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     report = init_key_material(settings, force=args.force)
     for action, path in report.actions:
         print(f"{action:8} {path}")
@@ -74,7 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
 
     async def run() -> list[str]:
         engine = make_engine(settings)
@@ -83,13 +83,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    _db_errors(run)
+    run_db(run)
     print(f"schema at {migrate.head_revision()}")
     return 0
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
 
     async def run() -> str | None:
         engine = make_engine(settings)
@@ -98,7 +98,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    current = _db_errors(run)
+    current = run_db(run)
     head = migrate.head_revision()
     state = "current" if current == head else f"behind (needs {head})"
     print(f"{current or 'empty'} {state}")
@@ -106,7 +106,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     dump = settings.model_dump(mode="json")
     if settings.database.url:
         dump["database"]["url"] = _redact_url(settings.database.url)
@@ -127,7 +127,7 @@ def _redact_url(url: str) -> str:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
 
     async def run() -> list[tuple[str, str, str, str]]:
         engine = make_engine(settings)
@@ -141,7 +141,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    rows = _db_errors(run)
+    rows = run_db(run)
     print(f"{'USERNAME':24} {'STATUS':9} {'ROLES':28} ORGANISATION")
     for name, status, roles, org in rows:
         print(f"{name:24} {status:9} {roles:28} {org}")
@@ -151,7 +151,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
     from gateway.services import utc_now
 
-    settings = _settings(args)
+    settings = settings_of(args)
 
     async def run() -> str:
         engine = make_engine(settings)
@@ -163,14 +163,14 @@ def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    print(_db_errors(run))
+    print(run_db(run))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
-    settings = _settings(args)
+    settings = settings_of(args)
     setup_logging(settings.logging.level, settings.logging.format)
     return asyncio.run(serve(settings))
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import IO, Any, BinaryIO, TypeVar
 
 from gateway.audit import AuditLog
-from gateway.commands import _db_errors, _settings
+from gateway.commands import run_db, settings_of
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
@@ -72,7 +72,7 @@ def add_recordings_commands(
 def _with_service(args: argparse.Namespace, work: Callable[[RecordingService], Awaitable[T]]) -> T:
     from gateway.services import utc_now
 
-    settings = _settings(args)
+    settings = settings_of(args)
     keys = load_keyring(settings)
 
     async def run() -> T:
@@ -88,7 +88,7 @@ def _with_service(args: argparse.Namespace, work: Callable[[RecordingService], A
             await engine.dispose()
 
     try:
-        return _db_errors(run)
+        return run_db(run)
     except RecordingMissing as exc:
         raise ConduitError(f"no recording {exc}") from None
     except ValueError as exc:  # an id that is not 32 hex digits
@@ -228,7 +228,7 @@ def recordings_search(args: argparse.Namespace) -> int:
 
 def recordings_retention(args: argparse.Namespace) -> int:
     async def work(service: RecordingService) -> int:
-        days = _settings(args).recordings.retention_days
+        days = settings_of(args).recordings.retention_days
         report = await apply_retention(service, days, actor=_actor())
         for recording_id in report.deleted:
             print(f"deleted {recording_id}")

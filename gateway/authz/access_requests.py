@@ -19,7 +19,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.authz.service import AuditSink, AuthzService, PolicyError, new_id
+from gateway.audit.sink import AuditSink
+from gateway.authz.service import AuthzService, PolicyError, new_id
 from gateway.authz.tables import AccessRequestRow, Asset, AssetZone, Grant, RequestEventRow, Zone
 from gateway.errors import ConduitError
 from gateway.events import Change, ChangeBus

@@ -13,11 +13,12 @@ import asyncio
 import datetime as dt
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.audit.sink import AuditSink
 from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
 from gateway.errors import ConduitError, NotFoundOrForbidden
@@ -27,19 +28,6 @@ from rbac.policy import Decision, PolicyIndex
 from rbac.windows import parse_schedule
 
 Clock = Callable[[], dt.datetime]
-
-
-class AuditSink(Protocol):
-    async def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        result: str,
-        target: str = "",
-        source: str = "",
-        detail: Any = None,
-    ) -> int: ...
 
 
 class PolicyError(ConduitError):

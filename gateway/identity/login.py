@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.audit.sink import AuditSink
 from gateway.config import LockoutSettings
 from gateway.db.models import User
 from gateway.errors import ConduitError
@@ -36,21 +36,6 @@ from gateway.identity.passwords import hash_password, needs_rehash, verify_or_du
 log = logging.getLogger(__name__)
 FAILED = "invalid username, password or code"
 UNKNOWN_ACTOR = "(unknown)"
-
-
-class AuditSink(Protocol):
-    """What identity needs from the audit log (``gateway.audit.AuditLog`` satisfies it)."""
-
-    async def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        result: str,
-        target: str = "",
-        source: str = "",
-        detail: Mapping[str, object] | None = None,
-    ) -> object: ...
 
 
 class AuthenticationFailed(ConduitError):

@@ -14,7 +14,6 @@ from gateway.recordings_index.quota import QuotaExceeded, QuotaStatus, quota_sta
 from gateway.recordings_index.retention import RetentionReport, apply_retention
 from gateway.recordings_index.search import SearchHit
 from gateway.recordings_index.service import (
-    AuditSink,
     RecordingMissing,
     RecordingService,
     SessionInfo,
@@ -22,7 +21,6 @@ from gateway.recordings_index.service import (
 )
 
 __all__ = [
-    "AuditSink",
     "CatalogEntry",
     "QuotaExceeded",
     "QuotaStatus",

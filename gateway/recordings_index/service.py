@@ -21,11 +21,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from gateway.audit.sink import AuditSink
 from gateway.config import Settings
 from gateway.keys import KeyRing
 from gateway.recordings_index import catalog, search
@@ -58,21 +59,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 # Output beyond this much per recording is not interpreted for search (bounded work).
 INDEX_OUTPUT_BYTES = 64 << 20
-
-
-class AuditSink(Protocol):
-    """What the service needs from ``gateway.audit.AuditLog``."""
-
-    async def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        result: str,
-        target: str = "",
-        source: str = "",
-        detail: Mapping[str, object] | None = None,
-    ) -> int: ...
 
 
 class RecordingMissing(Exception):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import asyncssh
 from sqlalchemy import select
 
+from gateway import live_store
 from gateway.authz.tables import Asset
 from gateway.errors import ConduitError, NotFoundOrForbidden
 from gateway.events import Change
@@ -147,6 +148,13 @@ class Broker:
             record_input,
             last_activity=asyncio.get_running_loop().time(),
         )
+        try:
+            async with s.sessions() as db, db.begin():
+                await live_store.add(db, live)
+        except Exception:
+            # Not visible to operators means not killable from outside: refuse (fail closed).
+            await s.recordings.close(writer, "refused")
+            raise
         self._tickets[session_id] = ticket
         s.live.register(live)
         await s.audit.record(
@@ -201,6 +209,23 @@ class Broker:
     def activity(self, ticket: Ticket) -> None:
         ticket.last_activity = asyncio.get_running_loop().time()
 
+    async def serve_kill_requests(self) -> None:
+        """End this node's sessions that someone marked for killing (CLI, API, other node)."""
+        async with self._s.sessions() as db:
+            requests = await live_store.kill_requests(db, self._s.node)
+        for session_id, reason, actor in requests:
+            ticket = self._tickets.get(session_id)
+            if ticket is None:
+                continue
+            await self._s.audit.record(
+                actor=actor or "system",
+                action="session.kill",
+                result="success",
+                target=ticket.asset,
+                detail={"session_id": session_id, "reason": reason},
+            )
+            await self.kill(session_id, reason)
+
     async def kill(self, session_id: str, reason: str) -> bool:
         """End a live session with ``reason`` (admin kill, revoke, expiry, shutdown...)."""
         ticket = self._tickets.get(session_id)
@@ -225,6 +250,11 @@ class Broker:
         if ticket.watchdog is not None and ticket.watchdog is not asyncio.current_task():
             ticket.watchdog.cancel()
         self._s.live.unregister(ticket.session_id)
+        try:
+            async with self._s.sessions() as db, db.begin():
+                await live_store.remove(db, ticket.session_id)
+        except Exception:  # the row is cleared when this node starts next
+            log.exception("could not remove live session row %s", ticket.session_id)
         recording_id = ticket.writer.recording_id
         try:
             await self._s.recordings.close(ticket.writer, reason)

@@ -2,8 +2,7 @@
 
 Each command accepts ``--config F`` and ``--data-dir D`` after its name. Errors are one line
 on stderr (``conduit: ...``) and a non-zero exit; no tracebacks for operator mistakes.
-Command groups that later capabilities fill say so when called. The commands' work lives
-in the modules they call; this file only parses and prints.
+The commands' work lives in the modules they call; this file only parses and prints.
 """
 
 from __future__ import annotations
@@ -47,17 +46,6 @@ def settings_from(args: argparse.Namespace, *, portal_tls: bool | None = None) -
     )
 
 
-def _pending_group(name: str, arrives_with: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(
-            f"conduit {name}: no subcommands in this version; they arrive with {arrives_with}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `conduit --help` stays fast and import errors name the command.
     from gateway import commands
@@ -65,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.authz_commands import add_authz_commands
     from gateway.identity_commands import add_token_commands, add_user_commands
     from gateway.recordings_commands import add_recordings_commands
+    from gateway.sessions_commands import add_sessions_commands
 
     common = _common()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
@@ -107,12 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = user.add_parser("enroll-admin", parents=[common], help="print a fresh admin enrolment link")
     p.set_defaults(handler=commands.cmd_user_enroll_admin)
 
-    for name, arrives_with in (("sessions", "the SSH jump host"),):
-        p = sub.add_parser(name, parents=[common], help=f"(arrives with {arrives_with})")
-        p.set_defaults(handler=_pending_group(name, arrives_with))
     add_audit_commands(sub, common)
     add_authz_commands(sub, common)
     add_recordings_commands(sub, common)
+    add_sessions_commands(sub, common)
     return parser
 
 

@@ -20,6 +20,7 @@ from typing import TextIO
 import asyncssh
 import uvicorn
 
+from gateway import live_store
 from gateway.broker import Broker
 from gateway.config import ListenAddress, Settings
 from gateway.db.migrate import require_current
@@ -105,6 +106,16 @@ async def watch_policy(services: Services) -> None:
             await services.authz.refresh()
         except Exception:  # the database may be briefly away; sessions keep their deadlines
             log.exception("policy refresh failed")
+
+
+async def watch_kill_requests(broker: Broker) -> None:
+    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s."""
+    while True:
+        await asyncio.sleep(POLICY_POLL_SECONDS)
+        try:
+            await broker.serve_kill_requests()
+        except Exception:  # retried next round
+            log.exception("serving kill requests failed")
 
 
 async def expire_requests_periodically(services: Services) -> None:
@@ -195,15 +206,16 @@ async def _serve_until(
 ) -> int:
     settings = services.settings
 
+    broker = Broker(services)
+    async with services.sessions() as db, db.begin():
+        await live_store.remove_node(db, services.node)  # left by a previous run of this node
     # Bind both listeners before serving anything, so a busy or forbidden address is one
     # clear error and nothing half-started is left behind.
     portal_socket = bind_listener(settings.portal_listen, "portal")
     ssh_acceptor: asyncssh.SSHAcceptor | None = None
     if settings.ssh.enabled:
         try:
-            ssh_acceptor = await start_ssh_server(
-                services, Broker(services), services.authenticator
-            )
+            ssh_acceptor = await start_ssh_server(services, broker, services.authenticator)
         except OSError as exc:
             portal_socket.close()
             raise ConduitError(
@@ -241,6 +253,7 @@ async def _serve_until(
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     services.tasks.start("request-expiry", expire_requests_periodically(services))
     services.tasks.start("policy-watch", watch_policy(services))
+    services.tasks.start("kill-requests", watch_kill_requests(broker))
     if settings.recordings.retention_days:
         services.tasks.start("recording-retention", apply_retention_periodically(services))
     if on_ready is not None:

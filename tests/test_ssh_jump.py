@@ -318,6 +318,63 @@ def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> Non
     assert ends and ends[-1]["detail"]["reason"] == "revoked"  # type: ignore[index]
 
 
+def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
+    env = gateway.askpass("bob+target", gateway.code("bob"))
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            "-p",
+            str(gateway.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+            "bob+target@127.0.0.1",
+            "echo started; sleep 60",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        listing = conduit("sessions", "list", "--data-dir", str(gateway.data))
+        assert listing.returncode == 0, listing.stderr
+        [row] = [line for line in listing.stdout.splitlines() if " bob " in line]
+        session_id = row.split()[0]
+        killed = conduit(
+            "sessions",
+            "kill",
+            session_id,
+            "--reason",
+            "maintenance-stop",
+            "--data-dir",
+            str(gateway.data),
+        )
+        assert killed.returncode == 0, killed.stderr
+        code = proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert code != 0
+    assert "session ended: maintenance-stop" in err
+    events = gateway.audit()
+    assert any(e["action"] == "session.kill" for e in events)
+    ends = [e for e in events if e["action"] == "session.end"]
+    assert ends[-1]["detail"]["reason"] == "maintenance-stop"  # type: ignore[index]
+    after = conduit("sessions", "list", "--data-dir", str(gateway.data))
+    assert session_id not in after.stdout
+    again = conduit("sessions", "kill", session_id, "--data-dir", str(gateway.data))
+    assert again.returncode == 1 and "no live session" in again.stderr
+
+
 def test_changed_target_host_key_refuses(gateway: Gateway, sshd: SSHDTarget) -> None:
     sshd.rotate_host_key()
     result = gateway.ssh("alice+target", "true", gateway.code("alice"))

@@ -1,0 +1,84 @@
+"""Live sessions in the database: what every process and node sees, and kill requests.
+
+Each process keeps its sessions' kill handles in ``gateway.live.LiveRegistry``; this table is
+the shared view (``conduit sessions list``) and the mailbox for kills: any process (the CLI,
+another node's API) marks a row, and the owner node, which polls its own rows, ends the
+session. Does not decide access and does not end sessions itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import String, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.db.models import Base
+from gateway.db.types import UTCDateTime
+from gateway.live import LiveSession
+
+
+class LiveSessionRow(Base):
+    __tablename__ = "live_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    node: Mapped[str] = mapped_column(String(255), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    asset: Mapped[str] = mapped_column(String(64))
+    protocol: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    kill_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    kill_requested_by: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+async def add(db: AsyncSession, session: LiveSession) -> None:
+    db.add(
+        LiveSessionRow(
+            session_id=session.session_id,
+            node=session.node,
+            username=session.username,
+            asset=session.asset,
+            protocol=session.protocol,
+            started_at=session.started_at,
+            valid_until=session.valid_until,
+        )
+    )
+
+
+async def remove(db: AsyncSession, session_id: str) -> None:
+    await db.execute(delete(LiveSessionRow).where(LiveSessionRow.session_id == session_id))
+
+
+async def remove_node(db: AsyncSession, node: str) -> None:
+    """At start: rows this node left behind when it died belong to no live session."""
+    await db.execute(delete(LiveSessionRow).where(LiveSessionRow.node == node))
+
+
+async def listing(db: AsyncSession) -> list[LiveSessionRow]:
+    return list(
+        (await db.execute(select(LiveSessionRow).order_by(LiveSessionRow.started_at))).scalars()
+    )
+
+
+async def request_kill(db: AsyncSession, session_id: str, reason: str, actor: str) -> bool:
+    result = await db.execute(
+        update(LiveSessionRow)
+        .where(
+            LiveSessionRow.session_id == session_id,
+            LiveSessionRow.kill_reason.is_(None),
+        )
+        .values(kill_reason=reason, kill_requested_by=actor)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def kill_requests(db: AsyncSession, node: str) -> list[tuple[str, str, str]]:
+    """(session id, reason, requested by) for this node's sessions marked for killing."""
+    rows = await db.execute(
+        select(
+            LiveSessionRow.session_id, LiveSessionRow.kill_reason, LiveSessionRow.kill_requested_by
+        ).where(LiveSessionRow.node == node, LiveSessionRow.kill_reason.is_not(None))
+    )
+    return [(s, r or "killed", b or "") for s, r, b in rows.all()]

@@ -1,0 +1,75 @@
+"""``conduit sessions list|kill``: live sessions across every process and node.
+
+A kill is a request stored in the shared table; the node that owns the session ends it within
+half a second and audits it. Does not end sessions itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+
+from gateway import live_store
+from gateway.commands import with_services
+from gateway.errors import ConduitError
+from gateway.services import Services
+
+Sub = argparse._SubParsersAction  # argparse has no public name for it
+
+
+def add_sessions_commands(
+    sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    sessions = sub.add_parser("sessions", help="live sessions").add_subparsers(
+        dest="sessions_command", metavar="ACTION", required=True
+    )
+    p = sessions.add_parser("list", parents=[common], help="list live sessions")
+    p.set_defaults(handler=cmd_sessions_list)
+    p = sessions.add_parser("kill", parents=[common], help="end a live session")
+    p.add_argument("session_id")
+    p.add_argument("--reason", default="killed", help="shown to the user and audited")
+    p.set_defaults(handler=cmd_sessions_kill)
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        async with services.sessions() as db:
+            rows = await live_store.listing(db)
+        print(f"{'SESSION':18} {'USER':14} {'ASSET':20} {'PROTO':6} {'NODE':16} STARTED (UTC)")
+        for r in rows:
+            started = r.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            state = f"  kill requested ({r.kill_reason})" if r.kill_reason else ""
+            print(
+                f"{r.session_id:18} {r.username:14} {r.asset:20} {r.protocol:6} {r.node:16} "
+                f"{started}{state}"
+            )
+        return 0
+
+    return with_services(args, work)
+
+
+def cmd_sessions_kill(args: argparse.Namespace) -> int:
+    reason = args.reason.strip()
+    if not reason or len(reason) > 64 or not reason.isprintable():
+        raise ConduitError("--reason must be 1-64 printable characters")
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        actor = "cli:unknown"
+
+    async def work(services: Services) -> int:
+        async with services.sessions() as db, db.begin():
+            marked = await live_store.request_kill(db, args.session_id, reason, actor)
+        await services.audit.record(
+            actor=actor,
+            action="session.kill_requested",
+            result="success" if marked else "failure",
+            target=args.session_id,
+            detail={"reason": reason},
+        )
+        if not marked:
+            raise ConduitError(f"no live session {args.session_id}")
+        print(f"session {args.session_id}: kill requested ({reason})")
+        return 0
+
+    return with_services(args, work)

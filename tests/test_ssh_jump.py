@@ -375,6 +375,40 @@ def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
     assert again.returncode == 1 and "no live session" in again.stderr
 
 
+def test_client_closing_stdout_ends_the_remote_command(gateway: Gateway) -> None:
+    """`ssh gw 'yes' | head -1`: OpenSSH sends eow@openssh.com; the command must end."""
+    env = gateway.askpass("carol+target", gateway.code("carol"))
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            "-p",
+            str(gateway.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+            "carol+target@127.0.0.1",
+            "yes conduit-eow",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"conduit-eow\n"
+        proc.stdout.close()  # what `head -1` does after its line
+        proc.wait(timeout=30)  # hangs forever without eow handling
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert gateway.server.proc.poll() is None
+
+
 def test_changed_target_host_key_refuses(gateway: Gateway, sshd: SSHDTarget) -> None:
     sshd.rotate_host_key()
     result = gateway.ssh("alice+target", "true", gateway.code("alice"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
@@ -48,6 +49,25 @@ class Request:
     term_size: TermSize = (80, 24, 0, 0)
     term_modes: Mapping[int, int] = field(default_factory=dict)
     env: dict[str | bytes, str | bytes] = field(default_factory=dict)
+
+
+EOW = b"eow@openssh.com"
+
+
+def install_eow_handler(chan: asyncssh.SSHServerChannel[bytes], on_eow: Callable[[], None]) -> None:
+    """Handle ``eow@openssh.com`` on one channel (OpenSSH PROTOCOL section 2.1).
+
+    asyncssh answers unknown channel requests by ignoring them, and dispatches by looking up
+    ``_process_<name>_request`` on the channel, so the handler is attached to this channel
+    object. Without it ``ssh gw 'cmd' | head`` never ends (shared/SSH-RELAY.md trap 2).
+    """
+
+    def handler(packet: SSHPacket) -> bool:
+        packet.check_end()
+        on_eow()
+        return False  # eow never asks for a reply
+
+    setattr(chan, "_process_eow_at_openssh_dot_com_request", handler)  # noqa: B010
 
 
 class UpstreamSide(asyncssh.SSHClientSession[bytes]):
@@ -104,11 +124,20 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self.ticket: Ticket | None = None
         self._pending_eof = False
         self._early: list[tuple[bytes, asyncssh.DataType]] = []
+        self._client_eow = False
         self._task: asyncio.Task[None] | None = None
 
     # -- requests from the client ----------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        install_eow_handler(chan, self._client_stopped_reading)
+
+    def _client_stopped_reading(self) -> None:
+        """eow@openssh.com: the client's stdout is gone (``ssh gw cmd | head``). Tell the
+        asset, so the command gets SIGPIPE and ends, and stop sending the client output."""
+        self._client_eow = True
+        if self._up_chan is not None:
+            self._up_chan._send_request(EOW)  # noqa: SLF001 - asyncssh has no public call
 
     def pty_requested(
         self, term_type: str, term_size: TermSize, term_modes: Mapping[int, int]
@@ -232,6 +261,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self.ticket.live.bytes_down += len(data)
         self.broker.activity(self.ticket)
         self.ticket.writer.record(TerminalEvent.OUTPUT, data)
+        if self._client_eow and datatype != asyncssh.EXTENDED_DATA_STDERR:
+            return  # the client no longer reads stdout; the asset has been told
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self._chan.write_stderr(data)
         else:

@@ -29,8 +29,9 @@ from gateway.vault import DEFAULT_ACCOUNT
 
 log = logging.getLogger(__name__)
 # Advertised after "SSH-2.0-": OpenSSH clients send eow@openssh.com only to peers whose
-# version starts with "OpenSSH" (see shared/SSH-RELAY.md); we name ourselves honestly.
-SERVER_VERSION = "Conduit_0.1"
+# version starts with "OpenSSH" (shared/SSH-RELAY.md, trap 2), and without eow
+# `ssh gw 'cmd' | head` never ends. The comment after the space says what we really are.
+SERVER_VERSION = "OpenSSH_9.9 Conduit_0.1"
 
 
 class _Gate:

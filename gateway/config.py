@@ -141,6 +141,11 @@ class LockoutSettings(_Section):
     lock_seconds: Seconds = 900
 
 
+class PasswordSettings(_Section):
+    min_length: Annotated[int, Field(ge=8, le=256)] = 12
+    reject_common: bool = True
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -155,6 +160,7 @@ class Settings(_Section):
     keys: KeysSettings = KeysSettings()
     sessions: SessionSettings = SessionSettings()
     lockout: LockoutSettings = LockoutSettings()
+    passwords: PasswordSettings = PasswordSettings()
     logging: LoggingSettings = LoggingSettings()
 
     # Resolved paths: the rest of the code uses these, never the raw optional fields.

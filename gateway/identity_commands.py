@@ -119,7 +119,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         if args.totp_secret_file is None:
             raise ConduitError("--password-stdin needs --totp-secret-file (the second factor)")
         password = _read_password()
-        PasswordPolicy().check(password, args.name)
+        PasswordPolicy.from_settings(settings.passwords).check(password, args.name)
     elif args.totp_secret_file is not None:
         raise ConduitError("--totp-secret-file needs --password-stdin (or use user invite)")
     secret = new_totp_secret() if password is not None else None

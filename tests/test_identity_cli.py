@@ -169,3 +169,29 @@ def test_user_add_token_disable_unlock_reset(
         assert expected in actions
     for secret_text in (password, secret, code, token, link.group(1)):
         assert secret_text not in caplog.text
+
+
+def test_password_policy_comes_from_configuration(tmp_path: Path) -> None:
+    from tests.support import clean_env, conduit, init_data_dir
+
+    data = tmp_path / "policy"
+    init_data_dir(data)
+    args = [
+        "user",
+        "add",
+        "erin",
+        "--role",
+        "vendor",
+        "--password-stdin",
+        "--totp-secret-file",
+        str(tmp_path / "erin.totp"),
+        "--data-dir",
+        str(data),
+    ]
+    password = "Quartz-Lantern-47\n"  # 17 characters, not a common password
+    strict = conduit(*args, env=clean_env(CONDUIT_PASSWORDS__MIN_LENGTH="20"), stdin=password)
+    assert strict.returncode == 1
+    assert "at least 20 characters" in strict.stderr
+    assert not (tmp_path / "erin.totp").exists()
+    default = conduit(*args, stdin=password)
+    assert default.returncode == 0, default.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from gateway.config import PasswordSettings
 from gateway.errors import ConduitError
 
 _hasher = PasswordHasher()  # argon2id with the library's current RFC 9106 parameters
@@ -68,9 +69,15 @@ def common_passwords() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class PasswordPolicy:
+    """Rules for new passwords; ``from_settings`` reads them from the [passwords] section."""
+
     min_length: int = 12
     reject_common: bool = True
     common: frozenset[str] = field(default_factory=common_passwords, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: PasswordSettings) -> PasswordPolicy:
+        return cls(min_length=settings.min_length, reject_common=settings.reject_common)
 
     def check(self, password: str, username: str = "") -> None:
         """Raise ``PasswordPolicyError`` naming the first rule ``password`` breaks."""

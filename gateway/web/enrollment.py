@@ -89,7 +89,7 @@ async def enroll_submit(
                 code=code,
                 now=now,
                 master_key=services.keys.master_key,
-                policy=PasswordPolicy(),
+                policy=PasswordPolicy.from_settings(services.settings.passwords),
                 username=username,
             )
     except EnrolmentError as exc:

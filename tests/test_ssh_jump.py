@@ -67,35 +67,36 @@ esac
         env.update(SSH_ASKPASS=str(script), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
         return env
 
+    def argv(self, route: str, command: str, *extra: str) -> list[str]:
+        """OpenSSH client arguments for ``route`` (keyboard-interactive via SSH_ASKPASS)."""
+        return ["ssh", "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
+                "-o", f"UserKnownHostsFile={self.work / 'known_hosts'}",
+                "-o", "PreferredAuthentications=keyboard-interactive",
+                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
+                *extra, f"{route}@127.0.0.1", command]  # fmt: skip
+
     def ssh(
         self, route: str, command: str, code: str, *extra: str, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "ssh",
-                "-p",
-                str(self.ssh_port),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                f"UserKnownHostsFile={self.work / 'known_hosts'}",
-                "-o",
-                "PreferredAuthentications=keyboard-interactive",
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                "-o",
-                "ConnectTimeout=10",
-                *extra,
-                f"{route}@127.0.0.1",
-                command,
-            ],
-            env=self.askpass(route, code),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        return subprocess.run(self.argv(route, command, *extra),
+                              env=self.askpass(route, code), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+
+    def background(self, route: str, command: str, code: str) -> subprocess.Popen[bytes]:
+        """A session left running; the caller reads its stdout and ends it."""
+        return subprocess.Popen(self.argv(route, command), env=self.askpass(route, code),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def audit_until(self, action: str, deadline_s: float = 15) -> list[dict[str, object]]:
+        """The audit log once it holds ``action``: the gateway writes session.end just after
+        the client sees its session end, so tests wait for it rather than race it."""
+        end = time.monotonic() + deadline_s
+        while True:
+            events = self.audit()
+            if any(e["action"] == action for e in events) or time.monotonic() > end:
+                return events
+            time.sleep(0.2)
 
     def audit(self) -> list[dict[str, object]]:
         exported = conduit("audit", "export", "--data-dir", str(self.data))
@@ -186,7 +187,7 @@ def test_exec_returns_exit_status_and_is_recorded_and_audited(gateway: Gateway) 
     assert result.returncode == 3, result.stderr
     assert result.stdout == "conduit-42\n"
     assert "oops" in result.stderr
-    actions = [(e["action"], e["actor"]) for e in gateway.audit()]
+    actions = [(e["action"], e["actor"]) for e in gateway.audit_until("session.end")]
     assert ("login.success", "alice") in actions
     assert ("session.start", "alice") in actions and ("session.end", "alice") in actions
     found = conduit("recordings", "search", "conduit-42", "--data-dir", str(gateway.data))
@@ -272,6 +273,7 @@ def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
             return output
 
     assert "typed-42" in asyncio.run(shell())
+    gateway.audit_until("session.end")  # the recording is indexed before session.end
     listing = conduit("recordings", "search", "typed-42", "--data-dir", str(gateway.data))
     assert "[typed]-[42]" in listing.stdout
 
@@ -279,30 +281,10 @@ def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
 def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> None:
     grants = conduit("grant", "list", "--data-dir", str(gateway.data)).stdout.splitlines()
     grant_id = next(line.split()[0] for line in grants if "asset:target" in line)
-    env = gateway.askpass("alice+target", gateway.code("alice"))
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            "-p",
-            str(gateway.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
-            "-o",
-            "PreferredAuthentications=keyboard-interactive",
-            "alice+target@127.0.0.1",
-            "echo started; sleep 60",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = gateway.background("alice+target", "echo started; sleep 60", gateway.code("alice"))
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "started"
+        assert proc.stdout.readline().strip() == b"started"
         revoked = conduit("grant", "revoke", grant_id, "--data-dir", str(gateway.data))
         assert revoked.returncode == 0, revoked.stderr
         ended_at = time.monotonic()
@@ -314,35 +296,15 @@ def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> Non
         proc.communicate(timeout=10)
     assert code != 0
     assert elapsed < 5  # generous for a loaded CI machine; bench/ measures the real figure
-    ends = [e for e in gateway.audit() if e["action"] == "session.end"]
+    ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
     assert ends and ends[-1]["detail"]["reason"] == "revoked"  # type: ignore[index]
 
 
 def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
-    env = gateway.askpass("bob+target", gateway.code("bob"))
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            "-p",
-            str(gateway.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
-            "-o",
-            "PreferredAuthentications=keyboard-interactive",
-            "bob+target@127.0.0.1",
-            "echo started; sleep 60",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = gateway.background("bob+target", "echo started; sleep 60", gateway.code("bob"))
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "started"
+        assert proc.stdout.readline().strip() == b"started"
         listing = conduit("sessions", "list", "--data-dir", str(gateway.data))
         assert listing.returncode == 0, listing.stderr
         [row] = [line for line in listing.stdout.splitlines() if " bob " in line]
@@ -364,8 +326,8 @@ def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
             proc.kill()
             proc.communicate(timeout=10)
     assert code != 0
-    assert "session ended: maintenance-stop" in err
-    events = gateway.audit()
+    assert "session ended: maintenance-stop" in err.decode()
+    events = gateway.audit_until("session.end")
     assert any(e["action"] == "session.kill" for e in events)
     ends = [e for e in events if e["action"] == "session.end"]
     assert ends[-1]["detail"]["reason"] == "maintenance-stop"  # type: ignore[index]
@@ -377,26 +339,7 @@ def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
 
 def test_client_closing_stdout_ends_the_remote_command(gateway: Gateway) -> None:
     """`ssh gw 'yes' | head -1`: OpenSSH sends eow@openssh.com; the command must end."""
-    env = gateway.askpass("carol+target", gateway.code("carol"))
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            "-p",
-            str(gateway.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            f"UserKnownHostsFile={gateway.work / 'known_hosts'}",
-            "-o",
-            "PreferredAuthentications=keyboard-interactive",
-            "carol+target@127.0.0.1",
-            "yes conduit-eow",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = gateway.background("carol+target", "yes conduit-eow", gateway.code("carol"))
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"conduit-eow\n"
@@ -406,6 +349,8 @@ def test_client_closing_stdout_ends_the_remote_command(gateway: Gateway) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
     assert gateway.server.proc.poll() is None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
@@ -317,7 +316,3 @@ class Broker:
             if now_mono >= ticket.last_activity + limits.idle_timeout_seconds:
                 await self.kill(ticket.session_id, "idle")
                 return
-
-
-def utc(value: dt.datetime | None) -> str:
-    return value.isoformat() if value else ""

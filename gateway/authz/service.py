@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.audit.sink import AuditSink
 from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
-from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.errors import ConduitError
 from gateway.events import Change, ChangeBus
 from rbac.names import check_action, check_name, term
 from rbac.policy import Decision, PolicyIndex
@@ -85,21 +85,6 @@ class AuthzService:
         if asset not in self._assets:
             return Decision(False, f"asset:{asset} does not exist")
         return self._index.authorize(f"user:{username}", f"asset:{asset}", action, when)
-
-    async def check(self, username: str, asset: str, action: str, *, source: str = "") -> Decision:
-        """``authorize`` for an operation: a refusal is audited and raised as not-found."""
-        decision = await self.authorize(username, asset, action)
-        if not decision.allowed:
-            await self._audit.record(
-                actor=username,
-                action="access.denied",
-                result="denied",
-                target=asset,
-                source=source,
-                detail={"action": action, "reason": decision.reason},
-            )
-            raise NotFoundOrForbidden(decision.reason)
-        return decision
 
     async def reachable_now(self, username: str) -> list[tuple[str, str, Decision]]:
         """(asset, action, decision) for everything ``username`` may do right now."""

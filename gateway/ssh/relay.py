@@ -307,7 +307,3 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             chan.exit(255)
         if self._up_conn is not None:
             self._up_conn.close()
-
-
-def kill_handle(session: RelaySession) -> Callable[[str], Awaitable[None]]:
-    return session.kill

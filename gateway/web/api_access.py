@@ -405,38 +405,33 @@ async def get_request(request: Request, request_id: RequestId, caller: Reader) -
     return RequestOut.of(await _visible(request, caller, request_id))
 
 
+async def _answer(
+    request: Request, request_id: str, body: CommentIn, caller: Caller, *, approve: bool
+) -> RequestOut:
+    """Approve or deny: needs ``approve`` on every asset and a recent second factor."""
+    services = services_of(request)
+    await _visible(request, caller, request_id)
+    require_step_up(caller, services.clock())
+    answer = services.requests.approve if approve else services.requests.deny
+    try:
+        done = await answer(request_id, caller.username, body.comment, source=source_of(request))
+    except _ERRORS as exc:
+        raise _refusal(exc) from None
+    return RequestOut.of(done)
+
+
 @router.post("/requests/{request_id}/approve", response_model=RequestOut)
 async def approve_request(
     request: Request, request_id: RequestId, body: CommentIn, caller: Approver
 ) -> RequestOut:
-    """Approve (needs ``approve`` on every asset and a recent second factor)."""
-    services = services_of(request)
-    await _visible(request, caller, request_id)
-    require_step_up(caller, services.clock())
-    try:
-        done = await services.requests.approve(
-            request_id, caller.username, body.comment, source=source_of(request)
-        )
-    except _ERRORS as exc:
-        raise _refusal(exc) from None
-    return RequestOut.of(done)
+    return await _answer(request, request_id, body, caller, approve=True)
 
 
 @router.post("/requests/{request_id}/deny", response_model=RequestOut)
 async def deny_request(
     request: Request, request_id: RequestId, body: CommentIn, caller: Approver
 ) -> RequestOut:
-    """Deny (needs ``approve`` on every asset and a recent second factor)."""
-    services = services_of(request)
-    await _visible(request, caller, request_id)
-    require_step_up(caller, services.clock())
-    try:
-        done = await services.requests.deny(
-            request_id, caller.username, body.comment, source=source_of(request)
-        )
-    except _ERRORS as exc:
-        raise _refusal(exc) from None
-    return RequestOut.of(done)
+    return await _answer(request, request_id, body, caller, approve=False)
 
 
 @router.post("/requests/{request_id}/cancel", response_model=RequestOut)

@@ -1,16 +1,19 @@
 """Live sessions in the database: what every process and node sees, and kill requests.
 
 Each process keeps its sessions' kill handles in ``gateway.live.LiveRegistry``; this table is
-the shared view (``conduit sessions list``) and the mailbox for kills: any process (the CLI,
-another node's API) marks a row, and the owner node, which polls its own rows, ends the
-session. Does not decide access and does not end sessions itself.
+the shared view (``conduit sessions list``, the sessions API) and the mailbox for kills: any
+process (the CLI, another node's API) marks a row, and the owner node, which polls its own
+rows, ends the session. The owner also publishes its sessions' byte counts here as it polls,
+so the counts other processes see are at most one poll old. Does not decide access and does
+not end sessions itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
-from sqlalchemy import String, delete, select, update
+from sqlalchemy import BigInteger, String, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +34,8 @@ class LiveSessionRow(Base):
     valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     kill_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     kill_requested_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 async def add(db: AsyncSession, session: LiveSession) -> None:
@@ -59,6 +64,24 @@ async def remove_node(db: AsyncSession, node: str) -> None:
 async def listing(db: AsyncSession) -> list[LiveSessionRow]:
     return list(
         (await db.execute(select(LiveSessionRow).order_by(LiveSessionRow.started_at))).scalars()
+    )
+
+
+async def get(db: AsyncSession, session_id: str) -> LiveSessionRow | None:
+    return await db.get(LiveSessionRow, session_id, populate_existing=True)
+
+
+async def publish_bytes(db: AsyncSession, counts: Mapping[str, tuple[int, int]]) -> None:
+    """Store (bytes up, bytes down) per session id; rows already gone are skipped."""
+    if not counts:
+        return
+    table = Base.metadata.tables[LiveSessionRow.__tablename__]
+    # Core executemany: an ended session's missing row is not an error here.
+    await db.execute(
+        update(table)
+        .where(table.c.session_id == bindparam("sid"))
+        .values(bytes_up=bindparam("up"), bytes_down=bindparam("down")),
+        [{"sid": sid, "up": up, "down": down} for sid, (up, down) in counts.items()],
     )
 
 

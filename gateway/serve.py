@@ -108,14 +108,35 @@ async def watch_policy(services: Services) -> None:
             log.exception("policy refresh failed")
 
 
-async def watch_kill_requests(broker: Broker) -> None:
-    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s."""
+async def watch_kill_requests(broker: Broker, services: Services) -> None:
+    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s.
+
+    Each round also publishes this process's byte counts that changed since the last one,
+    so ``sessions list`` anywhere shows them at most one round old.
+    """
+    published: dict[str, tuple[int, int]] = {}
     while True:
         await asyncio.sleep(POLICY_POLL_SECONDS)
         try:
             await broker.serve_kill_requests()
         except Exception:  # retried next round
             log.exception("serving kill requests failed")
+        try:
+            published = await publish_byte_counts(services, published)
+        except Exception:  # retried next round: ``published`` is unchanged
+            log.exception("publishing byte counts failed")
+
+
+async def publish_byte_counts(
+    services: Services, published: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """Write the counts that changed since ``published``; returns what is now published."""
+    current = {s.session_id: (s.bytes_up, s.bytes_down) for s in services.live.list()}
+    changed = {sid: counts for sid, counts in current.items() if published.get(sid) != counts}
+    if changed:
+        async with services.sessions() as db, db.begin():
+            await live_store.publish_bytes(db, changed)
+    return current
 
 
 async def expire_requests_periodically(services: Services) -> None:
@@ -253,7 +274,7 @@ async def _serve_until(
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     services.tasks.start("request-expiry", expire_requests_periodically(services))
     services.tasks.start("policy-watch", watch_policy(services))
-    services.tasks.start("kill-requests", watch_kill_requests(broker))
+    services.tasks.start("kill-requests", watch_kill_requests(broker, services))
     if settings.recordings.retention_days:
         services.tasks.start("recording-retention", apply_retention_periodically(services))
     if on_ready is not None:

@@ -35,13 +35,16 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     async def work(services: Services) -> int:
         async with services.sessions() as db:
             rows = await live_store.listing(db)
-        print(f"{'SESSION':18} {'USER':14} {'ASSET':20} {'PROTO':6} {'NODE':16} STARTED (UTC)")
+        print(
+            f"{'SESSION':18} {'USER':14} {'ASSET':20} {'PROTO':6} {'NODE':16} "
+            f"{'BYTES UP':>10} {'BYTES DOWN':>10} STARTED (UTC)"
+        )
         for r in rows:
             started = r.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
             state = f"  kill requested ({r.kill_reason})" if r.kill_reason else ""
             print(
                 f"{r.session_id:18} {r.username:14} {r.asset:20} {r.protocol:6} {r.node:16} "
-                f"{started}{state}"
+                f"{r.bytes_up:>10} {r.bytes_down:>10} {started}{state}"
             )
         return 0
 

@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from gateway import __version__
 from gateway.services import Services
-from gateway.web import account, api_access, auth, enrollment, health, pages
+from gateway.web import account, api_access, api_sessions, auth, enrollment, health, pages
 from gateway.web.security import security_headers
 
 HERE = Path(__file__).parent
@@ -37,5 +37,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(enrollment.router)
     app.include_router(account.router)
     app.include_router(api_access.router)
+    app.include_router(api_sessions.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app

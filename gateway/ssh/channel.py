@@ -1,0 +1,83 @@
+"""One SSH session channel, handed to the right handler once the client says what it wants.
+
+A client opens a session channel first and only then asks for a shell, a command or a
+subsystem. Shells and commands are relayed to the asset (``RelaySession``); the ``sftp``
+subsystem and ``scp`` commands go to the file-transfer bridge (``FileSession``), so a
+file operation is checked and audited on its own and never passes as raw bytes. Every
+channel callback is passed to the chosen handler. Does not decide access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import asyncssh
+
+from gateway.ssh.files import FileSession
+from gateway.ssh.relay import RelaySession, TermSize
+
+
+class SessionChannel(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, relay: RelaySession, files: Callable[[], FileSession]) -> None:
+        self._handler: asyncssh.SSHServerSession[bytes] = relay
+        self._files = files
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def _to_files(self) -> FileSession:
+        files = self._files()
+        assert self._chan is not None  # noqa: S101 - asyncssh calls connection_made first
+        files.connection_made(self._chan)
+        self._handler = files
+        return files
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+        self._handler.connection_made(chan)
+
+    def pty_requested(
+        self, term_type: str, term_size: TermSize, term_modes: Mapping[int, int]
+    ) -> bool:
+        return self._handler.pty_requested(term_type, term_size, term_modes)
+
+    def shell_requested(self) -> bool:
+        return self._handler.shell_requested()
+
+    def exec_requested(self, command: str) -> bool:
+        if command.startswith("scp "):
+            return bool(self._to_files().exec_requested(command))
+        return bool(self._handler.exec_requested(command))
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == "sftp":
+            return bool(self._to_files().subsystem_requested(subsystem))
+        return False
+
+    def session_started(self) -> None:
+        self._handler.session_started()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._handler.data_received(data, datatype)
+
+    def eof_received(self) -> bool:
+        return self._handler.eof_received()
+
+    def soft_eof_received(self) -> None:
+        self._handler.soft_eof_received()
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self._handler.terminal_size_changed(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        self._handler.signal_received(signal)
+
+    def break_received(self, msec: int) -> bool:
+        return self._handler.break_received(msec)
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handler.connection_lost(exc)

@@ -1,0 +1,362 @@
+"""File transfer through the gateway: an SFTP server bridged to the asset's SFTP server.
+
+``sftp`` (and ``scp``, which speaks SFTP since OpenSSH 9.0) talk to this server; legacy
+``scp -O`` is served by asyncssh's SCP server on top of the same bridge. Every operation is
+forwarded to the asset over the session's upstream connection, after a check of its own:
+reading a file or listing a directory needs ``sftp-read``, anything that changes the asset
+(write, create, remove, rename, mkdir, rmdir, setstat, links) needs ``sftp-write``. Each
+refusal is audited by the broker; each transfer is audited when the file is closed with
+its path, size and SHA-256 (of the bytes sent, when they were sent in order) and written to
+the session's recording as a line an auditor can search. Does not decide access itself
+(the broker does) and never touches the gateway's own file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPName, SFTPPermissionDenied, SFTPVFSAttrs
+from asyncssh.channel import SSHChannel
+from asyncssh.stream import SSHServerStreamSession
+
+from gateway.broker import Broker, Ticket
+from gateway.errors import ConduitError
+from recordings import Kind
+from recordings.terminal import TerminalEvent
+
+log = logging.getLogger(__name__)
+READ, WRITE = "sftp-read", "sftp-write"
+CHANGES = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+MAX_PATH = 4096
+
+
+def shown(path: bytes) -> str:
+    """A path as it appears in audit and recordings: UTF-8, undecodable bytes escaped."""
+    return path[:MAX_PATH].decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Transfer:
+    """One open file: what was asked, how much moved, and the running digest."""
+
+    path: bytes
+    reading: bool
+    writing: bool
+    upstream: asyncssh.SFTPClientFile
+    read_bytes: int = 0
+    written_bytes: int = 0
+    next_read: int = 0
+    next_write: int = 0
+    in_order: bool = True
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def saw(self, offset: int, data: bytes, writing: bool) -> None:
+        if writing:
+            self.in_order &= offset == self.next_write and self.read_bytes == 0
+            self.next_write = offset + len(data)
+            self.written_bytes += len(data)
+        else:
+            self.in_order &= offset == self.next_read and self.written_bytes == 0
+            self.next_read = offset + len(data)
+            self.read_bytes += len(data)
+        if self.in_order:
+            self.digest.update(data)
+
+
+class BridgeSFTPServer(asyncssh.SFTPServer):
+    """Serves one client SFTP channel from the asset's SFTP server, checking every call."""
+
+    def __init__(
+        self,
+        chan: asyncssh.SSHServerChannel[bytes],
+        broker: Broker,
+        ticket: Ticket,
+        upstream: asyncssh.SFTPClient,
+        on_exit: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(chan)
+        self._broker = broker
+        self._ticket = ticket
+        self._up = upstream
+        self._on_exit = on_exit
+
+    async def _check(self, action: str, operation: str, *paths: bytes) -> None:
+        self._broker.activity(self._ticket)
+        target = " -> ".join(shown(p) for p in paths)
+        if not await self._broker.permits(self._ticket, action, operation, target):
+            raise SFTPPermissionDenied("not permitted by your grant")
+
+    async def _done(self, operation: str, *paths: bytes, **detail: Any) -> None:
+        """Audit a completed change or transfer and write it to the recording."""
+        t = self._ticket
+        names = [shown(p) for p in paths]
+        line = f"conduit sftp: {operation} {' -> '.join(names)}"
+        if "size" in detail:
+            line += f" ({detail['size']} bytes, sha256 {detail.get('sha256') or 'n/a'})"
+        t.writer.record(TerminalEvent.OUTPUT, (line + "\r\n").encode())
+        await self._broker.audit_operation(t, f"sftp.{operation}", names, detail)
+
+    # -- paths are the asset's: nothing is mapped onto the gateway's file system ------------
+    def map_path(self, path: bytes) -> bytes:
+        return path
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        return path
+
+    def format_user(self, uid: int | None) -> str:
+        return str(uid) if uid is not None else ""
+
+    def format_group(self, gid: int | None) -> str:
+        return str(gid) if gid is not None else ""
+
+    # -- files --------------------------------------------------------------------------
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Transfer:
+        writing = bool(pflags & CHANGES)
+        reading = bool(pflags & asyncssh.FXF_READ) or not writing
+        if reading:
+            await self._check(READ, "read", path)
+        if writing:
+            await self._check(WRITE, "write", path)
+        upstream = await self._up.open(path, pflags, attrs, encoding=None, block_size=0)
+        return Transfer(path, reading, writing, upstream)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        transfer = self._transfer(file_obj)
+        self._broker.activity(self._ticket)
+        data: bytes = await transfer.upstream.read(size, offset)
+        transfer.saw(offset, data, writing=False)
+        self._ticket.live.bytes_down += len(data)
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        transfer = self._transfer(file_obj)
+        if not transfer.writing:
+            raise SFTPPermissionDenied("file not opened for writing")
+        self._broker.activity(self._ticket)
+        await transfer.upstream.write(data, offset)
+        transfer.saw(offset, data, writing=True)
+        self._ticket.live.bytes_up += len(data)
+        return len(data)
+
+    async def close(self, file_obj: object) -> None:
+        transfer = self._transfer(file_obj)
+        try:
+            await transfer.upstream.close()
+        finally:
+            await self._finish(transfer)
+
+    async def _finish(self, transfer: Transfer) -> None:
+        digest = transfer.digest.hexdigest() if transfer.in_order else None
+        if transfer.writing:
+            await self._done(
+                "write", transfer.path, size=transfer.written_bytes, sha256=digest,
+                in_order=transfer.in_order,
+            )  # fmt: skip
+        if transfer.read_bytes or (transfer.reading and not transfer.writing):
+            await self._done(
+                "read", transfer.path, size=transfer.read_bytes, sha256=digest,
+                in_order=transfer.in_order,
+            )  # fmt: skip
+
+    def _transfer(self, file_obj: object) -> Transfer:
+        if not isinstance(file_obj, Transfer):
+            raise asyncssh.SFTPInvalidHandle("invalid handle")
+        return file_obj
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        attrs: SFTPAttrs = await self._transfer(file_obj).upstream.stat()
+        return attrs
+
+    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        transfer = self._transfer(file_obj)
+        await self._check(WRITE, "setstat", transfer.path)
+        await transfer.upstream.setstat(attrs)
+
+    async def fsync(self, file_obj: object) -> None:
+        await self._transfer(file_obj).upstream.fsync()
+
+    # -- metadata: allowed for any file session (an upload needs to see its target) -------
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        attrs: SFTPAttrs = await self._up.stat(path)
+        return attrs
+
+    async def lstat(self, path: bytes) -> SFTPAttrs:
+        attrs: SFTPAttrs = await self._up.lstat(path)
+        return attrs
+
+    async def realpath(self, path: bytes) -> bytes:
+        result: bytes = await self._up.realpath(path)
+        return result
+
+    async def readlink(self, path: bytes) -> bytes:
+        result: bytes = await self._up.readlink(path)
+        return result
+
+    async def statvfs(self, path: bytes) -> SFTPVFSAttrs:
+        result: SFTPVFSAttrs = await self._up.statvfs(path)
+        return result
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        await self._check(READ, "list", path)
+        async for name in self._up.scandir(path):
+            yield name
+
+    # -- changes ------------------------------------------------------------------------
+    async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._check(WRITE, "setstat", path)
+        await self._up.setstat(path, attrs)
+        await self._done("setstat", path)
+
+    async def remove(self, path: bytes) -> None:
+        await self._check(WRITE, "remove", path)
+        await self._up.remove(path)
+        await self._done("remove", path)
+
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._check(WRITE, "mkdir", path)
+        await self._up.mkdir(path, attrs)
+        await self._done("mkdir", path)
+
+    async def rmdir(self, path: bytes) -> None:
+        await self._check(WRITE, "rmdir", path)
+        await self._up.rmdir(path)
+        await self._done("rmdir", path)
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._check(WRITE, "rename", oldpath, newpath)
+        await self._up.rename(oldpath, newpath)
+        await self._done("rename", oldpath, newpath)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._check(WRITE, "rename", oldpath, newpath)
+        await self._up.posix_rename(oldpath, newpath)
+        await self._done("rename", oldpath, newpath)
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._check(WRITE, "symlink", oldpath, newpath)
+        await self._up.symlink(oldpath, newpath)
+        await self._done("symlink", oldpath, newpath)
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._check(WRITE, "link", oldpath, newpath)
+        await self._up.link(oldpath, newpath)
+        await self._done("link", oldpath, newpath)
+
+    async def exit(self) -> None:
+        if self.channel.get_subsystem() == "sftp":
+            # OpenSSH's sftp-server reports 0 when the client ends the session, and scp (which
+            # speaks SFTP) fails without it. asyncssh's SCP server reports its own status.
+            self.channel.exit(0)
+        await self._on_exit()
+
+
+class FileSession(SSHServerStreamSession[bytes]):
+    """A session channel that asked for the ``sftp`` subsystem or ran ``scp``.
+
+    The bridge is built when the session starts: the broker opens (decides, records,
+    registers) a session allowing ``sftp-read`` or ``sftp-write``, then the asset's SFTP
+    server is reached with the vaulted credential. A refusal ends the channel with a
+    one-line reason and never reaches the asset.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        username: str,
+        asset: str,
+        account: str,
+        source: str,
+        connect: Callable[[Ticket, str], Awaitable[asyncssh.SSHClientConnection]],
+    ) -> None:
+        super().__init__(None, self._bridge, sftp_version=3, allow_scp=True)
+        self.broker = broker
+        self.username = username
+        self.asset = asset
+        self.account = account
+        self.source = source
+        self._connect = connect
+        self._server_chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._ticket: Ticket | None = None
+        self._up_conn: asyncssh.SSHClientConnection | None = None
+        self._closed = False
+
+    def connection_made(self, chan: SSHChannel[bytes]) -> None:
+        super().connection_made(chan)
+        assert isinstance(chan, asyncssh.SSHServerChannel)  # noqa: S101 - server side
+        self._server_chan = chan
+
+    async def _bridge(self, channel: SSHChannel[bytes]) -> asyncssh.SFTPServer:
+        chan = self._server_chan
+        assert chan is channel and chan is not None  # noqa: S101 - the channel we serve
+        scp = chan.get_subsystem() != "sftp"
+        try:
+            ticket = await self.broker.open(
+                self.username, self.asset, READ, also=(WRITE,), protocol="scp" if scp else "sftp",
+                source=self.source, kill=self.kill, kind=Kind.TERMINAL,
+            )  # fmt: skip
+        except ConduitError as exc:
+            return self._refused(chan, exc.message)
+        self._ticket = ticket
+        try:
+            conn = await self._connect(ticket, self.account)
+            self._up_conn = conn
+            upstream = await conn.start_sftp_client(path_encoding=None)
+        except (ConduitError, asyncssh.Error, OSError) as exc:
+            await self._end("upstream_failed")
+            message = exc.message if isinstance(exc, ConduitError) else "the asset is not reachable"
+            return self._refused(chan, message)
+        return BridgeSFTPServer(chan, self.broker, ticket, upstream, lambda: self._end("closed"))
+
+    def _refused(self, chan: asyncssh.SSHServerChannel[bytes], message: str) -> asyncssh.SFTPServer:
+        chan.write_stderr(f"conduit: {message}\r\n".encode())
+        chan.exit(1)
+        return RefusingSFTPServer(chan)
+
+    async def _end(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._up_conn is not None:
+            self._up_conn.close()
+        if self._ticket is not None:
+            await self.broker.close(self._ticket, reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self._closed and self._ticket is not None:
+            self.broker.tasks.start(f"sftp-end-{self._ticket.session_id}", self._end("closed"))
+
+    async def kill(self, reason: str) -> None:
+        """The kill handle registered with the live registry."""
+        chan = self._server_chan
+        if chan is not None:
+            chan.write_stderr(f"\r\nconduit: session ended: {reason}\r\n".encode())
+            chan.exit(255)
+        if self._up_conn is not None:
+            self._up_conn.close()
+
+
+class RefusingSFTPServer(asyncssh.SFTPServer):
+    """What a refused channel runs until the client notices it was closed."""
+
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        raise SFTPPermissionDenied("not found or not permitted")
+
+    def realpath(self, path: bytes) -> bytes:
+        raise SFTPPermissionDenied("not found or not permitted")
+
+    def stat(self, path: bytes) -> SFTPAttrs:
+        raise SFTPPermissionDenied("not found or not permitted")
+
+    def lstat(self, path: bytes) -> SFTPAttrs:
+        raise SFTPPermissionDenied("not found or not permitted")
+
+
+def wants_files(command: str | None, subsystem: str | None) -> bool:
+    """Whether a session request is file transfer (sftp subsystem or a remote scp)."""
+    return subsystem == "sftp" or (command is not None and command.startswith("scp "))

@@ -1,0 +1,172 @@
+"""JSON API for live sessions: list, show and kill (``/api/v1/sessions``).
+
+Reads the shared ``live_sessions`` table, so every process and node answers alike. Who sees
+a session: its own user; admins and auditors (roles); anyone holding ``watch``, ``kill`` or
+``admin`` on its asset. Killing needs ``kill`` or ``admin`` on the asset (or the admin role)
+and a second factor within the step-up limit, which only a portal session can show. A kill
+is a request stored in the table, as ``conduit sessions kill`` stores it: the owner node
+ends the session within half a second and audits ``session.kill`` as the requester. Missing
+and forbidden sessions both answer 404; every refusal is audited as ``api.refused`` (see
+``gateway.web.api_access``, whose authentication and refusal pattern this module shares).
+Does not end sessions itself and does not decide access beyond asking the authorizer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import AfterValidator, Field
+
+from gateway import live_store
+from gateway.live_store import LiveSessionRow
+from gateway.services import Services
+from gateway.web.api_access import (
+    NOT_FOUND,
+    AuditedRoute,
+    Caller,
+    Out,
+    Refused,
+    Strict,
+    authenticated,
+    require_step_up,
+)
+from gateway.web.auth import services_of, source_of
+
+SEE_ALL_ROLES = frozenset({"admin", "auditor"})
+WATCH_ACTIONS = ("watch", "kill", "admin")
+KILL_ACTIONS = ("kill", "admin")
+MAX_REASON = 64  # the live_sessions column; the CLI allows the same
+
+SessionId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def _printable_reason(value: str) -> str:
+    value = value.strip()
+    if not value or not value.isprintable():
+        raise ValueError("reason must be printable text")
+    return value
+
+
+Reason = Annotated[
+    str, Field(min_length=1, max_length=MAX_REASON), AfterValidator(_printable_reason)
+]
+
+
+class KillIn(Strict):
+    reason: Reason
+
+
+class SessionOut(Out):
+    id: str
+    user: str
+    asset: str
+    protocol: str
+    started_at: dt.datetime
+    valid_until: dt.datetime | None
+    bytes_up: int
+    bytes_down: int
+    node: str
+    kill_reason: str | None
+
+    @classmethod
+    def of(cls, r: LiveSessionRow) -> SessionOut:
+        return cls(
+            id=r.session_id, user=r.username, asset=r.asset, protocol=r.protocol,
+            started_at=r.started_at, valid_until=r.valid_until, bytes_up=r.bytes_up,
+            bytes_down=r.bytes_down, node=r.node, kill_reason=r.kill_reason,
+        )  # fmt: skip
+
+
+router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=AuditedRoute)
+Reader = Annotated[Caller, Depends(authenticated("read"))]
+Killer = Annotated[Caller, Depends(authenticated("kill"))]
+
+
+class _Capabilities:
+    """What one caller may do per asset, asked once per asset within one request."""
+
+    def __init__(self, services: Services, caller: Caller) -> None:
+        self._s = services
+        self._caller = caller
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    async def holds(self, asset: str, actions: tuple[str, ...]) -> bool:
+        if "admin" in self._caller.roles:
+            return True
+        for action in actions:
+            key = (asset, action)
+            if key not in self._cache:
+                decision = await self._s.authz.authorize(self._caller.username, asset, action)
+                self._cache[key] = decision.allowed
+            if self._cache[key]:
+                return True
+        return False
+
+    async def sees(self, row: LiveSessionRow) -> bool:
+        if row.username == self._caller.username or self._caller.roles & SEE_ALL_ROLES:
+            return True
+        return await self.holds(row.asset, WATCH_ACTIONS)
+
+
+async def _visible(services: Services, caps: _Capabilities, session_id: str) -> LiveSessionRow:
+    async with services.sessions() as db:
+        row = await live_store.get(db, session_id)
+    if row is None:
+        raise Refused(404, NOT_FOUND, f"no live session {session_id}")
+    if not await caps.sees(row):
+        raise Refused(404, NOT_FOUND, f"session {session_id} on {row.asset}: no watch capability")
+    return row
+
+
+@router.get("/sessions", response_model=list[SessionOut])
+async def list_sessions(request: Request, caller: Reader) -> list[SessionOut]:
+    """Live sessions on every node the caller may see, oldest first."""
+    services = services_of(request)
+    async with services.sessions() as db:
+        rows = await live_store.listing(db)
+    caps = _Capabilities(services, caller)
+    return [SessionOut.of(r) for r in rows if await caps.sees(r)]
+
+
+@router.get("/sessions/{session_id}", response_model=SessionOut)
+async def get_session(request: Request, session_id: SessionId, caller: Reader) -> SessionOut:
+    services = services_of(request)
+    return SessionOut.of(await _visible(services, _Capabilities(services, caller), session_id))
+
+
+@router.post("/sessions/{session_id}/kill", status_code=202, response_model=SessionOut)
+async def kill_session(
+    request: Request, session_id: SessionId, body: KillIn, caller: Killer
+) -> SessionOut:
+    """Ask the owner node to end the session (within a second); 202 once the request is stored.
+
+    The session is gone when ``GET /api/v1/sessions/{id}`` answers 404.
+    """
+    services = services_of(request)
+    caps = _Capabilities(services, caller)
+    row = await _visible(services, caps, session_id)
+    if not await caps.holds(row.asset, KILL_ACTIONS):
+        raise Refused(
+            403, "not permitted: kill capability required", f"no kill capability on {row.asset}"
+        )
+    require_step_up(caller, services.clock())
+    async with services.sessions() as db, db.begin():
+        marked = await live_store.request_kill(db, session_id, body.reason, caller.username)
+        after = await live_store.get(db, session_id)
+    if after is None:
+        raise Refused(404, NOT_FOUND, f"session {session_id} ended before the kill")
+    if not marked:
+        raise Refused(
+            409, "a kill is already requested", f"kill already requested: {after.kill_reason}"
+        )
+    await services.audit.record(
+        actor=caller.username,
+        action="session.kill_requested",
+        result="success",
+        target=session_id,
+        source=source_of(request),
+        detail={"reason": body.reason, "asset": row.asset, "user": row.username},
+    )
+    return SessionOut.of(after)

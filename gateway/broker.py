@@ -3,8 +3,8 @@
 ``open`` runs the lifecycle of ARCHITECTURE.md for every protocol: decide (rbac through the
 authorization service; a refusal is audited and looks like "not found"), record (no
 recording, no session), register with a watchdog, audit ``session.start``; ``connect_ssh``
-reaches the asset only with the Authorization; ``close`` finalizes the recording and audits
-``session.end`` with the reason. Front ends translate; they never decide.
+and ``connect_tunnel`` reach the asset only with the Authorization; ``close`` finalizes the
+recording and audits ``session.end`` with the reason. Front ends translate; they never decide.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncssh
 from sqlalchemy import select
@@ -25,12 +27,30 @@ from gateway.live import KillHandle, LiveSession
 from gateway.recordings_index import SessionInfo
 from gateway.services import Services
 from gateway.ssh import hostkeys, upstream
+from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, credential_for
-from rbac.policy import Authorization
+from rbac.names import TUNNEL_RE
+from rbac.policy import Authorization, Decision
 from recordings import Kind
 from recordings.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
+# What a client may name as the destination of a tunnel to asset A: every one means A itself
+# (as "localhost" means the server itself in a plain ``ssh -L``). The gateway always connects
+# to A's configured host, so a tunnel can never be pointed at another machine.
+TUNNEL_SELF_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+TUNNEL_CONNECT_TIMEOUT_SECONDS = 15
+
+
+def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> bool:
+    """Whether ``dest_host`` (as the client sent it) names ``asset``: a loopback name, the
+    asset's name or its configured host (names compared without case)."""
+    name = dest_host.lower()
+    return (
+        name in TUNNEL_SELF_NAMES
+        or name == asset
+        or (asset_host is not None and name == asset_host.lower())
+    )
 
 
 @dataclass
@@ -51,6 +71,9 @@ class Ticket:
     recheck: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
     last_activity: float = 0.0
+    # Other actions that also keep this session open (an SFTP session lives while the user
+    # may read or write); each file operation is still checked on its own (``permits``).
+    also: tuple[str, ...] = ()
     watchdog: asyncio.Task[None] | None = None
 
 
@@ -77,9 +100,14 @@ class Broker:
         source: str,
         kill: KillHandle,
         kind: Kind = Kind.TERMINAL,
+        also: tuple[str, ...] = (),
     ) -> Ticket:
+        """Open a session for ``action``, or for the first of ``also`` that is allowed."""
         s = self._s
-        decision = await s.authz.authorize(username, asset, action)
+        decision = await self._decide(username, asset, (action, *also))
+        if decision.allowed and decision.authorization is not None:
+            also = tuple(a for a in (action, *also) if a != decision.authorization.action)
+            action = decision.authorization.action
         if not decision.allowed or decision.authorization is None:
             await s.audit.record(
                 actor=username,
@@ -146,6 +174,7 @@ class Broker:
             live,
             record_input,
             last_activity=asyncio.get_running_loop().time(),
+            also=also,
         )
         try:
             async with s.sessions() as db, db.begin():
@@ -172,6 +201,59 @@ class Broker:
         )
         ticket.watchdog = s.tasks.start(f"watchdog-{session_id}", self._watch(ticket))
         return ticket
+
+    async def _decide(self, username: str, asset: str, actions: tuple[str, ...]) -> Decision:
+        """The first allowed decision among ``actions``, else the first refusal."""
+        first: Decision | None = None
+        for action in actions:
+            decision = await self._s.authz.authorize(username, asset, action)
+            if decision.allowed:
+                return decision
+            first = first or decision
+        assert first is not None  # noqa: S101 - actions is never empty
+        return first
+
+    async def permits(self, ticket: Ticket, action: str, operation: str, target: str) -> bool:
+        """One operation inside an open session (an SFTP write, say), checked on its own.
+
+        A refusal is audited with the operation and what it was aimed at."""
+        decision = await self._s.authz.authorize(ticket.username, ticket.asset, action)
+        if decision.allowed:
+            return True
+        await self._s.audit.record(
+            actor=ticket.username,
+            action="operation.denied",
+            result="denied",
+            target=ticket.asset,
+            source=ticket.source,
+            detail={
+                "session_id": ticket.session_id,
+                "operation": operation,
+                "path": target,
+                "action_requested": action,
+                "reason": decision.reason,
+            },
+        )
+        return False
+
+    async def audit_operation(
+        self, ticket: Ticket, action: str, paths: list[str], detail: dict[str, Any]
+    ) -> None:
+        """A completed operation inside a session (a file written, a directory removed)."""
+        await self._s.audit.record(
+            actor=ticket.username,
+            action=action,
+            result="failure" if "error" in detail else "success",
+            target=ticket.asset,
+            source=ticket.source,
+            detail={"session_id": ticket.session_id, "path": paths[0], **(
+                {"to": paths[1]} if len(paths) > 1 else {}), **detail},
+        )  # fmt: skip
+
+    @property
+    def tasks(self) -> TaskSet:
+        """The task set owning work started from synchronous protocol callbacks."""
+        return self._s.tasks
 
     async def connect_ssh(
         self, ticket: Ticket, account: str = DEFAULT_ACCOUNT
@@ -204,6 +286,77 @@ class Broker:
                 detail={"session_id": ticket.session_id, "reason": exc.detail},
             )
             raise
+
+    async def open_tunnel(
+        self,
+        username: str,
+        asset: str,
+        dest_host: str,
+        dest_port: int,
+        *,
+        source: str,
+        kill: KillHandle,
+    ) -> Ticket:
+        """One session per tunnelled connection: ``tunnel:<port>`` on ``asset``, decided,
+        recorded and registered like any other. A destination host that does not name the
+        asset (``tunnel_host_accepted``) is refused and audited before anything is decided."""
+        action = f"tunnel:{dest_port}"
+        async with self._s.sessions() as db:
+            asset_host = (await db.execute(select(Asset.host).where(Asset.name == asset))).scalar()
+        if not tunnel_host_accepted(dest_host, asset, asset_host):
+            shown = dest_host[:255]
+            reason = f"tunnel destination {shown!r} is not asset {asset}"
+            await self._s.audit.record(
+                actor=username,
+                action="session.denied",
+                result="denied",
+                target=asset,
+                source=source,
+                detail={
+                    "protocol": "tunnel",
+                    "action_requested": action,
+                    "destination": f"{shown}:{dest_port}",
+                    "reason": reason,
+                },
+            )
+            raise NotFoundOrForbidden(reason)
+        return await self.open(
+            username, asset, action, protocol="tunnel", source=source, kill=kill, kind=Kind.TUNNEL
+        )
+
+    async def connect_tunnel(
+        self, ticket: Ticket, protocol_factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Transport:
+        """TCP to the port the ticket's Authorization names (``tunnel:<port>``) on the asset's
+        configured host: nothing the client sent chooses where the connection goes."""
+        s = self._s
+        match = TUNNEL_RE.fullmatch(ticket.proof.action)
+        if match is None:
+            raise ConduitError(
+                "not a tunnel session", f"{ticket.proof.action} is not tunnel:<port>"
+            )
+        port = int(match.group(1))
+        async with s.sessions() as db:
+            host = (
+                await db.execute(select(Asset.host).where(Asset.name == ticket.asset))
+            ).scalar_one()
+        try:
+            async with asyncio.timeout(TUNNEL_CONNECT_TIMEOUT_SECONDS):
+                transport, _ = await asyncio.get_running_loop().create_connection(
+                    protocol_factory, host, port
+                )
+        except (OSError, TimeoutError) as exc:
+            detail = f"{ticket.asset} {host}:{port}: {type(exc).__name__}: {exc}"
+            await s.audit.record(
+                actor=ticket.username,
+                action="upstream.failed",
+                result="failure",
+                target=ticket.asset,
+                source=ticket.source,
+                detail={"session_id": ticket.session_id, "reason": detail},
+            )
+            raise upstream.UpstreamError("the asset is not reachable", detail) from None
+        return transport
 
     def activity(self, ticket: Ticket) -> None:
         ticket.last_activity = asyncio.get_running_loop().time()
@@ -287,7 +440,9 @@ class Broker:
         first = True
         while not ticket.ended.is_set():
             if not first:
-                decision = await s.authz.authorize(ticket.username, ticket.asset, ticket.action)
+                decision = await self._decide(
+                    ticket.username, ticket.asset, (ticket.action, *ticket.also)
+                )
                 if not decision.allowed:
                     until = ticket.live.valid_until
                     expired = until is not None and s.clock() >= until

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.identity_commands import add_token_commands, add_user_commands
     from gateway.recordings_commands import add_recordings_commands
     from gateway.sessions_commands import add_sessions_commands
+    from gateway.ssh_cert_commands import add_ssh_cert_commands
 
     common = _common()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="run a demo site on embedded defaults")
     _listen_flags(p)
+    p.add_argument(
+        "--target-listen", metavar="HOST:PORT", help="the simulated demo device (loopback)"
+    )
     p.set_defaults(handler=commands.cmd_demo, data_dir_default=Path("conduit-demo"))
 
     db = sub.add_parser("db", help="database schema").add_subparsers(
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authz_commands(sub, common)
     add_recordings_commands(sub, common)
     add_sessions_commands(sub, common)
+    add_ssh_cert_commands(sub, common)
     return parser
 
 

@@ -107,7 +107,11 @@ class SSHSettings(_Section):
     host_key_files: list[Path] = []  # empty: the keys `conduit init` made in <data_dir>/ssh
     login_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 30
     max_unauthenticated: Annotated[int, Field(ge=1, le=100000)] = 100
+    # One source (IPv4 address, IPv6 /64) may not hold more of them than this.
+    max_unauthenticated_per_source: Annotated[int, Field(ge=1, le=100000)] = 10
     banner: str = ""  # empty: portal.banner
+    # Lifetime of the user certificates the gateway's SSH user CA issues after MFA.
+    certificate_hours: Annotated[int, Field(ge=1, le=168)] = 8
 
 
 class DatabaseSettings(_Section):
@@ -127,6 +131,7 @@ class RecordingsSettings(_Section):
 class KeysSettings(_Section):
     master_key_file: OptionalPath = None  # empty: <data_dir>/keys/master.key
     signing_key_file: OptionalPath = None  # empty: <data_dir>/keys/signing.key
+    ssh_user_ca_key_file: OptionalPath = None  # empty: <data_dir>/keys/ssh_user_ca
 
 
 class SessionSettings(_Section):
@@ -183,6 +188,10 @@ class Settings(_Section):
     @property
     def signing_key_file(self) -> Path:
         return self.keys.signing_key_file or self.data_dir / "keys" / "signing.key"
+
+    @property
+    def ssh_user_ca_key_file(self) -> Path:
+        return self.keys.ssh_user_ca_key_file or self.data_dir / "keys" / "ssh_user_ca"
 
     @property
     def tls_cert_file(self) -> Path:

@@ -1,9 +1,10 @@
 """Key material on disk: create it once (``conduit init``), load and check it at start.
 
-Owns the data-directory layout for secrets: master key, Ed25519 signing key, SSH host keys
-and the portal's self-signed TLS certificate. Files are created 0600 with ``O_EXCL`` so no
-other mode is ever visible, never overwritten unless forced, and refused at load time when
-group- or world-accessible. Does not encrypt or sign anything itself.
+Owns the data-directory layout for secrets: master key, Ed25519 signing key, SSH host keys,
+the SSH user CA key (signs user certificates) and the portal's self-signed TLS certificate.
+Files are created 0600 with ``O_EXCL`` so no other mode is ever visible, never overwritten
+unless forced, and refused at load time when group- or world-accessible. Does not encrypt
+or sign anything itself.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def _make_ssh_host_key(algorithm: str) -> bytes:
     return bytes(asyncssh.generate_private_key(algorithm).export_private_key("openssh"))
 
 
+def _make_ssh_user_ca() -> bytes:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="conduit-user-ca")
+    return bytes(key.export_private_key("openssh"))
+
+
 def _make_tls_pair() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     hostname = socket.gethostname()
@@ -140,6 +146,7 @@ def init_key_material(settings: Settings, *, force: bool = False) -> InitReport:
         for kind, path in zip(SSH_KEY_ALGORITHMS, settings.ssh_host_key_files, strict=True):
             make = functools.partial(_make_ssh_host_key, SSH_KEY_ALGORITHMS[kind])
             _ensure(path, make, force, report)
+    _ensure(settings.ssh_user_ca_key_file, _make_ssh_user_ca, force, report)
     if settings.portal.tls and settings.portal.tls_cert_file is None:
         cert_file, key_file = settings.tls_cert_file, settings.tls_key_file
         if force or not (cert_file.exists() and key_file.exists()):
@@ -179,6 +186,8 @@ class KeyRing:
     ssh_host_keys: tuple[asyncssh.SSHKey, ...] = field(repr=False)
     tls_cert_file: Path | None
     tls_key_file: Path | None
+    # Signs SSH user certificates. Required when SSH is enabled; otherwise loaded if present.
+    ssh_user_ca: asyncssh.SSHKey | None = field(default=None, repr=False)
 
 
 def load_keyring(settings: Settings, environ: dict[str, str] | None = None) -> KeyRing:
@@ -213,6 +222,7 @@ def load_keyring(settings: Settings, environ: dict[str, str] | None = None) -> K
                 host_keys.append(asyncssh.import_private_key(data))
             except (asyncssh.KeyImportError, ValueError):
                 raise KeyMaterialError(f"SSH host key {path} is not a private key") from None
+    user_ca = _load_user_ca(settings)
     cert: Path | None = None
     key: Path | None = None
     if settings.portal.tls:
@@ -220,7 +230,20 @@ def load_keyring(settings: Settings, environ: dict[str, str] | None = None) -> K
         _read_private(key, "TLS key")
         if not cert.is_file():
             raise KeyMaterialError(f"TLS certificate {cert} is missing: run `conduit init`")
-    return KeyRing(master, signing, tuple(host_keys), cert, key)
+    return KeyRing(master, signing, tuple(host_keys), cert, key, user_ca)
+
+
+def _load_user_ca(settings: Settings) -> asyncssh.SSHKey | None:
+    path = settings.ssh_user_ca_key_file
+    if not settings.ssh.enabled and not path.exists():
+        return None
+    # A data directory made before certificates existed lacks this file: the message
+    # names it and `conduit init`, which adds only what is missing.
+    data = _read_private(path, "SSH user CA key")
+    try:
+        return asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, ValueError):
+        raise KeyMaterialError(f"SSH user CA key {path} is not a private key") from None
 
 
 def keyring_files_present(keys: KeyRing, settings: Settings) -> bool:
@@ -232,6 +255,8 @@ def keyring_files_present(keys: KeyRing, settings: Settings) -> bool:
     )
     if keys.tls_key_file is not None:
         paths.append(keys.tls_key_file)
+    if keys.ssh_user_ca is not None:
+        paths.append(settings.ssh_user_ca_key_file)
     try:
         return all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in paths)
     except OSError:

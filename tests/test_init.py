@@ -19,6 +19,7 @@ KEY_FILES = [
     "keys/signing.key",
     "ssh/ssh_host_ed25519_key",
     "ssh/ssh_host_ecdsa_key",
+    "keys/ssh_user_ca",
     "tls/portal.key",
     "tls/portal.crt",
 ]
@@ -72,6 +73,26 @@ def test_init_only_fills_in_missing_keys(data_dir: Path) -> None:
     after = snapshot(data_dir)
     assert after["keys/master.key"] == before["keys/master.key"]
     assert after["keys/signing.key"] != before["keys/signing.key"]
+
+
+def test_a_data_dir_from_before_certificates_gets_its_user_ca(
+    data_dir: Path, free_port: int
+) -> None:
+    init_data_dir(data_dir)
+    (data_dir / "keys/ssh_user_ca").unlink()  # what an older `conduit init` left
+    refused = conduit(
+        "serve", "--data-dir", str(data_dir), "--portal-listen", f"127.0.0.1:{free_port}",
+        "--ssh-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert f"SSH user CA key {data_dir / 'keys/ssh_user_ca'} is missing" in refused.stderr
+    assert "run `conduit init`" in refused.stderr and "Traceback" not in refused.stderr
+    added = conduit("init", "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.count("created") == 1
+    assert f"created  {data_dir / 'keys/ssh_user_ca'}" in added.stdout
+    ca = asyncssh.import_private_key((data_dir / "keys/ssh_user_ca").read_bytes())
+    assert ca.algorithm == b"ssh-ed25519"
 
 
 def test_key_material_is_usable(data_dir: Path) -> None:

@@ -353,3 +353,33 @@ def test_changed_target_host_key_refuses(gateway: Gateway, sshd: SSHDTarget) -> 
     assert result.returncode == 1
     assert "could not be verified" in result.stderr
     assert any(e["action"] == "upstream.hostkey_mismatch" for e in gateway.audit())
+
+
+def test_grant_expiring_mid_session_ends_it_at_valid_until(gateway: Gateway) -> None:
+    data = ["--data-dir", str(gateway.data)]
+    grants = conduit("grant", "list", *data).stdout.splitlines()
+    standing = next(line.split()[0] for line in grants if "asset:target" in line)
+    assert conduit("grant", "revoke", standing, *data).returncode == 0
+    until = time.time() + 8
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(until))
+    until = float(int(until))  # the grant's end, to the second as given
+    added = conduit("grant", "add", "--user", "dave", "--asset", "target", "--action", "ssh",
+                    "--until", iso, *data)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    proc = gateway.background("dave+target", "echo started; sleep 60", gateway.code("dave"))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"started"
+        assert time.time() < until, "the session must start before the grant ends"
+        code = proc.wait(timeout=30)
+        ended = time.time()
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert code != 0 and "session ended: expired" in err.decode()
+    assert ended >= until - 0.2  # not cut short
+    assert ended - until < 5  # generous for a loaded CI; bench/ssh_relay.py measures it
+    ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
+    assert ends[-1]["detail"]["reason"] == "expired"  # type: ignore[index]

@@ -1,6 +1,7 @@
 """Identity tables: pending logins, portal sessions, failures, recovery codes, tokens, keys.
 
-Only table shapes live here (migration ``0003_identity`` creates them); the rules live in
+Only table shapes live here (migration ``0003_identity`` creates them, ``0009_ssh_certs``
+the certificate register); the rules live in
 the modules that use them. Every secret a client holds (cookie ids, tokens, codes) is
 stored as its SHA-256 only, so a database reader cannot replay one.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.models import Base
@@ -107,3 +108,19 @@ class ConnectCode(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class SSHCertificate(Base):
+    """One SSH user certificate the gateway's CA issued: the register an admin lists."""
+
+    __tablename__ = "ssh_certificates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger, unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(100))
+    key_id: Mapped[str] = mapped_column(String(200))
+    issued_via: Mapped[str] = mapped_column(String(16))  # portal, api or cli
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    valid_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    valid_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -13,8 +13,10 @@ the session's recording as a line an auditor can search. Does not decide access 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,20 +42,45 @@ def shown(path: bytes) -> str:
     return path[:MAX_PATH].decode("utf-8", "backslashreplace")
 
 
+WRITES_IN_FLIGHT = 16  # per session: writes sent to the asset before its answers
+READ_AHEAD = 8  # reads asked of the asset ahead of a client reading a file in order
+READS_AHEAD_PER_SESSION = 16
+PIPELINE_MAX_SIZE = 256 << 10  # larger blocks wait their turn: memory stays bounded
+
+
+class Budget:
+    """What one SFTP session may have in flight to the asset, across all its open files."""
+
+    def __init__(self) -> None:
+        self.writes = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self.reads_ahead = 0
+
+
 @dataclass
 class Transfer:
-    """One open file: what was asked, how much moved, and the running digest."""
+    """One open file: what was asked, how much moved, and the running digest.
+
+    asyncssh serves a client's requests one at a time, so waiting for the asset on every
+    block would cost a round trip per block. Writes are therefore passed on without waiting
+    (at most ``WRITES_IN_FLIGHT``; a failure is reported on the next call and at close), and
+    a file read in order is read ahead (``READ_AHEAD`` blocks). What the client receives
+    and what is hashed stay in file order.
+    """
 
     path: bytes
     reading: bool
     writing: bool
     upstream: asyncssh.SFTPClientFile
+    budget: Budget
     read_bytes: int = 0
     written_bytes: int = 0
     next_read: int = 0
     next_write: int = 0
     in_order: bool = True
     digest: Any = field(default_factory=hashlib.sha256)
+    failure: BaseException | None = None
+    writes: set[asyncio.Task[None]] = field(default_factory=set)
+    ahead: deque[tuple[int, int, asyncio.Task[bytes]]] = field(default_factory=deque)
 
     def saw(self, offset: int, data: bytes, writing: bool) -> None:
         if writing:
@@ -66,6 +93,66 @@ class Transfer:
             self.read_bytes += len(data)
         if self.in_order:
             self.digest.update(data)
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def write(self, offset: int, data: bytes) -> None:
+        self._raise_failure()
+        if len(data) > PIPELINE_MAX_SIZE:
+            await self.settle()
+            await self.upstream.write(data, offset)
+            return
+        await self.budget.writes.acquire()
+        task = asyncio.get_running_loop().create_task(self._write(offset, data))
+        self.writes.add(task)
+        task.add_done_callback(self.writes.discard)
+
+    async def _write(self, offset: int, data: bytes) -> None:
+        try:
+            await self.upstream.write(data, offset)
+        except (asyncssh.Error, OSError) as exc:
+            self.failure = self.failure or exc
+        finally:
+            self.budget.writes.release()
+
+    async def settle(self) -> None:
+        """Wait for every write in flight; raise the first failure the asset reported."""
+        if self.writes:
+            await asyncio.gather(*self.writes, return_exceptions=True)
+        self._raise_failure()
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self.ahead and self.ahead[0][:2] == (offset, size):
+            task = self.ahead.popleft()[2]
+            self.budget.reads_ahead -= 1
+            data = await task
+        else:
+            self.drop_ahead()
+            data = await self.upstream.read(size, offset)
+        if len(data) == size and size <= PIPELINE_MAX_SIZE and not self.writing:
+            loop = asyncio.get_running_loop()
+            at = self.ahead[-1][0] + size if self.ahead else offset + size
+            budget = self.budget
+            while len(self.ahead) < READ_AHEAD and budget.reads_ahead < READS_AHEAD_PER_SESSION:
+                self.ahead.append((at, size, loop.create_task(self.upstream.read(size, at))))
+                budget.reads_ahead += 1
+                at += size
+        return data
+
+    def drop_ahead(self) -> None:
+        while self.ahead:
+            task = self.ahead.popleft()[2]
+            self.budget.reads_ahead -= 1
+            task.cancel()
+            task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Task[bytes]) -> None:
+    """Collect a read-ahead nobody wanted, so its outcome is never reported as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 class BridgeSFTPServer(asyncssh.SFTPServer):
@@ -84,6 +171,7 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
         self._ticket = ticket
         self._up = upstream
         self._on_exit = on_exit
+        self._budget = Budget()
 
     async def _check(self, action: str, operation: str, *paths: bytes) -> None:
         self._broker.activity(self._ticket)
@@ -123,12 +211,12 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
         if writing:
             await self._check(WRITE, "write", path)
         upstream = await self._up.open(path, pflags, attrs, encoding=None, block_size=0)
-        return Transfer(path, reading, writing, upstream)
+        return Transfer(path, reading, writing, upstream, self._budget)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         transfer = self._transfer(file_obj)
         self._broker.activity(self._ticket)
-        data: bytes = await transfer.upstream.read(size, offset)
+        data = await transfer.read(offset, size)
         transfer.saw(offset, data, writing=False)
         self._ticket.live.bytes_down += len(data)
         return data
@@ -138,14 +226,16 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
         if not transfer.writing:
             raise SFTPPermissionDenied("file not opened for writing")
         self._broker.activity(self._ticket)
-        await transfer.upstream.write(data, offset)
+        await transfer.write(offset, data)
         transfer.saw(offset, data, writing=True)
         self._ticket.live.bytes_up += len(data)
         return len(data)
 
     async def close(self, file_obj: object) -> None:
         transfer = self._transfer(file_obj)
+        transfer.drop_ahead()
         try:
+            await transfer.settle()
             await transfer.upstream.close()
         finally:
             await self._finish(transfer)
@@ -153,9 +243,10 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
     async def _finish(self, transfer: Transfer) -> None:
         digest = transfer.digest.hexdigest() if transfer.in_order else None
         if transfer.writing:
+            failed = {"error": str(transfer.failure)} if transfer.failure else {}
             await self._done(
                 "write", transfer.path, size=transfer.written_bytes, sha256=digest,
-                in_order=transfer.in_order,
+                in_order=transfer.in_order, **failed,
             )  # fmt: skip
         if transfer.read_bytes or (transfer.reading and not transfer.writing):
             await self._done(
@@ -169,16 +260,21 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
         return file_obj
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
-        attrs: SFTPAttrs = await self._transfer(file_obj).upstream.stat()
+        transfer = self._transfer(file_obj)
+        await transfer.settle()
+        attrs: SFTPAttrs = await transfer.upstream.stat()
         return attrs
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         transfer = self._transfer(file_obj)
         await self._check(WRITE, "setstat", transfer.path)
+        await transfer.settle()
         await transfer.upstream.setstat(attrs)
 
     async def fsync(self, file_obj: object) -> None:
-        await self._transfer(file_obj).upstream.fsync()
+        transfer = self._transfer(file_obj)
+        await transfer.settle()
+        await transfer.upstream.fsync()
 
     # -- metadata: allowed for any file session (an upload needs to see its target) -------
     async def stat(self, path: bytes) -> SFTPAttrs:

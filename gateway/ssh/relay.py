@@ -3,7 +3,8 @@
 Low-level asyncssh sessions on both legs (the streams API measured ~35% slower), bytes
 only. Both directions go to the recorder (input unless the asset turns it off) with
 timestamps. Back-pressure is passed along: when one side's send buffer fills, reading from
-the other side pauses, so a slow client never makes the gateway buffer without bound.
+the other side pauses, and a paused channel's window re-opens only for data passed on
+(``flow.py``), so a slow client never makes the gateway buffer without bound.
 Exit status and exit signal are passed back; window changes, signals and breaks are passed
 on. Does not authenticate or decide: the broker has done that before a relay exists.
 """
@@ -21,6 +22,7 @@ from asyncssh.packet import SSHPacket
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
+from gateway.ssh.flow import bound_receive_window, discard_unsent_output
 from recordings.terminal import TerminalEvent, resize_payload
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Request:
 
 
 EOW = b"eow@openssh.com"
+# After eow, stderr still goes to the client, but no more than this may wait to be sent.
+EOW_STDERR_QUEUE = 64 * 1024
 
 
 def install_eow_handler(chan: asyncssh.SSHServerChannel[bytes], on_eow: Callable[[], None]) -> None:
@@ -75,6 +79,11 @@ class UpstreamSide(asyncssh.SSHClientSession[bytes]):
         self._relay = relay
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        # The asset writes as fast as it can; the relay pauses this channel while the vendor
+        # lags, and only data passed on may re-open its window (flow.py).
+        bound_receive_window(chan)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._relay.from_upstream(data, datatype)
@@ -130,14 +139,20 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     # -- requests from the client ----------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        bound_receive_window(chan)  # uploads to a slow asset: same bound as downloads
         install_eow_handler(chan, self._client_stopped_reading)
 
     def _client_stopped_reading(self) -> None:
         """eow@openssh.com: the client's stdout is gone (``ssh gw cmd | head``). Tell the
         asset, so the command gets SIGPIPE and ends, and stop sending the client output."""
         self._client_eow = True
+        if self._chan is not None:
+            # OpenSSH never re-opens the window for output it dropped, so what is queued here
+            # could never be sent and the channel's close would wait for it forever.
+            discard_unsent_output(self._chan)
         if self._up_chan is not None:
             self._up_chan._send_request(EOW)  # noqa: SLF001 - asyncssh has no public call
+            self._up_chan.resume_reading()  # stdout is dropped from now on (from_upstream)
 
     def pty_requested(
         self, term_type: str, term_size: TermSize, term_modes: Mapping[int, int]
@@ -242,7 +257,9 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         return False
 
     def pause_writing(self) -> None:
-        if self._up_chan is not None:
+        # After eow the client may never re-open its window: pausing the asset would then
+        # hold its exit and close back for good; from_upstream bounds what is queued instead.
+        if self._up_chan is not None and not self._client_eow:
             self._up_chan.pause_reading()
 
     def resume_writing(self) -> None:
@@ -261,7 +278,10 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self.ticket.live.bytes_down += len(data)
         self.broker.activity(self.ticket)
         self.ticket.writer.record(TerminalEvent.OUTPUT, data)
-        if self._client_eow and datatype != asyncssh.EXTENDED_DATA_STDERR:
+        if self._client_eow and (
+            datatype != asyncssh.EXTENDED_DATA_STDERR
+            or self._chan.get_write_buffer_size() > EOW_STDERR_QUEUE
+        ):
             return  # the client no longer reads stdout; the asset has been told
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self._chan.write_stderr(data)

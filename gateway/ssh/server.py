@@ -4,13 +4,17 @@ Every asyncssh hook refuses unless it is one we handle. Authentication is MFA al
 keyboard-interactive asks for the password and a verification code (works for ssh, scp,
 sftp, PuTTY, WinSCP) and goes through the same ``Authenticator`` as the portal, so the
 lockout is shared; a one-time connect code from the portal (made after MFA, bound to user
-and asset) may be given as the password. Sessions are opened through the broker; remote
-forwarding, agent and X11 forwarding are refused. Does not decide access itself.
+and asset) may be given as the password. Sessions are opened through the broker; ``ssh -L``
+reaches only granted ports of the routed asset (``gateway.ssh.tunnel``); remote forwarding,
+agent and X11 forwarding are refused. A public key logs in only with a certificate from this
+gateway's user CA (``gateway.ssh.certificates``). Does not decide access itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncssh
@@ -23,8 +27,13 @@ from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
+from gateway.ssh.admission import UnauthenticatedGate
+from gateway.ssh.certificates import CertificateLogin
+from gateway.ssh.channel import SessionChannel
+from gateway.ssh.files import FileSession
 from gateway.ssh.relay import RelaySession
 from gateway.ssh.routing import Route, parse_route
+from gateway.ssh.tunnel import open_tunnel
 from gateway.vault import DEFAULT_ACCOUNT
 
 log = logging.getLogger(__name__)
@@ -34,17 +43,13 @@ log = logging.getLogger(__name__)
 SERVER_VERSION = "OpenSSH_9.9 Conduit_0.1"
 
 
-class _Gate:
-    """Counts connections that have not finished authenticating."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
-
-
 class GatewaySSHServer(asyncssh.SSHServer):
     def __init__(
-        self, services: Services, gate: _Gate, broker: Broker, authenticator: Authenticator
+        self,
+        services: Services,
+        gate: UnauthenticatedGate,
+        broker: Broker,
+        authenticator: Authenticator,
     ) -> None:
         self._s = services
         self._gate = gate
@@ -55,38 +60,86 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self._route: Route | None = None
         self._identity: Identity | None = None
         self._source = ""
+        self._certs = CertificateLogin(services)
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        if self._gate.pending >= self._gate.limit:
-            self._s.metrics.ssh_refused.labels("unauthenticated_cap").inc()
-            log.warning("ssh: refusing %s: too many unauthenticated connections", self._source)
-            conn.close()
+        if not self._gate.admit(self._source, self):  # counted and logged by the gate
+            # After our version line has gone out (asyncssh sends it when this returns), so
+            # the client can show the reason instead of "invalid banner".
+            asyncio.get_running_loop().call_soon(self._turn_away, "too many connections")
             return
-        self._gate.pending += 1
         self._counted = True
         self._s.metrics.ssh_connections.inc()
+
+    def evict(self) -> None:
+        """The gate needs this one's place for a connection from a quieter source."""
+        self._counted = False  # the gate has already let go of it
+        self._turn_away("too many connections, try again")
+
+    def _turn_away(self, reason: str) -> None:
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
 
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._gate.pending -= 1
+            self._gate.release(self._source, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._uncount()
+        refused = self._certs.failure_detail() if self._identity is None else None
+        if refused is not None:  # keys or certificates were refused and nothing logged in
+            self._s.tasks.start(
+                "audit-ssh-key-refusal",
+                self._s.audit.record(
+                    actor=self._user(),
+                    action="login.failure",
+                    result="failure",
+                    source=self._source,
+                    detail=refused,
+                ),
+            )
 
     def auth_completed(self) -> None:
         self._uncount()
+        if self._identity is None:
+            # No hook runs when asyncssh accepts a certificate: the one way left to get here.
+            self._identity = self._certs.identity(self._s.clock())
+            if self._identity is None:
+                if self._conn is not None:
+                    self._conn.close()
+                return
+            self._s.tasks.start("audit-ssh-login", self._audit_certificate_login(self._identity))
+
+    async def _audit_certificate_login(self, identity: Identity) -> None:
+        asset = self._route.asset if self._route is not None else None
+        try:
+            await self._s.audit.record(
+                actor=identity.username,
+                action="login.success",
+                result="success",
+                target=asset or "",
+                source=self._source,
+                detail={"channel": "ssh", "factor": identity.factor},
+            )
+        except Exception:
+            log.exception("ssh: certificate login of %s not audited: closing", identity.username)
+            if self._conn is not None:
+                self._conn.close()
 
     # -- authentication ------------------------------------------------------------------
-    def begin_auth(self, username: str) -> bool:
+    async def begin_auth(self, username: str) -> bool:
         self._route = parse_route(username)
         banner = self._s.settings.ssh.banner or self._s.settings.portal.banner
         if banner and self._conn is not None:
             self._conn.send_auth_banner(banner + "\r\n")
+        if self._conn is not None:
+            user = self._route.user if self._route is not None else None
+            await self._certs.prepare(self._conn, user)
         return True  # authentication is always required
 
     def _user(self) -> str:
@@ -157,6 +210,14 @@ class GatewaySSHServer(asyncssh.SSHServer):
         )
 
     def public_key_auth_supported(self) -> bool:
+        return True  # certificates from our CA (trusted in begin_auth); bare keys are refused
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        self._certs.refuse_key(key)
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        self._certs.refuse_ca(key)
         return False
 
     # -- channels ------------------------------------------------------------------------
@@ -166,13 +227,16 @@ class GatewaySSHServer(asyncssh.SSHServer):
         route = self._route
         if route.asset is None:
             return MenuSession(self._s, self._identity.username, self._s.settings.ssh_listen.port)
-        return RelaySession(
-            self._broker,
-            self._identity.username,
-            route.asset,
-            route.account or DEFAULT_ACCOUNT,
-            self._source,
-            self._start_relay,
+        username, asset = self._identity.username, route.asset
+        account = route.account or DEFAULT_ACCOUNT
+        relay = RelaySession(
+            self._broker, username, asset, account, self._source, self._start_relay
+        )
+        return SessionChannel(
+            relay,
+            lambda: FileSession(
+                self._broker, username, asset, account, self._source, self._broker.connect_ssh
+            ),
         )
 
     async def _start_relay(self, session: RelaySession) -> None:
@@ -192,16 +256,34 @@ class GatewaySSHServer(asyncssh.SSHServer):
             raise
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._refuse("remote forwarding", f"{listen_host}:{listen_port}")
+        """``ssh -R``: never; nothing in the plant may open connections back to a vendor."""
+        self._refuse("remote forwarding", f"{listen_host[:255]}:{listen_port}")
         return False
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        self._refuse("direct-tcpip", f"{dest_host}:{dest_port}")
-        return False
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        """``ssh -L``: one tunnel session per connection to a granted port of the routed
+        asset; asyncssh awaits the set-up before it answers the channel open."""
+        target = f"{dest_host[:255]}:{dest_port}"
+        if self._identity is None or self._route is None or self._conn is None:
+            self._refuse("direct-tcpip", target, "not authenticated")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "refused")
+        if self._route.asset is None:
+            self._refuse("direct-tcpip", target, "no asset in the username")
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not found or not permitted"
+            )
+        return open_tunnel(
+            self._broker,
+            self._conn,
+            self._identity.username,
+            self._route.asset,
+            (dest_host, dest_port),
+            self._source,
+        )
 
-    def _refuse(self, what: str, target: str) -> None:
+    def _refuse(self, what: str, target: str, reason: str = "not permitted") -> None:
         self._s.tasks.start(
             "audit-refusal",
             self._s.audit.record(
@@ -210,7 +292,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
                 result="denied",
                 target=target,
                 source=self._source,
-                detail={"request": what},
+                detail={"request": what, "reason": reason},
             ),
         )
 
@@ -264,7 +346,11 @@ async def start_ssh_server(
 ) -> asyncssh.SSHAcceptor:
     settings = services.settings
     listen = settings.ssh_listen
-    gate = _Gate(settings.ssh.max_unauthenticated)
+    gate = UnauthenticatedGate(
+        settings.ssh.max_unauthenticated,
+        settings.ssh.max_unauthenticated_per_source,
+        lambda reason: services.metrics.ssh_refused.labels(reason).inc(),
+    )
     return await asyncssh.create_server(
         lambda: GatewaySSHServer(services, gate, broker, authenticator),
         listen.host,

@@ -1,7 +1,8 @@
 """A user's own account in the portal: sessions, API tokens, SSH keys, connect codes, step-up.
 
 Every state-changing route requires the session's CSRF token; secrets made here (tokens,
-connect codes) are shown once in the response and never again. Admin routes need a
+connect codes) are shown once in the response and never again. Admin routes, and SSH user
+certificates (a download per registered key, or ``POST /api/v1/ssh/certificate``), need a
 second factor passed within the last five minutes. Does not authenticate (``auth``).
 """
 
@@ -11,12 +12,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import ConduitError
 from gateway.identity import portal_sessions, ssh_access, tokens
 from gateway.identity.login import AuthenticationFailed
 from gateway.identity.onboarding import find_user
 from gateway.identity.portal_sessions import StepUpRequired, require_recent_mfa
+from gateway.identity.ssh_access import MAX_KEY_LINE
+from gateway.identity.ssh_certs import IssuedCertificate, issue_audited
 from gateway.identity.tokens import TokenIdentity
 from gateway.web.auth import (
     PortalContext,
@@ -56,6 +60,7 @@ async def _account_page(
         "current_session_id": context.session.session_id,
         "tokens": [t for t in user_tokens if t.revoked_at is None],
         "keys": keys,
+        "certificate_hours": services.settings.ssh.certificate_hours,
         "error": "",
         "new_secret": "",
         "new_secret_label": "",
@@ -153,6 +158,105 @@ async def delete_key(request: Request, key_id: int, context: Session) -> Respons
     async with services.sessions() as db, db.begin():
         await ssh_access.remove_public_key(db, context.session.user_id, key_id)
     return _back()
+
+
+# What OpenSSH calls a key's certificate file, so a download can be saved as is.
+_CERT_FILE = {"ssh-ed25519": "id_ed25519", "ssh-rsa": "id_rsa", "ecdsa-sha2-nistp256": "id_ecdsa"}
+_CERT_FILE |= {
+    "sk-ssh-ed25519@openssh.com": "id_ed25519_sk",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "id_ecdsa_sk",
+}
+
+
+async def _issue_certificate(
+    request: Request, context: PortalContext, via: str, *, key_row_id: int | None, public_key: str
+) -> IssuedCertificate:
+    """Step-up within five minutes, then ``issue_audited``; every refusal is audited."""
+    services = services_of(request)
+    now = services.clock()
+    try:
+        require_recent_mfa(context.session, now)
+    except StepUpRequired as exc:
+        await services.audit.record(
+            actor=context.session.username,
+            action="ssh.certificate.refused",
+            result="denied",
+            source=source_of(request),
+            detail={"via": via, "reason": exc.detail},
+        )
+        raise
+    return await issue_audited(
+        services.sessions,
+        services.audit,
+        services.keys.ssh_user_ca,
+        context.session.user_id,
+        context.session.username,
+        key_row_id=key_row_id,
+        public_key=public_key,
+        now=now,
+        hours=services.settings.ssh.certificate_hours,
+        via=via,
+        source=source_of(request),
+    )
+
+
+@router.post("/account/ssh-keys/{key_id}/certificate", response_class=HTMLResponse)
+async def download_certificate(request: Request, key_id: int, context: Session) -> Response:
+    try:
+        issued = await _issue_certificate(
+            request, context, "portal", key_row_id=key_id, public_key=""
+        )
+    except StepUpRequired:
+        error = "confirm a second factor on this page first (a certificate needs one in 5 min)"
+        return await _account_page(request, context, {"error": error})
+    except ConduitError as exc:
+        return await _account_page(request, context, {"error": exc.message})
+    algorithm = issued.text.split(maxsplit=1)[0].removesuffix("-cert-v01@openssh.com")
+    name = _CERT_FILE.get(algorithm, "id")
+    return Response(
+        issued.text,
+        media_type="text/plain; charset=us-ascii",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}-cert.pub"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+class CertificateRequest(BaseModel):
+    """Which registered key to certify: its public key line, or its id on the account page."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    public_key: str = Field(default="", max_length=MAX_KEY_LINE)
+    ssh_key_id: int | None = Field(default=None, ge=1)
+
+
+@router.post("/api/v1/ssh/certificate")
+async def api_ssh_certificate(
+    request: Request, body: CertificateRequest, context: Session
+) -> dict[str, object]:
+    """A certificate for a registered key: portal session, CSRF header and a recent MFA."""
+    if (body.ssh_key_id is None) == (not body.public_key):
+        raise HTTPException(status_code=422, detail="give exactly one of public_key, ssh_key_id")
+    try:
+        issued = await _issue_certificate(
+            request, context, "api", key_row_id=body.ssh_key_id, public_key=body.public_key
+        )
+    except StepUpRequired:
+        raise HTTPException(
+            status_code=403,
+            detail="step-up required: confirm with a fresh code (POST /account/step-up) and retry",
+        ) from None
+    except ConduitError as exc:
+        raise HTTPException(status_code=400, detail=exc.message) from None
+    return {
+        "certificate": issued.text,
+        "certificate_id": issued.key_id,
+        "serial": str(issued.serial),
+        "fingerprint": issued.fingerprint,
+        "valid_after": issued.valid_after.isoformat(),
+        "valid_before": issued.valid_before.isoformat(),
+    }
 
 
 @router.post("/account/connect-codes", response_class=HTMLResponse)

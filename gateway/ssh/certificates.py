@@ -1,0 +1,141 @@
+"""Certificate login for the SSH jump host: trust this gateway's user CA for the routed user.
+
+The routed login name (``alice+plc-01``) cannot be a certificate principal, so ``prepare``
+(called from ``begin_auth``) gives asyncssh one authorized-keys entry for this connection,
+``cert-authority,principals="alice" <CA key>``, and only when alice may log in now (active,
+not locked). asyncssh then accepts a certificate from this CA whose principals include
+alice, checks its type, validity times and signature, and skips its own principal ==
+login-name check because the entry names the principals. Bare public keys and other CAs
+reach the server's refusing hooks, which call ``refuse_key`` / ``refuse_ca`` here.
+
+Refusals are remembered with their reason and audited once, as one ``login.failure``, if the
+connection ends without logging in: OpenSSH offers every key it holds before it tries
+keyboard-interactive, so a refused key alone is not a failed login. A certificate from this
+CA for this user that then fails asyncssh's checks (expired, not yet valid) calls no hook at
+all; ``_TrustedCA`` counts the match so that refusal has its own reason too.
+
+Does not issue certificates (``gateway.identity.ssh_certs``) or decide access (broker).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncssh
+from sqlalchemy import select
+
+from gateway.db.models import User
+from gateway.identity.lockout import is_locked
+from gateway.identity.login import Identity
+from gateway.identity.ssh_certs import trusted_ca_line
+from gateway.services import Services
+
+FACTOR = "certificate"
+MAX_NOTED = 20  # refusals kept per connection for the audit event
+
+
+class _TrustedCA(asyncssh.SSHAuthorizedKeys):
+    """The one CA entry of a connection; counts the certificates it matched."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.matched = 0
+
+    def validate(
+        self,
+        key: asyncssh.SSHKey,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Sequence[str] | None = None,
+        ca: bool = False,
+    ) -> Mapping[str, object] | None:
+        options = super().validate(key, client_host, client_addr, cert_principals, ca)
+        if ca and options is not None:
+            self.matched += 1
+        return options
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    user_id: int
+    username: str
+    roles: tuple[str, ...]
+
+
+class CertificateLogin:
+    """Per SSH connection: whom a certificate may log in, and what was refused and why."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+        self._candidate: _Candidate | None = None
+        self._trusted: _TrustedCA | None = None
+        self._why_not = "malformed-username"
+        self._refused: list[dict[str, str]] = []
+
+    async def prepare(self, conn: asyncssh.SSHServerConnection, user: str | None) -> None:
+        """Trust the CA for ``user`` on ``conn`` if that account may log in now."""
+        self._candidate, self._trusted = None, None
+        conn.set_authorized_keys(None)
+        ca = self._s.keys.ssh_user_ca
+        if user is None or ca is None:
+            self._why_not = "malformed-username" if ca is not None else "no-user-ca"
+            return
+        now = self._s.clock()
+        async with self._s.sessions() as db:
+            row: User | None = await db.scalar(select(User).where(User.username == user))
+            if row is None:
+                self._why_not = "unknown-user"
+            elif row.status != "active":
+                self._why_not = f"account-{row.status}"
+            elif is_locked(row, now):
+                self._why_not = "locked"
+            else:
+                self._candidate = _Candidate(row.id, row.username, tuple(row.role_names))
+        if self._candidate is not None:
+            self._trusted = _TrustedCA(trusted_ca_line(ca, user))
+            conn.set_authorized_keys(self._trusted)
+
+    def refuse_key(self, key: asyncssh.SSHKey) -> None:
+        self._note("public-key-without-certificate", key.get_fingerprint("sha256"))
+
+    def refuse_ca(self, ca_key: asyncssh.SSHKey) -> None:
+        ours = self._s.keys.ssh_user_ca
+        if ours is None or ca_key.public_data != ours.public_data:
+            reason = "certificate-from-another-ca"
+        elif self._candidate is None:
+            reason = f"certificate-refused-{self._why_not}"
+        else:
+            reason = "certificate-for-another-user"
+        self._note(reason, ca_key.get_fingerprint("sha256"))
+
+    def _note(self, reason: str, fingerprint: str) -> None:
+        if len(self._refused) < MAX_NOTED:
+            self._refused.append({"reason": reason, "fingerprint": fingerprint})
+
+    def identity(self, now: dt.datetime) -> Identity | None:
+        """After asyncssh accepted a certificate from our CA: who logged in."""
+        c = self._candidate
+        if c is None or self._trusted is None or self._trusted.matched == 0:
+            return None
+        # The second factor was passed when the certificate was issued; as for connect
+        # codes, the SSH identity records the login time.
+        return Identity(c.user_id, c.username, c.roles, now, "ssh", FACTOR)
+
+    def failure_detail(self) -> dict[str, object] | None:
+        """The audit detail for a connection that ended without logging in, if it tried."""
+        refused = list(self._refused)
+        if self._trusted is not None and self._trusted.matched:
+            # Matched our CA and this user, then refused: expired or not yet valid, not a user
+            # certificate, or the client gave up before signing with it.
+            refused.insert(0, {"reason": "certificate-not-valid", "fingerprint": ""})
+        if not refused:
+            return None
+        primary = next((r for r in refused if r["reason"].startswith("certificate")), refused[0])
+        return {
+            "channel": "ssh",
+            "factor": FACTOR,
+            "reason": primary["reason"],
+            "refused": refused,
+        }

@@ -1,0 +1,214 @@
+"""Tunnels (``ssh -L``) through the gateway: one direct-tcpip channel to one granted port.
+
+The vendor connects as ``user+asset`` and forwards a local port: each connection through it
+is a direct-tcpip channel, and each channel is its own session, opened by the broker as
+action ``tunnel:<port>`` on the routed asset (recorded as ``kind = tunnel``, registered,
+killable, ended by the watchdog on revoke, expiry or idle). The destination host the client
+names must name that asset (``broker.tunnel_host_accepted``); the broker connects to the
+asset's configured host, so a client can never point a tunnel elsewhere. Refusals reach the
+client as "administratively prohibited" and the audit log with the reason.
+
+Bytes pass both ways over plain TCP from the gateway (the one door into the plant network),
+counted into the live session and recorded with timestamps. Back-pressure is passed on in
+both directions, and the SSH receive window is re-opened only for data actually passed on
+(``gateway.ssh.flow``; shared/SSH-RELAY.md, trap 1). Does not decide access; remote, agent
+and X11 forwarding are refused by the server, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+import asyncssh
+
+from gateway.broker import Broker, Ticket
+from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.ssh.flow import bound_receive_window
+from recordings.tunnel import TunnelEvent
+
+log = logging.getLogger(__name__)
+
+
+class AssetSide(asyncio.Protocol):
+    """The TCP connection to the asset's port; reading waits until the channel is open."""
+
+    def __init__(self, tunnel: TunnelSession) -> None:
+        self._tunnel = tunnel
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel.from_asset(data)
+
+    def eof_received(self) -> bool:
+        self._tunnel.asset_eof()
+        return True  # half-close: the client may still be sending
+
+    def pause_writing(self) -> None:
+        self._tunnel.pause_client()
+
+    def resume_writing(self) -> None:
+        self._tunnel.resume_client()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tunnel.asset_closed()
+
+
+class TunnelSession(asyncssh.SSHTCPSession[bytes]):
+    """The client's end of one tunnelled connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.ticket: Ticket | None = None
+        self.killed = False
+        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._asset: asyncio.Transport | None = None
+        self._asset_gone = False
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self._asset = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self._marker(f"connected {peer[0]}:{peer[1]}")
+
+    # -- client -> asset -------------------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+        bound_receive_window(chan)
+
+    def session_started(self) -> None:
+        if self._asset is None or self._asset_gone:
+            if self._chan is not None:
+                self._chan.close()
+            return
+        self._asset.resume_reading()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        ticket, asset = self.ticket, self._asset
+        if ticket is None or asset is None or self._asset_gone:
+            return
+        ticket.live.bytes_up += len(data)
+        self.broker.activity(ticket)
+        if ticket.record_input:
+            ticket.writer.record(TunnelEvent.TO_ASSET, data)
+        asset.write(data)
+
+    def eof_received(self) -> bool:
+        self._marker("eof from client")
+        if self._asset is not None and self._asset.can_write_eof():
+            self._asset.write_eof()
+        return True  # keep the channel open for what the asset still sends
+
+    def pause_writing(self) -> None:
+        if self._asset is not None:
+            self._asset.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._asset is not None:
+            self._asset.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._chan = None
+        if self._asset is not None:
+            self._asset.close()  # what the client sent last is still delivered
+        self._finish("client_closed")
+
+    # -- asset -> client -------------------------------------------------------------------
+    def from_asset(self, data: bytes) -> None:
+        chan, ticket = self._chan, self.ticket
+        if chan is None or ticket is None:
+            return
+        ticket.live.bytes_down += len(data)
+        self.broker.activity(ticket)
+        ticket.writer.record(TunnelEvent.FROM_ASSET, data)
+        chan.write(data)
+
+    def asset_eof(self) -> None:
+        self._marker("eof from asset")
+        if self._chan is not None:
+            self._chan.write_eof()
+
+    def pause_client(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_client(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    def asset_closed(self) -> None:
+        self._asset_gone = True
+        if self._chan is not None:
+            self._chan.close()
+        self._finish("closed")
+
+    # -- ending ----------------------------------------------------------------------------
+    def _marker(self, text: str) -> None:
+        if self.ticket is not None:
+            self.ticket.writer.record(TunnelEvent.MARKER, text.encode())
+
+    def _finish(self, reason: str) -> None:
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.broker.schedule_close(ticket, reason)
+
+    async def kill(self, reason: str) -> None:
+        """The kill handle: drop the channel and the asset connection at once."""
+        self.killed = True
+        if self._chan is not None:
+            self._chan.abort()
+        if self._asset is not None:
+            self._asset.abort()
+        self._finish(reason)
+
+
+def _refused(exc: ConduitError) -> asyncssh.ChannelOpenError:
+    if isinstance(exc, NotFoundOrForbidden):
+        return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, exc.message)
+    return asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message)
+
+
+async def open_tunnel(
+    broker: Broker,
+    conn: asyncssh.SSHServerConnection,
+    username: str,
+    asset: str,
+    dest: tuple[str, int],
+    source: str,
+) -> TunnelSession:
+    """Decide, record, register and connect one tunnel; what asyncssh awaits before it
+    answers the channel open. Every failure becomes a ``ChannelOpenError`` (anything else
+    would make asyncssh drop the whole SSH connection)."""
+    tunnel = TunnelSession(broker)
+    try:
+        tunnel.ticket = await broker.open_tunnel(
+            username, asset, *dest, source=source, kill=tunnel.kill
+        )
+    except ConduitError as exc:
+        raise _refused(exc) from None
+    except Exception:
+        log.exception("tunnel set-up failed")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "internal error") from None
+    ticket = tunnel.ticket
+    transport: asyncio.Transport | None = None
+    try:
+        if not tunnel.killed:
+            transport = await broker.connect_tunnel(ticket, lambda: AssetSide(tunnel))
+    except ConduitError as exc:
+        await broker.close(ticket, "upstream_failed")
+        raise _refused(exc) from None
+    except Exception:
+        log.exception("tunnel connect failed")
+        await broker.close(ticket, "upstream_failed")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "internal error") from None
+    # Killed, revoked, asset gone or client gone while this was being set up: asyncssh would
+    # never hand the session a channel, so nothing else would end it.
+    if transport is None or tunnel.ticket is None or conn.is_closed():
+        if transport is not None:
+            transport.abort()
+        await broker.close(ticket, "client_closed")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "session ended")
+    tunnel.attach(transport)
+    return tunnel

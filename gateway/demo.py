@@ -1,10 +1,13 @@
 """``conduit demo``: a demo site on embedded defaults, needing nothing but Python.
 
 Initialises a demo data directory, applies migrations, seeds the demo users (admin,
-approver, vendor, auditor) with generated passwords and TOTP secrets, prints how to log in
-and serves on http://127.0.0.1:8080 (plain HTTP is allowed on loopback only). Later
-capabilities add their demo targets here. Never use a demo directory in production: its
-credentials file holds passwords and TOTP secrets in clear (mode 0600).
+approver, vendor, auditor) with generated passwords and TOTP secrets, starts the demo's
+SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo_target``, on loopback) with its host
+key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
+``sftp-write``) and the approver (``approve``, ``watch``, ``kill``), prints how to log in
+and connect, and serves on http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only).
+Running it again on the same directory reuses everything. Never use a demo directory in
+production: its credentials file holds passwords and TOTP secrets in clear (mode 0600).
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ import argparse
 import asyncio
 import json
 import secrets
+from pathlib import Path
 
-from gateway.config import Settings
+import asyncssh
+
+from gateway import demo_target
+from gateway.config import ListenAddress, Settings, parse_listen
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.errors import ConduitError, ConfigError
 from gateway.identity.accounts import create_user
 from gateway.identity.totp import new_totp_secret, provisioning_uri
-from gateway.keys import init_key_material, load_keyring, write_private_file
+from gateway.keys import KeyRing, init_key_material, load_keyring, write_private_file
 from gateway.logs import setup_logging
-from gateway.services import utc_now
+from gateway.services import Services, utc_now
+from gateway.ssh import hostkeys
+from gateway.vault import accounts, set_credential
 
 DEMO_PORTAL = "127.0.0.1:8080"
 DEMO_SSH = "127.0.0.1:2222"
@@ -32,6 +42,16 @@ DEMO_USERS = (
     ("auditor", ("auditor",), "Demo Auditor", ""),
 )
 CREDENTIALS_FILE = "demo-credentials.json"
+DEMO_ASSET = demo_target.DEVICE_NAME
+DEVICE_DIR = "demo-target"
+DEMO_GRANTS = (
+    ("vendor", "ssh"),
+    ("vendor", "sftp-read"),
+    ("vendor", "sftp-write"),
+    ("approver", "approve"),
+    ("approver", "watch"),
+    ("approver", "kill"),
+)
 
 
 async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
@@ -66,35 +86,148 @@ async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
     return creds
 
 
-def print_logins(settings: Settings, creds: list[dict[str, str]]) -> None:
+def print_logins(settings: Settings, creds: list[dict[str, str]], device_port: int) -> None:
+    ssh = settings.ssh_listen
     print("Conduit demo site")
-    print(f"  portal: {settings.portal_url}   ssh: {settings.ssh.listen}")
+    print(f"  portal: {settings.portal_url}   ssh: {ssh}")
     print(f"  data directory: {settings.data_dir} (credentials in {CREDENTIALS_FILE}, mode 0600)")
     print("  log in with a user below; add its TOTP secret to an authenticator app:")
     for c in creds:
         print(f"    {c['username']:9} password {c['password']}  TOTP secret {c['totp_secret']}")
         print(f"              {provisioning_uri(c['totp_secret'], c['username'])}")
+    print(
+        f"  demo asset {DEMO_ASSET}: a simulated PLC maintenance shell on 127.0.0.1:{device_port}"
+    )
+    if settings.ssh.enabled:
+        print("  connect as the vendor (password, then a TOTP code), then try status, show tags:")
+        print(f"    ssh -p {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
+        print("  and fetch or upload files (uploads/ takes new ones):")
+        print(f"    sftp -P {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
     print(flush=True)
+
+
+async def _asset_address(services: Services) -> tuple[str, int] | None:
+    async with services.sessions() as db:
+        asset = await services.authz.asset(db, DEMO_ASSET)
+        return (asset.host, asset.port) if asset is not None else None
+
+
+async def start_device(
+    services: Services, directory: Path, wanted: ListenAddress | None
+) -> asyncssh.SSHAcceptor:
+    """The simulated device on ``wanted``, else where it listened last time, else anywhere."""
+    if wanted is not None:
+        try:
+            return await demo_target.start_device(directory, wanted.host, wanted.port)
+        except OSError as exc:
+            raise ConduitError(
+                f"cannot listen on {wanted} for the demo device: {exc.strerror}"
+            ) from None
+    previous = await _asset_address(services)
+    if previous is not None:
+        try:
+            return await demo_target.start_device(directory, "127.0.0.1", previous[1])
+        except OSError:
+            pass  # taken by now: any free port will do, the asset follows it
+    return await demo_target.start_device(directory, "127.0.0.1", 0)
+
+
+async def seed_device(services: Services, directory: Path, host: str, port: int) -> None:
+    """Register ``demo-plc`` at host:port, pin its host key, vault its key, grant the demo."""
+    authz, now, actor = services.authz, services.clock(), "demo"
+    previous = await _asset_address(services)
+    if previous is None:
+        await authz.add_asset(DEMO_ASSET, host, port, "ssh", actor=actor)
+    elif previous != (host, port):
+        async with services.sessions() as db, db.begin():
+            asset = await authz.asset(db, DEMO_ASSET)
+            assert asset is not None  # noqa: S101 - read just above; demo data is ours
+            asset.host, asset.port = host, port
+        await services.audit.record(
+            actor=actor,
+            action="asset.updated",
+            result="success",
+            target=DEMO_ASSET,
+            detail={"host": host, "port": port},
+        )
+    async with services.sessions() as db, db.begin():
+        key = demo_target.host_key_public(directory)
+        await hostkeys.pin(db, DEMO_ASSET, key, actor=actor, now=now)
+        public = None
+        if not demo_target.has_client_key(directory) or not await accounts(db, DEMO_ASSET):
+            private, public = demo_target.new_client_key()
+            await set_credential(
+                db,
+                services.keys.master_key,
+                asset=DEMO_ASSET,
+                username=demo_target.MAINT_USER,
+                private_key=private,
+                now=now,
+            )
+    if public is not None:  # trusted only once the vault holds the private half
+        demo_target.trust_client_key(directory, public)
+    granted = {(g.subject, g.object, g.action) for g in await authz.list_grants()}
+    for user, action in DEMO_GRANTS:
+        if (f"user:{user}", f"asset:{DEMO_ASSET}", action) not in granted:
+            await authz.add_grant(
+                subject_kind="user",
+                subject=user,
+                object_kind="asset",
+                obj=DEMO_ASSET,
+                action=action,
+                actor=actor,
+            )
+
+
+async def _run(settings: Settings, keys: KeyRing, wanted: ListenAddress | None) -> int:
+    from gateway.serve import serve
+
+    engine = make_engine(settings)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    creds = await seed(settings, keys.master_key)
+    directory = settings.data_dir / DEVICE_DIR
+    services = Services.build(settings, keys)
+    try:
+        await services.authz.refresh(force=True)
+        device = await start_device(services, directory, wanted)
+        try:
+            port = device.get_port()
+            await seed_device(services, directory, "127.0.0.1", port)
+        except BaseException:
+            device.close()
+            raise
+    finally:
+        await services.close()
+    try:
+        print_logins(settings, creds, port)
+        return await serve(settings)
+    finally:
+        device.close()
+        await device.wait_closed()
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from gateway.cli import settings_from
-    from gateway.serve import serve
 
     args.portal_listen = args.portal_listen or DEMO_PORTAL
     args.ssh_listen = args.ssh_listen or DEMO_SSH
     settings = settings_from(args, portal_tls=False)
-    setup_logging(settings.logging.level, settings.logging.format)
-    init_key_material(settings)
-    keys = load_keyring(settings)
-
-    async def prepare() -> list[dict[str, str]]:
-        engine = make_engine(settings)
+    if not settings.ssh_listen.is_loopback:
+        raise ConfigError("config error: ssh.listen: the demo serves SSH on loopback only")
+    wanted = None
+    if getattr(args, "target_listen", None):
         try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-        return await seed(settings, keys.master_key)
-
-    print_logins(settings, asyncio.run(prepare()))
-    return asyncio.run(serve(settings))
+            wanted = parse_listen(args.target_listen)
+        except ValueError as exc:
+            raise ConfigError(f"config error: --target-listen: {exc}") from None
+        if wanted.host != "127.0.0.1":
+            raise ConfigError("config error: --target-listen: the demo device is on 127.0.0.1")
+    setup_logging(settings.logging.level, settings.logging.format)
+    # With the portal certificate too, although the demo serves plain HTTP: then the other
+    # commands (`conduit audit export --data-dir conduit-demo`, ...) work on this directory.
+    init_key_material(settings_from(args, portal_tls=True))
+    keys = load_keyring(settings)
+    return asyncio.run(_run(settings, keys, wanted))

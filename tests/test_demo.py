@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import socket
 import stat
+import subprocess
+import time
 from pathlib import Path
 
-from tests.support import Served, conduit
+import asyncssh
+import pyotp
+import pytest
+
+from gateway import demo_target
+from tests.support import Served, clean_env, conduit
 
 
 def _port() -> int:
@@ -74,3 +83,195 @@ def test_demo_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
     result = conduit("demo", "--data-dir", str(tmp_path / "d"), "--portal-listen", "0.0.0.0:0")
     assert result.returncode == 2
     assert "portal.tls" in result.stderr
+
+
+# -- the demo's SSH asset: a simulated PLC reached through the gateway ----------------------
+
+
+def _vendor(data_dir: Path) -> dict[str, str]:
+    creds: list[dict[str, str]] = json.loads((data_dir / "demo-credentials.json").read_text())
+    return next(c for c in creds if c["username"] == "vendor")
+
+
+def _askpass(work: Path, password: str, code: str) -> dict[str, str]:
+    """Environment making OpenSSH answer the gateway's password and code prompts."""
+    work.mkdir(exist_ok=True)
+    (work / "pw").write_text(password)
+    (work / "code").write_text(code)
+    script = work / "askpass.sh"
+    script.write_text(f"""#!/bin/sh
+case "$1" in
+  *assword*) cat {work}/pw ;;
+  *erification*) cat {work}/code ;;
+esac
+""")
+    script.chmod(0o700)
+    env = clean_env(SSH_ASKPASS=str(script), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+    return env
+
+
+def _ssh_port(server: Served) -> int:
+    return int(server.wait_for_output(r"ssh -p (\d+) vendor\+demo-plc@127\.0\.0\.1").group(1))
+
+
+def _audit(data_dir: Path, action: str, count: int) -> list[dict[str, object]]:
+    """The audit log once it holds ``count`` events ``action`` (session.end trails the client)."""
+    end = time.monotonic() + 15
+    while True:
+        exported = conduit("audit", "export", "--data-dir", str(data_dir))
+        assert exported.returncode == 0, exported.stderr
+        events = [json.loads(line) for line in exported.stdout.splitlines()]
+        if sum(e["action"] == action for e in events) >= count or time.monotonic() > end:
+            return events
+        time.sleep(0.2)
+
+
+async def _pty_shell(port: int, password: str, code: str, typed: str) -> str:
+    class Client(asyncssh.SSHClient):
+        def kbdint_auth_requested(self) -> str:
+            return ""
+
+        def kbdint_challenge_received(
+            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+        ) -> list[str]:
+            return [password if "assword" in p else code for p, _ in prompts]
+
+    conn, _ = await asyncssh.create_connection(
+        Client, "127.0.0.1", port, username="vendor+demo-plc", known_hosts=None,
+        client_keys=None, agent_path=None, preferred_auth=["keyboard-interactive"],
+    )  # fmt: skip
+    async with conn:
+        process = await conn.create_process(term_type="xterm", term_size=(100, 30))
+        output = ""
+        while "demo-plc> " not in output:
+            output += await asyncio.wait_for(process.stdout.read(1024), 10)
+        process.stdin.write(typed + "\n")
+        while output.count("demo-plc> ") < 2:
+            output += await asyncio.wait_for(process.stdout.read(1024), 10)
+        process.stdin.write("exit\n")
+        await asyncio.wait_for(process.wait(), 10)
+        return output
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client (ssh) not installed")
+def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    server = start_demo(data_dir)
+    try:
+        port = _ssh_port(server)
+        vendor = _vendor(data_dir)
+        totp = pyotp.TOTP(vendor["totp_secret"])
+        argv = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                "-o", "PreferredAuthentications=keyboard-interactive",
+                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
+                "vendor+demo-plc@127.0.0.1", "status"]  # fmt: skip
+        result = subprocess.run(
+            # TOTP codes are single use and accepted one step either side: the previous step's
+            # code here, this step's for sftp, the next step's for the second run.
+            argv, env=_askpass(tmp_path / "client", vendor["password"], totp.at(time.time() - 30)),
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "demo-plc (simulated PLC, Conduit demo)" in result.stdout
+        assert "mode      RUN" in result.stdout
+        # Files through the gateway's SFTP bridge
+        fetched = tmp_path / "events.log"
+        sftp = ["sftp", *argv[3:-2], "-o", "BatchMode=no",  # -b would turn prompts off
+                "-P", str(port), "-b", "-", "vendor+demo-plc@127.0.0.1"]  # fmt: skip
+        batch = f"get logs/events.log {fetched}\nput {fetched} uploads/copy.log\n"
+        result = subprocess.run(
+            sftp, env=_askpass(tmp_path / "client", vendor["password"], totp.now()),
+            capture_output=True, text=True, timeout=60, input=batch, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "tank1 level high" in fetched.read_text()
+        uploaded = data_dir / "demo-target" / "files" / "uploads" / "copy.log"
+        assert uploaded.read_text() == fetched.read_text()
+        events = _audit(data_dir, "session.end", 2)
+        assert any(e["action"] == "sftp.write" for e in events)
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    starts = [e for e in events if e["action"] == "session.start"]
+    ends = [e for e in events if e["action"] == "session.end"]
+    assert len(starts) == len(ends) == 2  # the shell command, then the sftp session
+    for e in starts + ends:
+        assert (e["actor"], e["target"]) == ("vendor", "demo-plc")
+    assert [e["detail"]["protocol"] for e in starts] == ["ssh", "sftp"]  # type: ignore[index]
+    key_files = {
+        p.name: p.read_bytes() for p in (data_dir / "demo-target").iterdir() if p.is_file()
+    }
+
+    # A second run on the same directory reuses the asset, its key, pin and grants.
+    again = start_demo(data_dir)
+    try:
+        code = totp.at(time.time() + 30)  # earlier codes are spent: single use
+        shown = asyncio.run(_pty_shell(_ssh_port(again), vendor["password"], code, "show tags"))
+        assert "tank1.level" in shown and "pump1.speed" in shown
+        _audit(data_dir, "session.end", 3)
+        assert again.terminate() == 0
+    finally:
+        again.kill()
+    assert key_files == {
+        p.name: p.read_bytes() for p in (data_dir / "demo-target").iterdir() if p.is_file()
+    }
+    assets = conduit("asset", "list", "--data-dir", str(data_dir))
+    assert assets.returncode == 0, assets.stderr
+    assert sum("demo-plc" in line for line in assets.stdout.splitlines()) == 1
+    grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
+    mine = sorted(line.split()[4] for line in grants if "asset:demo-plc" in line)
+    assert mine == sorted(["ssh", "sftp-read", "sftp-write", "approve", "watch", "kill"]), grants
+
+
+def test_demo_refuses_ssh_off_loopback(tmp_path: Path) -> None:
+    result = conduit("demo", "--data-dir", str(tmp_path / "d"), "--ssh-listen", "0.0.0.0:0")
+    assert result.returncode == 2
+    assert "ssh.listen" in result.stderr
+
+
+# -- the simulated device alone: only the vaulted key, its commands, SFTP in its file area ----
+
+
+async def test_demo_device_takes_only_its_key_and_serves_commands_and_files(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "device"
+    directory.mkdir(mode=0o700)
+    host_key = demo_target.host_key_public(directory)
+    private, public = demo_target.new_client_key()
+    demo_target.trust_client_key(directory, public)
+    device = await demo_target.start_device(directory, "127.0.0.1", 0)
+    port = device.get_port()
+    key = asyncssh.import_private_key(private)
+
+    def options(username: str, client_key: asyncssh.SSHKey) -> asyncssh.SSHClientConnectionOptions:
+        return asyncssh.SSHClientConnectionOptions(
+            username=username, client_keys=[client_key], known_hosts=([host_key], [], []),
+            agent_path=None, config=None, preferred_auth=["publickey", "password"],
+        )  # fmt: skip
+
+    try:
+        stranger = asyncssh.generate_private_key("ssh-ed25519")
+        for user, client_key in (("maint", stranger), ("root", key)):
+            with pytest.raises(asyncssh.PermissionDenied):
+                await asyncssh.connect("127.0.0.1", port, options=options(user, client_key))
+        async with asyncssh.connect("127.0.0.1", port, options=options("maint", key)) as conn:
+            status = await conn.run("status")
+            assert status.exit_status == 0 and "mode      RUN" in str(status.stdout)
+            unknown = await conn.run("rm -rf /")
+            assert unknown.exit_status == 127 and "unknown command" in str(unknown.stderr)
+            async with conn.start_sftp_client() as sftp:
+                assert {"README.txt", "programs", "logs", "uploads"} <= set(await sftp.listdir("/"))
+                async with sftp.open("/programs/line1_pump_control.st") as f:
+                    assert "PROGRAM Line1PumpControl" in await f.read()
+                async with sftp.open("/uploads/note.txt", "w") as f:
+                    await f.write("hello plc\n")
+                assert (directory / "files/uploads/note.txt").read_text() == "hello plc\n"
+                with pytest.raises(asyncssh.SFTPError):
+                    await sftp.stat("/../../" + str(directory.parent).lstrip("/") + "/device")
+                with pytest.raises(asyncssh.SFTPOpUnsupported):
+                    await sftp.symlink("/README.txt", "/uploads/link")
+    finally:
+        device.close()
+        await device.wait_closed()

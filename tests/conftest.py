@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshd_target import SSHDTarget, missing_reason, start_sshd
 from tests.support import PG_ADMIN_DSN, pg_available
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -33,6 +34,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
+    """A real OpenSSH sshd on 127.0.0.1 as the asset behind the gateway (one per module)."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    target = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield target
+    finally:
+        target.stop()
 
 
 @pytest.fixture

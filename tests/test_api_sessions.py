@@ -37,9 +37,9 @@ from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, clean_env, conduit, init_data_dir
 from tests.test_api_access import Api, api
 from tests.test_identity_helpers import env
-from tests.test_ssh_jump import PASSWORD, Gateway, sshd
+from tests.test_ssh_jump import PASSWORD, Gateway
 
-__all__ = ["api", "env", "sshd"]
+__all__ = ["api", "env"]
 CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
 NOT_FOUND = "not found or not permitted"
 

@@ -34,7 +34,7 @@ from gateway.services import Services
 from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from gateway.web.app import create_app
-from tests.sshd_target import SSHDTarget, free_port, keygen, missing_reason, start_sshd
+from tests.sshd_target import SSHDTarget, free_port, keygen
 from tests.support import Served, conduit, init_data_dir
 from tests.test_identity_helpers import PASSWORDS, Env, env
 from tests.test_identity_web import account_csrf, login
@@ -42,18 +42,6 @@ from tests.test_identity_web import account_csrf, login
 __all__ = ["env"]
 PASSWORD = "correct horse battery staple"
 USERS = ("alice", "bob", "carol", "dave")
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    target = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield target
-    finally:
-        target.stop()
 
 
 @dataclass

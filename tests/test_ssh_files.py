@@ -1,4 +1,4 @@
-# ruff: noqa: F811 - pytest fixtures imported from test_ssh_jump are parameters here
+# ruff: noqa: F811 - the gateway fixture imported from test_ssh_jump is a parameter here
 """File transfer through the gateway with real peers: OpenSSH scp and sftp as the vendor,
 OpenSSH sshd (internal-sftp) as the asset. The asset runs on this machine as root, so a
 remote path is also a local one and the tests check the bytes that arrived on disk."""
@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support import conduit
-from tests.test_ssh_jump import Gateway, gateway, sshd  # noqa: F401 - fixtures
+from tests.test_ssh_jump import Gateway, gateway  # noqa: F401 - fixture
 
 MB = 1 << 20
 

@@ -10,31 +10,16 @@ from __future__ import annotations
 import select
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.ssh_gateway import Logins, rss_bytes, running_gateway, settle_rss
-from tests.sshd_target import SSHDTarget, missing_reason, start_sshd
+from tests.sshd_target import SSHDTarget
 
 MIB = 1 << 20
 READ_RATE = 4 * MIB  # bytes per second: a vendor on a slow link, or a slow terminal
 READ_SECONDS = 8.0
 MAX_GROWTH = 150 * MIB  # the gateway's RSS may grow this much at most while the reader lags
 ABORT_GROWTH = 600 * MIB  # stop early rather than let a regression eat the machine
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    target = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield target
-    finally:
-        target.stop()
 
 
 def _readable(proc: subprocess.Popen[bytes], timeout: float) -> bool:

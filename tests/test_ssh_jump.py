@@ -21,22 +21,10 @@ from gateway.keys import load_keyring
 from gateway.services import Services
 from gateway.ssh import hostkeys
 from gateway.vault import set_credential
-from tests.sshd_target import SSHDTarget, free_port, missing_reason, start_sshd
+from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, conduit, init_data_dir
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    target = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield target
-    finally:
-        target.stop()
 
 
 @dataclass

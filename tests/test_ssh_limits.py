@@ -12,7 +12,6 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from gateway.ssh import admission
 from gateway.ssh.admission import RefusalLog, UnauthenticatedGate, source_key
 from tests.ssh_gateway import Logins, rss_bytes, running_gateway, settle_rss
-from tests.sshd_target import SSHDTarget, missing_reason, start_sshd
+from tests.sshd_target import SSHDTarget
 from tests.test_ssh_jump import Gateway
 
 MIB = 1 << 20
@@ -121,18 +120,6 @@ def test_refusals_are_logged_once_then_summarised(caplog: pytest.LogCaptureFixtu
 
 
 # -- against the running gateway ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    target = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield target
-    finally:
-        target.stop()
-
-
 class Flood:
     """Raw TCP connections to the gateway that dribble a version line, one byte a round."""
 

@@ -23,7 +23,7 @@ import pytest
 from gateway.config import Overrides, load_settings
 from gateway.keys import load_keyring
 from gateway.services import Services
-from tests.sshd_target import SSHDTarget, free_port, missing_reason, start_sshd
+from tests.sshd_target import SSHDTarget, free_port
 from tests.support import CONDUIT, Served, clean_env, conduit, init_data_dir
 from tests.test_ssh_jump import Gateway, _populate
 
@@ -100,18 +100,6 @@ class Endpoint(socketserver.ThreadingTCPServer):
         self.stopping.set()
         self.shutdown()
         self.server_close()
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    target = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield target
-    finally:
-        target.stop()
 
 
 @pytest.fixture

@@ -466,3 +466,5 @@ def test_agent_and_x11_forwarding_are_refused(gateway: Gateway) -> None:
     assert with_x11.returncode == 0, with_x11.stderr
     assert "X11 forwarding request failed" in with_x11.stderr
     assert with_x11.stdout == "display=\n"
+    refused = {(e["actor"], detail(e)["request"]) for e in events(gateway, "ssh.refused", 2)}
+    assert {("alice", "agent forwarding"), ("bob", "X11 forwarding")} <= refused

@@ -4,23 +4,54 @@ A client opens a session channel first and only then asks for a shell, a command
 subsystem. Shells and commands are relayed to the asset (``RelaySession``); the ``sftp``
 subsystem and ``scp`` commands go to the file-transfer bridge (``FileSession``), so a
 file operation is checked and audited on its own and never passes as raw bytes. Every
-channel callback is passed to the chosen handler. Does not decide access.
+channel callback is passed to the chosen handler. Agent and X11 forwarding requests are
+refused by the server's options; ``audit_refused_requests`` makes each one reach the audit
+log too. Does not decide access.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import asyncssh
 
 from gateway.ssh.files import FileSession
 from gateway.ssh.relay import RelaySession, TermSize
 
+# Channel requests the server refuses (agent_forwarding=False, x11_forwarding=False), by the
+# asyncssh handler that answers them; asyncssh offers no public hook for either.
+REFUSED_REQUESTS = {
+    "_process_auth_agent_req_at_openssh_dot_com_request": "agent forwarding",
+    "_process_x11_req_request": "X11 forwarding",
+}
+
+
+def audit_refused_requests(chan: Any, refused: Callable[[str], None]) -> None:
+    """Call ``refused(what)`` for each agent or X11 request on ``chan``, then let asyncssh
+    refuse it as before (the answer to the client is unchanged)."""
+    for name, what in REFUSED_REQUESTS.items():
+        original = getattr(chan, name, None)
+        if original is None:  # a newer asyncssh: the refusal stands, unaudited
+            continue
+
+        def handler(packet: Any, _original: Any = original, _what: str = what) -> Any:
+            refused(_what)
+            return _original(packet)
+
+        setattr(chan, name, handler)
+
 
 class SessionChannel(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, relay: RelaySession, files: Callable[[], FileSession]) -> None:
+    def __init__(
+        self,
+        relay: RelaySession,
+        files: Callable[[], FileSession],
+        refused: Callable[[str], None],
+    ) -> None:
         self._handler: asyncssh.SSHServerSession[bytes] = relay
         self._files = files
+        self._refused = refused
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
 
     def _to_files(self) -> FileSession:
@@ -32,6 +63,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        audit_refused_requests(chan, self._refused)
         self._handler.connection_made(chan)
 
     def pty_requested(

@@ -237,6 +237,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             lambda: FileSession(
                 self._broker, username, asset, account, self._source, self._broker.connect_ssh
             ),
+            lambda what: self._refuse(what, asset, "refused by the gateway"),
         )
 
     async def _start_relay(self, session: RelaySession) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.recordings_index import (
     catalog,
     quota_status,
 )
+from gateway.recordings_index.service import INLINE_INDEX_BYTES
 from recordings import Integrity, Kind, RecordingUnavailable
 from recordings.terminal import TerminalEvent
 
@@ -109,6 +111,7 @@ async def site(database_url: str, tmp_path: Path) -> AsyncIterator[Site]:
     try:
         yield Site(service, clock, mono, audit, data / "recordings")
     finally:
+        await service.aclose()
         await engine.dispose()
 
 
@@ -126,6 +129,23 @@ async def test_start_record_close_then_catalog_and_verify(site: Site) -> None:
     assert result.status is Integrity.INTACT and result.header is not None
     assert result.header.metadata["user"] == "alice"
     assert [e.id for e in await site.service.entries()] == [recording_id]
+
+
+async def test_large_recording_is_indexed_in_a_child_process_after_close(site: Site) -> None:
+    noise = os.urandom(3 << 20).hex().encode()  # 6 MiB of output: beyond INLINE_INDEX_BYTES
+    outputs = [(0.1, b"$ flash firmware\r\n"), (0.2, noise), (0.3, b"\r\nflashed-ok\r\n")]
+    recording_id = await site.record(outputs)
+    entry = await site.service.entry(recording_id)
+    assert entry.size_bytes > INLINE_INDEX_BYTES
+    assert entry.state == "closed"  # close returned before the text was read
+    for _ in range(600):  # the child process verifies and indexes it; bounded wait
+        entry = await site.service.entry(recording_id)
+        if entry.integrity != "unverified" and entry.indexed_lines:
+            break
+        await asyncio.sleep(0.1)
+    assert entry.integrity == "intact", entry
+    hits = await site.service.search("flashed-ok", actor="auditor")
+    assert [h.recording_id for h in hits] == [recording_id]
 
 
 async def test_tampered_chunk_is_named_and_stored_in_catalog(site: Site) -> None:

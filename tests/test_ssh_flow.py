@@ -143,3 +143,30 @@ def test_client_closing_early_ends_promptly(sshd: SSHDTarget, tmp_path: Path) ->
         assert gw.server.proc.poll() is None
     print("seconds from close to exit:", [f"{d:.2f}" for d in durations])
     assert max(durations) < 10, durations
+
+
+def test_fast_output_waits_for_the_recording_instead_of_ending_the_session(
+    sshd: SSHDTarget, tmp_path: Path
+) -> None:
+    """The asset writes faster than the recording's writer thread can seal and store; the
+    relay must wait for the recording (bounded queue), not overflow it: an overflow ends
+    the session as recording_failed, which bench/ssh_relay.py saw at 256 MiB and more."""
+    size = 768 * MIB
+    with running_gateway(sshd, tmp_path, users=1) as gw:
+        user, code = Logins(gw).take()
+        proc = gw.background(f"{user}+target", f"head -c {size} /dev/zero", code)
+        assert proc.stdout is not None
+        received = 0
+        try:
+            while chunk := proc.stdout.read1(1 << 20):
+                received += len(chunk)
+            status = proc.wait(timeout=120)
+        finally:
+            _stop(proc)
+        ends = [e for e in gw.audit_until("session.end") if e["action"] == "session.end"]
+    assert ends, "the session ended without session.end"
+    detail = ends[-1]["detail"]
+    assert isinstance(detail, dict)
+    assert detail["reason"] == "closed", detail
+    assert (status, received) == (0, size)
+    assert detail["bytes_down"] == size

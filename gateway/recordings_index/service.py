@@ -19,20 +19,23 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gateway.audit.sink import AuditSink
 from gateway.config import Settings
 from gateway.keys import KeyRing
-from gateway.recordings_index import catalog, search
+from gateway.recordings_index import catalog, offload, search
 from gateway.recordings_index.catalog import CatalogEntry
 from gateway.recordings_index.quota import QuotaExceeded, quota_status
 from gateway.recordings_index.tables import RecordingRow
+from gateway.tasks import TaskSet
 from recordings import (
     DataKeyRing,
     Kind,
@@ -59,6 +62,10 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 # Output beyond this much per recording is not interpreted for search (bounded work).
 INDEX_OUTPUT_BYTES = 64 << 20
+# Recordings up to this size are verified and indexed before ``close`` returns (so the
+# session's end is audited with its recording searchable); larger ones are read in a child
+# process after ``close`` returns, so neither the session's end nor other sessions wait.
+INLINE_INDEX_BYTES = 4 << 20
 
 
 class RecordingMissing(Exception):
@@ -116,6 +123,10 @@ class RecordingService:
         self._monotonic = monotonic
         self._policy = policy
         self.quota_bytes = quota_bytes
+        self._masters = {master.key_id: master.key, **{k: m.key for k, m in older.items()}}
+        self._current_master = master.key_id
+        self._pool: ProcessPoolExecutor | None = None
+        self._background = TaskSet()
 
     @classmethod
     def from_settings(
@@ -273,9 +284,30 @@ class RecordingService:
                 await catalog.set_integrity(
                     db, recording_id, "missing", "file not found", self.clock()
                 )
-        else:
+        elif size <= INLINE_INDEX_BYTES:
             await self._verify_and_index(recording_id)
+        else:
+            self._background.start(f"index-{recording_id}", self._verify_and_index(recording_id))
         return await self.entry(recording_id)
+
+    async def aclose(self) -> None:
+        """Stop indexing in the background (what is left stays verifiable on demand)."""
+        await self._background.cancel_all()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _read_text_elsewhere(self, recording_id: str) -> tuple[VerifyResult, list[TextLine]]:
+        if self._pool is None:
+            self._pool = offload.new_pool()
+        public = {
+            kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+            for kid, key in self.verify_keys.items()
+        }
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, offload.read_text, self.store.root, self.keys_root, self._masters,
+            self._current_master, public, recording_id, DEFAULT_SIZE, INDEX_OUTPUT_BYTES,
+        )  # fmt: skip
 
     def _file_size(self, recording_id: str) -> int:
         with self.store.open_read(recording_id) as stream:
@@ -294,7 +326,9 @@ class RecordingService:
 
     async def _verify_and_index(self, recording_id: str) -> None:
         entry = await self.entry(recording_id)
-        if entry.kind == str(Kind.TERMINAL):
+        if entry.kind == str(Kind.TERMINAL) and entry.size_bytes > INLINE_INDEX_BYTES:
+            result, lines = await self._read_text_elsewhere(recording_id)
+        elif entry.kind == str(Kind.TERMINAL):
             result, lines = await asyncio.to_thread(self._read_text, recording_id, *DEFAULT_SIZE)
         else:
             result, lines = await asyncio.to_thread(self._verify_file, recording_id), []

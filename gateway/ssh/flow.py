@@ -16,22 +16,28 @@ no public way to choose a channel's class for client sessions (``create_session`
 ``SSHClientChannel`` itself), hence a per-channel override of a private method, like the eow
 handler in relay.py; tests/test_ssh_flow.py pins it.
 
+``ReadGate`` and ``record_paced`` pause reading a side for as long as any reason holds it,
+including a recording that has fallen behind the transfer.
+
 ``discard_unsent_output(chan)`` is for ``eow@openssh.com``: OpenSSH drops what it had buffered
 for its closed stdout without ever re-opening the window for it, so output still queued in the
 gateway can never be sent, and asyncssh's ``close()`` waits for it: the session hung after
-``ssh gw 'cat big' | head`` whenever the vendor had been reading slowly. Does not pause or
-resume anything: the relay decides when to read.
+``ssh gw 'cat big' | head`` whenever the vendor had been reading slowly. The relays decide
+which reasons hold a side.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.packet import UInt32
+
+from gateway.tasks import TaskSet
+from recordings.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
 # The asyncssh internals this override reads and replaces (see the module docstring).
@@ -105,3 +111,65 @@ def discard_unsent_output(chan: SSHChannel[Any]) -> int:
     chan._send_buf_len -= dropped  # noqa: SLF001
     chan._flush_send_buf()  # noqa: SLF001
     return dropped
+
+
+# A relay stops reading the side that produces while this much waits for the recording's
+# writer thread, and starts again once the writer has taken the backlog down to LOW. The
+# writer ends a session at its hard bound (64 MiB); this keeps a fast transfer well below it.
+RECORDER_HIGH = 16 << 20
+RECORDER_LOW = 4 << 20
+
+
+class Pausable(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class ReadGate:
+    """Reading from one side (a channel or a socket) is paused while any reason holds it:
+    the other side's send buffer is full, the recording is behind, the asset is not yet
+    connected. It resumes when the last reason is released, never before."""
+
+    def __init__(self) -> None:
+        self._target: Pausable | None = None
+        self._reasons: set[str] = set()
+
+    def bind(self, target: Pausable) -> None:
+        self._target = target
+        if self._reasons:
+            target.pause_reading()
+
+    def holds(self, reason: str) -> bool:
+        return reason in self._reasons
+
+    def hold(self, reason: str) -> None:
+        if not self._reasons and self._target is not None:
+            self._target.pause_reading()
+        self._reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons and self._target is not None:
+                self._target.resume_reading()
+
+
+def record_paced(
+    writer: RecordingWriter, event: int, data: bytes, gate: ReadGate, tasks: TaskSet
+) -> None:
+    """Record ``data``; when the recording falls behind, hold ``gate`` until it catches up.
+
+    Without this a transfer faster than the disk reaches the writer's hard bound and the
+    session ends with ``recording_failed`` (seen at 256 MiB+ in bench/ssh_relay.py)."""
+    writer.record(event, data)
+    if writer.queued_bytes > RECORDER_HIGH and not gate.holds("recording"):
+        gate.hold("recording")
+        tasks.start(f"recording-room-{writer.recording_id}", _await_room(writer, gate))
+
+
+async def _await_room(writer: RecordingWriter, gate: ReadGate) -> None:
+    try:
+        await writer.room(RECORDER_LOW)  # also returns when the recording stops
+    finally:
+        gate.release("recording")

@@ -22,7 +22,7 @@ from asyncssh.packet import SSHPacket
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
-from gateway.ssh.flow import bound_receive_window, discard_unsent_output
+from gateway.ssh.flow import ReadGate, bound_receive_window, discard_unsent_output, record_paced
 from recordings.terminal import TerminalEvent, resize_payload
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,13 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self._early: list[tuple[bytes, asyncssh.DataType]] = []
         self._client_eow = False
         self._task: asyncio.Task[None] | None = None
+        self._client_reads = ReadGate()  # the vendor's channel
+        self._asset_reads = ReadGate()  # the asset's channel
 
     # -- requests from the client ----------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        self._client_reads.bind(chan)
         bound_receive_window(chan)  # uploads to a slow asset: same bound as downloads
         install_eow_handler(chan, self._client_stopped_reading)
 
@@ -152,7 +155,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             discard_unsent_output(self._chan)
         if self._up_chan is not None:
             self._up_chan._send_request(EOW)  # noqa: SLF001 - asyncssh has no public call
-            self._up_chan.resume_reading()  # stdout is dropped from now on (from_upstream)
+        self._asset_reads.release("client")  # stdout is dropped from now on (from_upstream)
 
     def pty_requested(
         self, term_type: str, term_size: TermSize, term_modes: Mapping[int, int]
@@ -206,13 +209,13 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             encoding=None,
         )
         self._up_chan = chan
+        self._asset_reads.bind(chan)
         early, self._early = self._early, []
         for data, datatype in early:
             self._forward(data, datatype)
         if self._pending_eof:
             chan.write_eof()
-        if self._chan is not None:
-            self._chan.resume_reading()
+        self._client_reads.release("early")
 
     # -- client -> upstream ----------------------------------------------------------------
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -220,8 +223,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             # Typed before the asset is connected: keep this one packet and stop delivery, so
             # the rest waits in asyncssh's window (bounded) and arrives in order later.
             self._early.append((data, datatype))
-            if self._chan is not None:
-                self._chan.pause_reading()
+            self._client_reads.hold("early")
             return
         self._forward(data, datatype)
 
@@ -231,7 +233,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         ticket.live.bytes_up += len(data)
         self.broker.activity(ticket)
         if ticket.record_input:
-            ticket.writer.record(TerminalEvent.INPUT, data)
+            record_paced(ticket.writer, TerminalEvent.INPUT, data, self._client_reads,
+                         self.broker.tasks)  # fmt: skip
         self._up_chan.write(data, datatype)
 
     def eof_received(self) -> bool:
@@ -259,12 +262,11 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     def pause_writing(self) -> None:
         # After eow the client may never re-open its window: pausing the asset would then
         # hold its exit and close back for good; from_upstream bounds what is queued instead.
-        if self._up_chan is not None and not self._client_eow:
-            self._up_chan.pause_reading()
+        if not self._client_eow:
+            self._asset_reads.hold("client")
 
     def resume_writing(self) -> None:
-        if self._up_chan is not None:
-            self._up_chan.resume_reading()
+        self._asset_reads.release("client")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._up_conn is not None:
@@ -277,7 +279,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             return
         self.ticket.live.bytes_down += len(data)
         self.broker.activity(self.ticket)
-        self.ticket.writer.record(TerminalEvent.OUTPUT, data)
+        record_paced(self.ticket.writer, TerminalEvent.OUTPUT, data, self._asset_reads,
+                     self.broker.tasks)  # fmt: skip
         if self._client_eow and (
             datatype != asyncssh.EXTENDED_DATA_STDERR
             or self._chan.get_write_buffer_size() > EOW_STDERR_QUEUE
@@ -293,12 +296,10 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             self._chan.write_eof()
 
     def pause_client(self) -> None:
-        if self._chan is not None:
-            self._chan.pause_reading()
+        self._client_reads.hold("asset")
 
     def resume_client(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
+        self._client_reads.release("asset")
 
     def upstream_closed(self, side: UpstreamSide) -> None:
         chan = self._chan

@@ -25,7 +25,7 @@ import asyncssh
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError, NotFoundOrForbidden
-from gateway.ssh.flow import bound_receive_window
+from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
 from recordings.tunnel import TunnelEvent
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,20 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self._asset: asyncio.Transport | None = None
         self._asset_gone = False
+        self._client_reads = ReadGate()
+        self._asset_reads = ReadGate()
+        self._asset_reads.hold("starting")  # until the channel is open (session_started)
 
     def attach(self, transport: asyncio.Transport) -> None:
         self._asset = transport
+        self._asset_reads.bind(transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self._marker(f"connected {peer[0]}:{peer[1]}")
 
     # -- client -> asset -------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
+        self._client_reads.bind(chan)
         bound_receive_window(chan)
 
     def session_started(self) -> None:
@@ -83,7 +88,7 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
             if self._chan is not None:
                 self._chan.close()
             return
-        self._asset.resume_reading()
+        self._asset_reads.release("starting")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         ticket, asset = self.ticket, self._asset
@@ -92,7 +97,8 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         ticket.live.bytes_up += len(data)
         self.broker.activity(ticket)
         if ticket.record_input:
-            ticket.writer.record(TunnelEvent.TO_ASSET, data)
+            record_paced(ticket.writer, TunnelEvent.TO_ASSET, data, self._client_reads,
+                         self.broker.tasks)  # fmt: skip
         asset.write(data)
 
     def eof_received(self) -> bool:
@@ -102,12 +108,10 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         return True  # keep the channel open for what the asset still sends
 
     def pause_writing(self) -> None:
-        if self._asset is not None:
-            self._asset.pause_reading()
+        self._asset_reads.hold("client")
 
     def resume_writing(self) -> None:
-        if self._asset is not None:
-            self._asset.resume_reading()
+        self._asset_reads.release("client")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._chan = None
@@ -122,7 +126,8 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
             return
         ticket.live.bytes_down += len(data)
         self.broker.activity(ticket)
-        ticket.writer.record(TunnelEvent.FROM_ASSET, data)
+        record_paced(ticket.writer, TunnelEvent.FROM_ASSET, data, self._asset_reads,
+                     self.broker.tasks)  # fmt: skip
         chan.write(data)
 
     def asset_eof(self) -> None:
@@ -131,12 +136,10 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
             self._chan.write_eof()
 
     def pause_client(self) -> None:
-        if self._chan is not None:
-            self._chan.pause_reading()
+        self._client_reads.hold("asset")
 
     def resume_client(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
+        self._client_reads.release("asset")
 
     def asset_closed(self) -> None:
         self._asset_gone = True

@@ -172,6 +172,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     setup_logging(settings.logging.level, settings.logging.format)
+    if settings.server.event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

@@ -86,6 +86,7 @@ class ServerSettings(_Section):
     data_dir: Path = Path("/var/lib/conduit")
     node_name: str = ""  # empty: the host name
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=9)] = 5
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class PortalSettings(_Section):

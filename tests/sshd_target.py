@@ -86,16 +86,17 @@ def _start(directory: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("sshd did not start listening")
 
 
-def start_sshd(directory: Path) -> SSHDTarget:
+def prepare(directory: Path, ports: list[int], extra: str = "") -> None:
+    """Host key, client key, authorized_keys and an sshd_config listening on ``ports``
+    (127.0.0.1 only); ``extra`` lines are appended to the config."""
     directory.mkdir(parents=True, exist_ok=True)
     keygen(directory / "host_ed25519")
     keygen(directory / "client_ed25519")
     (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-    port = free_port()
+    listen = "".join(f"Port {port}\n" for port in ports)
     (directory / "sshd_config").write_text(f"""\
-Port {port}
-ListenAddress 127.0.0.1
+{listen}ListenAddress 127.0.0.1
 HostKey {directory}/host_ed25519
 PidFile {directory}/sshd.pid
 AuthorizedKeysFile {directory}/authorized_keys
@@ -109,5 +110,10 @@ X11Forwarding no
 PermitTTY yes
 Subsystem sftp internal-sftp
 LogLevel ERROR
-""")
+{extra}""")
+
+
+def start_sshd(directory: Path) -> SSHDTarget:
+    port = free_port()
+    prepare(directory, [port])
     return SSHDTarget(directory, port, _start(directory, port))

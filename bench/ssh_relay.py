@@ -75,6 +75,7 @@ from bench.ssh_relay_rig import (
     cpu_seconds,
     open_files_limit,
     status_field,
+    tree_cpu_seconds,
     tree_pss_kb,
     utc_in,
 )
@@ -119,17 +120,18 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class GatewayCPU:
-    """The gateway's CPU time for some work, less what its pollers (policy refresh and kill
-    requests every 0.5 s) use meanwhile. /proc counts in 10 ms ticks: sum many samples."""
+    """The gateway's CPU time (its recordings indexer child included) for some work, less
+    what its pollers (policy refresh and kill requests every 0.5 s) use meanwhile. /proc
+    counts in 10 ms ticks: sum many samples."""
 
     idle_rate = 0.0  # CPU seconds per second when no session is open; set at start
 
     def __init__(self, rig: Rig) -> None:
         self._pid = rig.gateway_pid()
-        self._cpu, self._at = cpu_seconds(self._pid), time.monotonic()
+        self._cpu, self._at = tree_cpu_seconds(self._pid), time.monotonic()
 
     def seconds(self) -> float:
-        spent = cpu_seconds(self._pid) - self._cpu
+        spent = tree_cpu_seconds(self._pid) - self._cpu
         return max(0.0, spent - self.idle_rate * (time.monotonic() - self._at))
 
     @classmethod
@@ -146,10 +148,10 @@ async def gateway_quiet(rig: Rig, limit_s: float = 120) -> float:
     meter = GatewayCPU(rig)
     pid = rig.gateway_pid()
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
+    while time.monotonic() < deadline:  # its child (the recordings indexer) counts too
+        before = tree_cpu_seconds(pid)
         await asyncio.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.05:  # under 10% of a core: only its pollers
+        if tree_cpu_seconds(pid) - before < 0.05:  # under 10% of a core: only its pollers
             break
     return meter.seconds()
 

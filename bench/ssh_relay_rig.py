@@ -332,9 +332,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_pss_kb(root: int) -> int:
-    """Proportional set size summed over ``root`` and all its descendants (shared pages
-    split between the processes sharing them, so the sum is what the tree really uses)."""
+def process_tree(root: int) -> set[int]:
+    """``root`` and all its descendants now."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -346,8 +345,23 @@ def tree_pss_kb(root: int) -> int:
         found = children.get(frontier.pop(), [])
         tree.update(found)
         frontier.extend(found)
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU of ``root`` and its live descendants (the recordings indexer is a child)."""
+    total = 0.0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def tree_pss_kb(root: int) -> int:
+    """Proportional set size summed over ``root`` and all its descendants (shared pages
+    split between the processes sharing them, so the sum is what the tree really uses)."""
     total = 0
-    for pid in tree:
+    for pid in process_tree(root):
         with contextlib.suppress(OSError):
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             pss = re.search(r"^Pss:\s+(\d+)", rollup, re.MULTILINE)

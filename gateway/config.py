@@ -109,7 +109,7 @@ class SSHSettings(_Section):
     login_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 30
     max_unauthenticated: Annotated[int, Field(ge=1, le=100000)] = 100
     # One source (IPv4 address, IPv6 /64) may not hold more of them than this.
-    max_unauthenticated_per_source: Annotated[int, Field(ge=1, le=100000)] = 10
+    max_unauthenticated_per_source: Annotated[int, Field(ge=1, le=100000)] = 50
     banner: str = ""  # empty: portal.banner
     # Lifetime of the user certificates the gateway's SSH user CA issues after MFA.
     certificate_hours: Annotated[int, Field(ge=1, le=168)] = 8

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pyotp
 
-from tests.sshd_target import SSHDTarget, free_port
-from tests.support import Served, clean_env, init_data_dir
+from tests.sshd_target import SSHDTarget
+from tests.support import clean_env, init_data_dir, serving
 from tests.test_ssh_jump import Gateway, _populate
 
 
@@ -48,20 +48,10 @@ def running_gateway(
     init_data_dir(data)
     secrets = {f"vendor{i}": pyotp.random_base32() for i in range(users)}
     asyncio.run(_populate(data, sshd, secrets))
-    portal, ssh_port = free_port(), free_port()
-    server = Served(
-        ["serve", "--data-dir", str(data), "--portal-listen", f"127.0.0.1:{portal}",
-         "--ssh-listen", f"127.0.0.1:{ssh_port}"],
-        f"127.0.0.1:{portal}",
-        env=clean_env(**env),
-    )  # fmt: skip
-    try:
-        server.wait_healthy()
+    with serving(data, clean_env(**env)) as (server, ssh_port):
         work = tmp_path / "client"
         work.mkdir()
         yield Gateway(data, server, ssh_port, secrets, work)
-    finally:
-        server.kill()
 
 
 def settle_rss(pid: int, seconds: float = 1.0) -> int:

@@ -6,12 +6,14 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -150,3 +152,27 @@ def init_data_dir(data_dir: Path, *extra: str, env: dict[str, str] | None = None
     assert result.returncode == 0, result.stderr
     result = conduit("db", "upgrade", "--data-dir", str(data_dir), *extra, env=env)
     assert result.returncode == 0, result.stderr
+
+
+@contextmanager
+def serving(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[Served, int]]:
+    """A real ``conduit serve`` on free loopback ports, healthy; yields it and its SSH port."""
+    portal, ssh_port = _free_port(), _free_port()
+    server = Served(
+        ["serve", "--data-dir", str(data_dir), "--portal-listen", f"127.0.0.1:{portal}",
+         "--ssh-listen", f"127.0.0.1:{ssh_port}"],
+        f"127.0.0.1:{portal}",
+        env=env,
+    )  # fmt: skip
+    try:
+        server.wait_healthy()
+        yield server, ssh_port
+    finally:
+        server.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -21,8 +21,8 @@ from gateway.keys import load_keyring
 from gateway.services import Services
 from gateway.ssh import hostkeys
 from gateway.vault import set_credential
-from tests.sshd_target import SSHDTarget, free_port
-from tests.support import Served, conduit, init_data_dir
+from tests.sshd_target import SSHDTarget
+from tests.support import Served, conduit, init_data_dir, serving
 
 PASSWORD = "correct horse battery staple"
 
@@ -146,26 +146,10 @@ def gateway(sshd: SSHDTarget, tmp_path: Path) -> Iterator[Gateway]:
     init_data_dir(data)
     secrets = {name: pyotp.random_base32() for name in ("alice", "bob", "carol", "dave")}
     asyncio.run(_populate(data, sshd, secrets))
-    portal, ssh_port = free_port(), free_port()
-    server = Served(
-        [
-            "serve",
-            "--data-dir",
-            str(data),
-            "--portal-listen",
-            f"127.0.0.1:{portal}",
-            "--ssh-listen",
-            f"127.0.0.1:{ssh_port}",
-        ],
-        f"127.0.0.1:{portal}",
-    )
-    try:
-        server.wait_healthy()
+    with serving(data) as (server, ssh_port):
         work = tmp_path / "client"
         work.mkdir()
         yield Gateway(data, server, ssh_port, secrets, work)
-    finally:
-        server.kill()
 
 
 def test_exec_returns_exit_status_and_is_recorded_and_audited(gateway: Gateway) -> None:

@@ -24,7 +24,7 @@ from gateway.config import Overrides, load_settings
 from gateway.keys import load_keyring
 from gateway.services import Services
 from tests.sshd_target import SSHDTarget, free_port
-from tests.support import CONDUIT, Served, clean_env, conduit, init_data_dir
+from tests.support import CONDUIT, clean_env, conduit, init_data_dir, serving
 from tests.test_ssh_jump import Gateway, _populate
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
@@ -156,19 +156,10 @@ def gateway(
     secrets = {name: pyotp.random_base32() for name in USERS}
     asyncio.run(_populate(data, sshd, secrets))
     asyncio.run(_grant_tunnels(data, [echo.port, sink.port, flood.port]))
-    portal, ssh_port = free_port(), free_port()
-    server = Served(
-        ["serve", "--data-dir", str(data), "--portal-listen", f"127.0.0.1:{portal}",
-         "--ssh-listen", f"127.0.0.1:{ssh_port}"],
-        f"127.0.0.1:{portal}",
-    )  # fmt: skip
-    try:
-        server.wait_healthy()
+    with serving(data) as (server, ssh_port):
         work = tmp_path / "client"
         work.mkdir()
         yield Gateway(data, server, ssh_port, secrets, work)
-    finally:
-        server.kill()
 
 
 @contextmanager

@@ -451,8 +451,3 @@ class RefusingSFTPServer(asyncssh.SFTPServer):
 
     def lstat(self, path: bytes) -> SFTPAttrs:
         raise SFTPPermissionDenied("not found or not permitted")
-
-
-def wants_files(command: str | None, subsystem: str | None) -> bool:
-    """Whether a session request is file transfer (sftp subsystem or a remote scp)."""
-    return subsystem == "sftp" or (command is not None and command.startswith("scp "))

@@ -220,13 +220,11 @@ class Broker:
         decision = await self._s.authz.authorize(ticket.username, ticket.asset, action)
         if decision.allowed:
             return True
-        await self._s.audit.record(
-            actor=ticket.username,
-            action="operation.denied",
-            result="denied",
-            target=ticket.asset,
-            source=ticket.source,
-            detail={
+        await self._audit(
+            ticket,
+            "operation.denied",
+            "denied",
+            {
                 "session_id": ticket.session_id,
                 "operation": operation,
                 "path": target,
@@ -236,17 +234,28 @@ class Broker:
         )
         return False
 
+    async def _audit(
+        self, ticket: Ticket, action: str, result: str, detail: dict[str, Any]
+    ) -> None:
+        """An audit event about ``ticket``'s session: its user, asset and source."""
+        await self._s.audit.record(
+            actor=ticket.username,
+            action=action,
+            result=result,
+            target=ticket.asset,
+            source=ticket.source,
+            detail=detail,
+        )
+
     async def audit_operation(
         self, ticket: Ticket, action: str, paths: list[str], detail: dict[str, Any]
     ) -> None:
         """A completed operation inside a session (a file written, a directory removed)."""
-        await self._s.audit.record(
-            actor=ticket.username,
-            action=action,
-            result="failure" if "error" in detail else "success",
-            target=ticket.asset,
-            source=ticket.source,
-            detail={"session_id": ticket.session_id, "path": paths[0], **(
+        await self._audit(
+            ticket,
+            action,
+            "failure" if "error" in detail else "success",
+            {"session_id": ticket.session_id, "path": paths[0], **(
                 {"to": paths[1]} if len(paths) > 1 else {}), **detail},
         )  # fmt: skip
 
@@ -267,23 +276,19 @@ class Broker:
             return await upstream.connect(ticket.proof, row.host, row.port, credential, pins)
         except upstream.HostKeyMismatch as exc:
             log.error("ALERT host key mismatch: %s", exc.detail)
-            await s.audit.record(
-                actor=ticket.username,
-                action="upstream.hostkey_mismatch",
-                result="failure",
-                target=ticket.asset,
-                source=ticket.source,
-                detail={"session_id": ticket.session_id, "reason": exc.detail},
+            await self._audit(
+                ticket,
+                "upstream.hostkey_mismatch",
+                "failure",
+                {"session_id": ticket.session_id, "reason": exc.detail},
             )
             raise
         except upstream.UpstreamError as exc:
-            await s.audit.record(
-                actor=ticket.username,
-                action="upstream.failed",
-                result="failure",
-                target=ticket.asset,
-                source=ticket.source,
-                detail={"session_id": ticket.session_id, "reason": exc.detail},
+            await self._audit(
+                ticket,
+                "upstream.failed",
+                "failure",
+                {"session_id": ticket.session_id, "reason": exc.detail},
             )
             raise
 
@@ -347,13 +352,11 @@ class Broker:
                 )
         except (OSError, TimeoutError) as exc:
             detail = f"{ticket.asset} {host}:{port}: {type(exc).__name__}: {exc}"
-            await s.audit.record(
-                actor=ticket.username,
-                action="upstream.failed",
-                result="failure",
-                target=ticket.asset,
-                source=ticket.source,
-                detail={"session_id": ticket.session_id, "reason": detail},
+            await self._audit(
+                ticket,
+                "upstream.failed",
+                "failure",
+                {"session_id": ticket.session_id, "reason": detail},
             )
             raise upstream.UpstreamError("the asset is not reachable", detail) from None
         return transport
@@ -412,13 +415,11 @@ class Broker:
             await self._s.recordings.close(ticket.writer, reason)
         except Exception:  # the catalog row stays open; recovery closes it at next start
             log.exception("closing recording %s failed", recording_id)
-        await self._s.audit.record(
-            actor=ticket.username,
-            action="session.end",
-            result="success",
-            target=ticket.asset,
-            source=ticket.source,
-            detail={
+        await self._audit(
+            ticket,
+            "session.end",
+            "success",
+            {
                 "session_id": ticket.session_id,
                 "reason": reason,
                 "recording_id": recording_id,

@@ -274,19 +274,13 @@ class Broker:
             credential = await credential_for(db, s.keys.master_key, ticket.proof, account)
         try:
             return await upstream.connect(ticket.proof, row.host, row.port, credential, pins)
-        except upstream.HostKeyMismatch as exc:
-            log.error("ALERT host key mismatch: %s", exc.detail)
-            await self._audit(
-                ticket,
-                "upstream.hostkey_mismatch",
-                "failure",
-                {"session_id": ticket.session_id, "reason": exc.detail},
-            )
-            raise
         except upstream.UpstreamError as exc:
+            mismatch = isinstance(exc, upstream.HostKeyMismatch)
+            if mismatch:
+                log.error("ALERT host key mismatch: %s", exc.detail)
             await self._audit(
                 ticket,
-                "upstream.failed",
+                "upstream.hostkey_mismatch" if mismatch else "upstream.failed",
                 "failure",
                 {"session_id": ticket.session_id, "reason": exc.detail},
             )

@@ -28,6 +28,7 @@ from asyncssh.stream import SSHServerStreamSession
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
+from gateway.ssh.relay import end_session
 from recordings import Kind
 from recordings.terminal import TerminalEvent
 
@@ -429,12 +430,7 @@ class FileSession(SSHServerStreamSession[bytes]):
 
     async def kill(self, reason: str) -> None:
         """The kill handle registered with the live registry."""
-        chan = self._server_chan
-        if chan is not None:
-            chan.write_stderr(f"\r\nconduit: session ended: {reason}\r\n".encode())
-            chan.exit(255)
-        if self._up_conn is not None:
-            self._up_conn.close()
+        end_session(self._server_chan, self._up_conn, reason)
 
 
 class RefusingSFTPServer(asyncssh.SFTPServer):

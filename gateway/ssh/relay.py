@@ -74,6 +74,19 @@ def install_eow_handler(chan: asyncssh.SSHServerChannel[bytes], on_eow: Callable
     setattr(chan, "_process_eow_at_openssh_dot_com_request", handler)  # noqa: B010
 
 
+def end_session(
+    chan: asyncssh.SSHServerChannel[bytes] | None,
+    upstream: asyncssh.SSHClientConnection | None,
+    reason: str,
+) -> None:
+    """A kill: the vendor sees a one-line reason, then the channel and the asset leg close."""
+    if chan is not None:
+        chan.write_stderr(f"\r\nconduit: session ended: {reason}\r\n".encode())
+        chan.exit(255)
+    if upstream is not None:
+        upstream.close()
+
+
 class UpstreamSide(asyncssh.SSHClientSession[bytes]):
     def __init__(self, relay: RelaySession) -> None:
         self._relay = relay
@@ -322,9 +335,4 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
 
     async def kill(self, reason: str) -> None:
         """The kill handle registered with the live registry."""
-        chan = self._chan
-        if chan is not None:
-            chan.write_stderr(f"\r\nconduit: session ended: {reason}\r\n".encode())
-            chan.exit(255)
-        if self._up_conn is not None:
-            self._up_conn.close()
+        end_session(self._chan, self._up_conn, reason)

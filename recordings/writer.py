@@ -274,11 +274,11 @@ class RecordingWriter:
                     buffer += event_prefix(offset_us, event_type, len(payload))
                     buffer += payload
                     if len(buffer) >= policy.max_unsynced_bytes:
-                        self._sink.write(self._sealer.seal(bytes(buffer)))
+                        self._sink.write(self._sealer.seal(buffer))
                         buffer.clear()
                         oldest, sealed = None, True
                 if buffer and (closing or self._clock() - (oldest or 0.0) >= seal_after):
-                    self._sink.write(self._sealer.seal(bytes(buffer)))
+                    self._sink.write(self._sealer.seal(buffer))
                     buffer.clear()
                     oldest, sealed = None, True
                 if closing:

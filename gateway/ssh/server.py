@@ -27,6 +27,7 @@ from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
+from gateway.ssh import fastpath
 from gateway.ssh.admission import UnauthenticatedGate
 from gateway.ssh.certificates import CertificateLogin
 from gateway.ssh.channel import SessionChannel
@@ -347,6 +348,7 @@ async def start_ssh_server(
 ) -> asyncssh.SSHAcceptor:
     settings = services.settings
     listen = settings.ssh_listen
+    fastpath.install()  # both legs: these connections and the upstream ones (fastpath.py)
     gate = UnauthenticatedGate(
         settings.ssh.max_unauthenticated,
         settings.ssh.max_unauthenticated_per_source,

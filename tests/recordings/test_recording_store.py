@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,33 @@ async def test_symlink_pointing_inside_the_store_is_still_refused(env: Env) -> N
     with pytest.raises(FileExistsError):
         env.store.create(victim, STARTED_AT)
     assert env.path(rid).read_bytes() == before
+
+
+def _resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, by util-linux's fincore (mincore(2))."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES",
+                          str(path)], capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+def test_synced_recording_pages_leave_the_page_cache(tmp_path: Path) -> None:
+    """A recording is written once and read rarely: once durable, its pages are dropped,
+    so a long bulk session does not evict everything else from memory."""
+    store = LocalRecordingStore(tmp_path)
+    recording_id = new_recording_id()
+    sink = store.create(recording_id, STARTED_AT)
+    path = next(tmp_path.rglob(recording_id + "*"))
+    block = os.urandom(1 << 20)
+    try:
+        for _ in range(8):
+            sink.write(block)
+        assert _resident_bytes(path) >= 8 << 20  # written, not yet synced: cached
+        sink.sync()
+        assert _resident_bytes(path) < 1 << 20
+        sink.write(block)  # later writes after a sync are dropped at the next one too
+        sink.sync()
+        assert _resident_bytes(path) < 1 << 20
+    finally:
+        sink.close()
+    with store.open_read(recording_id) as reader:  # and the data is all there
+        assert reader.read() == block * 9

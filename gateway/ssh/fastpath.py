@@ -1,0 +1,133 @@
+"""Cheaper per-packet work in asyncssh for the relay's bulk path, same bytes on the wire.
+
+Measured on ``conduit serve`` relaying ``head -c 1G /dev/zero`` (bench/ssh_relay.py, py-spy
+``--gil``): 38% of the main thread's GIL time was inside ``transport.write``, because every
+SSH packet was its own ``send()`` syscall, and asyncssh (checked against 2.24.1) sends an
+empty ``MSG_IGNORE`` packet before every packet once encryption is on, so a 32 KiB data
+packet cost two syscalls, two encryptions and two packet framings. ``install()`` changes
+three things, process-wide, once:
+
+1. **Writes coalesced.** ``SSHConnection._send`` queues the encrypted packet and the first
+   packet of a batch schedules one ``transport.write`` of the whole batch with
+   ``loop.call_soon``: the packets made while handling one read (a dozen 32 KiB data packets
+   and their window adjusts) leave in one syscall, in the same order, within the same loop
+   iteration. asyncssh closes a connection with ``call_soon(transport.abort)``, which runs
+   after a flush already scheduled, so a last ``MSG_DISCONNECT`` still leaves first.
+2. **No ``MSG_IGNORE`` before each packet under an AEAD cipher** (aes*-gcm@openssh.com,
+   chacha20-poly1305@openssh.com). The empty ignore packet is a countermeasure for CBC
+   modes (RFC 4251 section 9.3.1); an AEAD packet's nonce is its sequence number and its
+   padding is encrypted and authenticated, so it protects nothing there. OpenSSH does not
+   send them either. Other ciphers keep asyncssh's behaviour.
+3. **GCM: one ``AESGCM`` per key**, not a new one (and key schedule) per packet.
+
+Every replaced attribute is checked first: if asyncssh no longer has it, nothing is changed,
+an error is logged and tests/test_ssh_fastpath.py fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncssh
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.crypto import cipher as _cipher
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.packet import String
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+log = logging.getLogger(__name__)
+
+_AEAD = (GCMEncryption, ChachaEncryption)
+_EMPTY_IGNORE = (String(b""),)
+_CONNECTION_INTERNALS = ("_send", "send_packet")
+_GCM_INTERNALS = ("encrypt_and_sign", "verify_and_decrypt", "_update_iv")
+_GCM_TAG_BYTES = 16
+_installed = False
+
+
+def _send(self: Any, data: bytes) -> None:
+    """``SSHConnection._send``: queue; the first packet of a batch schedules the write."""
+    transport = self._transport
+    if not transport:
+        return
+    pending: list[bytes] | None = self._conduit_pending
+    if pending is None:
+        self._conduit_pending = [data]
+        self._loop.call_soon(_flush, self, transport)
+    else:
+        pending.append(data)
+
+
+def _flush(conn: Any, transport: Any) -> None:
+    pending: list[bytes] | None = conn._conduit_pending  # noqa: SLF001
+    conn._conduit_pending = None  # noqa: SLF001
+    if not pending or transport.is_closing():
+        return  # aborted or lost meanwhile: asyncssh dropped unsent data there too
+    try:
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+    except ConnectionError:  # as asyncssh's own _send
+        pass
+
+
+def _wrap_send_packet(original: Any) -> Any:
+    def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if (
+            pkttype == MSG_IGNORE
+            and args == _EMPTY_IGNORE
+            and isinstance(self._send_encryption, _AEAD)
+        ):
+            return
+        original(self, pkttype, *args, handler=handler)
+
+    send_packet.__wrapped__ = original  # type: ignore[attr-defined]
+    return send_packet
+
+
+def _aead(cipher: Any) -> AESGCM:
+    aead: AESGCM | None = cipher.__dict__.get("_conduit_aead")
+    if aead is None:
+        aead = cipher._conduit_aead = AESGCM(cipher._key)  # noqa: SLF001
+    return aead
+
+
+def _encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+    sealed = _aead(self).encrypt(self._iv, data, header)
+    self._update_iv()
+    return header + sealed[:-_GCM_TAG_BYTES], sealed[-_GCM_TAG_BYTES:]
+
+
+def _verify_and_decrypt(self: Any, header: bytes, data: bytes, mac: bytes) -> bytes | None:
+    try:
+        plain: bytes | None = _aead(self).decrypt(self._iv, data + mac, header)
+    except InvalidTag:
+        plain = None
+    self._update_iv()
+    return plain
+
+
+def install() -> bool:
+    """Apply the three changes once per process; False (logged) if asyncssh changed."""
+    global _installed  # noqa: PLW0603 - one process-wide switch, guarded here
+    if _installed:
+        return True
+    gcm = getattr(_cipher, "GCMCipher", None)
+    missing = [name for name in _CONNECTION_INTERNALS if not hasattr(SSHConnection, name)]
+    missing += [name for name in _GCM_INTERNALS if gcm is None or not hasattr(gcm, name)]
+    if missing:
+        log.error("asyncssh %s: relay fast path not installed (missing %s)",
+                  asyncssh.__version__, ", ".join(missing))  # fmt: skip
+        return False
+    SSHConnection._conduit_pending = None  # type: ignore[attr-defined]
+    SSHConnection._send = _send  # type: ignore[method-assign]
+    SSHConnection.send_packet = _wrap_send_packet(SSHConnection.send_packet)  # type: ignore[method-assign]
+    gcm.encrypt_and_sign = _encrypt_and_sign  # type: ignore[union-attr]
+    gcm.verify_and_decrypt = _verify_and_decrypt  # type: ignore[union-attr]
+    _installed = True
+    return True
+
+
+def installed() -> bool:
+    return _installed

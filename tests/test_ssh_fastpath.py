@@ -76,3 +76,27 @@ def test_bulk_output_leaves_in_fewer_writes_than_packets(sshd: SSHDTarget, tmp_p
         # without the fast path, plus the recording's chunk writes (16 per MiB of 64 KiB).
         per_mib = writes / (size / MIB)
         assert per_mib < 40, f"{per_mib:.1f} write syscalls per MiB relayed"
+
+
+def _delayed_acks() -> int:
+    """Linux's count of ACKs it held back and sent late (TcpExt DelayedACKs, machine-wide)."""
+    header, values = Path("/proc/net/netstat").read_text().splitlines()[:2]
+    return dict(zip(header.split()[1:], map(int, values.split()[1:]), strict=True))["DelayedACKs"]
+
+
+def test_short_commands_are_not_held_by_delayed_acks(sshd: SSHDTarget, tmp_path: Path) -> None:
+    """``ssh gw true`` (OpenSSH without TCP_NODELAY, as for every non-interactive command)
+    sends small packets back to back; the gateway acknowledges them at once instead of
+    letting Nagle hold the next one for up to 40 ms. The count is machine-wide, hence the
+    margin: 10 logins made 42-43 delayed ACKs here without the quick ACKs, 14-20 with
+    them (the rest are the OpenSSH client's and sshd's own)."""
+    logins_made = 10
+    with running_gateway(sshd, tmp_path, users=logins_made // 2) as gw:
+        logins = Logins(gw)
+        before = _delayed_acks()
+        for _ in range(logins_made):
+            user, code = logins.take()
+            done = gw.ssh(f"{user}+target", "true", code)
+            assert done.returncode == 0, done.stderr
+        delayed = _delayed_acks() - before
+    assert delayed < 3 * logins_made, f"{delayed} delayed ACKs over {logins_made} logins"

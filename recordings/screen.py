@@ -42,6 +42,11 @@ _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
 # dropped there); C0 controls inside a sequence also take the slow path.
 _WHOLE_CSI = re.compile(r"\x1b\[([\x20-\x3f]{0,64})([\x40-\x7e])")
 
+# Controls that change nothing on the screen in the ground state (see ``_control``): a run
+# of them is skipped at once. Binary output (``cat /dev/zero``) is mostly these, one Python
+# step per byte before: 64 MiB of NULs took ~19 s of the indexer's CPU.
+_INERT = re.compile(r"[\x00-\x07\x0e-\x1a\x1c-\x1f\x7f-\x8f\x91-\x97\x99\x9a\x9c]+")
+
 _GROUND, _ESC, _ESC_INTER, _CSI, _STRING, _STRING_ESC = range(6)
 
 
@@ -217,6 +222,10 @@ class Screen:
                     if csi.group(2) != "m":  # SGR (colours) is the commonest and a no-op
                         self._csi(csi.group(2), csi.group(1))
                     pos = csi.end()
+                    continue
+                inert = _INERT.match(text, pos)
+                if inert is not None:
+                    pos = inert.end()
                     continue
             self._step(text[pos])
             pos += 1

@@ -142,3 +142,21 @@ def test_hostile_input_never_crashes_and_stays_bounded(
 def test_printable_line_round_trips(text: str) -> None:
     expected = [text.rstrip()] if text.strip() else []
     assert texts(text.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        (b"ab\x00\x00\x07\x0e\x0fcd\r\n", ["abcd"]),  # NUL, BEL, SO, SI change nothing
+        (b"\x00" * 100_000 + b"after zeros\r\n", ["after zeros"]),  # cat /dev/zero, then text
+        (b"x\x00\x1b[2Dy\x00\x7f", ["y"]),  # a CSI right after inert controls still acts
+        (b"x\x00\x1b]0;t\x00itle\x07z", ["xz"]),  # inside an OSC, NUL is not ground text
+        (b"a\x00\tb\x00\bc", ["a       c"]),  # tab and backspace are not skipped with them
+    ],
+)
+def test_inert_controls_are_skipped_without_changing_the_text(
+    output: bytes, expected: list[str]
+) -> None:
+    assert texts(output) == expected
+    # Fed one byte at a time (every control through the slow path): the same text.
+    assert texts(*(output[i : i + 1] for i in range(len(output)))) == expected

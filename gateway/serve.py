@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -277,6 +278,11 @@ async def _serve_until(
     services.tasks.start("kill-requests", watch_kill_requests(broker, services))
     if settings.recordings.retention_days:
         services.tasks.start("recording-retention", apply_retention_periodically(services))
+    # Everything built at start-up lives as long as the process: keep it out of the cyclic
+    # collector's full scans (decision 0010: perf saw gc_collect_main at 31% of the
+    # gateway's CPU over 8 s of typing through the relay, and none with the heap frozen).
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready(services)
 

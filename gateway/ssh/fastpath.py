@@ -5,7 +5,7 @@ Measured on ``conduit serve`` relaying ``head -c 1G /dev/zero`` (bench/ssh_relay
 SSH packet was its own ``send()`` syscall, and asyncssh (checked against 2.24.1) sends an
 empty ``MSG_IGNORE`` packet before every packet once encryption is on, so a 32 KiB data
 packet cost two syscalls, two encryptions and two packet framings. ``install()`` changes
-four things, process-wide, once:
+five things, process-wide, once:
 
 1. **Writes coalesced.** ``SSHConnection._send`` queues the encrypted packet and the first
    packet of a batch schedules one ``transport.write`` of the whole batch with
@@ -23,8 +23,13 @@ four things, process-wide, once:
    ``TCP_NODELAY`` only for interactive sessions, so ``ssh gw cmd``, scp and sftp clients
    (and sshd on the asset) hold a second small packet until the first is acknowledged
    (Nagle), while Linux delays that ACK up to 40 ms: connect + exec ``true`` through the
-   relay took 152 or 192-200 ms (bimodal), and 76-88 ms with this. Reads of
-   ``QUICKACK_BELOW`` bytes or more (bulk) are left to delayed ACKs, which cost less there.
+   relay took 152 or 192-200 ms (bimodal), and 52-60 ms with this. Reads of
+   ``QUICKACK_BELOW`` bytes or more (bulk) are left to delayed ACKs, which cost less there,
+   and only a connection's first ``QUICKACK_READS`` small reads are hurried: uvloop's
+   ``setsockopt`` builds a socket object each time, ~9% of the event loop's CPU per
+   keystroke in a long interactive session, where OpenSSH sets TCP_NODELAY anyway.
+5. **Packet log lines not formatted when they cannot be logged**: asyncssh builds the
+   message for every packet and only then checks its debug level (3 for packets).
 
 Every replaced attribute is checked first: if asyncssh no longer has it, nothing is changed,
 an error is logged and tests/test_ssh_fastpath.py fails.
@@ -41,7 +46,8 @@ from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.crypto import cipher as _cipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
-from asyncssh.packet import String
+from asyncssh.logging import SSHLogger
+from asyncssh.packet import SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -51,8 +57,10 @@ _AEAD = (GCMEncryption, ChachaEncryption)
 _EMPTY_IGNORE = (String(b""),)
 _CONNECTION_INTERNALS = ("_send", "send_packet", "data_received")
 _GCM_INTERNALS = ("encrypt_and_sign", "verify_and_decrypt", "_update_iv")
+_PACKET_DEBUG_LEVEL = 3  # SSHLogger.packet logs only at this asyncssh debug level or above
 _GCM_TAG_BYTES = 16
 QUICKACK_BELOW = 16 * 1024
+QUICKACK_READS = 256  # per connection: log-in, channel set-up and a short command's run
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _installed = False
 
@@ -83,7 +91,8 @@ def _flush(conn: Any, transport: Any) -> None:
 
 def _wrap_data_received(original: Any) -> Any:
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-        if len(data) < QUICKACK_BELOW:
+        if self._conduit_quickacks and len(data) < QUICKACK_BELOW:
+            self._conduit_quickacks -= 1
             sock = self.__dict__.get("_conduit_sock")
             if sock is None:
                 transport = self._transport
@@ -98,6 +107,15 @@ def _wrap_data_received(original: Any) -> Any:
 
     data_received.__wrapped__ = original  # type: ignore[attr-defined]
     return data_received
+
+
+def _wrap_log_packet(original: Any) -> Any:
+    def _log_packet(self: Any, msg: str, pkttype: int, pktid: Any, packet: Any, note: str) -> None:
+        if SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL:  # noqa: SLF001 - asyncssh's switch
+            original(self, msg, pkttype, pktid, packet, note)
+
+    _log_packet.__wrapped__ = original  # type: ignore[attr-defined]
+    return _log_packet
 
 
 def _wrap_send_packet(original: Any) -> Any:
@@ -137,13 +155,15 @@ def _verify_and_decrypt(self: Any, header: bytes, data: bytes, mac: bytes) -> by
 
 
 def install() -> bool:
-    """Apply the four changes once per process; False (logged) if asyncssh changed."""
+    """Apply the five changes once per process; False (logged) if asyncssh changed."""
     global _installed  # noqa: PLW0603 - one process-wide switch, guarded here
     if _installed:
         return True
     gcm = getattr(_cipher, "GCMCipher", None)
     missing = [name for name in _CONNECTION_INTERNALS if not hasattr(SSHConnection, name)]
     missing += [name for name in _GCM_INTERNALS if gcm is None or not hasattr(gcm, name)]
+    if not hasattr(SSHPacketLogger, "_log_packet") or not hasattr(SSHLogger, "_debug_level"):
+        missing.append("SSHPacketLogger._log_packet")
     if missing:
         log.error("asyncssh %s: relay fast path not installed (missing %s)",
                   asyncssh.__version__, ", ".join(missing))  # fmt: skip
@@ -153,7 +173,9 @@ def install() -> bool:
     SSHConnection.send_packet = _wrap_send_packet(SSHConnection.send_packet)  # type: ignore[method-assign]
     if _QUICKACK is not None:
         SSHConnection._conduit_sock = None  # type: ignore[attr-defined]
+        SSHConnection._conduit_quickacks = QUICKACK_READS  # type: ignore[attr-defined]
         SSHConnection.data_received = _wrap_data_received(SSHConnection.data_received)  # type: ignore[method-assign]
+    SSHPacketLogger._log_packet = _wrap_log_packet(SSHPacketLogger._log_packet)  # type: ignore[method-assign]
     gcm.encrypt_and_sign = _encrypt_and_sign  # type: ignore[union-attr]
     gcm.verify_and_decrypt = _verify_and_decrypt  # type: ignore[union-attr]
     _installed = True

@@ -105,6 +105,7 @@ class RecordingWriter:
         self._cond = threading.Condition()
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
+        self._armed = False  # the writer sleeps until a seal deadline (holds unsealed events)
         self._room_waiters: list[asyncio.Future[None]] = []
         self._accepting = True
         self._closing = False
@@ -213,7 +214,14 @@ class RecordingWriter:
                 was_empty = not self._queue
                 self._queue.append((now, offset_us, event_type, payload))
                 self._queued_bytes += size
-                if was_empty:  # the writer only sleeps on an empty queue
+                # The writer sleeps on an empty queue. Holding unsealed events it wakes at
+                # their seal deadline anyway, so it is woken early only for a full chunk's
+                # worth: an interactive session wakes it about once a second, not twice per
+                # keystroke (each wake-up also competed with the relay for the GIL).
+                if (was_empty and not self._armed) or (
+                    self._queued_bytes >= self._policy.max_unsynced_bytes
+                    and self._queued_bytes - size < self._policy.max_unsynced_bytes
+                ):
                     self._cond.notify()
                 return True
             self._accepting = False
@@ -248,11 +256,13 @@ class RecordingWriter:
         """Wait for events, close, or the seal deadline of the oldest unsealed event."""
         seal_after = self._policy.max_unsynced_seconds * _SEAL_SHARE
         with self._cond:
+            self._armed = oldest is not None  # record() need not wake an armed writer
             while not self._queue and not self._closing:
                 timeout = None if oldest is None else oldest + seal_after - self._clock()
                 if timeout is not None and timeout <= 0:
                     break
                 self._cond.wait(timeout)
+            self._armed = False
             items, self._queue = self._queue, deque()
             self._queued_bytes = 0
             self._wake_room_waiters()

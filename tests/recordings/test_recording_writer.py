@@ -72,6 +72,51 @@ class GateSink(RecordingSink):
         pass
 
 
+def _voluntary_switches(native_id: int) -> int:
+    """How often a thread of this process went to sleep (/proc, per thread)."""
+    status = f"/proc/self/task/{native_id}/status"
+    with open(status) as lines:
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no context switches in {status}")
+
+
+async def test_typing_does_not_wake_the_writer_per_keystroke(env: Env) -> None:
+    """Small events within the seal interval wait for the writer's deadline: a keystroke
+    costs the relay no thread wake-up, and the bound on unsynced data still holds."""
+    writer = await start_recording(
+        store=env.store,
+        data_keys=env.data_keys,
+        signing_key=env.signing_key,
+        kind=Kind.TERMINAL,
+        started_at=STARTED_AT,
+        metadata={},
+        clock=time.monotonic,
+        on_failure=env.failures.append,
+        policy=WriterPolicy(max_unsynced_seconds=0.5),
+    )
+    native_id = writer._thread.native_id  # noqa: SLF001 - the writer's own thread
+    assert native_id is not None
+    await asyncio.sleep(0.05)  # the thread is waiting for its first event
+    before = _voluntary_switches(native_id)
+    keystrokes = 150
+    for _ in range(keystrokes):
+        assert writer.record(TerminalEvent.INPUT, b"k")
+        assert writer.record(TerminalEvent.OUTPUT, b"k")
+        await asyncio.sleep(0.004)
+    wakeups = _voluntary_switches(native_id) - before
+    # ~0.6 s of typing with a 0.45 s seal deadline: a few wake-ups, not one per event.
+    assert wakeups < 20, f"{wakeups} writer wake-ups for {2 * keystrokes} events"
+    # And every event was sealed within the bound without close: wait past one deadline.
+    path = env.path(writer.recording_id)
+    await asyncio.sleep(0.6)
+    assert env.verify_bytes(path.read_bytes()).intact_chunks >= 1
+    await writer.close("closed")
+    result = env.verify(writer.recording_id)
+    assert result.status is Integrity.INTACT
+
+
 async def test_room_waits_until_the_writer_catches_up(env: Env) -> None:
     data_key_id, data_key = env.data_keys.new_data_key()
     header = Header(new_recording_id(), Kind.TERMINAL, STARTED_AT, data_key_id)

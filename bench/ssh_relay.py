@@ -16,12 +16,14 @@ Parts (``--only``; default all):
   OpenSSH 9.2 negotiates post-quantum sntrup761x25519 with sshd but asyncssh (the gateway)
   has no sntrup, so the relay's legs use curve25519; ``*_c25519`` baselines force
   curve25519 too, for a like-for-like figure beside the default one (targets use default).
-  Two relay logins: ``relay_code`` - a one-time connect code as the password (the portal
+  Three relay logins: ``relay_code`` - a one-time connect code as the password (the portal
   issued it after MFA, which is the fast path the product offers for scripted use; the code
   is made by this bench just before, so portal time is not counted); ``relay_totp`` - password
   + TOTP over keyboard-interactive (argon2id verification in the gateway, ~0.2 s of CPU),
   each login a different user because a TOTP code is single use per account and step. The
-  askpass helper (a tiny sh script) runs once for a code and twice for password + TOTP.
+  askpass helper (a tiny sh script) runs once for a code and twice for password + TOTP;
+  ``relay_cert`` - the vendor's registered key with the 8 h user certificate the gateway
+  issued for it after password + TOTP (``conduit ssh-cert``; issued at set-up, not timed).
 * ``keys``: keystroke echo round trip in a pty (``cat`` under a tty: the line discipline
   echoes), asyncssh client in this process: write one byte, time until it comes back;
   p50/p99 in microseconds; paths interleaved in rounds, 5 ms between keystrokes. Then the
@@ -285,6 +287,7 @@ async def connect_paths(rig: Rig, n: int) -> list[tuple[str, Callable[[], Comman
         ("proxyjump_c25519", lambda: (rig.proxyjump("true", classic_kex=True), None)),
         ("relay_code", lambda: (rig.relay("true"), rig.env(next(codes)))),
         ("relay_totp", totp),
+        ("relay_cert", lambda: (rig.relay_cert("true"), None)),
     ]
 
 
@@ -757,7 +760,7 @@ def verdict(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool | N
             met["bulk_vs_proxyjump"] = met["bulk_vs_nested"] = False
     if connect := figures.get("connect"):
         seq, par = connect["sequential"], connect["parallel_runs"]
-        for login in ("relay_code", "relay_totp"):
+        for login in ("relay_code", "relay_totp", "relay_cert"):
             r_seq = ratio(seq[login]["median_ms"], seq["proxyjump"]["median_ms"])
             r_par = ratio(par[login]["median_ms"], par["proxyjump"]["median_ms"])
             ratios[f"connect_{login}_vs_proxyjump"] = r_seq

@@ -33,7 +33,8 @@ from gateway.config import Overrides, load_settings
 from gateway.db.models import User
 from gateway.identity.accounts import create_user
 from gateway.identity.passwords import hash_password
-from gateway.identity.ssh_access import issue_connect_code
+from gateway.identity.ssh_access import add_public_key, issue_connect_code
+from gateway.identity.ssh_certs import issue_certificate
 from gateway.keys import load_keyring
 from gateway.services import Services
 from gateway.ssh import hostkeys
@@ -153,6 +154,14 @@ class Rig:
             "-p", str(self.gateway_port), f"{user}+{ASSET}@127.0.0.1", command,
         )  # fmt: skip
 
+    def relay_cert(self, command: str, user: str = CODE_USER) -> list[str]:
+        """A registered key with the gateway's user certificate for it (issued after MFA)."""
+        return [
+            "ssh", "-F", str(self.client_config.with_suffix(".cert")), "-c", CIPHER,
+            "-o", "PreferredAuthentications=publickey", "-o", "BatchMode=yes",
+            "-p", str(self.gateway_port), f"{user}+{ASSET}@127.0.0.1", command,
+        ]  # fmt: skip
+
     def env(self, password: str = "", code: str = "") -> dict[str, str]:
         env = clean_env(
             SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
@@ -210,8 +219,12 @@ async def _user_id(db: AsyncSession, username: str) -> int:
     return int(found)
 
 
-async def populate(data: Path, sshd_dir: Path, sshd_port: int, n_totp_users: int) -> dict[str, str]:
-    """Users, asset, vaulted key, pinned host key, org grant; returns TOTP users' secrets."""
+async def populate(
+    data: Path, sshd_dir: Path, sshd_port: int, n_totp_users: int, vendor_key: Path
+) -> dict[str, str]:
+    """Users, asset, vaulted key, pinned host key, org grant, CODE_USER's registered key and
+    its certificate (as ``conduit ssh-cert`` issues after MFA, not timed); returns TOTP
+    users' secrets."""
     settings = load_settings(None, Overrides(data_dir=data), environ={})
     keys = load_keyring(settings)
     services = Services.build(settings, keys)
@@ -233,6 +246,14 @@ async def populate(data: Path, sshd_dir: Path, sshd_port: int, n_totp_users: int
                     status="active", organisation=org,
                 )  # fmt: skip
             await db.execute(update(User).values(password_hash=stored))
+            assert keys.ssh_user_ca is not None, "conduit init makes the SSH user CA"
+            user_id, now = await _user_id(db, CODE_USER), services.clock()
+            line = vendor_key.with_suffix(".pub").read_text()
+            registered = await add_public_key(db, user_id, line, now)
+            issued = await issue_certificate(
+                db, keys.ssh_user_ca, user_id, registered, now=now, hours=8, via="cli"
+            )
+            await asyncio.to_thread(Path(f"{vendor_key}-cert.pub").write_text, issued.text)
         await services.authz.add_asset(ASSET, "127.0.0.1", sshd_port, "ssh", actor="bench")
         async with services.sessions() as db, db.begin():
             await set_credential(
@@ -301,12 +322,20 @@ Host *
         # no sntrup, so the relay negotiates curve25519. This config lets the baselines do
         # the same, for a like-for-like connect figure beside the default one.
         config.with_suffix(".c25519").write_text(text + "  KexAlgorithms curve25519-sha256\n")
+        # The vendor's own key and the certificate the gateway issued for it (relay_cert).
+        vendor_key = work / "vendor_ed25519"
+        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(vendor_key)]
+        await asyncio.to_thread(subprocess.run, keygen, check=True)
+        config.with_suffix(".cert").write_text(
+            text.replace(f"IdentityFile {key}",
+                         f"IdentityFile {vendor_key}\n  CertificateFile {vendor_key}-cert.pub")
+        )  # fmt: skip
         askpass = work / "askpass.sh"
         askpass.write_text(ASKPASS)
         askpass.chmod(0o700)
         data = work / "data"
         await asyncio.to_thread(init_data_dir, data)
-        secrets = await populate(data, sshd_dir, sshd_port, n_totp_users)
+        secrets = await populate(data, sshd_dir, sshd_port, n_totp_users, vendor_key)
         gateway, portal, gw_port = await asyncio.to_thread(start_gateway, data, work)
     except BaseException:
         for proc in rig_procs:

@@ -60,7 +60,7 @@ _GCM_INTERNALS = ("encrypt_and_sign", "verify_and_decrypt", "_update_iv")
 _PACKET_DEBUG_LEVEL = 3  # SSHLogger.packet logs only at this asyncssh debug level or above
 _GCM_TAG_BYTES = 16
 QUICKACK_BELOW = 16 * 1024
-QUICKACK_READS = 256  # per connection: log-in, channel set-up and a short command's run
+QUICKACK_READS = 64  # per connection: log-in, channel set-up and a short command's start
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _installed = False
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from recordings import (
     LocalRecordingStore,
     MasterKey,
     RecordingReader,
+    RecordingWriter,
     VerifyResult,
     WriterPolicy,
     signing_key_id,
@@ -50,6 +51,27 @@ class Env:
     verify_keys: dict[str, Ed25519PublicKey]
     failures: list[str]
 
+    async def start(
+        self,
+        *,
+        kind: Kind = Kind.TERMINAL,
+        policy: WriterPolicy | None = None,
+        metadata: dict[str, str] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> RecordingWriter:
+        """A recording started at STARTED_AT in this store; failures go to ``self.failures``."""
+        return await start_recording(
+            store=self.store,
+            data_keys=self.data_keys,
+            signing_key=self.signing_key,
+            kind=kind,
+            started_at=STARTED_AT,
+            metadata={} if metadata is None else metadata,
+            clock=time.monotonic,
+            on_failure=self.failures.append if on_failure is None else on_failure,
+            policy=policy,
+        )
+
     async def write(
         self,
         events: Iterable[tuple[int, bytes]],
@@ -58,17 +80,8 @@ class Env:
         kind: Kind = Kind.TERMINAL,
         policy: WriterPolicy | None = None,
     ) -> str:
-        writer = await start_recording(
-            store=self.store,
-            data_keys=self.data_keys,
-            signing_key=self.signing_key,
-            kind=kind,
-            started_at=STARTED_AT,
-            metadata={"user": "alice", "asset": "plc-eng-01", "cols": "100", "rows": "30"},
-            clock=time.monotonic,
-            on_failure=self.failures.append,
-            policy=policy,
-        )
+        metadata = {"user": "alice", "asset": "plc-eng-01", "cols": "100", "rows": "30"}
+        writer = await self.start(kind=kind, policy=policy, metadata=metadata)
         for event_type, payload in events:
             assert writer.record(event_type, payload)
         outcome = await writer.close(end_reason)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 
 import pytest
-from recording_helpers import STARTED_AT, Env
+from recording_helpers import Env
 
 from recordings import (
     Integrity,
@@ -15,7 +14,6 @@ from recordings import (
     MasterKey,
     WriterPolicy,
     rotate_master_key,
-    start_recording,
 )
 from recordings.keys import DataKeyRing, UnknownKey, UnwrapFailed
 from recordings.terminal import TerminalEvent, resize_payload
@@ -122,16 +120,7 @@ async def test_footer_signed_by_an_untrusted_key_is_tampered(env: Env) -> None:
 
 
 async def test_record_after_close_is_refused(env: Env) -> None:
-    writer = await start_recording(
-        store=env.store,
-        data_keys=env.data_keys,
-        signing_key=env.signing_key,
-        kind=Kind.TERMINAL,
-        started_at=STARTED_AT,
-        metadata={},
-        clock=time.monotonic,
-        on_failure=env.failures.append,
-    )
+    writer = await env.start()
     assert writer.record(TerminalEvent.OUTPUT, b"a")
     first = await writer.close("closed")
     assert not writer.record(TerminalEvent.OUTPUT, b"b")

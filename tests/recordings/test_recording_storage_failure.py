@@ -32,7 +32,6 @@ from recordings import (
     RecordingWriter,
     WriterPolicy,
     new_recording_id,
-    start_recording,
 )
 from recordings.terminal import TerminalEvent
 
@@ -69,17 +68,7 @@ class Recorder:
 async def _start(
     env: Env, recorder: Recorder, policy: WriterPolicy | None = None
 ) -> RecordingWriter:
-    return await start_recording(
-        store=env.store,
-        data_keys=env.data_keys,
-        signing_key=env.signing_key,
-        kind=Kind.TERMINAL,
-        started_at=STARTED_AT,
-        metadata={},
-        clock=time.monotonic,
-        on_failure=recorder.on_failure,
-        policy=policy,
-    )
+    return await env.start(policy=policy, on_failure=recorder.on_failure)
 
 
 async def test_full_disk_mid_recording_fires_on_failure_once(

@@ -27,17 +27,7 @@ from recordings.terminal import TerminalEvent
 
 
 async def test_quiet_session_is_synced_by_time_before_close(env: Env) -> None:
-    writer = await start_recording(
-        store=env.store,
-        data_keys=env.data_keys,
-        signing_key=env.signing_key,
-        kind=Kind.TERMINAL,
-        started_at=STARTED_AT,
-        metadata={},
-        clock=time.monotonic,
-        on_failure=env.failures.append,
-        policy=WriterPolicy(max_unsynced_seconds=0.2),
-    )
+    writer = await env.start(policy=WriterPolicy(max_unsynced_seconds=0.2))
     assert writer.record(TerminalEvent.OUTPUT, b"one small line\n")
     path = env.path(writer.recording_id)
     # No more events and no close: only the time threshold can put this chunk on disk.
@@ -85,17 +75,7 @@ def _voluntary_switches(native_id: int) -> int:
 async def test_typing_does_not_wake_the_writer_per_keystroke(env: Env) -> None:
     """Small events within the seal interval wait for the writer's deadline: a keystroke
     costs the relay no thread wake-up, and the bound on unsynced data still holds."""
-    writer = await start_recording(
-        store=env.store,
-        data_keys=env.data_keys,
-        signing_key=env.signing_key,
-        kind=Kind.TERMINAL,
-        started_at=STARTED_AT,
-        metadata={},
-        clock=time.monotonic,
-        on_failure=env.failures.append,
-        policy=WriterPolicy(max_unsynced_seconds=0.5),
-    )
+    writer = await env.start(policy=WriterPolicy(max_unsynced_seconds=0.5))
     native_id = writer._thread.native_id  # noqa: SLF001 - the writer's own thread
     assert native_id is not None
     await asyncio.sleep(0.05)  # the thread is waiting for its first event

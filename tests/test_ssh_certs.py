@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from gateway.audit.tables import AuditEventRow
 from gateway.config import Overrides, load_settings
+from gateway.db.models import User
 from gateway.identity import ssh_access
 from gateway.identity.accounts import create_user
 from gateway.identity.models import SSHPublicKey
@@ -41,7 +42,7 @@ from tests.test_identity_web import account_csrf, login
 
 __all__ = ["env"]
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "dave")
+USERS = ("alice", "bob", "carol", "dave", "erin")
 
 
 @dataclass
@@ -188,14 +189,15 @@ def test_certificate_from_this_gateway_logs_in_to_the_target(gateway: Gateway) -
 
     events = gateway.audit()
     logins = [e for e in events if e["action"] == "login.success" and e["actor"] == "alice"]
+    [issue] = [e for e in events if e["action"] == "ssh.certificate.issued"]
+    serial = issue["detail"]["serial"]  # type: ignore[index]
     assert [e["detail"] for e in logins] == [
         {"channel": "cli", "factor": "totp"},  # conduit ssh-cert
-        {"channel": "ssh", "factor": "certificate"},
+        {"channel": "ssh", "factor": "certificate", "serial": serial},
     ]
     success = logins[1]
     assert success["target"] == "target"
     assert any(e["action"] == "session.start" and e["actor"] == "alice" for e in events)
-    [issue] = [e for e in events if e["action"] == "ssh.certificate.issued"]
     assert issue["actor"] == "alice" and issue["detail"]["via"] == "cli"  # type: ignore[index]
     listing = conduit("ssh-cert", "--list", "--user", "alice", "--data-dir", str(gateway.data))
     assert listing.returncode == 0, listing.stderr
@@ -244,6 +246,49 @@ def test_bare_key_other_ca_expired_and_other_users_certificates_are_refused(
     # ... while it does log bob in.
     assert gateway.ssh("bob+target", bob, bob_cert).stdout == "hi\n"
     assert gateway.server.proc.poll() is None
+
+
+def test_removing_the_key_or_minting_outside_the_register_refuses_certificates(
+    gateway: Gateway,
+) -> None:
+    """asyncssh only checks the CA's signature and the times: the gateway also wants the
+    certificate in its register, for a key the user still has."""
+    assert gateway.issue("erin").returncode == 0
+    key, cert = gateway.key("erin"), Path(f"{gateway.key('erin')}-cert.pub")
+    assert gateway.ssh("erin+target", key, cert).stdout == "hi\n"
+
+    # Signed with this gateway's CA key file (someone who could read it), valid now, for
+    # erin's registered key, but never issued through the gateway: not in the register.
+    work = gateway.work / "minted"
+    work.mkdir()
+    for suffix in ("", ".pub"):
+        (work / f"erin_ed25519{suffix}").write_bytes(Path(f"{key}{suffix}").read_bytes())
+    (work / "erin_ed25519").chmod(0o600)
+    minted = _sign(gateway.data / "keys/ssh_user_ca", work / "erin_ed25519", "-5m:+1h", "erin")
+    refused = gateway.ssh("erin+target", work / "erin_ed25519", minted)
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    gateway.wait_for("login.failure", "certificate-not-in-register")
+
+    # Erin removes his key (what the portal's delete button calls): the certificate issued
+    # for it, valid for hours more, no longer logs in.
+    asyncio.run(_remove_keys(gateway.data, "erin"))
+    refused = gateway.ssh("erin+target", key, cert)
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    event = gateway.wait_for("login.failure", "certificate-key-removed")
+    assert event["actor"] == "erin"
+
+
+async def _remove_keys(data: Path, username: str) -> None:
+    settings = load_settings(None, Overrides(data_dir=data), environ={})
+    services = Services.build(settings, load_keyring(settings))
+    try:
+        async with services.sessions() as db, db.begin():
+            user_id = await db.scalar(select(User.id).where(User.username == username))
+            assert user_id is not None
+            for row in await ssh_access.list_public_keys(db, user_id):
+                assert await ssh_access.remove_public_key(db, user_id, row.id) == row.fingerprint
+    finally:
+        await services.close()
 
 
 def test_disabled_user_is_refused_with_a_valid_certificate(gateway: Gateway) -> None:
@@ -401,3 +446,40 @@ async def test_portal_download_and_api_need_recent_mfa_and_a_registered_key(
     reasons = {d["reason"] for d in refused}
     assert "second factor older than step-up limit" in reasons
     assert any("not registered" in r for r in reasons)
+
+
+async def test_portal_key_removal_is_audited_and_only_for_the_owner(
+    env: Env, tmp_path: Path
+) -> None:
+    e = env
+    keygen(tmp_path / "alice_key")
+    keygen(tmp_path / "mallory_key")
+    transport = httpx.ASGITransport(app=create_app(e.services))
+    base = "https://testserver"
+    async with (
+        httpx.AsyncClient(transport=transport, base_url=base) as c,
+        httpx.AsyncClient(transport=transport, base_url=base) as m,
+    ):
+        await login(c, "alice", PASSWORDS["alice"], e.code("alice"))
+        await login(m, "mallory", PASSWORDS["mallory"], e.code("mallory"))
+        await _add_key(c, (tmp_path / "alice_key.pub").read_text())
+        await _add_key(m, (tmp_path / "mallory_key.pub").read_text())
+        ids = await _key_rows(e)
+        alice_fp = asyncssh.read_public_key(tmp_path / "alice_key.pub").get_fingerprint()
+        alice_id = ids[alice_fp]
+        mallory_csrf = await account_csrf(m)
+        # Mallory cannot remove alice's key by its id.
+        theirs = await m.post(
+            f"/account/ssh-keys/{alice_id}/delete", data={"csrf_token": mallory_csrf}
+        )
+        assert theirs.status_code == 303
+        assert alice_fp in await _key_rows(e)
+        gone = await c.post(
+            f"/account/ssh-keys/{alice_id}/delete", data={"csrf_token": await account_csrf(c)}
+        )
+        assert gone.status_code == 303
+        assert alice_fp not in await _key_rows(e)
+    async with e.services.sessions() as db:
+        rows = (await db.scalars(select(AuditEventRow).order_by(AuditEventRow.id))).all()
+    removed = [(r.actor, json.loads(r.detail)) for r in rows if r.action == "sshkey.remove"]
+    assert removed == [("alice", {"fingerprint": alice_fp})]

@@ -84,11 +84,19 @@ async def add_public_key(
     return row
 
 
-async def remove_public_key(db: AsyncSession, user_id: int, key_id: int) -> bool:
-    result = await db.execute(
-        delete(SSHPublicKey).where(SSHPublicKey.id == key_id, SSHPublicKey.user_id == user_id)
+async def remove_public_key(db: AsyncSession, user_id: int, key_id: int) -> str | None:
+    """Remove one of the user's keys; its fingerprint, or None if it was not theirs.
+
+    Certificates issued for the key stop logging in at once (gateway/ssh/certificates.py
+    checks the key is still registered)."""
+    fingerprint: str | None = await db.scalar(
+        select(SSHPublicKey.fingerprint).where(
+            SSHPublicKey.id == key_id, SSHPublicKey.user_id == user_id
+        )
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if fingerprint is not None:
+        await db.execute(delete(SSHPublicKey).where(SSHPublicKey.id == key_id))
+    return fingerprint
 
 
 async def list_public_keys(db: AsyncSession, user_id: int) -> list[SSHPublicKey]:

@@ -8,6 +8,13 @@ alice, checks its type, validity times and signature, and skips its own principa
 login-name check because the entry names the principals. Bare public keys and other CAs
 reach the server's refusing hooks, which call ``refuse_key`` / ``refuse_ca`` here.
 
+asyncssh's checks say nothing of the gateway's register, so ``prepare`` also wraps the
+connection's certificate validation (a private asyncssh coroutine, checked for; without it
+certificate logins are refused): a certificate asyncssh accepted must also be in the
+register of certificates this gateway issued, for a key the user still has registered.
+Removing a key therefore stops its certificates at the next login, and the accepted
+certificate's serial is known for the ``login.success`` audit.
+
 Refusals are remembered with their reason and audited once, as one ``login.failure``, if the
 connection ends without logging in: OpenSSH offers every key it holds before it tries
 keyboard-interactive, so a refused key alone is not a failed login. A certificate from this
@@ -20,8 +27,10 @@ Does not issue certificates (``gateway.identity.ssh_certs``) or decide access (b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 from sqlalchemy import select
@@ -29,10 +38,13 @@ from sqlalchemy import select
 from gateway.db.models import User
 from gateway.identity.lockout import is_locked
 from gateway.identity.login import Identity
+from gateway.identity.models import SSHCertificate, SSHPublicKey
 from gateway.identity.ssh_certs import trusted_ca_line
 from gateway.services import Services
 
+log = logging.getLogger(__name__)
 FACTOR = "certificate"
+_VALIDATE = "_validate_openssh_certificate"  # asyncssh's per-connection certificate check
 MAX_NOTED = 20  # refusals kept per connection for the audit event
 
 
@@ -73,14 +85,22 @@ class CertificateLogin:
         self._trusted: _TrustedCA | None = None
         self._why_not = "malformed-username"
         self._refused: list[dict[str, str]] = []
+        self._issued: dict[int, str] = {}  # serial -> key fingerprint, unexpired, this user
+        self._registered: frozenset[str] = frozenset()  # the user's key fingerprints
+        self._cert_refusal: tuple[str, str] | None = None  # (reason, fingerprint)
+        self.serial: int | None = None  # of the certificate that logged in
 
     async def prepare(self, conn: asyncssh.SSHServerConnection, user: str | None) -> None:
         """Trust the CA for ``user`` on ``conn`` if that account may log in now."""
         self._candidate, self._trusted = None, None
+        self._issued, self._registered, self._cert_refusal, self.serial = {}, frozenset(), None, None
         conn.set_authorized_keys(None)
         ca = self._s.keys.ssh_user_ca
         if user is None or ca is None:
             self._why_not = "malformed-username" if ca is not None else "no-user-ca"
+            return
+        if not self._guard(conn):
+            self._why_not = "certificate-check-unavailable"
             return
         now = self._s.clock()
         async with self._s.sessions() as db:
@@ -93,9 +113,53 @@ class CertificateLogin:
                 self._why_not = "locked"
             else:
                 self._candidate = _Candidate(row.id, row.username, tuple(row.role_names))
+                issued = await db.execute(
+                    select(SSHCertificate.serial, SSHCertificate.key_fingerprint).where(
+                        SSHCertificate.user_id == row.id, SSHCertificate.valid_before > now
+                    )
+                )
+                self._issued = {serial: fingerprint for serial, fingerprint in issued}
+                keys = await db.scalars(
+                    select(SSHPublicKey.fingerprint).where(SSHPublicKey.user_id == row.id)
+                )
+                self._registered = frozenset(keys)
         if self._candidate is not None:
             self._trusted = _TrustedCA(trusted_ca_line(ca, user))
             conn.set_authorized_keys(self._trusted)
+
+    def _guard(self, conn: asyncssh.SSHServerConnection) -> bool:
+        """Wrap ``conn``'s certificate check once with ``_registered_check``."""
+        validate: Callable[[str, Any], Awaitable[Any]] | None = getattr(conn, _VALIDATE, None)
+        if validate is None:
+            log.error("asyncssh %s: no %s: certificate logins refused",
+                      asyncssh.__version__, _VALIDATE)  # fmt: skip
+            return False
+        if getattr(validate, "_conduit_guard", False):
+            return True
+
+        async def guarded(username: str, cert: Any) -> Any:
+            key = await validate(username, cert)
+            if key is None or self._registered_check(cert):
+                return key
+            return None
+
+        guarded._conduit_guard = True  # type: ignore[attr-defined]
+        setattr(conn, _VALIDATE, guarded)
+        return True
+
+    def _registered_check(self, cert: Any) -> bool:
+        """A certificate asyncssh accepted: issued here, for a key still registered?"""
+        serial = int(getattr(cert, "_serial", -1))
+        fingerprint = cert.key.get_fingerprint("sha256")
+        if self._issued.get(serial) != fingerprint:
+            reason = "certificate-not-in-register"
+        elif fingerprint not in self._registered:
+            reason = "certificate-key-removed"
+        else:
+            self.serial = serial
+            return True
+        self._cert_refusal = (reason, fingerprint)
+        return False
 
     def refuse_key(self, key: asyncssh.SSHKey) -> None:
         self._note("public-key-without-certificate", key.get_fingerprint("sha256"))
@@ -117,7 +181,7 @@ class CertificateLogin:
     def identity(self, now: dt.datetime) -> Identity | None:
         """After asyncssh accepted a certificate from our CA: who logged in."""
         c = self._candidate
-        if c is None or self._trusted is None or self._trusted.matched == 0:
+        if c is None or self._trusted is None or self._trusted.matched == 0 or self.serial is None:
             return None
         # The second factor was passed when the certificate was issued; as for connect
         # codes, the SSH identity records the login time.
@@ -126,7 +190,10 @@ class CertificateLogin:
     def failure_detail(self) -> dict[str, object] | None:
         """The audit detail for a connection that ended without logging in, if it tried."""
         refused = list(self._refused)
-        if self._trusted is not None and self._trusted.matched:
+        if self._cert_refusal is not None:
+            reason, fingerprint = self._cert_refusal
+            refused.insert(0, {"reason": reason, "fingerprint": fingerprint})
+        elif self._trusted is not None and self._trusted.matched:
             # Matched our CA and this user, then refused: expired or not yet valid, not a user
             # certificate, or the client gave up before signing with it.
             refused.insert(0, {"reason": "certificate-not-valid", "fingerprint": ""})

@@ -125,8 +125,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
                 result="success",
                 target=asset or "",
                 source=self._source,
-                detail={"channel": "ssh", "factor": identity.factor},
-            )
+                detail={"channel": "ssh", "factor": identity.factor,
+                        "serial": str(self._certs.serial)},
+            )  # fmt: skip
         except Exception:
             log.exception("ssh: certificate login of %s not audited: closing", identity.username)
             if self._conn is not None:

@@ -156,7 +156,15 @@ async def add_key(
 async def delete_key(request: Request, key_id: int, context: Session) -> Response:
     services = services_of(request)
     async with services.sessions() as db, db.begin():
-        await ssh_access.remove_public_key(db, context.session.user_id, key_id)
+        fingerprint = await ssh_access.remove_public_key(db, context.session.user_id, key_id)
+    if fingerprint is not None:  # its certificates no longer log in from now on
+        await authenticator(request).audit.record(
+            actor=context.session.username,
+            action="sshkey.remove",
+            result="success",
+            source=source_of(request),
+            detail={"fingerprint": fingerprint},
+        )
     return _back()
 
 

@@ -8,13 +8,14 @@ not issue. The portal and API tests run in-process, as in test_identity_web.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,15 +349,14 @@ async def _key_rows(e: Env) -> dict[str, int]:
         return {row.fingerprint: row.id for row in rows}
 
 
-async def test_portal_download_and_api_need_recent_mfa_and_a_registered_key(
-    env: Env, tmp_path: Path
-) -> None:
-    e = env
-    ca = e.services.keys.ssh_user_ca
-    assert ca is not None
+@contextlib.asynccontextmanager
+async def _alice_and_mallory(
+    e: Env, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Portal clients for alice and mallory, logged in, each with a registered key
+    (``alice_key`` and ``mallory_key`` in ``tmp_path``)."""
     keygen(tmp_path / "alice_key")
     keygen(tmp_path / "mallory_key")
-    alice_line = (tmp_path / "alice_key.pub").read_text()
     transport = httpx.ASGITransport(app=create_app(e.services))
     base = "https://testserver"
     async with (
@@ -365,8 +365,19 @@ async def test_portal_download_and_api_need_recent_mfa_and_a_registered_key(
     ):
         await login(c, "alice", PASSWORDS["alice"], e.code("alice"))
         await login(m, "mallory", PASSWORDS["mallory"], e.code("mallory"))
-        await _add_key(c, alice_line)
+        await _add_key(c, (tmp_path / "alice_key.pub").read_text())
         await _add_key(m, (tmp_path / "mallory_key.pub").read_text())
+        yield c, m
+
+
+async def test_portal_download_and_api_need_recent_mfa_and_a_registered_key(
+    env: Env, tmp_path: Path
+) -> None:
+    e = env
+    ca = e.services.keys.ssh_user_ca
+    assert ca is not None
+    async with _alice_and_mallory(e, tmp_path) as (c, _):
+        alice_line = (tmp_path / "alice_key.pub").read_text()
         ids = await _key_rows(e)
         alice_id = ids[asyncssh.import_public_key(alice_line).get_fingerprint()]
         mallory_id = next(i for i in ids.values() if i != alice_id)
@@ -452,18 +463,7 @@ async def test_portal_key_removal_is_audited_and_only_for_the_owner(
     env: Env, tmp_path: Path
 ) -> None:
     e = env
-    keygen(tmp_path / "alice_key")
-    keygen(tmp_path / "mallory_key")
-    transport = httpx.ASGITransport(app=create_app(e.services))
-    base = "https://testserver"
-    async with (
-        httpx.AsyncClient(transport=transport, base_url=base) as c,
-        httpx.AsyncClient(transport=transport, base_url=base) as m,
-    ):
-        await login(c, "alice", PASSWORDS["alice"], e.code("alice"))
-        await login(m, "mallory", PASSWORDS["mallory"], e.code("mallory"))
-        await _add_key(c, (tmp_path / "alice_key.pub").read_text())
-        await _add_key(m, (tmp_path / "mallory_key.pub").read_text())
+    async with _alice_and_mallory(e, tmp_path) as (c, m):
         ids = await _key_rows(e)
         alice_fp = asyncssh.read_public_key(tmp_path / "alice_key.pub").get_fingerprint()
         alice_id = ids[alice_fp]

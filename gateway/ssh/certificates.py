@@ -93,7 +93,8 @@ class CertificateLogin:
     async def prepare(self, conn: asyncssh.SSHServerConnection, user: str | None) -> None:
         """Trust the CA for ``user`` on ``conn`` if that account may log in now."""
         self._candidate, self._trusted = None, None
-        self._issued, self._registered, self._cert_refusal, self.serial = {}, frozenset(), None, None
+        self._issued, self._registered = {}, frozenset()
+        self._cert_refusal, self.serial = None, None
         conn.set_authorized_keys(None)
         ca = self._s.keys.ssh_user_ca
         if user is None or ca is None:

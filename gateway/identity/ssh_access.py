@@ -90,12 +90,10 @@ async def remove_public_key(db: AsyncSession, user_id: int, key_id: int) -> str 
     Certificates issued for the key stop logging in at once (gateway/ssh/certificates.py
     checks the key is still registered)."""
     fingerprint: str | None = await db.scalar(
-        select(SSHPublicKey.fingerprint).where(
-            SSHPublicKey.id == key_id, SSHPublicKey.user_id == user_id
-        )
+        delete(SSHPublicKey)
+        .where(SSHPublicKey.id == key_id, SSHPublicKey.user_id == user_id)
+        .returning(SSHPublicKey.fingerprint)
     )
-    if fingerprint is not None:
-        await db.execute(delete(SSHPublicKey).where(SSHPublicKey.id == key_id))
     return fingerprint
 
 

@@ -85,15 +85,12 @@ class CertificateLogin:
         self._trusted: _TrustedCA | None = None
         self._why_not = "malformed-username"
         self._refused: list[dict[str, str]] = []
-        self._issued: dict[int, str] = {}  # serial -> key fingerprint, unexpired, this user
-        self._registered: frozenset[str] = frozenset()  # the user's key fingerprints
         self._cert_refusal: tuple[str, str] | None = None  # (reason, fingerprint)
         self.serial: int | None = None  # of the certificate that logged in
 
     async def prepare(self, conn: asyncssh.SSHServerConnection, user: str | None) -> None:
         """Trust the CA for ``user`` on ``conn`` if that account may log in now."""
         self._candidate, self._trusted = None, None
-        self._issued, self._registered = {}, frozenset()
         self._cert_refusal, self.serial = None, None
         conn.set_authorized_keys(None)
         ca = self._s.keys.ssh_user_ca
@@ -114,16 +111,6 @@ class CertificateLogin:
                 self._why_not = "locked"
             else:
                 self._candidate = _Candidate(row.id, row.username, tuple(row.role_names))
-                issued = await db.execute(
-                    select(SSHCertificate.serial, SSHCertificate.key_fingerprint).where(
-                        SSHCertificate.user_id == row.id, SSHCertificate.valid_before > now
-                    )
-                )
-                self._issued = {serial: fingerprint for serial, fingerprint in issued}
-                keys = await db.scalars(
-                    select(SSHPublicKey.fingerprint).where(SSHPublicKey.user_id == row.id)
-                )
-                self._registered = frozenset(keys)
         if self._candidate is not None:
             self._trusted = _TrustedCA(trusted_ca_line(ca, user))
             conn.set_authorized_keys(self._trusted)
@@ -140,7 +127,7 @@ class CertificateLogin:
 
         async def guarded(username: str, cert: Any) -> Any:
             key = await validate(username, cert)
-            if key is None or self._registered_check(cert):
+            if key is None or await self._registered_check(cert):
                 return key
             return None
 
@@ -148,13 +135,33 @@ class CertificateLogin:
         setattr(conn, _VALIDATE, guarded)
         return True
 
-    def _registered_check(self, cert: Any) -> bool:
-        """A certificate asyncssh accepted: issued here, for a key still registered?"""
+    async def _registered_check(self, cert: Any) -> bool:
+        """A certificate asyncssh accepted: issued here, for a key still registered?
+
+        Asked only when a certificate is presented, so other logins pay nothing for it."""
+        candidate = self._candidate
         serial = int(getattr(cert, "_serial", -1))
         fingerprint = cert.key.get_fingerprint("sha256")
-        if self._issued.get(serial) != fingerprint:
+        if candidate is None:  # asyncssh accepted one only through our entry: not reached
+            return False
+        async with self._s.sessions() as db:
+            issued = await db.scalar(
+                select(SSHCertificate.id).where(
+                    SSHCertificate.serial == serial,
+                    SSHCertificate.user_id == candidate.user_id,
+                    SSHCertificate.key_fingerprint == fingerprint,
+                    SSHCertificate.valid_before > self._s.clock(),
+                )
+            )
+            registered = await db.scalar(
+                select(SSHPublicKey.id).where(
+                    SSHPublicKey.user_id == candidate.user_id,
+                    SSHPublicKey.fingerprint == fingerprint,
+                )
+            )
+        if issued is None:
             reason = "certificate-not-in-register"
-        elif fingerprint not in self._registered:
+        elif registered is None:
             reason = "certificate-key-removed"
         else:
             self.serial = serial

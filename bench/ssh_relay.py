@@ -143,6 +143,17 @@ class GatewayCPU:
         cls.idle_rate = meter.seconds() / seconds
 
 
+class ProcessCPU:
+    """CPU seconds a process (a bare relay) spent since this was made."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._cpu = tree_cpu_seconds(pid)
+
+    def seconds(self) -> float:
+        return tree_cpu_seconds(self._pid) - self._cpu
+
+
 async def gateway_quiet(rig: Rig, limit_s: float = 120) -> float:
     """Wait until the gateway has finished earlier sessions' closing work (the recording is
     verified and its text indexed after the client has gone), so it does not run during the
@@ -203,17 +214,21 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     relay_cpu_ms_per_mib: list[float] = []
     close_cpu_s: list[float] = []
+    bare_cpu: dict[str, list[float]] = {"bare": [], "bare_fastpath": []}
     codes = await rig.connect_codes(repeat)
     for i in range(repeat):
         paths: list[tuple[str, Argv, Env | None]] = [
             ("direct", rig.direct(command), None),
             ("proxyjump", rig.proxyjump(command), None),
             ("nested", rig.nested(command), None),
+            ("bare", rig.bare(command), None),
+            ("bare_fastpath", rig.bare(command, "bare_fastpath"), None),
             ("relay", rig.relay(command), rig.env(codes[i])),
         ]
         for name, argv, env in paths:
             await gateway_quiet(rig)
             meter = GatewayCPU(rig)
+            bare_meters = {n: ProcessCPU(p.pid) for n, (p, _) in rig.bare_relays.items()}
             runs.setdefault(name, [])
             try:
                 runs[name].append(await asyncio.to_thread(bulk_once, argv, env, size, limit))
@@ -221,6 +236,8 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
                 errors.setdefault(name, []).append(str(exc)[-300:])
                 print(f"bulk {i + 1}/{repeat} {name:9} FAILED {exc}", flush=True)
                 continue
+            if name.startswith("bare"):
+                bare_cpu[name].append(bare_meters[name].seconds() * 1000 / size_mib)
             if name == "relay":
                 relay_cpu_ms_per_mib.append(meter.seconds() * 1000 / size_mib)
                 close_cpu_s.append(await gateway_quiet(rig))
@@ -239,6 +256,9 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     # up to 64 MiB of output interpreted).
     out["relay"]["gateway_cpu_ms_per_mib"] = rnd(median(relay_cpu_ms_per_mib), 2)
     out["relay"]["gateway_cpu_s_after_close"] = rnd(median(close_cpu_s), 2)
+    for name, values in bare_cpu.items():
+        if name in out:
+            out[name]["relay_cpu_ms_per_mib"] = rnd(median(values), 2)
     return out
 
 
@@ -352,6 +372,14 @@ async def connect_relay(rig: Rig, code: str, user: str = CODE_USER) -> asyncssh.
     )  # fmt: skip
 
 
+async def connect_bare(rig: Rig, name: str) -> asyncssh.SSHClientConnection:
+    """To a bare asyncssh relay (bench.bare_relay), which asks for no authentication."""
+    return await asyncssh.connect(
+        "127.0.0.1", rig.bare_relays[name][1], username="root", client_keys=None,
+        **CLIENT_OPTIONS,
+    )  # fmt: skip
+
+
 def given(session: S) -> Callable[[], S]:
     """A session factory for asyncssh that hands over an object made beforehand (typed)."""
     return lambda: session
@@ -387,6 +415,8 @@ async def bench_keys(rig: Rig, keystrokes: int) -> dict[str, Any]:
     conns = {
         "direct": await connect_direct(rig),
         "proxyjump": await connect_direct(rig, tunnel=jump),
+        "bare": await connect_bare(rig, "bare"),
+        "bare_fastpath": await connect_bare(rig, "bare_fastpath"),
         "relay": await connect_relay(rig, (await rig.connect_codes(1))[0]),
     }
     sessions: dict[str, tuple[asyncssh.SSHClientChannel[bytes], EchoSession]] = {}
@@ -753,6 +783,12 @@ def verdict(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool | N
         ratios["bulk_relay_vs_proxyjump"] = ratio(relay, bulk["proxyjump"]["mib_s"])
         ratios["bulk_relay_vs_nested"] = ratio(relay, bulk["nested"]["mib_s"])
         ratios["bulk_relay_vs_direct"] = ratio(relay, bulk["direct"]["mib_s"])
+        for bare in ("bare", "bare_fastpath"):  # what asyncssh alone reaches here
+            if bare in bulk:
+                ratios[f"bulk_{bare}_vs_proxyjump"] = ratio(
+                    bulk[bare]["mib_s"], bulk["proxyjump"]["mib_s"]
+                )
+                ratios[f"bulk_relay_vs_{bare}"] = ratio(relay, bulk[bare]["mib_s"])
         failed = bool(bulk["relay"].get("failed"))  # a relay run that broke misses both
         check("bulk_vs_proxyjump", ratios["bulk_relay_vs_proxyjump"], lambda v: v >= 1.2)
         check("bulk_vs_nested", ratios["bulk_relay_vs_nested"], lambda v: v >= 0.9)
@@ -783,6 +819,10 @@ def verdict(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool | N
             keys["relay"]["p50_us"], keys["proxyjump"]["p50_us"]
         )
         ratios["keys_p99_relay_us"] = keys["relay"]["p99_us"]
+        for bare in ("bare", "bare_fastpath"):
+            ratios[f"keys_p50_{bare}_vs_proxyjump"] = ratio(
+                keys[bare]["p50_us"], keys["proxyjump"]["p50_us"]
+            )
         ratios["keys_p99_relay_while_other_closes_us"] = keys["relay_while_other_closes"]["p99_us"]
         check("keys_p50", ratios["keys_p50_relay_vs_proxyjump"], lambda v: v <= 1.2)
         check("keys_p99", keys["relay"]["p99_us"], lambda v: v <= 1500)

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,9 @@ class Rig:
     secrets: dict[str, str]  # password+TOTP users, each used for one login only
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     gateway: subprocess.Popen[bytes] | None = None
+    # Bare asyncssh relays (bench.bare_relay): name -> (process, port); "bare" is stock
+    # asyncssh, "bare_fastpath" has the gateway's packet fast path installed. Also in procs.
+    bare_relays: dict[str, tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
     services: Services | None = None
     _spent: set[str] = field(default_factory=set)
 
@@ -153,6 +157,11 @@ class Rig:
             "-o", f"PreferredAuthentications={auth}", "-o", "NumberOfPasswordPrompts=1",
             "-p", str(self.gateway_port), f"{user}+{ASSET}@127.0.0.1", command,
         )  # fmt: skip
+
+    def bare(self, command: str, name: str = "bare") -> list[str]:
+        """Through a bare asyncssh relay (no login, policy or recording): the baseline."""
+        return self._ssh("-o", "BatchMode=yes", "-p", str(self.bare_relays[name][1]), "127.0.0.1",
+                         command)  # fmt: skip
 
     def relay_cert(self, command: str, user: str = CODE_USER) -> list[str]:
         """A registered key with the gateway's user certificate for it (issued after MFA)."""
@@ -294,6 +303,26 @@ def start_gateway(data: Path, work: Path) -> tuple[subprocess.Popen[bytes], int,
     return proc, portal, ssh_port
 
 
+def start_bare_relay(
+    log: Path, target_port: int, key: Path, extra: tuple[str, ...]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``bench.bare_relay`` on the gateway's event loop; returns it and its port."""
+    loop = GATEWAY_ENV.get("CONDUIT_SERVER__EVENT_LOOP", "uvloop")
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_relay", "--target-port", str(target_port),
+             "--client-key", str(key), "--event-loop", loop, *extra],
+            stdout=subprocess.PIPE, stderr=sink, stdin=subprocess.DEVNULL, env=clean_env(),
+        )  # fmt: skip
+    assert proc.stdout is not None  # noqa: S101
+    line = proc.stdout.readline().decode()
+    if not line.startswith("listening "):
+        stop(proc)
+        raise RuntimeError(f"bench.bare_relay did not start: {log.read_text()[-500:]}")
+    proc.stdout.close()  # nothing more is printed
+    return proc, int(line.split()[1])
+
+
 async def build(work: Path, n_totp_users: int) -> Rig:
     sshd_dir = work / "sshd"
     sshd_port, jump_port, sshd = start_sshd(sshd_dir)
@@ -336,6 +365,12 @@ Host *
         data = work / "data"
         await asyncio.to_thread(init_data_dir, data)
         secrets = await populate(data, sshd_dir, sshd_port, n_totp_users, vendor_key)
+        bare_relays: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        for name, extra in (("bare", ()), ("bare_fastpath", ("--fastpath",))):
+            bare_relays[name] = await asyncio.to_thread(
+                start_bare_relay, work / f"{name}.log", sshd_port, key, extra
+            )
+            rig_procs.append(bare_relays[name][0])
         gateway, portal, gw_port = await asyncio.to_thread(start_gateway, data, work)
     except BaseException:
         for proc in rig_procs:
@@ -343,7 +378,7 @@ Host *
         raise
     return Rig(
         work, sshd_port, jump_port, gw_port, portal, key, config, askpass, data, secrets,
-        procs=rig_procs, gateway=gateway,
+        procs=rig_procs, gateway=gateway, bare_relays=bare_relays,
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ Measured on ``conduit serve`` relaying ``head -c 1G /dev/zero`` (bench/ssh_relay
 SSH packet was its own ``send()`` syscall, and asyncssh (checked against 2.24.1) sends an
 empty ``MSG_IGNORE`` packet before every packet once encryption is on, so a 32 KiB data
 packet cost two syscalls, two encryptions and two packet framings. ``install()`` changes
-five things, process-wide, once:
+six things, process-wide, once:
 
 1. **Writes coalesced.** ``SSHConnection._send`` queues the encrypted packet and the first
    packet of a batch schedules one ``transport.write`` of the whole batch with
@@ -30,6 +30,15 @@ five things, process-wide, once:
    keystroke in a long interactive session, where OpenSSH sets TCP_NODELAY anyway.
 5. **Packet log lines not formatted when they cannot be logged**: asyncssh builds the
    message for every packet and only then checks its debug level (3 for packets).
+6. **Received AES-GCM data packets are framed without copies** (``_recv_pkthdr``). Once a
+   connection is authenticated and no key exchange runs, channel data, extended data,
+   window adjusts and ignore packets are decrypted straight from the input buffer (no
+   slices of it per packet: asyncssh copied the rest of the buffer twice per packet and
+   every packet three more times) and handed to asyncssh's own packet handler, as
+   ``_recv_packet`` does, all whole packets of one read in one call. Anything else - other
+   packet types, a bad tag, an oversized or malformed packet, an unknown channel - is left
+   untouched (the IV is not advanced) for asyncssh's own path, which then decrypts it
+   again and handles or refuses it exactly as before.
 
 Every replaced attribute is checked first: if asyncssh no longer has it, nothing is changed,
 an error is logged and tests/test_ssh_fastpath.py fails.
@@ -37,17 +46,28 @@ an error is logged and tests/test_ssh_fastpath.py fails.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
+import re
 import socket
+import time
 from typing import Any
 
 import asyncssh
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import (
+    MSG_CHANNEL_DATA,
+    MSG_CHANNEL_EXTENDED_DATA,
+    MSG_CHANNEL_WINDOW_ADJUST,
+    MSG_IGNORE,
+    MSG_USERAUTH_LAST,
+)
 from asyncssh.crypto import cipher as _cipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
-from asyncssh.packet import SSHPacketLogger, String
+from asyncssh.misc import ProtocolError
+from asyncssh.packet import PacketDecodeError, SSHPacket, SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -55,7 +75,21 @@ log = logging.getLogger(__name__)
 
 _AEAD = (GCMEncryption, ChachaEncryption)
 _EMPTY_IGNORE = (String(b""),)
-_CONNECTION_INTERNALS = ("_send", "send_packet", "data_received")
+_CONNECTION_INTERNALS = (
+    "_send", "send_packet", "data_received", "_recv_pkthdr", "_finish_recv_packet",
+)
+# Set in SSHConnection.__init__ and read by the receive fast path.
+_CONNECTION_STATE = (
+    "_inpbuf", "_recv_encryption", "_decompressor", "_kex", "_auth_complete", "_channels",
+    "_recv_seq", "_max_recv_pktlen", "_transport", "_send_encryption", "_kex_complete",
+    "_compressor", "_rekey_bytes_sent", "_rekey_bytes", "_rekey_seconds", "_rekey_time",
+    "_send_enchdrlen", "_send_blocksize", "_send_seq",
+)  # fmt: skip
+# Packets the receive fast path hands over itself; asyncssh's path takes every other one.
+_FAST_RECV = frozenset(
+    (MSG_IGNORE, MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_DATA, MSG_CHANNEL_EXTENDED_DATA)
+)
+_GCM_BLOCK = 16
 _GCM_INTERNALS = ("encrypt_and_sign", "verify_and_decrypt", "_update_iv")
 _PACKET_DEBUG_LEVEL = 3  # SSHLogger.packet logs only at this asyncssh debug level or above
 _GCM_TAG_BYTES = 16
@@ -120,16 +154,139 @@ def _wrap_log_packet(original: Any) -> Any:
 
 def _wrap_send_packet(original: Any) -> Any:
     def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if (
-            pkttype == MSG_IGNORE
-            and args == _EMPTY_IGNORE
-            and isinstance(self._send_encryption, _AEAD)
-        ):
+        enc = self._send_encryption
+        if pkttype == MSG_IGNORE and args == _EMPTY_IGNORE and isinstance(enc, _AEAD):
             return
-        original(self, pkttype, *args, handler=handler)
+        if (
+            type(enc) is not GCMEncryption
+            or pkttype <= MSG_USERAUTH_LAST
+            or not self._kex_complete
+            or not self._auth_complete
+            or self._compressor is not None
+            or self._rekey_bytes_sent >= self._rekey_bytes
+            or (self._rekey_seconds and time.monotonic() >= self._rekey_time)
+        ):
+            original(self, pkttype, *args, handler=handler)
+            return
+        # asyncssh's framing for this state, built in one buffer and sealed into the wire
+        # buffer: same lengths and padding rule, random padding, same header as AAD.
+        size = 1 + sum(map(len, args))
+        padlen = -(self._send_enchdrlen + size) % self._send_blocksize
+        if padlen < 4:
+            padlen += self._send_blocksize
+        pktlen = 1 + size + padlen
+        plain = bytearray(pktlen)
+        plain[0] = padlen
+        plain[1] = pkttype
+        pos = 2
+        for arg in args:
+            plain[pos : pos + len(arg)] = arg
+            pos += len(arg)
+        plain[pos:] = _padding(padlen)
+        wire = bytearray(4 + pktlen + _GCM_TAG_BYTES)
+        header = pktlen.to_bytes(4, "big")
+        wire[:4] = header
+        cipher = enc._cipher  # noqa: SLF001
+        _aead(cipher).encrypt_into(cipher._iv, plain, header, memoryview(wire)[4:])  # noqa: SLF001
+        cipher._update_iv()  # noqa: SLF001
+        seq = self._send_seq
+        self._send(wire)
+        self._send_seq = (seq + 1) & 0xFFFFFFFF
+        self._rekey_bytes_sent += pktlen
+        if SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL:  # noqa: SLF001
+            (handler or self).log_sent_packet(pkttype, seq, b"".join((bytes((pkttype,)), *args)))
 
     send_packet.__wrapped__ = original  # type: ignore[attr-defined]
     return send_packet
+
+
+_pad_pool = bytearray()
+
+
+def _padding(n: int) -> bytes:
+    """``n`` random padding bytes, drawn from a pool refilled by ``os.urandom`` (one call
+    per ~4 KiB instead of one per packet; the padding is encrypted and authenticated)."""
+    global _pad_pool  # noqa: PLW0603 - a process-wide pool, used from the event loop
+    if len(_pad_pool) < n:
+        _pad_pool = bytearray(os.urandom(4096))
+    chunk = bytes(_pad_pool[-n:])
+    del _pad_pool[-n:]
+    return chunk
+
+
+def _wrap_recv_pkthdr(original: Any) -> Any:
+    def _recv_pkthdr(self: Any) -> bool:
+        enc = self._recv_encryption
+        if (
+            type(enc) is not GCMEncryption
+            or self._decompressor is not None
+            or self._kex is not None
+            or not self._auth_complete
+        ):
+            return bool(original(self))
+        buf: bytes = self._inpbuf
+        cipher = enc._cipher  # noqa: SLF001
+        aead = _aead(cipher)
+        view = memoryview(buf)
+        end, off = len(buf), 0
+        logging_on = SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL  # noqa: SLF001
+        leave = False  # the next packet is asyncssh's to handle
+        while end - off >= 4 + _GCM_BLOCK + _GCM_TAG_BYTES:
+            pktlen = int.from_bytes(view[off : off + 4], "big")
+            total = 4 + pktlen + _GCM_TAG_BYTES
+            if pktlen > self._max_recv_pktlen or pktlen % _GCM_BLOCK:
+                leave = True
+                break
+            if end - off < total:
+                break
+            try:
+                plain = aead.decrypt(cipher._iv, view[off + 4 : off + total], view[off : off + 4])  # noqa: SLF001
+            except InvalidTag:
+                leave = True
+                break
+            padlen = plain[0]
+            stop = len(plain) - padlen
+            pkttype = plain[1] if stop >= 2 else -1
+            handler: Any = self
+            if pkttype not in _FAST_RECV:
+                leave = True
+                break
+            if pkttype != MSG_IGNORE:
+                handler = self._channels.get(int.from_bytes(plain[2:6], "big")) if stop >= 6 else None
+                if handler is None:
+                    leave = True
+                    break
+            # This packet is ours: consume it, as _recv_pkthdr + _recv_packet would have.
+            cipher._update_iv()  # noqa: SLF001
+            off += total
+            seq = self._recv_seq
+            packet = SSHPacket(plain[1:stop])
+            packet.get_byte()
+            if handler is not self:
+                packet.get_uint32()
+            if logging_on:
+                handler.log_received_packet(pkttype, seq, packet, "")
+            try:
+                handler.process_packet(pkttype, seq, packet)
+            except PacketDecodeError as exc:
+                self._inpbuf = buf[off:]
+                raise ProtocolError(str(exc)) from None
+            except BaseException:
+                if self._inpbuf is buf:
+                    self._inpbuf = buf[off:]
+                raise
+            self._finish_recv_packet(pkttype, seq)
+            if self._inpbuf is not buf or not self._transport:
+                break  # closed by a handler: the buffer was reset or is of no use now
+        del view  # plain bytes: a view on them pins nothing
+        if self._inpbuf is buf:
+            self._inpbuf = buf[off:] if off else buf
+            if leave:
+                return bool(original(self))
+        return False
+
+    _recv_pkthdr.__wrapped__ = original  # type: ignore[attr-defined]
+    return _recv_pkthdr
 
 
 def _aead(cipher: Any) -> AESGCM:
@@ -154,6 +311,15 @@ def _verify_and_decrypt(self: Any, header: bytes, data: bytes, mac: bytes) -> by
     return plain
 
 
+def _init_assigns(cls: type) -> set[str]:
+    """Names ``cls.__init__`` assigns on ``self`` (empty if its source is unavailable)."""
+    try:
+        source = inspect.getsource(cls.__init__)  # type: ignore[misc]
+    except (OSError, TypeError):
+        return set()
+    return set(re.findall(r"self\.(\w+)\s*(?::[^=\n]+)?=", source))
+
+
 def install() -> bool:
     """Apply the five changes once per process; False (logged) if asyncssh changed."""
     global _installed  # noqa: PLW0603 - one process-wide switch, guarded here
@@ -161,6 +327,7 @@ def install() -> bool:
         return True
     gcm = getattr(_cipher, "GCMCipher", None)
     missing = [name for name in _CONNECTION_INTERNALS if not hasattr(SSHConnection, name)]
+    missing += [name for name in _CONNECTION_STATE if name not in _init_assigns(SSHConnection)]
     missing += [name for name in _GCM_INTERNALS if gcm is None or not hasattr(gcm, name)]
     if not hasattr(SSHPacketLogger, "_log_packet") or not hasattr(SSHLogger, "_debug_level"):
         missing.append("SSHPacketLogger._log_packet")
@@ -176,6 +343,7 @@ def install() -> bool:
         SSHConnection._conduit_quickacks = QUICKACK_READS  # type: ignore[attr-defined]
         SSHConnection.data_received = _wrap_data_received(SSHConnection.data_received)  # type: ignore[method-assign]
     SSHPacketLogger._log_packet = _wrap_log_packet(SSHPacketLogger._log_packet)  # type: ignore[method-assign]
+    SSHConnection._recv_pkthdr = _wrap_recv_pkthdr(SSHConnection._recv_pkthdr)  # type: ignore[method-assign]
     gcm.encrypt_and_sign = _encrypt_and_sign  # type: ignore[union-attr]
     gcm.verify_and_decrypt = _verify_and_decrypt  # type: ignore[union-attr]
     _installed = True

@@ -4,17 +4,30 @@ No empty MSG_IGNORE before every packet under AES-GCM (asyncssh's CBC countermea
 still under a non-AEAD cipher, packets coalesced into fewer write syscalls, and the bytes
 arrive exactly. The write count is the gateway process's ``syscw`` (/proc/<pid>/io): libuv
 writes sockets with write/writev, so it counts socket writes and recording writes.
+
+The framing fast paths (received packets decrypted in place, sent ones sealed in one
+buffer) must keep asyncssh's behaviour where it matters: every byte through key
+re-exchanges started by either side, and a packet whose tag does not verify ends the
+connection without delivering anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import os
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
 
 from gateway.ssh import fastpath
 from tests.ssh_gateway import Logins, running_gateway
 from tests.sshd_target import SSHDTarget
+from tests.test_ssh_jump import PASSWORD
 
 MIB = 1 << 20
 IGNORE_SEEN = b"Received SSH2_MSG_IGNORE"  # OpenSSH's debug3 line for each one received
@@ -100,3 +113,134 @@ def test_short_commands_are_not_held_by_delayed_acks(sshd: SSHDTarget, tmp_path:
             assert done.returncode == 0, done.stderr
         delayed = _delayed_acks() - before
     assert delayed < 3 * logins_made, f"{delayed} delayed ACKs over {logins_made} logins"
+
+
+def test_rekeying_client_relays_every_byte_both_ways(sshd: SSHDTarget, tmp_path: Path) -> None:
+    """OpenSSH re-keys every 256 KiB (RekeyLimit) while 2 MiB go up and 3 MiB come back:
+    packets before, during and after each exchange take asyncssh's path or the fast one."""
+    upload = os.urandom(2 * MIB)
+    command = ('sha256sum >&2; f=$(mktemp); head -c 3M /dev/urandom >"$f"; sha256sum <"$f" >&2; '
+               'cat "$f"; rm -f "$f"')  # fmt: skip
+    with running_gateway(sshd, tmp_path, users=1) as gw:
+        user, code = Logins(gw).take()
+        argv = gw.argv(f"{user}+target", command, "-v", "-o", "RekeyLimit=256K",
+                       "-c", "aes128-gcm@openssh.com")  # fmt: skip
+        done = subprocess.run(argv, env=gw.askpass(user, code), input=upload,
+                              capture_output=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert hashlib.sha256(upload).hexdigest().encode() in done.stderr  # what the asset got
+    assert len(done.stdout) == 3 * MIB
+    assert hashlib.sha256(done.stdout).hexdigest().encode() in done.stderr
+    assert done.stderr.count(b"SSH2_MSG_NEWKEYS received") >= 10  # the first and re-keys
+
+
+def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_path: Path) -> None:
+    """One flipped ciphertext bit after login: the gateway must refuse the packet (and the
+    connection), deliver nothing of it, and go on serving others."""
+
+    class Client(asyncssh.SSHClient):
+        def kbdint_auth_requested(self) -> str:
+            return ""
+
+        def kbdint_challenge_received(
+            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+        ) -> list[str]:
+            return [PASSWORD if "assword" in p else code for p, _ in prompts]
+
+    async def tamper(port: int, user: str) -> tuple[bytes, bool]:
+        conn, _ = await asyncssh.create_connection(
+            Client, "127.0.0.1", port, username=f"{user}+target", known_hosts=None,
+            client_keys=None, agent_path=None, preferred_auth=["keyboard-interactive"],
+            encryption_algs=["aes128-gcm@openssh.com"],
+        )  # fmt: skip
+        async with conn:
+            process = await conn.create_process("cat", encoding=None)
+            process.stdin.write(b"first\n")
+            got = await asyncio.wait_for(process.stdout.readline(), 10)
+            assert got == b"first\n"
+            send = conn._send  # noqa: SLF001 - the test corrupts what the client sends
+
+            def corrupt_once(data: bytes) -> None:
+                flipped = bytearray(data)
+                flipped[len(flipped) // 2] ^= 0x01
+                conn._send = send  # type: ignore[method-assign]  # noqa: SLF001
+                send(bytes(flipped))
+
+            conn._send = corrupt_once  # type: ignore[method-assign]  # noqa: SLF001
+            process.stdin.write(b"tampered\n")
+            rest = b""
+            try:
+                rest = await asyncio.wait_for(process.stdout.read(), 10)
+            except (asyncssh.Error, ConnectionError):
+                pass
+            closed = await asyncio.wait_for(conn.wait_closed(), 10) is None
+            return rest, closed
+
+    with running_gateway(sshd, tmp_path, users=2) as gw:
+        logins = Logins(gw)
+        user, code = logins.take()
+        rest, closed = asyncio.run(tamper(gw.ssh_port, user))
+        assert closed
+        assert b"tampered" not in rest
+        user, code = logins.take()
+        again = gw.ssh(f"{user}+target", "echo still-serving", code)
+        assert again.returncode == 0 and again.stdout == "still-serving\n", again.stderr
+
+
+def test_asyncssh_peers_rekeying_both_ways_keep_every_byte(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both ends in this process with the fast path, each re-keying every 128 KiB sent:
+    data in writes of 1 byte to 64 KiB, echoed on stdout and stderr (extended data)."""
+    assert fastpath.install()
+    payload = os.urandom(3 * MIB)
+
+    class Open(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return False  # no authentication: only the transport is under test
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        while chunk := await process.stdin.read(65536):
+            process.stdout.write(chunk)
+            process.stderr.write(chunk[:1])
+        process.exit(0)
+
+    async def run() -> tuple[bytes, bytes]:
+        options: dict[str, Any] = {
+            "encryption_algs": ["aes128-gcm@openssh.com"], "rekey_bytes": 128 * 1024,
+        }  # fmt: skip
+        server = await asyncssh.create_server(
+            Open, "127.0.0.1", 0, process_factory=handle, encoding=None,
+            server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")], **options,
+        )  # fmt: skip
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1", server.get_port(), known_hosts=None, username="u",
+                client_keys=None, agent_path=None, **options,
+            ) as conn:  # fmt: skip
+                process = await conn.create_process(encoding=None)
+
+                async def feed() -> None:
+                    sent, size = 0, 1
+                    while sent < len(payload):
+                        process.stdin.write(payload[sent : sent + size])
+                        sent += size
+                        size = size * 7 % 65536 + 1
+                        await process.stdin.drain()
+                    process.stdin.write_eof()
+
+                feeding = asyncio.ensure_future(feed())
+                out = await process.stdout.read()
+                err = await process.stderr.read()
+                await feeding
+                return out, err
+        finally:
+            server.close()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        out, err = asyncio.run(run())
+    assert out == payload
+    assert len(err) >= len(payload) // 65536 and payload.startswith(err[:1])  # one per read
+    exchanges = sum("Completed key exchange" in r.getMessage() for r in caplog.records)
+    # Each exchange is logged by both ends; either end's 128 KiB sent starts one (44 here).
+    assert exchanges >= len(payload) // (128 * 1024)

@@ -5,7 +5,7 @@ Measured on ``conduit serve`` relaying ``head -c 1G /dev/zero`` (bench/ssh_relay
 SSH packet was its own ``send()`` syscall, and asyncssh (checked against 2.24.1) sends an
 empty ``MSG_IGNORE`` packet before every packet once encryption is on, so a 32 KiB data
 packet cost two syscalls, two encryptions and two packet framings. ``install()`` changes
-six things, process-wide, once:
+eight things, process-wide, once:
 
 1. **Writes coalesced.** ``SSHConnection._send`` queues the encrypted packet and the first
    packet of a batch schedules one ``transport.write`` of the whole batch with
@@ -30,15 +30,27 @@ six things, process-wide, once:
    keystroke in a long interactive session, where OpenSSH sets TCP_NODELAY anyway.
 5. **Packet log lines not formatted when they cannot be logged**: asyncssh builds the
    message for every packet and only then checks its debug level (3 for packets).
-6. **Received AES-GCM data packets are framed without copies** (``_recv_pkthdr``). Once a
+6. **Received AES-GCM packets are framed without copies** (``_recv_pkthdr``). Once a
    connection is authenticated and no key exchange runs, channel data, extended data,
-   window adjusts and ignore packets are decrypted straight from the input buffer (no
-   slices of it per packet: asyncssh copied the rest of the buffer twice per packet and
-   every packet three more times) and handed to asyncssh's own packet handler, as
-   ``_recv_packet`` does, all whole packets of one read in one call. Anything else - other
-   packet types, a bad tag, an oversized or malformed packet, an unknown channel - is left
-   untouched (the IV is not advanced) for asyncssh's own path, which then decrypts it
-   again and handles or refuses it exactly as before.
+   window adjusts and ignore packets are decrypted straight from the input buffer, all
+   whole packets of one read in one call (asyncssh sliced the rest of the buffer twice per
+   packet and copied each packet three more times). Channel data goes to the channel as
+   asyncssh's ``_process_data`` would hand it; the others to asyncssh's own handlers.
+   Anything else - other packet types, a tag that does not verify, an oversized or
+   malformed packet, an unknown or closed channel, a window overrun, packet logging on - is
+   left untouched (the IV is not advanced) for asyncssh's path, which decrypts it again
+   and handles or refuses it exactly as before.
+7. **Sent AES-GCM packets are sealed in one buffer** (``send_packet``): in the same state,
+   the packet is laid out once and encrypted into the wire buffer (``encrypt_into``), not
+   concatenated five times; random padding comes from a pool refilled by ``os.urandom``.
+   Packets before authentication, during a key exchange, when a re-key is due, or under
+   other ciphers take asyncssh's path, which also starts the re-key.
+8. **One keepalive timer per connection, not one per read** (``_reset_keepalive_timer``):
+   a read notes the time; the timer, when it fires, sends the keepalive only if nothing
+   was received for the interval (asyncssh's rule), else waits out the rest. asyncssh
+   cancelled and re-created a timer for every read.
+
+Measured against bench.bare_relay (asyncssh without any of this) in bench/ssh_relay.py.
 
 Every replaced attribute is checked first: if asyncssh no longer has it, nothing is changed,
 an error is logged and tests/test_ssh_fastpath.py fails.
@@ -77,13 +89,15 @@ _AEAD = (GCMEncryption, ChachaEncryption)
 _EMPTY_IGNORE = (String(b""),)
 _CONNECTION_INTERNALS = (
     "_send", "send_packet", "data_received", "_recv_pkthdr", "_finish_recv_packet",
-)
+    "_set_keepalive_timer", "_reset_keepalive_timer", "_keepalive_timer_callback",
+)  # fmt: skip
 # Set in SSHConnection.__init__ and read by the receive fast path.
 _CONNECTION_STATE = (
     "_inpbuf", "_recv_encryption", "_decompressor", "_kex", "_auth_complete", "_channels",
     "_recv_seq", "_max_recv_pktlen", "_transport", "_send_encryption", "_kex_complete",
     "_compressor", "_rekey_bytes_sent", "_rekey_bytes", "_rekey_seconds", "_rekey_time",
-    "_send_enchdrlen", "_send_blocksize", "_send_seq",
+    "_send_enchdrlen", "_send_blocksize", "_send_seq", "_keepalive_timer",
+    "_keepalive_interval", "_loop",
 )  # fmt: skip
 # Packets the receive fast path hands over itself; asyncssh's path takes every other one.
 _FAST_RECV = frozenset(
@@ -200,6 +214,35 @@ def _wrap_send_packet(original: Any) -> Any:
     return send_packet
 
 
+def _set_keepalive_timer(self: Any) -> None:
+    """``SSHConnection._set_keepalive_timer``, firing ``_keepalive_due`` instead."""
+    if self._keepalive_interval:
+        self._keepalive_timer = self._loop.call_later(
+            self._keepalive_interval, _keepalive_due, self
+        )
+
+
+def _reset_keepalive_timer(self: Any) -> None:
+    """``SSHConnection._reset_keepalive_timer`` without a new timer per read: note the
+    time; the running timer checks it when it fires."""
+    if self._auth_complete:
+        self._conduit_rx_at = self._loop.time()
+        if not self._keepalive_timer:
+            self._set_keepalive_timer()
+
+
+def _keepalive_due(self: Any) -> None:
+    """A keepalive is due ``keepalive_interval`` after the last data received, as in
+    asyncssh; if data came meanwhile, wait out the rest of the interval."""
+    if self._keepalive_timer is None:
+        return  # cancelled (connection closing)
+    remaining = self._conduit_rx_at + self._keepalive_interval - self._loop.time()
+    if remaining > 0:
+        self._keepalive_timer = self._loop.call_later(remaining, _keepalive_due, self)
+    else:
+        self._keepalive_timer_callback()
+
+
 _pad_pool = bytearray()
 
 
@@ -230,6 +273,7 @@ def _wrap_recv_pkthdr(original: Any) -> Any:
         view = memoryview(buf)
         end, off = len(buf), 0
         logging_on = SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL  # noqa: SLF001
+        debug2 = SSHLogger._debug_level >= 2  # noqa: SLF001
         leave = False  # the next packet is asyncssh's to handle
         while end - off >= 4 + _GCM_BLOCK + _GCM_TAG_BYTES:
             pktlen = int.from_bytes(view[off : off + 4], "big")
@@ -252,10 +296,47 @@ def _wrap_recv_pkthdr(original: Any) -> Any:
                 leave = True
                 break
             if pkttype != MSG_IGNORE:
-                handler = self._channels.get(int.from_bytes(plain[2:6], "big")) if stop >= 6 else None
+                channel = int.from_bytes(plain[2:6], "big") if stop >= 6 else -1
+                handler = self._channels.get(channel)
                 if handler is None:
                     leave = True
                     break
+            if pkttype == MSG_CHANNEL_DATA and not logging_on:
+                # asyncssh's SSHChannel._process_data, inline; any case it would refuse
+                # (channel not open, bad length, window exceeded) is left to it.
+                size = int.from_bytes(plain[6:10], "big") if stop >= 10 else -1
+                if (
+                    size + 10 != stop
+                    or handler._recv_state != "open"  # noqa: SLF001
+                    or size > handler._recv_window  # noqa: SLF001
+                ):
+                    leave = True
+                    break
+                cipher._update_iv()  # noqa: SLF001
+                off += total
+                seq = self._recv_seq
+                if debug2:
+                    handler.logger.debug2("Received %d data byte%s", size, "s" if size > 1 else "")
+                try:
+                    handler._accept_data(plain[10:stop])  # noqa: SLF001
+                except BaseException:
+                    if self._inpbuf is buf:
+                        self._inpbuf = buf[off:]
+                    raise
+                self._finish_recv_packet(pkttype, seq)
+                if self._inpbuf is not buf or not self._transport:
+                    break
+                continue
+            if (
+                pkttype == MSG_IGNORE
+                and not logging_on
+                and stop >= 6
+                and int.from_bytes(plain[2:6], "big") + 6 == stop
+            ):  # asyncssh's _process_ignore: a well-formed string, discarded
+                cipher._update_iv()  # noqa: SLF001
+                off += total
+                self._finish_recv_packet(pkttype, self._recv_seq)
+                continue
             # This packet is ours: consume it, as _recv_pkthdr + _recv_packet would have.
             cipher._update_iv()  # noqa: SLF001
             off += total
@@ -321,7 +402,7 @@ def _init_assigns(cls: type) -> set[str]:
 
 
 def install() -> bool:
-    """Apply the five changes once per process; False (logged) if asyncssh changed."""
+    """Apply the changes once per process; False (logged) if asyncssh changed."""
     global _installed  # noqa: PLW0603 - one process-wide switch, guarded here
     if _installed:
         return True
@@ -344,6 +425,9 @@ def install() -> bool:
         SSHConnection.data_received = _wrap_data_received(SSHConnection.data_received)  # type: ignore[method-assign]
     SSHPacketLogger._log_packet = _wrap_log_packet(SSHPacketLogger._log_packet)  # type: ignore[method-assign]
     SSHConnection._recv_pkthdr = _wrap_recv_pkthdr(SSHConnection._recv_pkthdr)  # type: ignore[method-assign]
+    SSHConnection._conduit_rx_at = 0.0  # type: ignore[attr-defined]
+    SSHConnection._set_keepalive_timer = _set_keepalive_timer  # type: ignore[method-assign]
+    SSHConnection._reset_keepalive_timer = _reset_keepalive_timer  # type: ignore[method-assign]
     gcm.encrypt_and_sign = _encrypt_and_sign  # type: ignore[union-attr]
     gcm.verify_and_decrypt = _verify_and_decrypt  # type: ignore[union-attr]
     _installed = True

@@ -5,7 +5,11 @@ A real OpenSSH sshd on 127.0.0.1 is the asset and, for the baselines, the jump h
 * ``direct``: ``ssh target`` (no hop);
 * ``proxyjump``: ``ssh -J jump target`` (OpenSSH's ProxyJump, the standard jump host);
 * ``nested``: ``ssh jump 'ssh target ...'`` (the second client runs on the jump host);
-* ``relay``: ``ssh user+target@gateway`` through Conduit.
+* ``relay``: ``ssh user+target@gateway`` through Conduit;
+* ``bare`` and ``bare_fastpath`` (bulk and keys): ``bench.bare_relay``, an asyncssh relay
+  with no login, policy or recording (the issue's "throwaway asyncssh relay"), stock and
+  with the gateway's packet fast path: what asyncssh itself reaches on this machine, so
+  ``relay`` vs ``bare_fastpath`` is what the product's own work costs.
 
 Parts (``--only``; default all):
 * ``bulk``: OpenSSH client, aes128-gcm, ``head -c N /dev/zero`` read to EOF by this process;
@@ -154,6 +158,21 @@ class ProcessCPU:
         return tree_cpu_seconds(self._pid) - self._cpu
 
 
+class ThreadCPU:
+    """CPU seconds one thread (the main one by default) spent since this was made, to the
+    nanosecond (/proc/<pid>/task/<tid>/schedstat)."""
+
+    def __init__(self, pid: int, tid: int | None = None) -> None:
+        self._path = Path(f"/proc/{pid}/task/{tid or pid}/schedstat")
+        self._ns = self._now()
+
+    def _now(self) -> int:
+        return int(self._path.read_text().split()[0])
+
+    def seconds(self) -> float:
+        return (self._now() - self._ns) / 1e9
+
+
 async def gateway_quiet(rig: Rig, limit_s: float = 120) -> float:
     """Wait until the gateway has finished earlier sessions' closing work (the recording is
     verified and its text indexed after the client has gone), so it does not run during the
@@ -213,6 +232,7 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     runs: dict[str, list[tuple[float, float]]] = {}
     errors: dict[str, list[str]] = {}
     relay_cpu_ms_per_mib: list[float] = []
+    loop_cpu_ms_per_mib: list[float] = []
     close_cpu_s: list[float] = []
     bare_cpu: dict[str, list[float]] = {"bare": [], "bare_fastpath": []}
     codes = await rig.connect_codes(repeat)
@@ -229,6 +249,7 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
             await gateway_quiet(rig)
             meter = GatewayCPU(rig)
             bare_meters = {n: ProcessCPU(p.pid) for n, (p, _) in rig.bare_relays.items()}
+            loop_meter = ThreadCPU(rig.gateway_pid())  # the event loop: both SSH legs
             runs.setdefault(name, [])
             try:
                 runs[name].append(await asyncio.to_thread(bulk_once, argv, env, size, limit))
@@ -240,6 +261,7 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
                 bare_cpu[name].append(bare_meters[name].seconds() * 1000 / size_mib)
             if name == "relay":
                 relay_cpu_ms_per_mib.append(meter.seconds() * 1000 / size_mib)
+                loop_cpu_ms_per_mib.append(loop_meter.seconds() * 1000 / size_mib)
                 close_cpu_s.append(await gateway_quiet(rig))
             print(f"bulk {i + 1}/{repeat} {name:9} {runs[name][-1][0]:7.1f} MiB/s", flush=True)
     out: dict[str, Any] = {"size_mib": size_mib, "repeat": repeat, "cipher": CIPHER}
@@ -255,6 +277,8 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     # While relaying, and after the client has gone (recording verified and text indexed,
     # up to 64 MiB of output interpreted).
     out["relay"]["gateway_cpu_ms_per_mib"] = rnd(median(relay_cpu_ms_per_mib), 2)
+    # Of which the event loop's thread (the rest: the recording writer, mostly).
+    out["relay"]["gateway_loop_cpu_ms_per_mib"] = rnd(median(loop_cpu_ms_per_mib), 2)
     out["relay"]["gateway_cpu_s_after_close"] = rnd(median(close_cpu_s), 2)
     for name, values in bare_cpu.items():
         if name in out:

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.audit.sink import AuditSink
 from gateway.config import Settings
@@ -230,7 +230,7 @@ class RecordingService:
         """Finalize and sign, then record the end in the catalog and index the text."""
         outcome = await writer.close(end_reason)
         reason = outcome.end_reason if outcome.footer_written else "recording_failed"
-        return await self._finish(writer.recording_id, reason)
+        return await self._finish(writer.recording_id, reason, kind=str(writer.header.kind))
 
     async def recover_open(self) -> list[tuple[str, VerifyResult | None]]:
         """Close every recording the catalog says this node left open (crash recovery)."""
@@ -260,7 +260,7 @@ class RecordingService:
                 )
                 continue
             reason = result.end_reason if result is not None and result.end_reason else "incomplete"
-            await self._finish(entry.id, reason, missing=result is None)
+            await self._finish(entry.id, reason, missing=result is None, kind=entry.kind)
             await self.audit.record(
                 actor="system",
                 action="recording.recover",
@@ -272,23 +272,59 @@ class RecordingService:
         return done
 
     async def _finish(
-        self, recording_id: str, end_reason: str, *, missing: bool = False
+        self, recording_id: str, end_reason: str, *, kind: str, missing: bool = False
     ) -> CatalogEntry:
-        size = 0 if missing else await asyncio.to_thread(self._file_size, recording_id)
-        async with self.sessions() as db, db.begin():
-            await catalog.mark_closed(
-                db, recording_id, ended_at=self.clock(), end_reason=end_reason, size=size
-            )
+        """Record the end in the catalog; verify and index now if the file is small.
+
+        A small recording's end, verdict and text go in one transaction, after reading the
+        file once (one thread hop): ending a session is on every session's path."""
+        ended_at = self.clock()
         if missing:
             async with self.sessions() as db, db.begin():
-                await catalog.set_integrity(
-                    db, recording_id, "missing", "file not found", self.clock()
+                await catalog.mark_closed(
+                    db, recording_id, ended_at=ended_at, end_reason=end_reason, size=0
                 )
-        elif size <= INLINE_INDEX_BYTES:
-            await self._verify_and_index(recording_id)
-        else:
+                await catalog.set_integrity(db, recording_id, "missing", "file not found", ended_at)
+            return await self.entry(recording_id)
+        try:
+            size, checked = await asyncio.to_thread(self._size_and_check, recording_id, kind)
+        except Exception:
+            # Unreadable now: still record the end; verification can be asked for later.
+            async with self.sessions() as db, db.begin():
+                await catalog.mark_closed(
+                    db, recording_id, ended_at=ended_at, end_reason=end_reason,
+                    size=await asyncio.to_thread(self._file_size, recording_id),
+                )  # fmt: skip
+            raise
+        async with self.sessions() as db, db.begin():
+            await catalog.mark_closed(
+                db, recording_id, ended_at=ended_at, end_reason=end_reason, size=size
+            )
+            if checked is not None:
+                await self._store_check(db, recording_id, *checked)
+        if checked is None:  # large: interpreting its text takes a while, off the close path
             self._background.start(f"index-{recording_id}", self._verify_and_index(recording_id))
         return await self.entry(recording_id)
+
+    def _size_and_check(
+        self, recording_id: str, kind: str
+    ) -> tuple[int, tuple[VerifyResult, list[TextLine]] | None]:
+        """The file's size and, if it is small enough to do now, its verdict and text."""
+        size = self._file_size(recording_id)
+        if size > INLINE_INDEX_BYTES:
+            return size, None
+        if kind == str(Kind.TERMINAL):
+            return size, self._read_text(recording_id, *DEFAULT_SIZE)
+        return size, (self._verify_file(recording_id), [])
+
+    async def _store_check(
+        self, db: AsyncSession, recording_id: str, result: VerifyResult, lines: list[TextLine]
+    ) -> None:
+        await catalog.set_integrity(
+            db, recording_id, str(result.status), _describe(result), self.clock()
+        )
+        count = await search.index_lines(db, recording_id, lines)
+        await catalog.set_indexed(db, recording_id, count)
 
     async def aclose(self) -> None:
         """Stop indexing in the background (what is left stays verifiable on demand)."""
@@ -333,11 +369,7 @@ class RecordingService:
         else:
             result, lines = await asyncio.to_thread(self._verify_file, recording_id), []
         async with self.sessions() as db, db.begin():
-            await catalog.set_integrity(
-                db, recording_id, str(result.status), _describe(result), self.clock()
-            )
-            count = await search.index_lines(db, recording_id, lines)
-            await catalog.set_indexed(db, recording_id, count)
+            await self._store_check(db, recording_id, result, lines)
 
     # -- reading -----------------------------------------------------------------------
 

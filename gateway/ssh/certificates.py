@@ -29,13 +29,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncssh
 from sqlalchemy import select
+from sqlalchemy.orm import noload
 
-from gateway.db.models import User
+from gateway.db.models import User, UserRole
 from gateway.identity.lockout import is_locked
 from gateway.identity.login import Identity
 from gateway.identity.models import SSHCertificate, SSHPublicKey
@@ -102,7 +103,10 @@ class CertificateLogin:
             return
         now = self._s.clock()
         async with self._s.sessions() as db:
-            row: User | None = await db.scalar(select(User).where(User.username == user))
+            # Roles are read only when a certificate is accepted (_registered_check).
+            row: User | None = await db.scalar(
+                select(User).where(User.username == user).options(noload(User.roles))
+            )
             if row is None:
                 self._why_not = "unknown-user"
             elif row.status != "active":
@@ -110,7 +114,7 @@ class CertificateLogin:
             elif is_locked(row, now):
                 self._why_not = "locked"
             else:
-                self._candidate = _Candidate(row.id, row.username, tuple(row.role_names))
+                self._candidate = _Candidate(row.id, row.username, ())
         if self._candidate is not None:
             self._trusted = _TrustedCA(trusted_ca_line(ca, user))
             conn.set_authorized_keys(self._trusted)
@@ -159,12 +163,18 @@ class CertificateLogin:
                     SSHPublicKey.fingerprint == fingerprint,
                 )
             )
+            roles = (
+                await db.scalars(select(UserRole.role).where(UserRole.user_id == candidate.user_id))
+                if issued is not None and registered is not None
+                else None
+            )
         if issued is None:
             reason = "certificate-not-in-register"
         elif registered is None:
             reason = "certificate-key-removed"
         else:
             self.serial = serial
+            self._candidate = replace(candidate, roles=tuple(sorted(roles or ())))
             return True
         self._cert_refusal = (reason, fingerprint)
         return False

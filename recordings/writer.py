@@ -102,7 +102,11 @@ class RecordingWriter:
         self._policy = policy
         self._loop = loop
         self._t0 = clock()
-        self._cond = threading.Condition()
+        # A plain lock (never taken twice by one thread) under the condition: ``with
+        # self._lock`` is entered in C, ``with self._cond`` through two Python frames, and
+        # record() takes it for every event the relay passes on.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
         self._armed = False  # the writer sleeps until a seal deadline (holds unsealed events)
@@ -166,9 +170,9 @@ class RecordingWriter:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes (plus per-event overhead) waiting for the writer thread."""
-        with self._cond:
-            return self._queued_bytes
+        """Bytes (plus per-event overhead) waiting for the writer thread: a snapshot, read
+        without the lock (an int is read whole), as the relay asks after every event."""
+        return self._queued_bytes
 
     async def room(self, max_queued_bytes: int) -> None:
         """Return once at most ``max_queued_bytes`` are queued, or the writer has stopped.
@@ -203,7 +207,7 @@ class RecordingWriter:
             # A caller's bytearray/memoryview could change after we return.
             payload = bytes(payload)
         size = len(payload) + _EVENT_OVERHEAD
-        with self._cond:
+        with self._lock:
             if not self._accepting:
                 return False
             if len(payload) > self._policy.max_event_bytes:

@@ -248,11 +248,14 @@ _pad_pool = bytearray()
 
 def _padding(n: int) -> bytes:
     """``n`` random padding bytes, drawn from a pool refilled by ``os.urandom`` (one call
-    per ~4 KiB instead of one per packet; the padding is encrypted and authenticated)."""
-    global _pad_pool  # noqa: PLW0603 - a process-wide pool, used from the event loop
-    if len(_pad_pool) < n:
-        _pad_pool = bytearray(os.urandom(4096))
+    per ~4 KiB instead of one per packet; the padding is encrypted and authenticated).
+    Always exactly ``n`` bytes, even if event loops in two threads share the pool (they may
+    then draw the same bytes, which encryption makes harmless)."""
+    global _pad_pool  # noqa: PLW0603 - a process-wide pool
     chunk = bytes(_pad_pool[-n:])
+    if len(chunk) != n:
+        _pad_pool = bytearray(os.urandom(4096))
+        chunk = bytes(_pad_pool[-n:])
     del _pad_pool[-n:]
     return chunk
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncssh
 import httpx
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -176,3 +177,18 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def kbdint_client(password: str, code: str) -> type[asyncssh.SSHClient]:
+    """An asyncssh client class answering the gateway's keyboard-interactive login."""
+
+    class Client(asyncssh.SSHClient):
+        def kbdint_auth_requested(self) -> str:
+            return ""
+
+        def kbdint_challenge_received(
+            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+        ) -> list[str]:
+            return [password if "assword" in p else code for p, _ in prompts]
+
+    return Client

@@ -16,7 +16,7 @@ import pyotp
 import pytest
 
 from gateway import demo_target
-from tests.support import Served, clean_env, conduit
+from tests.support import Served, clean_env, conduit, kbdint_client
 
 
 def _port() -> int:
@@ -127,18 +127,10 @@ def _audit(data_dir: Path, action: str, count: int) -> list[dict[str, object]]:
 
 
 async def _pty_shell(port: int, password: str, code: str, typed: str) -> str:
-    class Client(asyncssh.SSHClient):
-        def kbdint_auth_requested(self) -> str:
-            return ""
-
-        def kbdint_challenge_received(
-            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
-        ) -> list[str]:
-            return [password if "assword" in p else code for p, _ in prompts]
-
     conn, _ = await asyncssh.create_connection(
-        Client, "127.0.0.1", port, username="vendor+demo-plc", known_hosts=None,
-        client_keys=None, agent_path=None, preferred_auth=["keyboard-interactive"],
+        kbdint_client(password, code), "127.0.0.1", port, username="vendor+demo-plc",
+        known_hosts=None, client_keys=None, agent_path=None,
+        preferred_auth=["keyboard-interactive"],
     )  # fmt: skip
     async with conn:
         process = await conn.create_process(term_type="xterm", term_size=(100, 30))

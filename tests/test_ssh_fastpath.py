@@ -27,6 +27,7 @@ import pytest
 from gateway.ssh import fastpath
 from tests.ssh_gateway import Logins, running_gateway
 from tests.sshd_target import SSHDTarget
+from tests.support import kbdint_client
 from tests.test_ssh_jump import PASSWORD
 
 MIB = 1 << 20
@@ -138,20 +139,11 @@ def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_p
     """One flipped ciphertext bit after login: the gateway must refuse the packet (and the
     connection), deliver nothing of it, and go on serving others."""
 
-    class Client(asyncssh.SSHClient):
-        def kbdint_auth_requested(self) -> str:
-            return ""
-
-        def kbdint_challenge_received(
-            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
-        ) -> list[str]:
-            return [PASSWORD if "assword" in p else code for p, _ in prompts]
-
-    async def tamper(port: int, user: str) -> tuple[bytes, bool]:
+    async def tamper(port: int, user: str, code: str) -> tuple[bytes, bool]:
         conn, _ = await asyncssh.create_connection(
-            Client, "127.0.0.1", port, username=f"{user}+target", known_hosts=None,
-            client_keys=None, agent_path=None, preferred_auth=["keyboard-interactive"],
-            encryption_algs=["aes128-gcm@openssh.com"],
+            kbdint_client(PASSWORD, code), "127.0.0.1", port, username=f"{user}+target",
+            known_hosts=None, client_keys=None, agent_path=None,
+            preferred_auth=["keyboard-interactive"], encryption_algs=["aes128-gcm@openssh.com"],
         )  # fmt: skip
         async with conn:
             process = await conn.create_process("cat", encoding=None)
@@ -179,7 +171,7 @@ def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_p
     with running_gateway(sshd, tmp_path, users=2) as gw:
         logins = Logins(gw)
         user, code = logins.take()
-        rest, closed = asyncio.run(tamper(gw.ssh_port, user))
+        rest, closed = asyncio.run(tamper(gw.ssh_port, user, code))
         assert closed
         assert b"tampered" not in rest
         user, code = logins.take()

@@ -22,7 +22,7 @@ from gateway.services import Services
 from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from tests.sshd_target import SSHDTarget
-from tests.support import Served, conduit, init_data_dir, serving
+from tests.support import Served, conduit, init_data_dir, kbdint_client, serving
 
 PASSWORD = "correct horse battery staple"
 
@@ -204,18 +204,9 @@ def test_malformed_usernames_are_refused(gateway: Gateway, username: str) -> Non
 
 
 def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
-    class Client(asyncssh.SSHClient):
-        def kbdint_auth_requested(self) -> str:
-            return ""
-
-        def kbdint_challenge_received(
-            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
-        ) -> list[str]:
-            return [PASSWORD if "assword" in p else gateway.code("dave") for p, _ in prompts]
-
     async def shell() -> str:
         conn, _ = await asyncssh.create_connection(
-            Client,
+            kbdint_client(PASSWORD, gateway.code("dave")),
             "127.0.0.1",
             gateway.ssh_port,
             username="dave+target",

@@ -304,7 +304,8 @@ def _wrap_recv_pkthdr(original: Any) -> Any:
                 if handler is None:
                     leave = True
                     break
-            if pkttype == MSG_CHANNEL_DATA and not logging_on:
+            inline = not logging_on and pkttype in (MSG_CHANNEL_DATA, MSG_IGNORE)
+            if inline and pkttype == MSG_CHANNEL_DATA:
                 # asyncssh's SSHChannel._process_data, inline; any case it would refuse
                 # (channel not open, bad length, window exceeded) is left to it.
                 size = int.from_bytes(plain[6:10], "big") if stop >= 10 else -1
@@ -315,43 +316,25 @@ def _wrap_recv_pkthdr(original: Any) -> Any:
                 ):
                     leave = True
                     break
-                cipher._update_iv()  # noqa: SLF001
-                off += total
-                seq = self._recv_seq
-                if debug2:
-                    handler.logger.debug2("Received %d data byte%s", size, "s" if size > 1 else "")
-                try:
-                    handler._accept_data(plain[10:stop])  # noqa: SLF001
-                except BaseException:
-                    if self._inpbuf is buf:
-                        self._inpbuf = buf[off:]
-                    raise
-                self._finish_recv_packet(pkttype, seq)
-                if self._inpbuf is not buf or not self._transport:
-                    break
-                continue
-            if (
-                pkttype == MSG_IGNORE
-                and not logging_on
-                and stop >= 6
-                and int.from_bytes(plain[2:6], "big") + 6 == stop
-            ):  # asyncssh's _process_ignore: a well-formed string, discarded
-                cipher._update_iv()  # noqa: SLF001
-                off += total
-                self._finish_recv_packet(pkttype, self._recv_seq)
-                continue
+            elif inline:  # asyncssh's _process_ignore: a well-formed string, discarded
+                inline = stop >= 6 and int.from_bytes(plain[2:6], "big") + 6 == stop
             # This packet is ours: consume it, as _recv_pkthdr + _recv_packet would have.
             cipher._update_iv()  # noqa: SLF001
             off += total
             seq = self._recv_seq
-            packet = SSHPacket(plain[1:stop])
-            packet.get_byte()
-            if handler is not self:
-                packet.get_uint32()
-            if logging_on:
-                handler.log_received_packet(pkttype, seq, packet, "")
             try:
-                handler.process_packet(pkttype, seq, packet)
+                if inline and pkttype == MSG_CHANNEL_DATA:
+                    if debug2:
+                        handler.logger.debug2("Received %d data byte%s", size, "s" * (size > 1))
+                    handler._accept_data(plain[10:stop])  # noqa: SLF001
+                elif not inline:
+                    packet = SSHPacket(plain[1:stop])
+                    packet.get_byte()
+                    if handler is not self:
+                        packet.get_uint32()
+                    if logging_on:
+                        handler.log_received_packet(pkttype, seq, packet, "")
+                    handler.process_packet(pkttype, seq, packet)
             except PacketDecodeError as exc:
                 self._inpbuf = buf[off:]
                 raise ProtocolError(str(exc)) from None

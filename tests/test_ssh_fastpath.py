@@ -137,7 +137,7 @@ def test_rekeying_client_relays_every_byte_both_ways(sshd: SSHDTarget, tmp_path:
 
 def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_path: Path) -> None:
     """One flipped ciphertext bit after login: the gateway must refuse the packet (and the
-    connection), deliver nothing of it, and go on serving others."""
+    connection), deliver nothing of it, say why the session ended, and go on serving."""
 
     async def tamper(port: int, user: str, code: str) -> tuple[bytes, bool]:
         conn, _ = await asyncssh.create_connection(
@@ -174,6 +174,8 @@ def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_p
         rest, closed = asyncio.run(tamper(gw.ssh_port, user, code))
         assert closed
         assert b"tampered" not in rest
+        ends = [e for e in gw.audit_until("session.end") if e["action"] == "session.end"]
+        assert [e["detail"]["reason"] for e in ends] == ["client_integrity_failure"]  # type: ignore[index]
         user, code = logins.take()
         again = gw.ssh(f"{user}+target", "echo still-serving", code)
         assert again.returncode == 0 and again.stdout == "still-serving\n", again.stderr

@@ -28,7 +28,7 @@ from asyncssh.stream import SSHServerStreamSession
 
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
-from gateway.ssh.relay import end_session
+from gateway.ssh.relay import client_end_reason, end_session
 from recordings import Kind
 from recordings.terminal import TerminalEvent
 
@@ -426,7 +426,8 @@ class FileSession(SSHServerStreamSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if not self._closed and self._ticket is not None:
-            self.broker.tasks.start(f"sftp-end-{self._ticket.session_id}", self._end("closed"))
+            reason = client_end_reason(exc, "closed")
+            self.broker.tasks.start(f"sftp-end-{self._ticket.session_id}", self._end(reason))
 
     async def kill(self, reason: str) -> None:
         """The kill handle registered with the live registry."""

@@ -87,6 +87,16 @@ def end_session(
         upstream.close()
 
 
+def client_end_reason(exc: Exception | None, closed: str = "client_closed") -> str:
+    """Why the vendor's connection ended, for session.end: a packet that failed its
+    integrity check, another protocol violation, or ``closed`` (a plain close)."""
+    if isinstance(exc, asyncssh.MACError):
+        return "client_integrity_failure"
+    if isinstance(exc, asyncssh.ProtocolError):
+        return "client_protocol_error"
+    return closed
+
+
 class UpstreamSide(asyncssh.SSHClientSession[bytes]):
     def __init__(self, relay: RelaySession) -> None:
         self._relay = relay
@@ -284,7 +294,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._up_conn is not None:
             self._up_conn.close()
-        self._finish("client_closed")
+        self._finish(client_end_reason(exc))
 
     # -- upstream -> client ----------------------------------------------------------------
     def from_upstream(self, data: bytes, datatype: asyncssh.DataType) -> None:

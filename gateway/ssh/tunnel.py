@@ -26,6 +26,7 @@ import asyncssh
 from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError, NotFoundOrForbidden
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
+from gateway.ssh.relay import client_end_reason
 from recordings.tunnel import TunnelEvent
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         self._chan = None
         if self._asset is not None:
             self._asset.close()  # what the client sent last is still delivered
-        self._finish("client_closed")
+        self._finish(client_end_reason(exc))
 
     # -- asset -> client -------------------------------------------------------------------
     def from_asset(self, data: bytes) -> None:

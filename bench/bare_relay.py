@@ -61,9 +61,9 @@ class Relay(asyncssh.SSHServerSession[bytes]):
         self.command: str | None = None
         self.pty: tuple[str, tuple[int, int, int, int], Any] | None = None
         self.status: int | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:

@@ -125,20 +125,29 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-class GatewayCPU:
+class ProcessCPU:
+    """CPU seconds a process and its children spent since this was made. /proc counts in
+    10 ms ticks: sum many samples."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._cpu, self._at = tree_cpu_seconds(pid), time.monotonic()
+
+    def seconds(self) -> float:
+        return tree_cpu_seconds(self._pid) - self._cpu
+
+
+class GatewayCPU(ProcessCPU):
     """The gateway's CPU time (its recordings indexer child included) for some work, less
-    what its pollers (policy refresh and kill requests every 0.5 s) use meanwhile. /proc
-    counts in 10 ms ticks: sum many samples."""
+    what its pollers (policy refresh and kill requests every 0.5 s) use meanwhile."""
 
     idle_rate = 0.0  # CPU seconds per second when no session is open; set at start
 
     def __init__(self, rig: Rig) -> None:
-        self._pid = rig.gateway_pid()
-        self._cpu, self._at = tree_cpu_seconds(self._pid), time.monotonic()
+        super().__init__(rig.gateway_pid())
 
     def seconds(self) -> float:
-        spent = tree_cpu_seconds(self._pid) - self._cpu
-        return max(0.0, spent - self.idle_rate * (time.monotonic() - self._at))
+        return max(0.0, super().seconds() - self.idle_rate * (time.monotonic() - self._at))
 
     @classmethod
     async def calibrate(cls, rig: Rig, seconds: float = 3) -> None:
@@ -147,23 +156,12 @@ class GatewayCPU:
         cls.idle_rate = meter.seconds() / seconds
 
 
-class ProcessCPU:
-    """CPU seconds a process (a bare relay) spent since this was made."""
+class MainThreadCPU:
+    """CPU seconds a process's main thread (the event loop) spent since this was made, to
+    the nanosecond (/proc/<pid>/task/<pid>/schedstat)."""
 
     def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self._cpu = tree_cpu_seconds(pid)
-
-    def seconds(self) -> float:
-        return tree_cpu_seconds(self._pid) - self._cpu
-
-
-class ThreadCPU:
-    """CPU seconds one thread (the main one by default) spent since this was made, to the
-    nanosecond (/proc/<pid>/task/<tid>/schedstat)."""
-
-    def __init__(self, pid: int, tid: int | None = None) -> None:
-        self._path = Path(f"/proc/{pid}/task/{tid or pid}/schedstat")
+        self._path = Path(f"/proc/{pid}/task/{pid}/schedstat")
         self._ns = self._now()
 
     def _now(self) -> int:
@@ -249,7 +247,7 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
             await gateway_quiet(rig)
             meter = GatewayCPU(rig)
             bare_meters = {n: ProcessCPU(p.pid) for n, (p, _) in rig.bare_relays.items()}
-            loop_meter = ThreadCPU(rig.gateway_pid())  # the event loop: both SSH legs
+            loop_meter = MainThreadCPU(rig.gateway_pid())  # the event loop: both SSH legs
             runs.setdefault(name, [])
             try:
                 runs[name].append(await asyncio.to_thread(bulk_once, argv, env, size, limit))

@@ -187,7 +187,7 @@ def kbdint_client(password: str, code: str) -> type[asyncssh.SSHClient]:
             return ""
 
         def kbdint_challenge_received(
-            self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+            self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
         ) -> list[str]:
             return [password if "assword" in p else code for p, _ in prompts]
 

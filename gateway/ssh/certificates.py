@@ -163,18 +163,20 @@ class CertificateLogin:
                     SSHPublicKey.fingerprint == fingerprint,
                 )
             )
-            roles = (
-                await db.scalars(select(UserRole.role).where(UserRole.user_id == candidate.user_id))
-                if issued is not None and registered is not None
-                else None
-            )
+            roles: Sequence[str] = ()
+            if issued is not None and registered is not None:
+                roles = (
+                    await db.scalars(
+                        select(UserRole.role).where(UserRole.user_id == candidate.user_id)
+                    )
+                ).all()
         if issued is None:
             reason = "certificate-not-in-register"
         elif registered is None:
             reason = "certificate-key-removed"
         else:
             self.serial = serial
-            self._candidate = replace(candidate, roles=tuple(sorted(roles or ())))
+            self._candidate = replace(candidate, roles=tuple(sorted(roles)))
             return True
         self._cert_refusal = (reason, fingerprint)
         return False

@@ -1,7 +1,9 @@
 """``conduit ssh-cert``: an SSH user certificate for a registered key, after password + code.
 
-``conduit ssh-cert --user alice --key ~/.ssh/id_ed25519.pub`` reads the password from stdin
-(``--password-stdin``) or a prompt and the code from ``--code`` or a prompt, checks them with
+``conduit ssh-cert --user alice --key ~/.ssh/id_ed25519.pub`` prompts for the password and
+the verification code; ``--password-stdin`` reads the password from stdin's first line and
+``--code-stdin`` the code from the next one, for scripts. Neither is ever taken from argv,
+where any local user could read it (``ps``), so ``--code CODE`` is refused. It checks them with
 the shared ``Authenticator`` (a failure counts toward the lockout, as in the portal and over
 SSH), and writes the certificate beside the key as ``id_ed25519-cert.pub`` (0644), where
 OpenSSH finds it by itself. ``--list`` shows the register of issued certificates. The work
@@ -36,7 +38,14 @@ def add_ssh_cert_commands(
     p.add_argument("--key", type=Path, metavar="PATH.pub", help="a public key registered to it")
     p.add_argument("--out", type=Path, metavar="FILE", help="default: PATH-cert.pub")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument("--code", help="verification code (prompted when missing)")
+    p.add_argument(
+        "--code-stdin",
+        action="store_true",
+        help="read the verification code from stdin (after the password with --password-stdin)",
+    )
+    # Refused with a clear message rather than unknown: a code in argv is visible to every
+    # local user for as long as the command runs.
+    p.add_argument("--code", help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="list issued certificates (of --user)")
     p.set_defaults(handler=cmd_ssh_cert)
 
@@ -82,10 +91,14 @@ def cmd_ssh_cert(args: argparse.Namespace) -> int:
         return _list(args)
     if args.user is None or args.key is None:
         raise ConduitError("ssh-cert needs --user and --key (or --list)")
+    if args.code is not None:
+        raise ConduitError(
+            "--code would show the code to every local user (ps): use the prompt or --code-stdin"
+        )
     line = _read_key(args.key)
     out: Path = args.out or default_cert_path(args.key)
     password = _read_secret(args.password_stdin, "Password: ")
-    code = args.code if args.code is not None else _read_secret(False, "Verification code: ")
+    code = _read_secret(args.code_stdin, "Verification code: ")
 
     async def work(services: Services) -> IssuedCertificate:
         now = services.clock()

@@ -65,8 +65,8 @@ class Gateway:
 
     def issue(self, user: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
         return conduit("ssh-cert", "--user", user, "--key", f"{self.key(user)}.pub",
-                       "--password-stdin", "--code", code or self.code(user),
-                       "--data-dir", str(self.data), stdin=PASSWORD + "\n")  # fmt: skip
+                       "--password-stdin", "--code-stdin", "--data-dir", str(self.data),
+                       stdin=f"{PASSWORD}\n{code or self.code(user)}\n")  # fmt: skip
 
     def ssh(
         self, route: str, key: Path, cert: Path | None, command: str = "echo hi"
@@ -308,7 +308,8 @@ def test_cli_refusals_count_toward_the_shared_lockout(gateway: Gateway) -> None:
     keygen(stranger)
     unregistered = conduit(
         "ssh-cert", "--user", "dave", "--key", f"{stranger}.pub", "--password-stdin",
-        "--code", gateway.code("dave"), "--data-dir", str(gateway.data), stdin=PASSWORD,
+        "--code-stdin", "--data-dir", str(gateway.data),
+        stdin=f"{PASSWORD}\n{gateway.code('dave')}\n",
     )  # fmt: skip
     assert unregistered.returncode == 1
     assert "not registered" in unregistered.stderr
@@ -332,6 +333,33 @@ def test_cli_refusals_count_toward_the_shared_lockout(gateway: Gateway) -> None:
     locked = gateway.issue("dave", right)
     assert locked.returncode == 1
     assert not Path(f"{gateway.key('dave')}-cert.pub").exists()
+
+
+def test_cli_refuses_a_code_in_argv(gateway: Gateway) -> None:
+    """A code on the command line is readable by every local user (ps): refused before any
+    check, so it neither issues a certificate nor counts toward the lockout."""
+    failures_before = sum(
+        1 for e in gateway.audit() if e["action"] == "login.failure" and e["actor"] == "bob"
+    )
+    cert = Path(f"{gateway.key('bob')}-cert.pub")
+    cert.unlink(missing_ok=True)
+    code = gateway.code("bob")
+    refused = conduit(
+        "ssh-cert", "--user", "bob", "--key", f"{gateway.key('bob')}.pub", "--password-stdin",
+        "--code", code, "--data-dir", str(gateway.data), stdin=f"{PASSWORD}\n",
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "--code-stdin" in refused.stderr
+    assert code not in refused.stderr + refused.stdout
+    assert not cert.exists()
+    failures_after = sum(
+        1 for e in gateway.audit() if e["action"] == "login.failure" and e["actor"] == "bob"
+    )
+    assert failures_after == failures_before
+    # The same code through stdin is still unspent and works.
+    issued = gateway.issue("bob", code)
+    assert issued.returncode == 0, issued.stderr
+    assert cert.exists()
 
 
 # -- portal and API (in-process) ----------------------------------------------------------

@@ -37,7 +37,7 @@ from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from gateway.web.app import create_app
 from tests.sshd_target import SSHDTarget, free_port, keygen
-from tests.support import Served, conduit, init_data_dir
+from tests.support import Served, conduit, init_data_dir, kbdint_client
 from tests.test_identity_helpers import PASSWORDS, Env, env
 from tests.test_identity_web import account_csrf, login
 
@@ -360,6 +360,72 @@ def test_cli_refuses_a_code_in_argv(gateway: Gateway) -> None:
     issued = gateway.issue("bob", code)
     assert issued.returncode == 0, issued.stderr
     assert cert.exists()
+
+
+def test_keys_refused_before_another_login_are_audited_but_not_as_a_failed_login(
+    gateway: Gateway,
+) -> None:
+    """An agent's keys go first; when keyboard-interactive then logs in, the refused key is
+    still audited (ssh.key.refused), and no login.failure is written for the connection."""
+    stranger = gateway.work / "agent_ed25519"
+    keygen(stranger)
+    fingerprint = asyncssh.read_private_key(stranger).get_fingerprint("sha256")
+
+    async def connect() -> str:
+        async with asyncssh.connect(
+            "127.0.0.1", gateway.ssh_port, username="alice+target", known_hosts=None,
+            client_keys=[str(stranger)], agent_path=None,
+            client_factory=kbdint_client(PASSWORD, gateway.code("alice")),
+            preferred_auth=("publickey", "keyboard-interactive"),
+        ) as conn:  # fmt: skip
+            result = await conn.run("echo in", check=True)
+            return str(result.stdout)
+
+    assert asyncio.run(connect()) == "in\n"
+    event = gateway.wait_for("ssh.key.refused", "public-key-without-certificate")
+    assert event["actor"] == "alice" and event["result"] == "failure"
+    assert event["target"] == "target"
+    detail = event["detail"]
+    assert isinstance(detail, dict)
+    assert detail["logged_in_by"] == "totp"
+    assert detail["refused"] == [
+        {"reason": "public-key-without-certificate", "fingerprint": fingerprint}
+    ]
+    failures = [
+        e for e in gateway.audit()
+        if e["action"] == "login.failure" and fingerprint in json.dumps(e["detail"])
+    ]  # fmt: skip
+    assert failures == []
+
+    # The same agent key, then alice's certificate: the certificate's own match is no refusal.
+    assert gateway.issue("alice").returncode == 0
+    key = gateway.key("alice")
+    pair = (asyncssh.read_private_key(key), asyncssh.read_certificate(f"{key}-cert.pub"))
+
+    async def with_certificate() -> str:
+        async with asyncssh.connect(
+            "127.0.0.1", gateway.ssh_port, username="alice+target", known_hosts=None,
+            client_keys=[asyncssh.read_private_key(stranger), pair], agent_path=None,
+            preferred_auth=("publickey",),
+        ) as conn:  # fmt: skip
+            result = await conn.run("echo cert", check=True)
+            return str(result.stdout)
+
+    assert asyncio.run(with_certificate()) == "cert\n"
+    end = time.monotonic() + 15
+    while True:
+        by_cert = [
+            e["detail"] for e in gateway.audit()
+            if e["action"] == "ssh.key.refused"
+            and e["detail"]["logged_in_by"] == "certificate"  # type: ignore[index]
+        ]  # fmt: skip
+        if by_cert or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    assert by_cert, "no ssh.key.refused for the certificate login"
+    assert by_cert[0]["refused"] == [  # type: ignore[index]
+        {"reason": "public-key-without-certificate", "fingerprint": fingerprint}
+    ]
 
 
 # -- portal and API (in-process) ----------------------------------------------------------

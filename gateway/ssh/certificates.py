@@ -15,9 +15,10 @@ register of certificates this gateway issued, for a key the user still has regis
 Removing a key therefore stops its certificates at the next login, and the accepted
 certificate's serial is known for the ``login.success`` audit.
 
-Refusals are remembered with their reason and audited once, as one ``login.failure``, if the
-connection ends without logging in: OpenSSH offers every key it holds before it tries
-keyboard-interactive, so a refused key alone is not a failed login. A certificate from this
+Refusals are remembered with their reason and audited once: as one ``login.failure`` if the
+connection ends without logging in, or as one ``ssh.key.refused`` when it then logs in by
+another method or with another key (OpenSSH offers every key it holds before it tries
+keyboard-interactive, so a refused key alone is not a failed login). A certificate from this
 CA for this user that then fails asyncssh's checks (expired, not yet valid) calls no hook at
 all; ``_TrustedCA`` counts the match so that refusal has its own reason too.
 
@@ -208,14 +209,16 @@ class CertificateLogin:
         return Identity(c.user_id, c.username, c.roles, now, "ssh", FACTOR)
 
     def failure_detail(self) -> dict[str, object] | None:
-        """The audit detail for a connection that ended without logging in, if it tried."""
+        """The audit detail of the keys and certificates refused on this connection, if any:
+        for its ``login.failure``, or its ``ssh.key.refused`` once something else logged in."""
         refused = list(self._refused)
         if self._cert_refusal is not None:
             reason, fingerprint = self._cert_refusal
             refused.insert(0, {"reason": reason, "fingerprint": fingerprint})
-        elif self._trusted is not None and self._trusted.matched:
+        elif self.serial is None and self._trusted is not None and self._trusted.matched:
             # Matched our CA and this user, then refused: expired or not yet valid, not a user
-            # certificate, or the client gave up before signing with it.
+            # certificate, or the client gave up before signing with it. (A certificate that
+            # logged in matched too: that match was no refusal.)
             refused.insert(0, {"reason": "certificate-not-valid", "fingerprint": ""})
         if not refused:
             return None

@@ -115,6 +115,22 @@ class GatewaySSHServer(asyncssh.SSHServer):
                     self._conn.close()
                 return
             self._s.tasks.start("audit-ssh-login", self._audit_certificate_login(self._identity))
+        refused = self._certs.failure_detail()
+        asset = self._route.asset if self._route is not None else None
+        if refused is not None:
+            # Keys refused before this login (an agent's other keys, a stale certificate):
+            # refusals, audited, but not a failed login.
+            self._s.tasks.start(
+                "audit-ssh-key-refusal",
+                self._s.audit.record(
+                    actor=self._identity.username,
+                    action="ssh.key.refused",
+                    result="failure",
+                    target=asset or "",
+                    source=self._source,
+                    detail={**refused, "logged_in_by": self._identity.factor},
+                ),
+            )
 
     async def _audit_certificate_login(self, identity: Identity) -> None:
         asset = self._route.asset if self._route is not None else None

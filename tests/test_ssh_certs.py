@@ -373,9 +373,9 @@ def test_keys_refused_before_another_login_are_audited_but_not_as_a_failed_login
 
     async def connect() -> str:
         async with asyncssh.connect(
-            "127.0.0.1", gateway.ssh_port, username="alice+target", known_hosts=None,
+            "127.0.0.1", gateway.ssh_port, username="erin+target", known_hosts=None,
             client_keys=[str(stranger)], agent_path=None,
-            client_factory=kbdint_client(PASSWORD, gateway.code("alice")),
+            client_factory=kbdint_client(PASSWORD, gateway.code("erin")),
             preferred_auth=("publickey", "keyboard-interactive"),
         ) as conn:  # fmt: skip
             result = await conn.run("echo in", check=True)
@@ -383,7 +383,7 @@ def test_keys_refused_before_another_login_are_audited_but_not_as_a_failed_login
 
     assert asyncio.run(connect()) == "in\n"
     event = gateway.wait_for("ssh.key.refused", "public-key-without-certificate")
-    assert event["actor"] == "alice" and event["result"] == "failure"
+    assert event["actor"] == "erin" and event["result"] == "failure"
     assert event["target"] == "target"
     detail = event["detail"]
     assert isinstance(detail, dict)

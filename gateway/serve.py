@@ -30,7 +30,7 @@ from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstr
 from gateway.keys import load_keyring
 from gateway.recordings_index.retention import apply_retention
 from gateway.services import Services
-from gateway.ssh.server import start_ssh_server
+from gateway.ssh.server import RefusalAudit, start_ssh_server
 from gateway.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,12 @@ async def _serve_until(
     # clear error and nothing half-started is left behind.
     portal_socket = bind_listener(settings.portal_listen, "portal")
     ssh_acceptor: asyncssh.SSHAcceptor | None = None
+    refusals = RefusalAudit(services)
     if settings.ssh.enabled:
         try:
-            ssh_acceptor = await start_ssh_server(services, broker, services.authenticator)
+            ssh_acceptor = await start_ssh_server(
+                services, broker, services.authenticator, refusals
+            )
         except OSError as exc:
             portal_socket.close()
             raise ConduitError(
@@ -290,7 +293,7 @@ async def _serve_until(
     await asyncio.wait({stopped_by, portal_task}, return_when=asyncio.FIRST_COMPLETED)
     stopped_by.cancel()
     crashed = portal_task.done() and not stop.is_set()
-    await _shutdown(services, portal, portal_task, ssh_acceptor)
+    await _shutdown(services, portal, portal_task, ssh_acceptor, refusals)
     return 1 if crashed else 0
 
 
@@ -299,6 +302,7 @@ async def _shutdown(
     portal: uvicorn.Server,
     portal_task: asyncio.Task[None],
     ssh_acceptor: asyncssh.SSHAcceptor | None,
+    refusals: RefusalAudit,
 ) -> None:
     grace = services.settings.server.shutdown_grace_seconds
     log.info("shutting down: no new connections, ending live sessions")
@@ -318,6 +322,11 @@ async def _shutdown(
     if ssh_acceptor is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ssh_acceptor.wait_closed(), timeout=1)
+    try:  # refusals not yet summarised (one summary a minute) reach the audit trail now
+        async with asyncio.timeout(grace):
+            await refusals.close()
+    except TimeoutError:
+        log.error("refused SSH connections of the last minute not audited")
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1):
             await services.tasks.cancel_all()

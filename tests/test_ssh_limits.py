@@ -12,6 +12,8 @@ import asyncio
 import re
 import socket
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -101,9 +103,10 @@ def test_gate_policy(steps: list[tuple[str, str]]) -> None:
 
 def test_refusals_are_logged_once_then_summarised(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
+    reports: list[Mapping[str, object]] = []
 
     async def run() -> None:
-        log = RefusalLog(interval=60, clock=lambda: now[0])
+        log = RefusalLog(interval=60, clock=lambda: now[0], report=reports.append)
         for i in range(500):
             now[0] = i * 0.1  # 50 s of refusals
             log.refused("unauthenticated_source_cap", f"192.0.2.{i % 3}")
@@ -117,6 +120,15 @@ def test_refusals_are_logged_once_then_summarised(caplog: pytest.LogCaptureFixtu
     assert "dropped 1 " in lines[0]
     assert "dropped 500 " in lines[1] and "unauthenticated_source_cap: 499" in lines[1]
     assert "192.0.2.1 (167)" in lines[1]
+    # The same two go to the audit trail (ssh.connection.refused), and nothing else.
+    assert reports == [
+        {"channel": "ssh", "count": 1, "reasons": {"unauthenticated_source_cap": 1},
+         "sources": {"192.0.2.0": 1}, "distinct_sources": 1},
+        {"channel": "ssh", "count": 500,
+         "reasons": {"unauthenticated_cap": 1, "unauthenticated_source_cap": 499},
+         "sources": {"192.0.2.1": 167, "192.0.2.0": 166, "192.0.2.2": 166, "198.51.100.1": 1},
+         "distinct_sources": 4},
+    ]  # fmt: skip
 
 
 # -- against the running gateway ---------------------------------------------------------
@@ -184,6 +196,19 @@ def metric(gw: Gateway, reason: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def audited_refusals(gw: Gateway) -> Counter[str]:
+    """Refusals by reason in the audit trail's ssh.connection.refused summaries (read once
+    the gateway has stopped: it writes the last interval's summary as it shuts down)."""
+    total: Counter[str] = Counter()
+    for event in gw.audit():
+        if event["action"] == "ssh.connection.refused":
+            assert event["actor"] == "anonymous" and event["result"] == "failure"
+            detail = event["detail"]
+            assert isinstance(detail, dict)
+            total.update(detail["reasons"])
+    return total
+
+
 def user_works(gw: Gateway, logins: Logins) -> None:
     user, code = logins.take()
     started = time.monotonic()
@@ -215,6 +240,9 @@ def test_declared_huge_packet_is_dropped_without_allocating(
         assert growth < 20 * MIB
         user_works(gw, Logins(gw))
         assert gw.server.proc.poll() is None
+        assert metric(gw, "protocol_error") == 20
+        assert gw.server.terminate() == 0  # writes the last summary (serving() would kill)
+    assert audited_refusals(gw) == {"protocol_error": 20}
 
 
 def test_slow_connections_from_one_source_leave_others_unaffected(
@@ -235,9 +263,12 @@ def test_slow_connections_from_one_source_leave_others_unaffected(
         finally:
             flood.close()
         refused = metric(gw, "unauthenticated_source_cap")
+        assert gw.server.terminate() == 0
     print(f"held {held}, refused {refused:.0f}; RSS +{growth / MIB:.1f} MiB")
     assert held == 50  # [ssh] max_unauthenticated_per_source
     assert refused == 250
+    # All 250, though the flood took under a minute: the shutdown wrote the last summary.
+    assert audited_refusals(gw)["unauthenticated_source_cap"] == 250
     assert growth < 50 * MIB
     summaries = [line for line in gw.server.stderr.splitlines() if "unauthenticated" in line]
     assert 1 <= len(summaries) <= 2, summaries  # aggregated, not one line per refusal
@@ -262,6 +293,7 @@ def test_flood_from_many_sources_fills_the_cap_and_a_quiet_source_still_gets_in(
         finally:
             flood.close()
         refused, evicted = metric(gw, "unauthenticated_cap"), metric(gw, "unauthenticated_evicted")
+        assert gw.server.terminate() == 0
     print(
         f"held {held} (cap 100), refused {refused:.0f}, evicted {evicted:.0f} for the user;"
         f" RSS +{growth / MIB:.1f} MiB, {growth / held / 1024:.0f} KiB per held connection"
@@ -269,6 +301,8 @@ def test_flood_from_many_sources_fills_the_cap_and_a_quiet_source_still_gets_in(
     assert held == 100  # [ssh] max_unauthenticated
     assert refused == 200  # sources holding 3 or 4 are equals: newcomers among them wait
     assert evicted == 1 and after == 99
+    audited = audited_refusals(gw)
+    assert audited["unauthenticated_cap"] == 200 and audited["unauthenticated_evicted"] == 1
     assert growth < 50 * MIB
 
 
@@ -297,9 +331,13 @@ def test_held_connections_cost_little_and_the_login_timeout_ends_them(
         finally:
             flood.close()
         user_works(gw, Logins(gw))
+        timed_out = metric(gw, "login_timeout")
+        assert gw.server.terminate() == 0
     per_connection = growth / max(held, 1)
     print(f"held {held}: RSS +{growth / MIB:.1f} MiB, {per_connection / 1024:.0f} KiB each;"
           f" all closed after {ended:.1f} s")  # fmt: skip
     assert held == 300
     assert per_connection < 256 * 1024
     assert left == 0 and ended < 12
+    assert timed_out == 300
+    assert audited_refusals(gw) == {"login_timeout": 300}

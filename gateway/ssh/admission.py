@@ -9,9 +9,12 @@ place of the oldest pending connection of the busiest source instead of being re
 flood from a few addresses does not lock everyone else out (sources that each hold one or two
 connections are refused equally: nothing can tell them apart before authentication).
 
-Every refusal and eviction is counted by reason; the log gets the first at once and then one
-summary per minute, so a flood cannot flood the log. Authentication itself, the login timeout
-and what happens after it are not handled here (see server.py; asyncssh enforces the timeout).
+Every refusal and eviction is counted by reason; the log and the audit trail get the first
+at once and then one summary per minute (``ssh.connection.refused``: counts by reason, the
+busiest sources), so a flood can flood neither. server.py reports here too the connections
+that ended before logging in because we ended them (the login timeout, a protocol violation
+such as a 4 GiB packet): refusals as well, audited the same way. Authentication itself and
+what happens after it are not handled here (see server.py; asyncssh enforces the timeout).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,22 @@ def source_key(address: str) -> str:
     return str(ip)
 
 
+Summary = Mapping[str, object]
+
+
 class RefusalLog:
-    """Counts refusals by reason and source; logs the first, then one summary per interval."""
+    """Counts refusals by reason and source; logs (and hands ``report``, for the audit trail)
+    the first, then one summary per interval."""
 
     def __init__(
-        self, interval: float = LOG_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        interval: float = LOG_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        report: Callable[[Summary], None] | None = None,
     ) -> None:
         self._interval = interval
         self._clock = clock
+        self._report = report
         self._reasons: Counter[str] = Counter()
         self._sources: Counter[str] = Counter()
         self._next = float("-inf")
@@ -88,6 +99,16 @@ class RefusalLog:
             reasons,
             sources,
         )
+        if self._report is not None:
+            self._report(
+                {
+                    "channel": "ssh",
+                    "count": self._reasons.total(),
+                    "reasons": dict(sorted(self._reasons.items())),
+                    "sources": dict(busiest),
+                    "distinct_sources": len(self._sources),  # counted up to 1000
+                }
+            )
         self._reasons.clear()
         self._sources.clear()
         self._next = self._clock() + self._interval
@@ -148,6 +169,11 @@ class UnauthenticatedGate:
         self._refuse("unauthenticated_evicted", key)
         victim.evict()
         return True
+
+    def ended_before_login(self, address: str, reason: str) -> None:
+        """A connection we ended before it logged in (login timeout, protocol violation):
+        counted, logged and audited with the admission refusals."""
+        self._refuse(reason, source_key(address))
 
     def _refuse(self, reason: str, key: str) -> None:
         self._count(reason)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import asyncssh
@@ -28,7 +28,7 @@ from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
 from gateway.ssh import fastpath
-from gateway.ssh.admission import UnauthenticatedGate
+from gateway.ssh.admission import RefusalLog, UnauthenticatedGate
 from gateway.ssh.certificates import CertificateLogin
 from gateway.ssh.channel import SessionChannel
 from gateway.ssh.files import FileSession
@@ -42,6 +42,29 @@ log = logging.getLogger(__name__)
 # version starts with "OpenSSH" (shared/SSH-RELAY.md, trap 2), and without eow
 # `ssh gw 'cmd' | head` never ends. The comment after the space says what we really are.
 SERVER_VERSION = "OpenSSH_9.9 Conduit_0.1"
+
+
+# What we end a connection for before it logs in, by asyncssh's exception: a refusal each,
+# counted and audited with the admission refusals (admission.py). A client that leaves, or
+# that fails to log in (audited as login.failure), is not here.
+_PROTOCOL_VIOLATIONS = (
+    asyncssh.ProtocolError,
+    asyncssh.KeyExchangeFailed,
+    asyncssh.MACError,
+    asyncssh.CompressionError,
+    asyncssh.ProtocolNotSupported,
+    asyncssh.ServiceNotAvailable,
+    asyncssh.IllegalUserName,
+)
+
+
+def ended_before_login(exc: Exception | None) -> str | None:
+    """The refusal reason for a connection that ended with ``exc`` before logging in."""
+    if isinstance(exc, asyncssh.ConnectionLost) and "timeout" in exc.reason.lower():
+        return "login_timeout"
+    if isinstance(exc, _PROTOCOL_VIOLATIONS):
+        return "protocol_error"
+    return None
 
 
 class GatewaySSHServer(asyncssh.SSHServer):
@@ -91,7 +114,11 @@ class GatewaySSHServer(asyncssh.SSHServer):
             self._gate.release(self._source, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        pending = self._counted  # admitted, not evicted, not logged in
         self._uncount()
+        ended = ended_before_login(exc) if pending and self._identity is None else None
+        if ended is not None:
+            self._gate.ended_before_login(self._source, ended)
         refused = self._certs.failure_detail() if self._identity is None else None
         if refused is not None:  # keys or certificates were refused and nothing logged in
             self._s.tasks.start(
@@ -360,8 +387,38 @@ class MenuSession(asyncssh.SSHServerSession[bytes]):
         chan.exit(0)
 
 
+class RefusalAudit:
+    """The admission refusal summaries (admission.py), each one ``ssh.connection.refused``
+    audit event; ``close()`` writes what the last interval held, at shutdown."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+        self.log = RefusalLog(report=self._report)
+        self._writing: set[asyncio.Task[None]] = set()
+
+    def _report(self, summary: Mapping[str, object]) -> None:
+        task = self._s.tasks.start("audit-ssh-refusals", self._record(summary))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _record(self, summary: Mapping[str, object]) -> None:
+        busiest = summary.get("sources")
+        await self._s.audit.record(
+            actor="anonymous",
+            action="ssh.connection.refused",
+            result="failure",
+            source=str(next(iter(busiest), "")) if isinstance(busiest, dict) else "",
+            detail=summary,
+        )
+
+    async def close(self) -> None:
+        self.log.flush()
+        if self._writing:
+            await asyncio.wait(set(self._writing))
+
+
 async def start_ssh_server(
-    services: Services, broker: Broker, authenticator: Authenticator
+    services: Services, broker: Broker, authenticator: Authenticator, refusals: RefusalAudit
 ) -> asyncssh.SSHAcceptor:
     settings = services.settings
     listen = settings.ssh_listen
@@ -370,6 +427,7 @@ async def start_ssh_server(
         settings.ssh.max_unauthenticated,
         settings.ssh.max_unauthenticated_per_source,
         lambda reason: services.metrics.ssh_refused.labels(reason).inc(),
+        refusals.log,
     )
     return await asyncssh.create_server(
         lambda: GatewaySSHServer(services, gate, broker, authenticator),

@@ -256,6 +256,35 @@ def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> Non
     assert ends and ends[-1]["detail"]["reason"] == "revoked"  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("user", "command"), [("dave", ("user", "disable")), ("carol", ("user", "reset-mfa"))]
+)
+def test_disabling_the_account_ends_its_live_session(
+    gateway: Gateway, user: str, command: tuple[str, ...]
+) -> None:
+    """The first thing an incident responder does: the vendor's session must not outlive
+    their account. (Only active accounts are in the policy; the change reloads it.)"""
+    proc = gateway.background(f"{user}+target", "echo started; sleep 60", gateway.code(user))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"started"
+        changed = conduit(*command, user, "--data-dir", str(gateway.data))
+        assert changed.returncode == 0, changed.stderr
+        code = proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert code != 0
+    assert "session ended: revoked" in err.decode()
+    ends = [
+        e for e in gateway.audit_until("session.end")
+        if e["action"] == "session.end" and e["actor"] == user
+    ]  # fmt: skip
+    assert ends and ends[-1]["detail"]["reason"] == "revoked"  # type: ignore[index]
+
+
 def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
     proc = gateway.background("bob+target", "echo started; sleep 60", gateway.code("bob"))
     try:

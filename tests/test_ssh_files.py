@@ -85,6 +85,8 @@ def test_scp_upload_and_download_of_50_mb_arrive_intact_and_are_audited(
     ), reads
     ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
     assert len(ends) >= 2
+    # scp ended both sessions itself: said as for the relay and tunnels.
+    assert {e["detail"]["reason"] for e in ends} == {"client_closed"}  # type: ignore[index]
     found = conduit("recordings", "search", "firmware.bin", "--data-dir", str(gateway.data))
     assert found.returncode == 0 and "firmware" in found.stdout, found.stdout + found.stderr
 

@@ -407,7 +407,11 @@ class FileSession(SSHServerStreamSession[bytes]):
             await self._end("upstream_failed")
             message = exc.message if isinstance(exc, ConduitError) else "the asset is not reachable"
             return self._refused(chan, message)
-        return BridgeSFTPServer(chan, self.broker, ticket, upstream, lambda: self._end("closed"))
+        # The vendor's client ends an SFTP session (the asset's sftp-server never does by
+        # itself): "client_closed", as for the relay and tunnels.
+        return BridgeSFTPServer(
+            chan, self.broker, ticket, upstream, lambda: self._end("client_closed")
+        )
 
     def _refused(self, chan: asyncssh.SSHServerChannel[bytes], message: str) -> asyncssh.SFTPServer:
         chan.write_stderr(f"conduit: {message}\r\n".encode())
@@ -426,7 +430,7 @@ class FileSession(SSHServerStreamSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if not self._closed and self._ticket is not None:
-            reason = client_end_reason(exc, "closed")
+            reason = client_end_reason(exc)
             self.broker.tasks.start(f"sftp-end-{self._ticket.session_id}", self._end(reason))
 
     async def kill(self, reason: str) -> None:

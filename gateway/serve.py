@@ -204,6 +204,8 @@ async def serve(
         await services.authz.refresh(force=True)
         # Recordings left open by a crash of this node are closed as incomplete and signed.
         await services.recordings.recover_open()
+        # ... and those whose verification and indexing the last stop cut short.
+        await services.recordings.resume_indexing()
         await announce_admin_enrollment(services, out)
         return await _run(services, on_ready, stop or asyncio.Event())
     finally:

@@ -63,6 +63,20 @@ class Site:
     mono: Monotonic
     audit: AuditLog
     root: Path
+    signing_key: Ed25519PrivateKey
+
+    def another_start(self, node: str = "node-a") -> RecordingService:
+        """The service as the next start of ``node`` builds it (same database and files)."""
+        return RecordingService(
+            sessions=self.service.sessions,
+            store_root=self.root,
+            master_key=bytes(range(32)),
+            signing_key=self.signing_key,
+            clock=self.clock,
+            audit=self.audit,
+            node=node,
+            monotonic=self.mono,
+        )
 
     async def audit_events(self, action: str) -> list[AuditEventRow]:
         async with self.service.sessions() as db:
@@ -109,7 +123,7 @@ async def site(database_url: str, tmp_path: Path) -> AsyncIterator[Site]:
         monotonic=mono,
     )
     try:
-        yield Site(service, clock, mono, audit, data / "recordings")
+        yield Site(service, clock, mono, audit, data / "recordings", key)
     finally:
         await service.aclose()
         await engine.dispose()
@@ -146,6 +160,34 @@ async def test_large_recording_is_indexed_in_a_child_process_after_close(site: S
     assert entry.integrity == "intact", entry
     hits = await site.service.search("flashed-ok", actor="auditor")
     assert [h.recording_id for h in hits] == [recording_id]
+
+
+async def test_indexing_cut_short_by_a_stop_is_resumed_at_the_next_start(site: Site) -> None:
+    noise = os.urandom(3 << 20).hex().encode()  # beyond INLINE_INDEX_BYTES: indexed later
+    recording_id = await site.record([(0.1, noise), (0.2, b"\r\nresumed-ok\r\n")])
+    await site.service.aclose()  # the stop: background indexing is cancelled
+    entry = await site.service.entry(recording_id)
+    assert (entry.integrity, entry.indexed_lines) == ("unverified", 0)
+
+    elsewhere = site.another_start(node="node-b")  # only the node that closed it takes it up
+    try:
+        assert await elsewhere.resume_indexing() == []
+    finally:
+        await elsewhere.aclose()
+    restarted = site.another_start()
+    try:
+        assert await restarted.resume_indexing() == [recording_id]
+        for _ in range(600):  # verified and indexed in a child process; bounded wait
+            entry = await restarted.entry(recording_id)
+            if entry.integrity != "unverified":
+                break
+            await asyncio.sleep(0.1)
+        assert entry.integrity == "intact" and entry.indexed_lines > 0, entry
+        hits = await restarted.search("resumed-ok", actor="auditor")
+        assert [h.recording_id for h in hits] == [recording_id]
+        assert await restarted.resume_indexing() == []  # done: not taken up again
+    finally:
+        await restarted.aclose()
 
 
 async def test_tampered_chunk_is_named_and_stored_in_catalog(site: Site) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.recordings_index.tables import (
     STATE_CLOSED,
     STATE_OPEN,
+    UNVERIFIED,
     RecordingLineRow,
     RecordingRow,
 )
@@ -112,6 +113,21 @@ async def open_on_node(db: AsyncSession, node: str) -> list[CatalogEntry]:
         .order_by(RecordingRow.started_at)
     )
     return [CatalogEntry.of(row) for row in rows]
+
+
+async def closed_unverified_on_node(db: AsyncSession, node: str) -> list[str]:
+    """Recordings this node closed but never verified and indexed: the background work on
+    them was cut short by a stop (large recordings are done after the session's end)."""
+    ids = await db.scalars(
+        select(RecordingRow.id)
+        .where(
+            RecordingRow.state == STATE_CLOSED,
+            RecordingRow.node == node,
+            RecordingRow.integrity == UNVERIFIED,
+        )
+        .order_by(RecordingRow.started_at)
+    )
+    return list(ids)
 
 
 async def list_entries(

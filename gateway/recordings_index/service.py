@@ -271,6 +271,15 @@ class RecordingService:
             done.append((entry.id, result))
         return done
 
+    async def resume_indexing(self) -> list[str]:
+        """Verify and index, in the background, the recordings this node closed but whose
+        background verification a stop cut short (``aclose``); returns their ids."""
+        async with self.sessions() as db:
+            pending = await catalog.closed_unverified_on_node(db, self.node)
+        for recording_id in pending:
+            self._background.start(f"index-{recording_id}", self._verify_and_index(recording_id))
+        return pending
+
     async def _finish(
         self, recording_id: str, end_reason: str, *, kind: str, missing: bool = False
     ) -> CatalogEntry:
@@ -327,7 +336,8 @@ class RecordingService:
         await catalog.set_indexed(db, recording_id, count)
 
     async def aclose(self) -> None:
-        """Stop indexing in the background (what is left stays verifiable on demand)."""
+        """Stop indexing in the background (``resume_indexing`` takes it up at the next
+        start; until then it stays verifiable on demand)."""
         await self._background.cancel_all()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

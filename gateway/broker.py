@@ -276,8 +276,8 @@ class Broker:
             return await upstream.connect(ticket.proof, row.host, row.port, credential, pins)
         except upstream.UpstreamError as exc:
             mismatch = isinstance(exc, upstream.HostKeyMismatch)
-            if mismatch:
-                log.error("ALERT host key mismatch: %s", exc.detail)
+            if mismatch:  # a man in the middle, or a rebuilt asset nobody re-pinned
+                s.metrics.alert("hostkey_mismatch", exc.detail)
             await self._audit(
                 ticket,
                 "upstream.hostkey_mismatch" if mismatch else "upstream.failed",
@@ -394,6 +394,11 @@ class Broker:
             return
         reason = ticket.end_reason or reason
         ticket.end_reason = reason
+        if reason == "client_integrity_failure":  # a packet altered on its way to us
+            self._s.metrics.alert(
+                "client_integrity_failure",
+                f"session {ticket.session_id} of {ticket.username} to {ticket.asset}",
+            )
         ticket.ended.set()
         ticket.recheck.set()
         if ticket.watchdog is not None and ticket.watchdog is not asyncio.current_task():

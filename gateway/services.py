@@ -6,6 +6,7 @@ Built once by ``serve`` (or a CLI command), closed once. Does not start listener
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gateway.recordings_index import RecordingService
 from gateway.tasks import TaskSet
 
 Clock = Callable[[], dt.datetime]
+log = logging.getLogger("gateway.alerts")
 
 
 def utc_now() -> dt.datetime:
@@ -60,6 +62,19 @@ class Metrics:
             ["check"],
             registry=self.registry,
         )
+        self.security_alerts = Counter(
+            "conduit_security_alerts",
+            "Events that need a person now, by kind (alert on any increase)",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def alert(self, kind: str, detail: str) -> None:
+        """Raise a security alert: an ``ALERT`` error log line and
+        ``conduit_security_alerts_total{kind=...}``, which monitoring turns into a page.
+        Callers audit the event itself; ``detail`` must hold no secret."""
+        self.security_alerts.labels(kind).inc()
+        log.error("ALERT %s: %s", kind, detail)
 
 
 @dataclass

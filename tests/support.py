@@ -111,6 +111,13 @@ class Served:
         ctx.verify_mode = ssl.CERT_NONE
         return httpx.Client(base_url=self.base, verify=ctx, timeout=5)
 
+    def metric(self, name: str, label: str, value: str) -> float:
+        """A labelled counter's value from /metrics (0 before its first increment)."""
+        with self.client() as client:
+            text = client.get("/metrics").text
+        found = re.search(rf'^{name}\{{{label}="{re.escape(value)}"\}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
     def wait_healthy(self, deadline_s: float = 30) -> None:
         end = time.monotonic() + deadline_s
         with self.client() as client:

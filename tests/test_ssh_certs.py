@@ -269,6 +269,10 @@ def test_removing_the_key_or_minting_outside_the_register_refuses_certificates(
     refused = gateway.ssh("erin+target", work / "erin_ed25519", minted)
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
     gateway.wait_for("login.failure", "certificate-not-in-register")
+    # Our CA's signature on a certificate we never issued: the CA key is out. Someone is paged.
+    alerts = gateway.server.metric("conduit_security_alerts_total", "kind",
+                                   "certificate_outside_register")  # fmt: skip
+    assert alerts == 1
 
     # Erin removes his key (what the portal's delete button calls): the certificate issued
     # for it, valid for hours more, no longer logs in.

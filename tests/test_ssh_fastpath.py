@@ -176,6 +176,9 @@ def test_a_packet_that_fails_its_tag_ends_the_connection(sshd: SSHDTarget, tmp_p
         assert b"tampered" not in rest
         ends = [e for e in gw.audit_until("session.end") if e["action"] == "session.end"]
         assert [e["detail"]["reason"] for e in ends] == ["client_integrity_failure"]  # type: ignore[index]
+        alerts = gw.server.metric("conduit_security_alerts_total", "kind",
+                                  "client_integrity_failure")  # fmt: skip
+        assert alerts == 1
         user, code = logins.take()
         again = gw.ssh(f"{user}+target", "echo still-serving", code)
         assert again.returncode == 0 and again.stdout == "still-serving\n", again.stderr

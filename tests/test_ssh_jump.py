@@ -345,6 +345,8 @@ def test_changed_target_host_key_refuses(gateway: Gateway, sshd: SSHDTarget) -> 
     assert result.returncode == 1
     assert "could not be verified" in result.stderr
     assert any(e["action"] == "upstream.hostkey_mismatch" for e in gateway.audit())
+    kind = ("kind", "hostkey_mismatch")
+    assert gateway.server.metric("conduit_security_alerts_total", *kind) == 1
 
 
 def test_grant_expiring_mid_session_ends_it_at_valid_until(gateway: Gateway) -> None:

@@ -9,7 +9,6 @@ The gate's policy itself is tested as a table first, without processes.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 from collections import Counter
@@ -188,12 +187,7 @@ class Flood:
 
 
 def metric(gw: Gateway, reason: str) -> float:
-    with gw.server.client() as client:
-        text = client.get("/metrics").text
-    found = re.search(
-        rf'^conduit_ssh_connections_refused_total\{{reason="{reason}"\}} (\S+)$', text, re.M
-    )
-    return float(found.group(1)) if found else 0.0
+    return gw.server.metric("conduit_ssh_connections_refused_total", "reason", reason)
 
 
 def audited_refusals(gw: Gateway) -> Counter[str]:

@@ -173,6 +173,12 @@ class CertificateLogin:
                 ).all()
         if issued is None:
             reason = "certificate-not-in-register"
+            # Signed with our CA's key, and asyncssh found it valid, yet never issued here:
+            # the CA key has been used outside this gateway.
+            self._s.metrics.alert(
+                "certificate_outside_register",
+                f"serial {serial} for {candidate.username}, key {fingerprint}",
+            )
         elif registered is None:
             reason = "certificate-key-removed"
         else:

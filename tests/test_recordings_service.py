@@ -323,5 +323,8 @@ async def test_no_catalog_means_no_recording(site: Site) -> None:
     async with site.service.sessions() as db, db.begin():
         await db.execute(text("DROP TABLE recording_lines"))
         await db.execute(text("DROP TABLE recordings"))
+    with pytest.raises(RecordingUnavailable, match="cannot register recording"):
+        await site.service.start(INFO, kind=Kind.TERMINAL, on_failure=lambda _: None)
+    site.service.quota_bytes = 1 << 30  # with a quota, the usage query is the first to fail
     with pytest.raises(RecordingUnavailable, match="cannot check recording quota"):
         await site.service.start(INFO, kind=Kind.TERMINAL, on_failure=lambda _: None)

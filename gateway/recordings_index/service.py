@@ -33,7 +33,7 @@ from gateway.config import Settings
 from gateway.keys import KeyRing
 from gateway.recordings_index import catalog, offload, search
 from gateway.recordings_index.catalog import CatalogEntry
-from gateway.recordings_index.quota import QuotaExceeded, quota_status
+from gateway.recordings_index.quota import QuotaExceeded, QuotaStatus, quota_status
 from gateway.recordings_index.tables import RecordingRow
 from gateway.tasks import TaskSet
 from recordings import (
@@ -163,13 +163,9 @@ class RecordingService:
 
         Refuses (``QuotaExceeded``, audited) when the store is at or over its quota.
         """
-        try:
-            status = await quota_status(self.sessions, self.quota_bytes)
-        except Exception as exc:  # no catalog, no recording: fail closed
-            raise RecordingUnavailable(
-                f"cannot check recording quota: {type(exc).__name__}"
-            ) from exc
-        if status.exceeded:
+        # Without a quota (the default) there is nothing to sum: one query less per session.
+        status = await self._quota() if self.quota_bytes else None
+        if status is not None and status.exceeded:
             await self.audit.record(
                 actor=info.username,
                 action="recording.start",
@@ -225,6 +221,14 @@ class RecordingService:
             await writer.close("recording_failed")
             raise RecordingUnavailable(f"cannot register recording: {type(exc).__name__}") from exc
         return writer
+
+    async def _quota(self) -> QuotaStatus:
+        try:
+            return await quota_status(self.sessions, self.quota_bytes)
+        except Exception as exc:  # no catalog, no recording: fail closed
+            raise RecordingUnavailable(
+                f"cannot check recording quota: {type(exc).__name__}"
+            ) from exc
 
     async def close(self, writer: RecordingWriter, end_reason: str) -> CatalogEntry:
         """Finalize and sign, then record the end in the catalog and index the text."""

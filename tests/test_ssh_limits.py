@@ -122,10 +122,12 @@ def test_refusals_are_logged_once_then_summarised(caplog: pytest.LogCaptureFixtu
     # The same two go to the audit trail (ssh.connection.refused), and nothing else.
     assert reports == [
         {"channel": "ssh", "count": 1, "reasons": {"unauthenticated_source_cap": 1},
-         "sources": {"192.0.2.0": 1}, "distinct_sources": 1},
+         "sources": [{"source": "192.0.2.0", "count": 1}], "distinct_sources": 1},
         {"channel": "ssh", "count": 500,
          "reasons": {"unauthenticated_cap": 1, "unauthenticated_source_cap": 499},
-         "sources": {"192.0.2.1": 167, "192.0.2.0": 166, "192.0.2.2": 166, "198.51.100.1": 1},
+         "sources": [{"source": "192.0.2.1", "count": 167}, {"source": "192.0.2.2", "count": 166},
+                     {"source": "192.0.2.0", "count": 166},
+                     {"source": "198.51.100.1", "count": 1}],
          "distinct_sources": 4},
     ]  # fmt: skip
 
@@ -263,6 +265,8 @@ def test_slow_connections_from_one_source_leave_others_unaffected(
     assert refused == 250
     # All 250, though the flood took under a minute: the shutdown wrote the last summary.
     assert audited_refusals(gw)["unauthenticated_source_cap"] == 250
+    [first, *_] = [e for e in gw.audit() if e["action"] == "ssh.connection.refused"]
+    assert first["source"] == "127.0.0.2"
     assert growth < 50 * MIB
     summaries = [line for line in gw.server.stderr.splitlines() if "unauthenticated" in line]
     assert 1 <= len(summaries) <= 2, summaries  # aggregated, not one line per refusal

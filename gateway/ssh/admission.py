@@ -105,7 +105,8 @@ class RefusalLog:
                     "channel": "ssh",
                     "count": self._reasons.total(),
                     "reasons": dict(sorted(self._reasons.items())),
-                    "sources": dict(busiest),
+                    # A list, not a map keyed by address: audit consumers get fixed keys.
+                    "sources": [{"source": source, "count": n} for source, n in busiest],
                     "distinct_sources": len(self._sources),  # counted up to 1000
                 }
             )

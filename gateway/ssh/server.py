@@ -403,11 +403,12 @@ class RefusalAudit:
 
     async def _record(self, summary: Mapping[str, object]) -> None:
         busiest = summary.get("sources")
+        first = busiest[0] if isinstance(busiest, list) and busiest else {}
         await self._s.audit.record(
             actor="anonymous",
             action="ssh.connection.refused",
             result="failure",
-            source=str(next(iter(busiest), "")) if isinstance(busiest, dict) else "",
+            source=str(first.get("source", "")),  # the busiest
             detail=summary,
         )
 

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,22 +234,36 @@ def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
     assert "[typed]-[42]" in listing.stdout
 
 
-def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> None:
-    grants = conduit("grant", "list", "--data-dir", str(gateway.data)).stdout.splitlines()
-    grant_id = next(line.split()[0] for line in grants if "asset:target" in line)
-    proc = gateway.background("alice+target", "echo started; sleep 60", gateway.code("alice"))
+def session_ended_by(
+    gateway: Gateway, user: str, act: Callable[[], None]
+) -> tuple[int, str, float]:
+    """A long session of ``user``, and ``act`` once it runs: the client's exit status, its
+    stderr, and the seconds from the end of ``act`` to the client's exit."""
+    proc = gateway.background(f"{user}+target", "echo started; sleep 60", gateway.code(user))
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"started"
-        revoked = conduit("grant", "revoke", grant_id, "--data-dir", str(gateway.data))
-        assert revoked.returncode == 0, revoked.stderr
-        ended_at = time.monotonic()
+        act()
+        acted = time.monotonic()
         code = proc.wait(timeout=10)
-        elapsed = time.monotonic() - ended_at
+        elapsed = time.monotonic() - acted
+        _, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=10)
+            proc.communicate(timeout=10)
+    return code, err.decode(), elapsed
+
+
+def test_revoked_grant_ends_the_session_within_a_second(gateway: Gateway) -> None:
+    grants = conduit("grant", "list", "--data-dir", str(gateway.data)).stdout.splitlines()
+    grant_id = next(line.split()[0] for line in grants if "asset:target" in line)
+
+    def revoke() -> None:
+        revoked = conduit("grant", "revoke", grant_id, "--data-dir", str(gateway.data))
+        assert revoked.returncode == 0, revoked.stderr
+
+    code, _, elapsed = session_ended_by(gateway, "alice", revoke)
     assert code != 0
     assert elapsed < 5  # generous for a loaded CI machine; bench/ measures the real figure
     ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
@@ -264,20 +278,14 @@ def test_disabling_the_account_ends_its_live_session(
 ) -> None:
     """The first thing an incident responder does: the vendor's session must not outlive
     their account. (Only active accounts are in the policy; the change reloads it.)"""
-    proc = gateway.background(f"{user}+target", "echo started; sleep 60", gateway.code(user))
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"started"
+
+    def change() -> None:
         changed = conduit(*command, user, "--data-dir", str(gateway.data))
         assert changed.returncode == 0, changed.stderr
-        code = proc.wait(timeout=10)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+
+    code, err, _ = session_ended_by(gateway, user, change)
     assert code != 0
-    assert "session ended: revoked" in err.decode()
+    assert "session ended: revoked" in err
     ends = [
         e for e in gateway.audit_until("session.end")
         if e["action"] == "session.end" and e["actor"] == user
@@ -286,32 +294,21 @@ def test_disabling_the_account_ends_its_live_session(
 
 
 def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
-    proc = gateway.background("bob+target", "echo started; sleep 60", gateway.code("bob"))
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"started"
+    listed: list[str] = []
+
+    def kill() -> None:
         listing = conduit("sessions", "list", "--data-dir", str(gateway.data))
         assert listing.returncode == 0, listing.stderr
         [row] = [line for line in listing.stdout.splitlines() if " bob " in line]
-        session_id = row.split()[0]
-        killed = conduit(
-            "sessions",
-            "kill",
-            session_id,
-            "--reason",
-            "maintenance-stop",
-            "--data-dir",
-            str(gateway.data),
-        )
+        listed.append(row.split()[0])
+        killed = conduit("sessions", "kill", listed[0], "--reason", "maintenance-stop",
+                         "--data-dir", str(gateway.data))  # fmt: skip
         assert killed.returncode == 0, killed.stderr
-        code = proc.wait(timeout=10)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+
+    code, err, _ = session_ended_by(gateway, "bob", kill)
+    [session_id] = listed
     assert code != 0
-    assert "session ended: maintenance-stop" in err.decode()
+    assert "session ended: maintenance-stop" in err
     events = gateway.audit_until("session.end")
     assert any(e["action"] == "session.kill" for e in events)
     ends = [e for e in events if e["action"] == "session.end"]

@@ -463,3 +463,25 @@ def test_agent_and_x11_forwarding_are_refused(gateway: Gateway) -> None:
     assert with_x11.stdout == "display=\n"
     refused = {(e["actor"], detail(e)["request"]) for e in events(gateway, "ssh.refused", 2)}
     assert {("alice", "agent forwarding"), ("bob", "X11 forwarding")} <= refused
+
+
+def test_other_subsystems_and_malformed_commands_are_refused_and_audited(
+    gateway: Gateway,
+) -> None:
+    # A netconf session to a switch would be raw bytes past the per-operation file checks.
+    netconf = subprocess.run(
+        gateway.argv("carol+target", "netconf", "-s"),
+        env=gateway.askpass("carol", gateway.code("carol")), capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert netconf.returncode != 0
+    assert "subsystem request failed" in netconf.stderr
+    huge = subprocess.run(
+        gateway.argv("dave+target", "echo " + "x" * 70_000),
+        env=gateway.askpass("dave", gateway.code("dave")), capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert huge.returncode != 0 and "x" * 100 not in huge.stdout
+    refused = {(e["actor"], detail(e)["request"]) for e in events(gateway, "ssh.refused", 2)}
+    assert ("carol", "subsystem 'netconf'") in refused
+    assert ("dave", "command longer than 64 KiB or with a NUL byte") in refused

@@ -6,7 +6,7 @@ subsystem and ``scp`` commands go to the file-transfer bridge (``FileSession``),
 file operation is checked and audited on its own and never passes as raw bytes. Every
 channel callback is passed to the chosen handler. Agent and X11 forwarding requests are
 refused by the server's options; ``audit_refused_requests`` makes each one reach the audit
-log too. Does not decide access.
+log too, as other subsystems and malformed commands do. Does not decide access.
 """
 
 from __future__ import annotations
@@ -77,11 +77,17 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     def exec_requested(self, command: str) -> bool:
         if command.startswith("scp "):
             return bool(self._to_files().exec_requested(command))
-        return bool(self._handler.exec_requested(command))
+        if self._handler.exec_requested(command):
+            return True
+        self._refused("command longer than 64 KiB or with a NUL byte")
+        return False
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem == "sftp":
             return bool(self._to_files().subsystem_requested(subsystem))
+        # Only SFTP goes through (the gateway's own server); a netconf or other subsystem
+        # would be raw bytes past every per-operation check.
+        self._refused(f"subsystem {subsystem[:64]!r}")
         return False
 
     def session_started(self) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +176,35 @@ def test_same_code_cannot_log_in_twice_and_wrong_code_is_refused(gateway: Gatewa
     assert wrong.returncode == 255
     failures = [e for e in gateway.audit() if e["action"] == "login.failure"]
     assert len(failures) >= 2
+
+
+def test_a_wrong_number_of_login_answers_is_refused_and_audited(gateway: Gateway) -> None:
+    class OneAnswer(asyncssh.SSHClient):
+        tries = 0
+
+        def kbdint_auth_requested(self) -> str | None:
+            self.tries += 1
+            return "" if self.tries == 1 else None  # one attempt, then give up
+
+        def kbdint_challenge_received(
+            self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
+        ) -> list[str]:
+            return [PASSWORD]  # the code prompt left out
+
+    async def login() -> None:
+        await asyncssh.create_connection(
+            OneAnswer, "127.0.0.1", gateway.ssh_port, username="carol+target",
+            known_hosts=None, client_keys=None, agent_path=None,
+            preferred_auth=["keyboard-interactive"],
+        )  # fmt: skip
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        asyncio.run(login())
+    failures = [
+        e["detail"] for e in gateway.audit()
+        if e["action"] == "login.failure" and e["actor"] == "carol"
+    ]  # fmt: skip
+    assert {"channel": "ssh", "reason": "1 answers to the 2 login prompts"} in failures
 
 
 def test_forbidden_and_missing_assets_look_the_same(gateway: Gateway) -> None:

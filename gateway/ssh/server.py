@@ -200,6 +200,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self, username: str, responses: KbdIntResponse
     ) -> KbdIntChallenge | bool:
         if len(responses) != 2:
+            await self._audit_failure(f"{len(responses)} answers to the 2 login prompts")
             return False
         password, code = responses
         try:

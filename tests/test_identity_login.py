@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 
 import pytest
 from sqlalchemy import select
 
 from gateway.audit.tables import AuditEventRow
 from gateway.db.models import User
-from gateway.identity import pending
+from gateway.identity import login, passwords, pending
 from gateway.identity.codes import is_totp_format, matching_step, replace_recovery_codes
 from gateway.identity.login import FAILED, AuthenticationFailed, Identity
 from gateway.identity.onboarding import unlock_user
@@ -223,3 +224,37 @@ async def test_old_argon2_parameters_are_rehashed_at_login(env: Env) -> None:
     async with env.services.sessions() as db:
         stored = await db.scalar(select(User.password_hash).where(User.username == "alice"))
     assert stored is not None and stored != weak and "m=65536" in stored
+
+
+def test_hash_slots_fill_the_cpus_four_lanes_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cpus, slots in ((1, 1), (2, 1), (4, 1), (8, 2), (16, 4)):
+        monkeypatch.setattr(passwords.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert passwords.hash_slots() == slots
+
+
+async def test_a_burst_of_logins_hashes_at_most_slots_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is what keeps a burst's memory at slots x 64 MiB and lets logins finish in
+    turn; checked on the real verifier, wrapped to count how many run together."""
+    running, most, lock = [0], [0], threading.Lock()
+    real = login.verify_or_dummy
+
+    def counted(stored: str | None, password: str) -> bool:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return real(stored, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(login, "verify_or_dummy", counted)
+    env.auth.hash_slots = 2
+    results = await asyncio.gather(
+        *(ssh_login(env, "alice", PASSWORDS["alice"], "000000") for _ in range(6)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, AuthenticationFailed) for r in results)
+    assert most[0] == 2

@@ -7,9 +7,10 @@ lockout counter, single-use codes and audit events are the same whichever channe
 Unknown users, wrong passwords, wrong codes, locked and disabled accounts all raise the
 same ``AuthenticationFailed`` message; the audit event carries the real reason.
 
-Argon2 runs in a worker thread behind a semaphore: the event loop stays responsive and a
-burst of logins cannot allocate 64 MiB per attempt without bound. Does not create portal
-sessions (see ``portal_sessions``) or decide access (rbac).
+Argon2 runs in a worker thread behind a semaphore of ``hash_slots()`` (CPUs / 4 lanes):
+the event loop stays responsive, a burst of logins cannot allocate 64 MiB per attempt
+without bound, and logins in a burst finish one after another instead of all at the end.
+Does not create portal sessions (see ``portal_sessions``) or decide access (rbac).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from gateway.identity import pending
 from gateway.identity.accounts import USERNAME_RE
 from gateway.identity.codes import use_second_factor
 from gateway.identity.lockout import clear_failures, is_locked, record_failure
-from gateway.identity.passwords import hash_password, needs_rehash, verify_or_dummy
+from gateway.identity.passwords import hash_password, hash_slots, needs_rehash, verify_or_dummy
 
 log = logging.getLogger(__name__)
 FAILED = "invalid username, password or code"
@@ -69,7 +70,7 @@ class Authenticator:
     master_key: bytes = field(repr=False)
     lockout: LockoutSettings
     audit: AuditSink
-    hash_slots: int = 4
+    hash_slots: int = field(default_factory=hash_slots)
     _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     async def _verify(self, stored_hash: str | None, password: str) -> bool:

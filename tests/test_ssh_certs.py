@@ -198,6 +198,8 @@ def test_certificate_from_this_gateway_logs_in_to_the_target(gateway: Gateway) -
     ]
     success = logins[1]
     assert success["target"] == "target"
+    # A plain certificate login refused nothing (its own CA match is no refusal).
+    assert not [e for e in events if e["action"] in ("ssh.key.refused", "login.failure")]
     assert any(e["action"] == "session.start" and e["actor"] == "alice" for e in events)
     assert issue["actor"] == "alice" and issue["detail"]["via"] == "cli"  # type: ignore[index]
     listing = conduit("ssh-cert", "--list", "--user", "alice", "--data-dir", str(gateway.data))

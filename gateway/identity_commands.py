@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import AuditLog
-from gateway.authz.policy_store import bump_version
 from gateway.commands import run_db, settings_of
 from gateway.config import Settings
 from gateway.db import migrate
@@ -194,9 +193,6 @@ def cmd_user_invite(args: argparse.Namespace) -> int:
 def _status_change(args: argparse.Namespace, status: str) -> int:
     async def work(db: AsyncSession, _keys: KeyRing) -> None:
         await onboarding.set_status(db, args.name, status, utc_now())
-        # Only active accounts are in the policy: a new version makes every running gateway
-        # reload it within half a second, and a disabled user's live sessions end.
-        await bump_version(db)
 
     action = "user.disable" if status == "disabled" else "user.enable"
     _run(settings_of(args), work, lambda _r: {"action": action, "target": args.name})
@@ -226,7 +222,6 @@ def cmd_user_reset_mfa(args: argparse.Namespace) -> int:
 
     async def work(db: AsyncSession, _keys: KeyRing) -> str:
         _user, link = await onboarding.reset_mfa(db, args.name, utc_now())
-        await bump_version(db)  # no longer active: live sessions end (see _status_change)
         return link.url(settings.portal_url)
 
     link = _run(settings, work, lambda _r: {"action": "mfa.reset", "target": args.name})

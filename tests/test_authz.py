@@ -22,6 +22,7 @@ from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.events import Change, ChangeBus
 from gateway.identity.accounts import create_user
+from gateway.identity.onboarding import set_status
 from rbac.errors import ApprovalError, TransitionError
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)  # a Monday
@@ -171,6 +172,31 @@ async def test_disabled_user_loses_direct_grants(world: World) -> None:
         user.status = "disabled"
     await world.authz.refresh(force=True)
     assert not (await world.authz.authorize("alice", "plc-1", "ssh")).allowed
+
+
+async def test_account_changes_reach_every_process_without_a_policy_edit(world: World) -> None:
+    """Accounts are the policy's members: a new vendor gets the organisation's standing grant
+    and a disabled one loses it in a running process at its next decision (no forced reload,
+    no policy edit in between)."""
+    await world.authz.add_grant(
+        subject_kind="org", subject="acme", object_kind="asset", obj="plc-1", action="ssh",
+        actor="root",
+    )  # fmt: skip
+    other = world.second_node()
+    assert not (await other.authorize("zoe", "plc-1", "ssh")).allowed  # loads the policy
+    async with world.sessions() as db, db.begin():
+        await create_user(
+            db, username="zoe", roles=["vendor"], now=T0, master_key=KEY, status="active",
+            organisation="acme",
+        )  # fmt: skip
+    assert (await other.authorize("zoe", "plc-1", "ssh")).allowed
+    async with world.sessions() as db, db.begin():
+        await set_status(db, "zoe", "disabled", T0)
+    refused = await other.authorize("zoe", "plc-1", "ssh")
+    assert not refused.allowed and "not an active account" in refused.reason
+    async with world.sessions() as db, db.begin():
+        await set_status(db, "zoe", "active", T0)
+    assert (await other.authorize("zoe", "plc-1", "ssh")).allowed
 
 
 async def test_request_approval_makes_time_bounded_grants(world: World) -> None:

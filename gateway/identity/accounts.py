@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.authz.policy_store import bump_version
 from gateway.db.models import ROLES, USER_STATUSES, User, UserRole
 from gateway.errors import ConduitError
 from gateway.identity.passwords import hash_password
@@ -76,7 +77,20 @@ async def create_user(
     await db.flush()  # assigns the id the TOTP seal is bound to
     if totp_secret is not None:
         user.totp_secret_enc = seal(master_key, totp_secret.encode(), totp_context(user.id))
+    if status == "active":
+        await membership_changed(db)
     return user
+
+
+async def membership_changed(db: AsyncSession) -> None:
+    """An account became active or stopped being active.
+
+    Only active accounts, with their roles and organisation, are in the policy
+    (``policy_store.load_index``). A new policy version in the same transaction makes every
+    running gateway reload it within half a second: standing grants reach a new vendor at
+    once, and the session watchdogs end the live sessions of one that is no longer active.
+    """
+    await bump_version(db)
 
 
 async def list_users(db: AsyncSession) -> list[User]:

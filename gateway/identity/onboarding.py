@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import EnrollmentToken, User
 from gateway.errors import ConduitError
 from gateway.identity import enrollment, lockout, portal_sessions
-from gateway.identity.accounts import AccountError, check_username, create_user, totp_context
+from gateway.identity.accounts import (
+    AccountError,
+    check_username,
+    create_user,
+    membership_changed,
+    totp_context,
+)
 from gateway.identity.codes import matching_step, replace_recovery_codes
 from gateway.identity.models import RecoveryCode
 from gateway.identity.passwords import PasswordPolicy, hash_password
@@ -127,13 +133,15 @@ async def complete_enrolment(
     user.totp_last_step = step  # the confirming code is spent
     user.status = "active"
     user.updated_at = now
+    await membership_changed(db)  # now in the policy: standing grants reach the user at once
     await db.flush()
     codes = await replace_recovery_codes(db, user.id, now)
     return Enrolled(user.id, user.username, row.purpose, codes)
 
 
 async def set_status(db: AsyncSession, username: str, status: str, now: dt.datetime) -> User:
-    """Disable or enable an account; disabling ends its portal sessions at once."""
+    """Disable or enable an account; disabling ends its portal sessions at once, and its
+    live sessions within half a second (``membership_changed``)."""
     if status not in ("active", "disabled"):
         raise AccountError(f"cannot set status {status!r} directly")
     user = await find_user(db, username)
@@ -143,6 +151,7 @@ async def set_status(db: AsyncSession, username: str, status: str, now: dt.datet
     user.updated_at = now
     if status == "disabled":
         await portal_sessions.revoke_all(db, user.id, now)
+    await membership_changed(db)
     await db.flush()
     return user
 
@@ -165,6 +174,7 @@ async def reset_mfa(
     user.updated_at = now
     await db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     await portal_sessions.revoke_all(db, user.id, now)
+    await membership_changed(db)  # no longer active
     await db.flush()
     return user, await enrollment.issue_invite(db, user.id, now)
 

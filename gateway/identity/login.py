@@ -32,7 +32,8 @@ from gateway.identity import pending
 from gateway.identity.accounts import USERNAME_RE
 from gateway.identity.codes import use_second_factor
 from gateway.identity.lockout import clear_failures, is_locked, record_failure
-from gateway.identity.passwords import hash_password, hash_slots, needs_rehash, verify_or_dummy
+from gateway.identity.passwords import hash_password, needs_rehash, verify_or_dummy
+from gateway.identity.passwords import hash_slots as default_hash_slots
 
 log = logging.getLogger(__name__)
 FAILED = "invalid username, password or code"
@@ -70,7 +71,7 @@ class Authenticator:
     master_key: bytes = field(repr=False)
     lockout: LockoutSettings
     audit: AuditSink
-    hash_slots: int = field(default_factory=hash_slots)
+    hash_slots: int = field(default_factory=default_hash_slots)
     _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     async def _verify(self, stored_hash: str | None, password: str) -> bool:

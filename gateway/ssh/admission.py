@@ -56,14 +56,14 @@ Summary = Mapping[str, object]
 
 
 class RefusalLog:
-    """Counts refusals by reason and source; logs (and hands ``report``, for the audit trail)
-    the first, then one summary per interval."""
+    """Counts refusals by reason and source; logs (and hands ``report``, for the audit trail,
+    with the busiest source) the first, then one summary per interval."""
 
     def __init__(
         self,
         interval: float = LOG_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
-        report: Callable[[Summary], None] | None = None,
+        report: Callable[[str, Summary], None] | None = None,
     ) -> None:
         self._interval = interval
         self._clock = clock
@@ -101,6 +101,7 @@ class RefusalLog:
         )
         if self._report is not None:
             self._report(
+                busiest[0][0] if busiest else "",
                 {
                     "channel": "ssh",
                     "count": self._reasons.total(),
@@ -108,7 +109,7 @@ class RefusalLog:
                     # A list, not a map keyed by address: audit consumers get fixed keys.
                     "sources": [{"source": source, "count": n} for source, n in busiest],
                     "distinct_sources": len(self._sources),  # counted up to 1000
-                }
+                },
             )
         self._reasons.clear()
         self._sources.clear()

@@ -121,16 +121,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             self._gate.ended_before_login(self._source, ended)
         refused = self._certs.failure_detail() if self._identity is None else None
         if refused is not None:  # keys or certificates were refused and nothing logged in
-            self._s.tasks.start(
-                "audit-ssh-key-refusal",
-                self._s.audit.record(
-                    actor=self._user(),
-                    action="login.failure",
-                    result="failure",
-                    source=self._source,
-                    detail=refused,
-                ),
-            )
+            self._audit_key_refusals("login.failure", self._user(), refused)
 
     def auth_completed(self) -> None:
         self._uncount()
@@ -143,21 +134,25 @@ class GatewaySSHServer(asyncssh.SSHServer):
                 return
             self._s.tasks.start("audit-ssh-login", self._audit_certificate_login(self._identity))
         refused = self._certs.failure_detail()
-        asset = self._route.asset if self._route is not None else None
         if refused is not None:
             # Keys refused before this login (an agent's other keys, a stale certificate):
             # refusals, audited, but not a failed login.
-            self._s.tasks.start(
-                "audit-ssh-key-refusal",
-                self._s.audit.record(
-                    actor=self._identity.username,
-                    action="ssh.key.refused",
-                    result="failure",
-                    target=asset or "",
-                    source=self._source,
-                    detail={**refused, "logged_in_by": self._identity.factor},
-                ),
-            )
+            detail = {**refused, "logged_in_by": self._identity.factor}
+            self._audit_key_refusals("ssh.key.refused", self._identity.username, detail)
+
+    def _audit_key_refusals(self, action: str, actor: str, detail: dict[str, object]) -> None:
+        asset = self._route.asset if self._route is not None else None
+        self._s.tasks.start(
+            "audit-ssh-key-refusal",
+            self._s.audit.record(
+                actor=actor,
+                action=action,
+                result="failure",
+                target=asset or "",
+                source=self._source,
+                detail=detail,
+            ),
+        )
 
     async def _audit_certificate_login(self, identity: Identity) -> None:
         asset = self._route.asset if self._route is not None else None
@@ -397,21 +392,17 @@ class RefusalAudit:
         self.log = RefusalLog(report=self._report)
         self._writing: set[asyncio.Task[None]] = set()
 
-    def _report(self, summary: Mapping[str, object]) -> None:
-        task = self._s.tasks.start("audit-ssh-refusals", self._record(summary))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _record(self, summary: Mapping[str, object]) -> None:
-        busiest = summary.get("sources")
-        first = busiest[0] if isinstance(busiest, list) and busiest else {}
-        await self._s.audit.record(
+    def _report(self, busiest: str, summary: Mapping[str, object]) -> None:
+        record = self._s.audit.record(
             actor="anonymous",
             action="ssh.connection.refused",
             result="failure",
-            source=str(first.get("source", "")),  # the busiest
+            source=busiest,
             detail=summary,
         )
+        task = self._s.tasks.start("audit-ssh-refusals", record)
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
 
     async def close(self) -> None:
         self.log.flush()

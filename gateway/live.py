@@ -40,7 +40,9 @@ class LiveRegistry:
         self._sessions: dict[str, LiveSession] = {}
 
     def new_id(self) -> str:
-        return secrets.token_urlsafe(12)
+        # Hex, not urlsafe base64: an id starting with "-" was taken for an option by
+        # `conduit sessions kill ID` (1 in 64 sessions could not be killed from the CLI).
+        return secrets.token_hex(12)
 
     def register(self, session: LiveSession) -> None:
         self._sessions[session.session_id] = session

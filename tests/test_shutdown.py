@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import re
 import socket
 from pathlib import Path
 
@@ -92,3 +93,12 @@ async def test_a_session_that_will_not_die_does_not_hold_shutdown(data_dir: Path
     )
     assert code == 0
     assert reasons == ["shutdown", "shutdown"]
+
+
+def test_session_ids_are_never_taken_for_options() -> None:
+    """`conduit sessions kill ID` must accept every id: none may start with "-" (urlsafe
+    base64 ids did, 1 in 64), and each keeps 96 random bits."""
+    registry = LiveRegistry("node-a")
+    ids = {registry.new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)

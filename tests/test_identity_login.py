@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from gateway.audit.tables import AuditEventRow
 from gateway.db.models import User
-from gateway.identity import login, passwords, pending
+from gateway.identity import login, pending
 from gateway.identity.codes import is_totp_format, matching_step, replace_recovery_codes
 from gateway.identity.login import FAILED, AuthenticationFailed, Identity
 from gateway.identity.onboarding import unlock_user
@@ -224,12 +224,6 @@ async def test_old_argon2_parameters_are_rehashed_at_login(env: Env) -> None:
     async with env.services.sessions() as db:
         stored = await db.scalar(select(User.password_hash).where(User.username == "alice"))
     assert stored is not None and stored != weak and "m=65536" in stored
-
-
-def test_hash_slots_fill_the_cpus_four_lanes_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    for cpus, slots in ((1, 1), (2, 1), (4, 1), (8, 2), (16, 4)):
-        monkeypatch.setattr(passwords.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
-        assert passwords.hash_slots() == slots
 
 
 async def test_a_burst_of_logins_hashes_at_most_slots_at_once(

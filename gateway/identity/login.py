@@ -7,7 +7,7 @@ lockout counter, single-use codes and audit events are the same whichever channe
 Unknown users, wrong passwords, wrong codes, locked and disabled accounts all raise the
 same ``AuthenticationFailed`` message; the audit event carries the real reason.
 
-Argon2 runs in a worker thread behind a semaphore of ``hash_slots()`` (CPUs / 4 lanes):
+Argon2 runs in a worker thread behind a semaphore of ``hash_slots()`` (CPUs / its threads):
 the event loop stays responsive, a burst of logins cannot allocate 64 MiB per attempt
 without bound, and logins in a burst finish one after another instead of all at the end.
 Does not create portal sessions (see ``portal_sessions``) or decide access (rbac).

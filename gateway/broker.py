@@ -220,6 +220,13 @@ class Broker:
         decision = await self._s.authz.authorize(ticket.username, ticket.asset, action)
         if decision.allowed:
             return True
+        await self.refuse_operation(ticket, action, operation, target, decision.reason)
+        return False
+
+    async def refuse_operation(
+        self, ticket: Ticket, action: str, operation: str, target: str, reason: str
+    ) -> None:
+        """Audit an operation refused inside an open session, by policy or by the protocol."""
         await self._audit(
             ticket,
             "operation.denied",
@@ -229,10 +236,9 @@ class Broker:
                 "operation": operation,
                 "path": target,
                 "action_requested": action,
-                "reason": decision.reason,
+                "reason": reason,
             },
         )
-        return False
 
     async def _audit(
         self, ticket: Ticket, action: str, result: str, detail: dict[str, Any]

@@ -5,13 +5,17 @@ remote path is also a local one and the tests check the bytes that arrived on di
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
 from pathlib import Path
 
-from tests.support import conduit
-from tests.test_ssh_jump import Gateway, gateway  # noqa: F401 - fixture
+import asyncssh
+import pytest
+
+from tests.support import conduit, kbdint_client
+from tests.test_ssh_jump import PASSWORD, Gateway, gateway  # noqa: F401 - fixture
 
 MB = 1 << 20
 
@@ -119,6 +123,47 @@ def test_sftp_write_without_sftp_write_is_refused_and_audited(
         and d["action_requested"] == "sftp-write"
         for e in denied
     ), denied
+
+
+def test_a_write_to_a_file_opened_for_reading_is_refused_and_audited_once(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """OpenSSH's clients never do this; asyncssh's will, so it stands in for a crafted one."""
+    grant(gateway, "alice", "sftp-read")
+    grant(gateway, "alice", "sftp-write")
+    config = tmp_path / "config.txt"
+    config.write_text("setpoint=42\n")
+
+    async def write_through_a_read_handle() -> list[str]:
+        conn, _ = await asyncssh.create_connection(
+            kbdint_client(PASSWORD, gateway.code("alice")), "127.0.0.1", gateway.ssh_port,
+            username="alice+target", known_hosts=None, client_keys=None, agent_path=None,
+            preferred_auth=["keyboard-interactive"],
+        )  # fmt: skip
+        refusals = []
+        async with conn, conn.start_sftp_client() as client:
+            async with client.open(str(config), "rb") as handle:
+                for _ in range(3):
+                    with pytest.raises(asyncssh.SFTPPermissionDenied) as refused:
+                        await handle.write(b"setpoint=99\n", 0)
+                    refusals.append(refused.value.reason)
+                assert await handle.read() == b"setpoint=42\n"
+        return refusals
+
+    assert asyncio.run(write_through_a_read_handle()) == ["file not opened for writing"] * 3
+    assert config.read_text() == "setpoint=42\n"
+    denied = [
+        d for e in events(gateway, "operation.denied")
+        if isinstance(d := e["detail"], dict) and d["path"] == str(config)
+    ]  # fmt: skip
+    assert [(d["operation"], d["action_requested"], d["reason"]) for d in denied] == [
+        ("write", "sftp-write", "file not opened for writing")
+    ]
+    reads = [
+        d for e in events(gateway, "sftp.read")
+        if isinstance(d := e["detail"], dict) and d["path"] == str(config)
+    ]  # fmt: skip
+    assert [(d["size"], d["refused_writes"]) for d in reads] == [(12, 3)]
 
 
 def test_removing_renaming_and_mkdir_need_sftp_write(gateway: Gateway, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READ, WRITE = "sftp-read", "sftp-write"
 CHANGES = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 MAX_PATH = 4096
+NOT_OPENED_FOR_WRITING = "file not opened for writing"
 
 
 def shown(path: bytes) -> str:
@@ -78,6 +79,7 @@ class Transfer:
     next_read: int = 0
     next_write: int = 0
     in_order: bool = True
+    refused_writes: int = 0  # writes to a file opened for reading only
     digest: Any = field(default_factory=hashlib.sha256)
     failure: BaseException | None = None
     writes: set[asyncio.Task[None]] = field(default_factory=set)
@@ -225,7 +227,13 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         transfer = self._transfer(file_obj)
         if not transfer.writing:
-            raise SFTPPermissionDenied("file not opened for writing")
+            # Audited once per open file; the close's audit counts them all.
+            transfer.refused_writes += 1
+            if transfer.refused_writes == 1:
+                await self._broker.refuse_operation(
+                    self._ticket, WRITE, "write", shown(transfer.path), NOT_OPENED_FOR_WRITING
+                )
+            raise SFTPPermissionDenied(NOT_OPENED_FOR_WRITING)
         self._broker.activity(self._ticket)
         await transfer.write(offset, data)
         transfer.saw(offset, data, writing=True)
@@ -250,9 +258,10 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
                 in_order=transfer.in_order, **failed,
             )  # fmt: skip
         if transfer.read_bytes or (transfer.reading and not transfer.writing):
+            refused = {"refused_writes": transfer.refused_writes} if transfer.refused_writes else {}
             await self._done(
                 "read", transfer.path, size=transfer.read_bytes, sha256=digest,
-                in_order=transfer.in_order,
+                in_order=transfer.in_order, **refused,
             )  # fmt: skip
 
     def _transfer(self, file_obj: object) -> Transfer:

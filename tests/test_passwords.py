@@ -15,7 +15,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import ffi
 
 from gateway.identity import passwords
-from gateway.identity.passwords import _Resident, hash_password, verify_or_dummy, verify_password
+from gateway.identity.passwords import (
+    PasswordPolicy,
+    PasswordPolicyError,
+    _Resident,
+    hash_password,
+    verify_or_dummy,
+    verify_password,
+)
 
 CURRENT = PasswordHasher()
 PASSWORDS = ("Alice-Sturdy-Passphrase-1", "", "ünïcødé-パスワード", "x" * 1024, "a\x00b")
@@ -182,3 +189,14 @@ def test_the_argon2_codes_are_the_librarys() -> None:
         lib.ARGON2_DEFAULT_FLAGS,
     )
     assert passwords.ARGON2_MEMORY_ALLOCATION_ERROR == lib.ARGON2_MEMORY_ALLOCATION_ERROR
+
+
+def test_a_password_that_is_not_text_fails_and_is_refused_by_the_policy(
+    stored: dict[str, str],
+) -> None:
+    """Undecodable bytes read through surrogateescape: no exception, just a failure."""
+    not_text = PASSWORDS[0] + "\udcff"
+    assert verify_or_dummy(stored[PASSWORDS[0]], not_text) is False
+    assert verify_or_dummy(None, not_text) is False
+    with pytest.raises(PasswordPolicyError, match="UTF-8 text"):
+        PasswordPolicy().check("Long-Enough-Passphrase-\udcff")

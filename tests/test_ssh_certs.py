@@ -37,13 +37,13 @@ from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from gateway.web.app import create_app
 from tests.sshd_target import SSHDTarget, free_port, keygen
-from tests.support import Served, conduit, init_data_dir, kbdint_client
+from tests.support import CONDUIT, Served, clean_env, conduit, init_data_dir, kbdint_client
 from tests.test_identity_helpers import PASSWORDS, Env, env
 from tests.test_identity_web import account_csrf, login
 
 __all__ = ["env"]
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "dave", "erin")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
 
 @dataclass
@@ -339,6 +339,27 @@ def test_cli_refusals_count_toward_the_shared_lockout(gateway: Gateway) -> None:
     locked = gateway.issue("dave", right)
     assert locked.returncode == 1
     assert not Path(f"{gateway.key('dave')}-cert.pub").exists()
+
+
+def test_cli_password_that_is_not_utf8_is_a_failed_login_not_a_crash(gateway: Gateway) -> None:
+    """stdin is read with surrogateescape: undecodable bytes become lone surrogates, which
+    no stored password can hold. A wrong password, audited and counted, not a traceback."""
+    code = gateway.code("frank")
+    refused = subprocess.run(
+        [*CONDUIT, "ssh-cert", "--user", "frank", "--key", f"{gateway.key('frank')}.pub",
+         "--password-stdin", "--code-stdin", "--data-dir", str(gateway.data)],
+        input=PASSWORD.encode() + b"\xff\xfe\n" + code.encode() + b"\n",
+        capture_output=True, env=clean_env(), timeout=60, check=False,
+    )  # fmt: skip
+    stderr = refused.stderr.decode("utf-8", "replace")
+    assert refused.returncode == 1, stderr
+    assert "invalid username, password or code" in stderr
+    assert "Traceback" not in stderr
+    assert not Path(f"{gateway.key('frank')}-cert.pub").exists()
+    failures = [
+        e for e in gateway.audit() if e["action"] == "login.failure" and e["actor"] == "frank"
+    ]
+    assert [e["detail"] for e in failures] == [{"channel": "cli", "reason": "bad-password"}]
 
 
 def test_cli_refuses_a_code_in_argv(gateway: Gateway) -> None:

@@ -233,9 +233,22 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(32))
 
 
+def is_text(password: str) -> bool:
+    """False for a string with lone surrogates: bytes that were not UTF-8, read through
+    ``surrogateescape`` (stdin in the C locale). Such a password can be neither hashed nor
+    held by any stored hash."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def verify_or_dummy(stored_hash: str | None, password: str) -> bool:
-    """Verify against ``stored_hash``, or spend the same time on a dummy hash and fail."""
-    if len(password) > MAX_PASSWORD_LENGTH:
+    """Verify against ``stored_hash``, or spend the same time on a dummy hash and fail.
+
+    Passwords no stored hash can match (too long, not text) fail at once."""
+    if len(password) > MAX_PASSWORD_LENGTH or not is_text(password):
         return False
     if stored_hash is None:
         verify_password(_dummy_hash(), password)
@@ -267,6 +280,8 @@ class PasswordPolicy:
             raise PasswordPolicyError(f"password must be at least {self.min_length} characters")
         if len(password) > MAX_PASSWORD_LENGTH:
             raise PasswordPolicyError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+        if not is_text(password):
+            raise PasswordPolicyError("password must be UTF-8 text")
         lowered = password.lower()
         if self.reject_common and lowered in self.common:
             raise PasswordPolicyError("password is too common: choose another")

@@ -165,11 +165,22 @@ def test_more_callers_than_buffers_all_get_the_right_answer(stored: dict[str, st
     assert resident._made == 1
 
 
-def test_the_process_verifier_and_the_dummy_use_resident_memory(stored: dict[str, str]) -> None:
-    before = passwords._resident._made
+def test_the_process_verifier_and_the_dummy_use_resident_memory(
+    stored: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Counting(_Resident):
+        answered = 0
+
+        def verify(self, stored_hash: str, password: str) -> bool | None:
+            answer = super().verify(stored_hash, password)
+            self.answered += answer is not None
+            return answer
+
+    resident = Counting(CURRENT, buffers=1, threads=2)
+    monkeypatch.setattr(passwords, "_resident", resident)
     assert verify_or_dummy(stored[PASSWORDS[0]], PASSWORDS[0]) is True
     assert verify_or_dummy(None, PASSWORDS[0]) is False
-    assert 1 <= passwords._resident._made == max(before, 1)
+    assert resident.answered == 2 and resident._made == 1
 
 
 def test_hash_threads_are_the_lanes_but_no_more_than_the_cpus(

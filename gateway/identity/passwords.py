@@ -124,7 +124,7 @@ class _Resident:
 
     def __init__(self, hasher: PasswordHasher, buffers: int, threads: int) -> None:
         self._hasher = hasher
-        self._threads = threads
+        self._threads = min(threads, hasher.parallelism)  # more threads than lanes idle
         self._size = hasher.memory_cost * 1024
         self._free: list[Any] = []
         self._made = 0
@@ -158,8 +158,9 @@ class _Resident:
             current.parallelism,
         ):
             return None
+        # The pattern's lengths give a salt of at least 8 bytes and a hash of at least 16.
         salt, digest = _unpadded_b64(match.group(5)), _unpadded_b64(match.group(6))
-        if salt is None or digest is None or len(salt) < 8 or len(digest) < 16:
+        if salt is None or digest is None:
             return None
         return salt, digest
 
@@ -190,7 +191,7 @@ class _Resident:
                 "t_cost": self._hasher.time_cost,
                 "m_cost": self._hasher.memory_cost,
                 "lanes": self._hasher.parallelism,
-                "threads": min(self._threads, self._hasher.parallelism),
+                "threads": self._threads,
                 "version": ARGON2_VERSION,
                 "allocate_cbk": _ALLOCATE,
                 "free_cbk": _KEEP,

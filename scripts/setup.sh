@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared set-up for the two quick-start commands (sourced, not run):
-#   conduit_setup_python [EXTRAS]  creates .venv with Python >= 3.11 and installs Conduit
+#   conduit_setup_python [EXTRAS]  creates .venv with Python >= 3.11 and installs Conduit and
+#                                  exactly the pinned set (requirements[-EXTRAS].lock)
 #   conduit_setup_npm              installs the portal's browser libraries (package-lock.json)
 #   conduit_setup_debian FILE      installs the Debian packages listed in FILE (root only)
 # Every step is idempotent and quick when there is nothing to do.
@@ -47,22 +48,38 @@ find_python() {
 }
 
 conduit_setup_python() {
+  # Installs exactly the pinned set: requirements.lock, or requirements-dev.lock for "dev"
+  # (refreshed only by scripts/lock.sh). Every file is checked against its sha256 in the lock,
+  # and the venv is rebuilt whenever the lock it was made from changed, so it never holds
+  # anything the lock does not list.
   local extras=${1:-}
-  local py
+  local lock="$CONDUIT_ROOT/requirements${extras:+-$extras}.lock"
+  local stamp="$VENV/.conduit-lock" want py
+  want="$(basename "$lock") $(sha256sum "$lock" | cut -d' ' -f1)"
+  local have dev="$CONDUIT_ROOT/requirements-dev.lock"
+  have=$(cat "$stamp" 2>/dev/null || true)
+  if [ -x "$VENV/bin/python" ]; then
+    [ "$have" = "$want" ] && return 0
+    # The dev set holds the runtime set at the same versions: good enough for the demo.
+    [ -z "$extras" ] && [ "$have" = "$(basename "$dev") $(sha256sum "$dev" | cut -d' ' -f1)" ] && return 0
+  fi
   if ! py=$(find_python); then
     apt_install python3 python3-venv || { say "Conduit needs Python >= 3.11"; return 1; }
     py=$(find_python) || { say "Conduit needs Python >= 3.11"; return 1; }
   fi
-  if [ ! -x "$VENV/bin/python" ]; then
-    if ! "$py" -m venv "$VENV" 2>/dev/null; then
-      rm -rf "$VENV"
-      apt_install python3-venv || return 1
-      "$py" -m venv "$VENV"
-    fi
+  rm -rf "$VENV"
+  if ! "$py" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    apt_install python3-venv || return 1
+    "$py" -m venv "$VENV"
   fi
-  say "installing Python dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$CONDUIT_ROOT${extras:+[$extras]}"
+  say "installing Python dependencies from $(basename "$lock") into $VENV"
+  local pip=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+  "${pip[@]}" install --require-hashes --no-deps -r "$lock"
+  # Conduit itself, built by the locked setuptools (no build isolation: nothing unpinned).
+  "${pip[@]}" install --no-deps --no-build-isolation -e "$CONDUIT_ROOT"
+  "${pip[@]}" check >/dev/null
+  printf '%s\n' "$want" > "$stamp"
 }
 
 conduit_setup_npm() {

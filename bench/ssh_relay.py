@@ -85,7 +85,7 @@ from bench.ssh_relay_rig import (
     tree_pss_kb,
     utc_in,
 )
-from gateway import live_store
+from gateway.sessions import store as live_store
 from tests.sshd_target import missing_reason
 from tests.support import CONDUIT, clean_env
 

@@ -30,6 +30,7 @@ import pyotp
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.authz import hostkeys
 from gateway.config import Overrides, load_settings
 from gateway.db.models import User
 from gateway.identity.accounts import create_user
@@ -38,7 +39,6 @@ from gateway.identity.ssh_access import add_public_key, issue_connect_code
 from gateway.identity.ssh_certs import issue_certificate
 from gateway.keys import load_keyring
 from gateway.services import Services
-from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from tests.sshd_target import SSHD, free_port, prepare
 from tests.support import CONDUIT, clean_env, init_data_dir

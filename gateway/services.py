@@ -20,11 +20,11 @@ from gateway.authz.access_requests import RequestService
 from gateway.authz.service import AuthzService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, make_sessionmaker
-from gateway.events import ChangeBus
 from gateway.identity.login import Authenticator
 from gateway.keys import KeyRing
-from gateway.live import LiveRegistry
-from gateway.recordings_index import RecordingService
+from gateway.recorder import RecordingService
+from gateway.sessions.events import ChangeBus
+from gateway.sessions.live import LiveRegistry
 from gateway.tasks import TaskSet
 
 Clock = Callable[[], dt.datetime]

@@ -23,15 +23,15 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from gateway import live_store
 from gateway.audit.tables import AuditEventRow
+from gateway.authz import hostkeys
+from gateway.cli.serve import publish_byte_counts
 from gateway.config import Overrides, load_settings
 from gateway.identity.accounts import create_user
 from gateway.keys import load_keyring
-from gateway.live import LiveSession
-from gateway.serve import publish_byte_counts
 from gateway.services import Services
-from gateway.ssh import hostkeys
+from gateway.sessions import store as live_store
+from gateway.sessions.live import LiveSession
 from gateway.vault import set_credential
 from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, clean_env, conduit, init_data_dir

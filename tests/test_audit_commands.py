@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog
-from gateway.audit_commands import ProgressLines, add_audit_commands
-from gateway.cli import _common
+from gateway.cli.audit import ProgressLines, add_audit_commands
+from gateway.cli.common import common_parser as _common
 from gateway.config import Overrides, load_settings
 from gateway.db.engine import make_sessionmaker
 from gateway.keys import load_keyring

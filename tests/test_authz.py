@@ -20,9 +20,9 @@ from gateway.authz.tables import Grant
 from gateway.config import Overrides, load_settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
-from gateway.events import Change, ChangeBus
 from gateway.identity.accounts import create_user
 from gateway.identity.onboarding import set_status
+from gateway.sessions.events import Change, ChangeBus
 from rbac.errors import ApprovalError, TransitionError
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)  # a Monday

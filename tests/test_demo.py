@@ -15,7 +15,7 @@ import asyncssh
 import pyotp
 import pytest
 
-from gateway import demo_target
+from gateway.demo import target as demo_target
 from tests.support import Served, clean_env, conduit, kbdint_client
 
 

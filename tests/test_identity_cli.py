@@ -16,12 +16,12 @@ from sqlalchemy import select
 
 from gateway.audit import AuditLog
 from gateway.audit.tables import AuditEventRow
-from gateway.cli import _common
+from gateway.cli.common import common_parser as _common
+from gateway.cli.identity import add_token_commands, add_user_commands
 from gateway.db import migrate
 from gateway.db.models import User
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator
-from gateway.identity_commands import add_token_commands, add_user_commands
 from gateway.keys import init_key_material, load_keyring
 from gateway.services import Services, utc_now
 from tests.test_identity_helpers import make_settings

@@ -1,5 +1,5 @@
 """``conduit recordings verify|export|list|search|retention`` handlers, driven through the
-parser they ship with (in-process: ``gateway.cli`` wires them separately)."""
+parser they ship with (in-process: ``gateway.cli.main`` wires them separately)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog
-from gateway.cli import _common
+from gateway.cli.common import common_parser as _common
+from gateway.cli.recordings import add_recordings_commands
 from gateway.config import Overrides, load_settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
-from gateway.recordings_commands import add_recordings_commands
-from gateway.recordings_index import RecordingService, SessionInfo
+from gateway.recorder import RecordingService, SessionInfo
 from recordings import Kind
 from recordings.terminal import TerminalEvent, resize_payload
 from tests.support import clean_env, conduit

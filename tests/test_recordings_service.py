@@ -20,7 +20,7 @@ from gateway.audit.tables import AuditEventRow
 from gateway.config import Overrides, load_settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
-from gateway.recordings_index import (
+from gateway.recorder import (
     QuotaExceeded,
     RecordingService,
     SessionInfo,
@@ -28,7 +28,7 @@ from gateway.recordings_index import (
     catalog,
     quota_status,
 )
-from gateway.recordings_index.service import INLINE_INDEX_BYTES
+from gateway.recorder.service import INLINE_INDEX_BYTES
 from recordings import Integrity, Kind, RecordingUnavailable
 from recordings.terminal import TerminalEvent
 
@@ -256,7 +256,7 @@ async def test_quota_warns_at_80_percent_and_refuses_at_100(
     recording_id = await site.record([(0.1, b"some output\r\n")])
     size = (await site.service.entry(recording_id)).size_bytes
     site.service.quota_bytes = int(size / 0.85)
-    with caplog.at_level(logging.WARNING, logger="gateway.recordings_index.quota"):
+    with caplog.at_level(logging.WARNING, logger="gateway.recorder.quota"):
         status = await quota_status(site.service.sessions, site.service.quota_bytes)
     assert status.warning and not status.exceeded
     assert "recordings storage" in caplog.text

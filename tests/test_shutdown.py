@@ -9,10 +9,10 @@ import re
 import socket
 from pathlib import Path
 
+from gateway.cli.serve import serve
 from gateway.config import Overrides, load_settings
-from gateway.live import LiveRegistry, LiveSession
-from gateway.serve import serve
 from gateway.services import Services
+from gateway.sessions.live import LiveRegistry, LiveSession
 from tests.support import init_data_dir
 
 

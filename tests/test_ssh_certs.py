@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.audit.tables import AuditEventRow
+from gateway.authz import hostkeys
 from gateway.config import Overrides, load_settings
 from gateway.db.models import User
 from gateway.identity import ssh_access
@@ -33,7 +34,6 @@ from gateway.identity.accounts import create_user
 from gateway.identity.models import SSHPublicKey
 from gateway.keys import load_keyring
 from gateway.services import Services
-from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from gateway.web.app import create_app
 from tests.sshd_target import SSHDTarget, free_port, keygen

@@ -15,11 +15,11 @@ import asyncssh
 import pyotp
 import pytest
 
+from gateway.authz import hostkeys
 from gateway.config import Overrides, load_settings
 from gateway.identity.accounts import create_user
 from gateway.keys import load_keyring
 from gateway.services import Services
-from gateway.ssh import hostkeys
 from gateway.vault import set_credential
 from tests.sshd_target import SSHDTarget
 from tests.support import Served, conduit, init_data_dir, kbdint_client, serving

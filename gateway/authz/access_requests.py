@@ -23,7 +23,7 @@ from gateway.audit.sink import AuditSink
 from gateway.authz.service import AuthzService, PolicyError, new_id
 from gateway.authz.tables import AccessRequestRow, Asset, AssetZone, Grant, RequestEventRow, Zone
 from gateway.errors import ConduitError
-from gateway.events import Change, ChangeBus
+from gateway.sessions.events import Change, ChangeBus
 from rbac import requests as rq
 from rbac.errors import RbacError
 from rbac.names import check_action

@@ -22,7 +22,7 @@ from gateway.audit.sink import AuditSink
 from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
 from gateway.errors import ConduitError
-from gateway.events import Change, ChangeBus
+from gateway.sessions.events import Change, ChangeBus
 from rbac.names import check_action, check_name, term
 from rbac.policy import Decision, PolicyIndex
 from rbac.windows import parse_schedule

@@ -26,8 +26,8 @@ from asyncssh import SFTPAttrs, SFTPName, SFTPPermissionDenied, SFTPVFSAttrs
 from asyncssh.channel import SSHChannel
 from asyncssh.stream import SSHServerStreamSession
 
-from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
+from gateway.sessions.broker import Broker, Ticket
 from gateway.ssh.relay import client_end_reason, end_session
 from recordings import Kind
 from recordings.terminal import TerminalEvent

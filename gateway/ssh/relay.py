@@ -20,8 +20,8 @@ from typing import Any
 import asyncssh
 from asyncssh.packet import SSHPacket
 
-from gateway.broker import Broker, Ticket
 from gateway.errors import ConduitError
+from gateway.sessions.broker import Broker, Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, discard_unsent_output, record_paced
 from recordings.terminal import TerminalEvent, resize_payload
 

@@ -21,12 +21,12 @@ import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 from sqlalchemy import select
 
-from gateway.broker import Broker
 from gateway.db.models import User
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
+from gateway.sessions.broker import Broker
 from gateway.ssh import fastpath
 from gateway.ssh.admission import RefusalLog, UnauthenticatedGate
 from gateway.ssh.certificates import CertificateLogin

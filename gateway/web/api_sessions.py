@@ -19,9 +19,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import AfterValidator, Field
 
-from gateway import live_store
-from gateway.live_store import LiveSessionRow
 from gateway.services import Services
+from gateway.sessions import store as live_store
+from gateway.sessions.store import LiveSessionRow
 from gateway.web.api_access import (
     NOT_FOUND,
     AuditedRoute,

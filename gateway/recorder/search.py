@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.recordings_index.tables import RecordingLineRow
+from gateway.recorder.tables import RecordingLineRow
 from recordings.screen import TextLine
 
 MAX_LINE_CHARS = 2000

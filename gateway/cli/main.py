@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import Overrides, Settings, load_settings
+from gateway.cli.common import common_parser
 from gateway.errors import ConduitError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -22,41 +22,22 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="F", help="configuration file (TOML)")
-    common.add_argument("--data-dir", type=Path, metavar="D", help="data directory")
-    return common
-
-
 def _listen_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--portal-listen", metavar="HOST:PORT", help="portal address")
     parser.add_argument("--ssh-listen", metavar="HOST:PORT", help="SSH listener address")
 
 
-def settings_from(args: argparse.Namespace, *, portal_tls: bool | None = None) -> Settings:
-    return load_settings(
-        args.config,
-        Overrides(
-            data_dir=args.data_dir,
-            portal_listen=getattr(args, "portal_listen", None),
-            ssh_listen=getattr(args, "ssh_listen", None),
-            portal_tls=portal_tls,
-        ),
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `conduit --help` stays fast and import errors name the command.
-    from gateway import commands
-    from gateway.audit_commands import add_audit_commands
-    from gateway.authz_commands import add_authz_commands
-    from gateway.identity_commands import add_token_commands, add_user_commands
-    from gateway.recordings_commands import add_recordings_commands
-    from gateway.sessions_commands import add_sessions_commands
-    from gateway.ssh_cert_commands import add_ssh_cert_commands
+    from gateway.cli import node as commands
+    from gateway.cli.audit import add_audit_commands
+    from gateway.cli.authz import add_authz_commands
+    from gateway.cli.identity import add_token_commands, add_user_commands
+    from gateway.cli.recordings import add_recordings_commands
+    from gateway.cli.sessions import add_sessions_commands
+    from gateway.cli.ssh_cert import add_ssh_cert_commands
 
-    common = _common()
+    common = common_parser()
     parser = argparse.ArgumentParser(prog="conduit", description="Conduit OT access gateway")
     parser.add_argument("--version", action="version", version=f"conduit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import AuditLog
-from gateway.commands import run_db, settings_of
+from gateway.cli.common import run_db, settings_of
 from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker

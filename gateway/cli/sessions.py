@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from gateway import live_store
-from gateway.commands import with_services
+from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
+from gateway.sessions import store as live_store
 
 Sub = argparse._SubParsersAction  # argparse has no public name for it
 

@@ -1,11 +1,11 @@
 """Live sessions in the database: what every process and node sees, and kill requests.
 
-Each process keeps its sessions' kill handles in ``gateway.live.LiveRegistry``; this table is
-the shared view (``conduit sessions list``, the sessions API) and the mailbox for kills: any
-process (the CLI, another node's API) marks a row, and the owner node, which polls its own
-rows, ends the session. The owner also publishes its sessions' byte counts here as it polls,
-so the counts other processes see are at most one poll old. Does not decide access and does
-not end sessions itself.
+Each process keeps its sessions' kill handles in ``gateway.sessions.live.LiveRegistry``;
+this table is the shared view (``conduit sessions list``, the sessions API) and the mailbox
+for kills: any process (the CLI, another node's API) marks a row, and the owner node, which
+polls its own rows, ends the session. The owner also publishes its sessions' byte counts here
+as it polls, so the counts other processes see are at most one poll old. Does not decide
+access and does not end sessions itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.models import Base
 from gateway.db.types import UTCDateTime
-from gateway.live import LiveSession
+from gateway.sessions.live import LiveSession
 
 
 class LiveSessionRow(Base):

@@ -2,7 +2,7 @@
 
 Initialises a demo data directory, applies migrations, seeds the demo users (admin,
 approver, vendor, auditor) with generated passwords and TOTP secrets, starts the demo's
-SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo_target``, on loopback) with its host
+SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo.target``, on loopback) with its host
 key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
 ``sftp-write``) and the approver (``approve``, ``watch``, ``kill``), prints how to log in
 and connect, and serves on http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only).
@@ -12,25 +12,23 @@ production: its credentials file holds passwords and TOTP secrets in clear (mode
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
 
-from gateway import demo_target
-from gateway.config import ListenAddress, Settings, parse_listen
+from gateway.authz import hostkeys
+from gateway.config import ListenAddress, Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
-from gateway.errors import ConduitError, ConfigError
+from gateway.demo import target as demo_target
+from gateway.errors import ConduitError
 from gateway.identity.accounts import create_user
 from gateway.identity.totp import new_totp_secret, provisioning_uri
-from gateway.keys import KeyRing, init_key_material, load_keyring, write_private_file
-from gateway.logs import setup_logging
+from gateway.keys import KeyRing, write_private_file
 from gateway.services import Services, utc_now
-from gateway.ssh import hostkeys
 from gateway.vault import accounts, set_credential
 
 DEMO_PORTAL = "127.0.0.1:8080"
@@ -179,9 +177,13 @@ async def seed_device(services: Services, directory: Path, host: str, port: int)
             )
 
 
-async def _run(settings: Settings, keys: KeyRing, wanted: ListenAddress | None) -> int:
-    from gateway.serve import serve
-
+async def run(
+    settings: Settings,
+    keys: KeyRing,
+    wanted: ListenAddress | None,
+    serve: Callable[[Settings], Awaitable[int]],
+) -> int:
+    """Seed the site, start the demo device, print the logins, then ``serve`` (the CLI's)."""
     engine = make_engine(settings)
     try:
         await migrate.upgrade(engine)
@@ -207,27 +209,3 @@ async def _run(settings: Settings, keys: KeyRing, wanted: ListenAddress | None) 
     finally:
         device.close()
         await device.wait_closed()
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from gateway.cli import settings_from
-
-    args.portal_listen = args.portal_listen or DEMO_PORTAL
-    args.ssh_listen = args.ssh_listen or DEMO_SSH
-    settings = settings_from(args, portal_tls=False)
-    if not settings.ssh_listen.is_loopback:
-        raise ConfigError("config error: ssh.listen: the demo serves SSH on loopback only")
-    wanted = None
-    if getattr(args, "target_listen", None):
-        try:
-            wanted = parse_listen(args.target_listen)
-        except ValueError as exc:
-            raise ConfigError(f"config error: --target-listen: {exc}") from None
-        if wanted.host != "127.0.0.1":
-            raise ConfigError("config error: --target-listen: the demo device is on 127.0.0.1")
-    setup_logging(settings.logging.level, settings.logging.format)
-    # With the portal certificate too, although the demo serves plain HTTP: then the other
-    # commands (`conduit audit export --data-dir conduit-demo`, ...) work on this directory.
-    init_key_material(settings_from(args, portal_tls=True))
-    keys = load_keyring(settings)
-    return asyncio.run(_run(settings, keys, wanted))

@@ -19,14 +19,15 @@ from typing import Any
 import asyncssh
 from sqlalchemy import select
 
-from gateway import live_store
+from gateway.authz import hostkeys
 from gateway.authz.tables import Asset
 from gateway.errors import ConduitError, NotFoundOrForbidden
-from gateway.events import Change
-from gateway.live import KillHandle, LiveSession
-from gateway.recordings_index import SessionInfo
+from gateway.recorder import SessionInfo
 from gateway.services import Services
-from gateway.ssh import hostkeys, upstream
+from gateway.sessions import store as live_store
+from gateway.sessions.events import Change
+from gateway.sessions.live import KillHandle, LiveSession
+from gateway.ssh import upstream
 from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, credential_for
 from rbac.names import TUNNEL_RE

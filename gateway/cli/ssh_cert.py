@@ -19,7 +19,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from gateway.commands import with_services
+from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.identity.ssh_access import MAX_KEY_LINE, parse_public_key
 from gateway.identity.ssh_certs import IssuedCertificate, issue_audited, list_certificates

@@ -1,7 +1,7 @@
 """Live-session registry: who is connected where, and the kill switch.
 
 Every protocol front end registers its sessions here with a kill handle; ``end_all`` is
-what shutdown uses. Does not decide access (see ``rbac`` and ``gateway.broker``) and, for
+what shutdown uses. Does not decide access (see ``rbac`` and ``gateway.sessions.broker``) and, for
 now, knows only this process's sessions; the cross-process owner/heartbeat mechanism plugs
 in behind the same methods.
 """

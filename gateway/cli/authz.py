@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from gateway import vault
-from gateway.commands import with_services
+from gateway.authz import hostkeys
+from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
-from gateway.ssh import hostkeys
 from rbac.errors import RbacError
 from rbac.windows import parse_instant
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.recordings_index.tables import (
+from gateway.recorder.tables import (
     STATE_CLOSED,
     STATE_OPEN,
     UNVERIFIED,

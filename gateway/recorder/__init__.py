@@ -9,11 +9,11 @@ Does not decide who may view or search (callers check authorization first).
 
 from __future__ import annotations
 
-from gateway.recordings_index.catalog import CatalogEntry
-from gateway.recordings_index.quota import QuotaExceeded, QuotaStatus, quota_status
-from gateway.recordings_index.retention import RetentionReport, apply_retention
-from gateway.recordings_index.search import SearchHit
-from gateway.recordings_index.service import (
+from gateway.recorder.catalog import CatalogEntry
+from gateway.recorder.quota import QuotaExceeded, QuotaStatus, quota_status
+from gateway.recorder.retention import RetentionReport, apply_retention
+from gateway.recorder.search import SearchHit
+from gateway.recorder.service import (
     RecordingMissing,
     RecordingService,
     SessionInfo,

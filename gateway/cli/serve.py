@@ -21,15 +21,15 @@ from typing import TextIO
 import asyncssh
 import uvicorn
 
-from gateway import live_store
-from gateway.broker import Broker
 from gateway.config import ListenAddress, Settings
 from gateway.db.migrate import require_current
 from gateway.errors import ConduitError
 from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstrap
 from gateway.keys import load_keyring
-from gateway.recordings_index.retention import apply_retention
+from gateway.recorder.retention import apply_retention
 from gateway.services import Services
+from gateway.sessions import store as live_store
+from gateway.sessions.broker import Broker
 from gateway.ssh.server import RefusalAudit, start_ssh_server
 from gateway.web.app import create_app
 

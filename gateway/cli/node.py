@@ -9,58 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-
-from gateway.config import Settings
+from gateway.cli.common import run_db, settings_of
+from gateway.config import parse_listen
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
-from gateway.errors import ConduitError
+from gateway.errors import ConfigError
 from gateway.identity.accounts import list_users
 from gateway.identity.enrollment import issue_admin_bootstrap
 from gateway.keys import init_key_material, load_keyring
 from gateway.logs import setup_logging
-
-if TYPE_CHECKING:
-    from gateway.services import Services
-
-T = TypeVar("T")
-
-
-def settings_of(args: argparse.Namespace, **kwargs: bool | None) -> Settings:
-    from gateway.cli import settings_from
-
-    return settings_from(args, **kwargs)
-
-
-def run_db(func: Callable[[], Awaitable[T]]) -> T:
-    """Run a database coroutine; unreachable servers become one operator-readable line."""
-    try:
-        return asyncio.run(func())  # type: ignore[arg-type]
-    except (OperationalError, DBAPIError, OSError) as exc:
-        # str(exc) may hold SQL but never the URL's password; keep only the first line.
-        first = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConduitError(f"cannot use the database: {first}") from None
-
-
-def with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
-    """Run ``work`` against a full ``Services`` of this installation (keys, current schema)."""
-    from gateway.services import Services
-
-    settings = settings_of(args)
-    keys = load_keyring(settings)
-
-    async def run() -> T:
-        services = Services.build(settings, keys)
-        try:
-            await migrate.require_current(services.engine)
-            return await work(services)
-        finally:
-            await services.close()
-
-    return run_db(run)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -168,7 +126,7 @@ def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import serve
+    from gateway.cli.serve import serve
 
     settings = settings_of(args)
     setup_logging(settings.logging.level, settings.logging.format)
@@ -181,6 +139,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.cli.serve import serve
+    from gateway.demo import site
 
-    return run_demo(args)
+    args.portal_listen = args.portal_listen or site.DEMO_PORTAL
+    args.ssh_listen = args.ssh_listen or site.DEMO_SSH
+    settings = settings_of(args, portal_tls=False)
+    if not settings.ssh_listen.is_loopback:
+        raise ConfigError("config error: ssh.listen: the demo serves SSH on loopback only")
+    wanted = None
+    if getattr(args, "target_listen", None):
+        try:
+            wanted = parse_listen(args.target_listen)
+        except ValueError as exc:
+            raise ConfigError(f"config error: --target-listen: {exc}") from None
+        if wanted.host != "127.0.0.1":
+            raise ConfigError("config error: --target-listen: the demo device is on 127.0.0.1")
+    setup_logging(settings.logging.level, settings.logging.format)
+    # With the portal certificate too, although the demo serves plain HTTP: then the other
+    # commands (`conduit audit export --data-dir conduit-demo`, ...) work on this directory.
+    init_key_material(settings_of(args, portal_tls=True))
+    keys = load_keyring(settings)
+    return asyncio.run(site.run(settings, keys, wanted, serve))

@@ -15,9 +15,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from gateway.recordings_index import catalog
-from gateway.recordings_index.files import delete_data_key, delete_recording_file
-from gateway.recordings_index.service import RecordingService
+from gateway.recorder import catalog
+from gateway.recorder.files import delete_data_key, delete_recording_file
+from gateway.recorder.service import RecordingService
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``conduit audit verify|export``: the handlers, and the parser they expect.
 
-``add_audit_commands`` builds the ``audit`` sub-commands so ``gateway.cli`` only has to
+``add_audit_commands`` builds the ``audit`` sub-commands so ``gateway.cli.main`` only has to
 call it; the work is ``gateway.audit.AuditLog``'s. Handlers return an exit code: ``audit
 verify`` exits 1 when the log was tampered with. Does not record or checkpoint events.
 """
@@ -22,7 +22,7 @@ from gateway.audit import (
     open_syslog_sender,
     parse_syslog_target,
 )
-from gateway.commands import run_db, settings_of
+from gateway.cli.common import run_db, settings_of
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError

@@ -1,10 +1,10 @@
 """``conduit recordings list|verify|export|search|retention``: handlers and their parser.
 
-``add_recordings_commands`` builds the sub-commands so ``gateway.cli`` only calls it. Each
+``add_recordings_commands`` builds the sub-commands so ``gateway.cli.main`` only calls it. Each
 handler takes the parsed arguments (with ``config`` and ``data_dir``) and returns an exit
 code: ``verify`` exits 1 when any recording is tampered, truncated or missing. Exports and
 searches are audited with the operating-system user as actor. The work is
-``gateway.recordings_index``'s; this module parses, prints and builds the service.
+``gateway.recorder``'s; this module parses, prints and builds the service.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import IO, Any, BinaryIO, TypeVar
 
 from gateway.audit import AuditLog
-from gateway.commands import run_db, settings_of
+from gateway.cli.common import run_db, settings_of
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
-from gateway.recordings_index import (
+from gateway.recorder import (
     RecordingMissing,
     RecordingService,
     apply_retention,

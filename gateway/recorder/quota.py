@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from gateway.recordings_index import catalog
+from gateway.recorder import catalog
 from recordings import RecordingUnavailable
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.audit.sink import AuditSink
 from gateway.config import Settings
 from gateway.keys import KeyRing
-from gateway.recordings_index import catalog, offload, search
-from gateway.recordings_index.catalog import CatalogEntry
-from gateway.recordings_index.quota import QuotaExceeded, QuotaStatus, quota_status
-from gateway.recordings_index.tables import RecordingRow
+from gateway.recorder import catalog, offload, search
+from gateway.recorder.catalog import CatalogEntry
+from gateway.recorder.quota import QuotaExceeded, QuotaStatus, quota_status
+from gateway.recorder.tables import RecordingRow
 from gateway.tasks import TaskSet
 from recordings import (
     DataKeyRing,

@@ -33,3 +33,16 @@ class NotFoundOrForbidden(ConduitError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("not found or not permitted", detail)
+
+
+class UpstreamError(ConduitError):
+    """The asset could not be reached or refused the vaulted credential."""
+
+
+class HostKeyMismatch(UpstreamError):
+    """The asset presented a host key that is not pinned for it."""
+
+
+class TicketRefused(UpstreamError):
+    """An upstream connect was asked for with a ticket that does not hold: its target is not
+    what its authorization covers (asset, account), or the authorization has run out."""

@@ -21,10 +21,11 @@ from gateway.db.models import Base
 from gateway.db.types import UTCDateTime
 from gateway.errors import ConduitError, NotFoundOrForbidden
 from gateway.sealed import seal, unseal
+from rbac import names
 from rbac.names import check_name
 from rbac.policy import Authorization
 
-DEFAULT_ACCOUNT = "default"
+DEFAULT_ACCOUNT = names.DEFAULT_ACCOUNT  # the account a route without "+account" uses
 
 
 class VaultError(ConduitError):
@@ -119,10 +120,9 @@ async def accounts(db: AsyncSession, asset: str) -> list[tuple[str, str, str]]:
     return [(a, u, k) for a, u, k in rows.all()]
 
 
-async def credential_for(
-    db: AsyncSession, master_key: bytes, proof: Authorization, account: str = DEFAULT_ACCOUNT
-) -> Credential:
-    """The secret for the asset ``proof`` authorizes; refuses anything else."""
+async def credential_for(db: AsyncSession, master_key: bytes, proof: Authorization) -> Credential:
+    """The secret for the asset and account ``proof`` authorizes; refuses anything else."""
+    account = names.account_of(proof.action)
     kind, asset = proof.obj.split(":", 1)
     if kind != "asset":
         raise NotFoundOrForbidden(f"authorization for {proof.obj} is not for an asset")

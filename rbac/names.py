@@ -29,6 +29,26 @@ SIMPLE_ACTIONS = frozenset(
     }
 )
 TUNNEL_RE = re.compile(r"tunnel:([1-9][0-9]{0,4})")
+# Actions that log in to an asset as one of its vaulted accounts. Unqualified, they cover the
+# asset's default account only; ``ssh:account=maint`` covers account ``maint`` only. So the
+# account a session logs in as is part of every decision, and a grant names any account
+# other than the default one.
+ACCOUNT_ACTIONS = frozenset({"ssh", "sftp-read", "sftp-write"})
+DEFAULT_ACCOUNT = "default"
+ACCOUNT_RE = re.compile(r"(ssh|sftp-read|sftp-write):account=([a-z0-9][a-z0-9._-]{0,63})")
+
+
+def with_account(action: str, account: str) -> str:
+    """The action that covers logging in as ``account`` (the default one needs no mention)."""
+    if account == DEFAULT_ACCOUNT or action not in ACCOUNT_ACTIONS:
+        return action
+    return check_action(f"{action}:account={check_name(account, 'account')}")
+
+
+def account_of(action: str) -> str:
+    """The account an action covers: its ``account=`` qualifier, else the default one."""
+    match = ACCOUNT_RE.fullmatch(action)
+    return match.group(2) if match else DEFAULT_ACCOUNT
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -45,9 +65,12 @@ def check_action(action: str) -> str:
     match = TUNNEL_RE.fullmatch(action)
     if match and int(match.group(1)) <= 65535:
         return action
+    qualified = ACCOUNT_RE.fullmatch(action)
+    if qualified and qualified.group(2) != DEFAULT_ACCOUNT:
+        return action
     raise PolicyNameError(
-        f"action {action!r} is not valid: one of {', '.join(sorted(SIMPLE_ACTIONS))} "
-        "or tunnel:<port>"
+        f"action {action!r} is not valid: one of {', '.join(sorted(SIMPLE_ACTIONS))}, "
+        "tunnel:<port>, or ssh/sftp-read/sftp-write:account=<name> (not the default account)"
     )
 
 

@@ -86,6 +86,13 @@ async def unpin_all(db: AsyncSession, asset: str) -> None:
         await db.delete(row)
 
 
+async def pinned_lines(db: AsyncSession, asset: str) -> tuple[str, ...]:
+    """The asset's pinned keys as OpenSSH public key lines, in pinning order."""
+    rows = await db.execute(
+        select(AssetHostKey.key).where(AssetHostKey.asset == asset).order_by(AssetHostKey.id)
+    )
+    return tuple(rows.scalars())
+
+
 async def pinned(db: AsyncSession, asset: str) -> list[asyncssh.SSHKey]:
-    rows = (await db.execute(select(AssetHostKey.key).where(AssetHostKey.asset == asset))).scalars()
-    return [asyncssh.import_public_key(line) for line in rows]
+    return [asyncssh.import_public_key(line) for line in await pinned_lines(db, asset)]

@@ -21,6 +21,7 @@ from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
 from rbac.errors import RbacError
+from rbac.names import ACCOUNT_ACTIONS, with_account
 from rbac.windows import parse_instant
 
 Sub = argparse._SubParsersAction  # argparse has no public name for it
@@ -111,6 +112,12 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     what.add_argument("--asset")
     what.add_argument("--zone")
     p.add_argument("--action", required=True, help="ssh, sftp-read, tunnel:502, approve, ...")
+    p.add_argument(
+        "--account",
+        metavar="NAME",
+        help="for ssh/sftp-read/sftp-write: the vaulted account it covers (default: the asset's "
+        "default account only)",
+    )
     p.add_argument("--schedule", help='e.g. "Mon-Fri 07:00-17:00 Europe/Berlin"')
     p.add_argument("--from", dest="valid_from", metavar="T", help="ISO 8601 with offset")
     p.add_argument("--until", dest="valid_until", metavar="T", help="ISO 8601 with offset")
@@ -261,6 +268,14 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
     subject_kind = "user" if args.user else "org" if args.org else "role"
     object_kind = "asset" if args.asset else "zone"
     valid_from, valid_until = _time(args.valid_from), _time(args.valid_until)
+    action = args.action
+    if args.account is not None:
+        if action not in ACCOUNT_ACTIONS:
+            raise ConduitError(f"--account applies to {', '.join(sorted(ACCOUNT_ACTIONS))} only")
+        try:
+            action = with_account(action, args.account)
+        except RbacError as exc:
+            raise ConduitError(str(exc)) from None
 
     async def work(services: Services) -> int:
         grant = await services.authz.add_grant(
@@ -268,7 +283,7 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
             subject=args.user or args.org or args.role,
             object_kind=object_kind,
             obj=args.asset or args.zone,
-            action=args.action,
+            action=action,
             actor=_actor(),
             schedule=args.schedule,
             valid_from=valid_from,

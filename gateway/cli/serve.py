@@ -30,6 +30,7 @@ from gateway.recorder.retention import apply_retention
 from gateway.services import Services
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
+from gateway.ssh import upstream
 from gateway.ssh.server import RefusalAudit, start_ssh_server
 from gateway.web.app import create_app
 
@@ -230,7 +231,7 @@ async def _serve_until(
 ) -> int:
     settings = services.settings
 
-    broker = Broker(services)
+    broker = Broker(services, ssh_connector=upstream.connect)
     async with services.sessions() as db, db.begin():
         await live_store.remove_node(db, services.node)  # left by a previous run of this node
     # Bind both listeners before serving anything, so a busy or forbidden address is one

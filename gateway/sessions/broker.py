@@ -1,39 +1,56 @@
 """The broker: the single place where a session is decided, recorded, registered and ended.
 
-``open`` runs the lifecycle of ARCHITECTURE.md for every protocol: decide (rbac through the
-authorization service; a refusal is audited and looks like "not found"), record (no
-recording, no session), register with a watchdog, audit ``session.start``; ``connect_ssh``
-and ``connect_tunnel`` reach the asset only with the Authorization; ``close`` finalizes the
-recording and audits ``session.end`` with the reason. Front ends translate; they never decide.
+``open`` runs the lifecycle of ARCHITECTURE.md for every protocol in three steps: ``_decide``
+(rbac through the authorization service, the target account included; a refusal is audited
+and looks like "not found"), ``_record`` (no recording, no session) and ``_register`` (live
+registry, shared table, watchdog, ``session.start``). The ``Ticket`` it returns holds the
+target from one read of the asset. ``connect_ssh`` and ``connect_tunnel`` check the ticket
+(``check_ticket``; a refusal is audited) and reach the asset through the connector the front
+end registered (this package imports no front end); ``close`` finalizes the recording and
+audits ``session.end`` with the reason. Front ends translate; they never decide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
 from sqlalchemy import select
 
 from gateway.authz import hostkeys
 from gateway.authz.tables import Asset
-from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.errors import (
+    ConduitError,
+    HostKeyMismatch,
+    NotFoundOrForbidden,
+    TicketRefused,
+    UpstreamError,
+)
 from gateway.recorder import SessionInfo
 from gateway.services import Services
 from gateway.sessions import store as live_store
 from gateway.sessions.events import Change
 from gateway.sessions.live import KillHandle, LiveSession
-from gateway.ssh import upstream
+from gateway.sessions.ticket import Target, Ticket, check_ticket
 from gateway.tasks import TaskSet
-from gateway.vault import DEFAULT_ACCOUNT, credential_for
-from rbac.names import TUNNEL_RE
-from rbac.policy import Authorization, Decision
+from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
+from rbac.names import TUNNEL_RE, with_account
+from rbac.policy import Decision
 from recordings import Kind
 from recordings.writer import RecordingWriter
+
+if TYPE_CHECKING:
+    import asyncssh
+
+# How a front end reaches an asset over SSH once the broker has checked the ticket and
+# fetched the credential: gateway.ssh.upstream.connect, registered by ``conduit serve``.
+SSHConnector = Callable[
+    [Ticket, Credential, dt.datetime], Awaitable["asyncssh.SSHClientConnection"]
+]
 
 log = logging.getLogger(__name__)
 # What a client may name as the destination of a tunnel to asset A: every one means A itself
@@ -54,33 +71,10 @@ def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> 
     )
 
 
-@dataclass
-class Ticket:
-    """An open, authorized, recorded session."""
-
-    session_id: str
-    username: str
-    asset: str
-    action: str
-    protocol: str
-    source: str
-    proof: Authorization
-    writer: RecordingWriter
-    live: LiveSession
-    record_input: bool
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    recheck: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str = ""
-    last_activity: float = 0.0
-    # Other actions that also keep this session open (an SFTP session lives while the user
-    # may read or write); each file operation is still checked on its own (``permits``).
-    also: tuple[str, ...] = ()
-    watchdog: asyncio.Task[None] | None = None
-
-
 class Broker:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, ssh_connector: SSHConnector | None = None) -> None:
         self._s = services
+        self._ssh_connector = ssh_connector
         self._tickets: dict[str, Ticket] = {}
         services.bus.subscribe(self._on_change)
 
@@ -102,15 +96,16 @@ class Broker:
         kill: KillHandle,
         kind: Kind = Kind.TERMINAL,
         also: tuple[str, ...] = (),
+        account: str = DEFAULT_ACCOUNT,
+        target: Target | None = None,
     ) -> Ticket:
-        """Open a session for ``action``, or for the first of ``also`` that is allowed."""
-        s = self._s
-        decision = await self._decide(username, asset, (action, *also))
-        if decision.allowed and decision.authorization is not None:
-            also = tuple(a for a in (action, *also) if a != decision.authorization.action)
-            action = decision.authorization.action
+        """Open a session for ``action`` (or the first of ``also`` that is allowed) as the
+        asset's ``account``: decide, record, register. ``target`` is given by callers that
+        read it already (a tunnel checks its destination against it first)."""
+        actions = tuple(with_account(a, account) for a in (action, *also))
+        decision = await self._decide(username, asset, actions)
         if not decision.allowed or decision.authorization is None:
-            await s.audit.record(
+            await self._s.audit.record(
                 actor=username,
                 action="session.denied",
                 result="denied",
@@ -118,24 +113,76 @@ class Broker:
                 source=source,
                 detail={
                     "protocol": protocol,
-                    "action_requested": action,
+                    "action_requested": actions[0],
+                    "account": account,
                     "reason": decision.reason,
                 },
             )
             raise NotFoundOrForbidden(decision.reason)
-        session_id = s.live.new_id()
-        async with s.sessions() as db:
-            record_input = bool(
-                (await db.execute(select(Asset.record_input).where(Asset.name == asset))).scalar()
-            )
+        target = target or await self._target(asset, account)
+        if target is None:  # removed since the policy was loaded
+            raise NotFoundOrForbidden(f"asset:{asset} does not exist")
+        session_id = self._s.live.new_id()
+        writer = await self._record(session_id, username, asset, protocol, source, kind)
+        live = LiveSession(
+            session_id=session_id,
+            node=self._s.node,
+            username=username,
+            asset=asset,
+            protocol=protocol,
+            started_at=self._s.clock(),
+            valid_until=decision.valid_until,
+            kill=kill,
+        )
+        chosen = decision.authorization.action
+        ticket = Ticket(
+            session_id,
+            username,
+            asset,
+            chosen,
+            protocol,
+            source,
+            decision.authorization,
+            target,
+            writer,
+            live,
+            last_activity=asyncio.get_running_loop().time(),
+            also=tuple(a for a in actions if a != chosen),
+        )
+        await self._register(ticket, decision)
+        return ticket
+
+    async def _target(
+        self, asset: str, account: str, port: int | None = None
+    ) -> Target | None:
+        """The session's target from one read of the asset and its host-key pins; ``port``
+        replaces the asset's own (a tunnel's destination port, which its action names)."""
+        async with self._s.sessions() as db:
+            row = (await db.execute(select(Asset).where(Asset.name == asset))).scalar()
+            if row is None:
+                return None
+            keys = await hostkeys.pinned_lines(db, asset)
+        return Target(
+            asset=asset,
+            host=row.host,
+            port=row.port if port is None else port,
+            account=account,
+            host_keys=keys,
+            record_input=bool(row.record_input),
+        )
+
+    async def _record(
+        self, session_id: str, username: str, asset: str, protocol: str, source: str, kind: Kind
+    ) -> RecordingWriter:
+        """Open the session's recording; if it cannot be opened, the session is refused."""
+        s = self._s
 
         def recording_failed(reason: str) -> None:
-            ticket = self._tickets.get(session_id)
-            if ticket is not None:
+            if session_id in self._tickets:
                 s.tasks.start(f"kill-{session_id}", self.kill(session_id, "recording_failed"))
 
         try:
-            writer = await s.recordings.start(
+            return await s.recordings.start(
                 SessionInfo(
                     username=username, asset=asset, protocol=protocol, session_id=session_id
                 ),
@@ -152,56 +199,35 @@ class Broker:
                 detail={"protocol": protocol, "reason": exc.detail},
             )
             raise
-        now = s.clock()
-        live = LiveSession(
-            session_id=session_id,
-            node=s.node,
-            username=username,
-            asset=asset,
-            protocol=protocol,
-            started_at=now,
-            valid_until=decision.valid_until,
-            kill=kill,
-        )
-        ticket = Ticket(
-            session_id,
-            username,
-            asset,
-            action,
-            protocol,
-            source,
-            decision.authorization,
-            writer,
-            live,
-            record_input,
-            last_activity=asyncio.get_running_loop().time(),
-            also=also,
-        )
+
+    async def _register(self, ticket: Ticket, decision: Decision) -> None:
+        """Make the session visible and killable everywhere, audit it, start its watchdog."""
+        s = self._s
         try:
             async with s.sessions() as db, db.begin():
-                await live_store.add(db, live)
+                await live_store.add(db, ticket.live)
         except Exception:
             # Not visible to operators means not killable from outside: refuse (fail closed).
-            await s.recordings.close(writer, "refused")
+            await s.recordings.close(ticket.writer, "refused")
             raise
-        self._tickets[session_id] = ticket
-        s.live.register(live)
-        await s.audit.record(
-            actor=username,
-            action="session.start",
-            result="success",
-            target=asset,
-            source=source,
-            detail={
-                "session_id": session_id,
-                "protocol": protocol,
+        self._tickets[ticket.session_id] = ticket
+        s.live.register(ticket.live)
+        until = decision.valid_until
+        await self._audit(
+            ticket,
+            "session.start",
+            "success",
+            {
+                "session_id": ticket.session_id,
+                "protocol": ticket.protocol,
+                "action": ticket.action,
+                "account": ticket.target.account,
                 "grant_id": decision.grant_id or "",
-                "recording_id": writer.recording_id,
-                "valid_until": decision.valid_until.isoformat() if decision.valid_until else "",
+                "recording_id": ticket.writer.recording_id,
+                "valid_until": until.isoformat() if until else "",
             },
         )
-        ticket.watchdog = s.tasks.start(f"watchdog-{session_id}", self._watch(ticket))
-        return ticket
+        ticket.watchdog = s.tasks.start(f"watchdog-{ticket.session_id}", self._watch(ticket))
 
     async def _decide(self, username: str, asset: str, actions: tuple[str, ...]) -> Decision:
         """The first allowed decision among ``actions``, else the first refusal."""
@@ -218,6 +244,7 @@ class Broker:
         """One operation inside an open session (an SFTP write, say), checked on its own.
 
         A refusal is audited with the operation and what it was aimed at."""
+        action = with_account(action, ticket.account)
         decision = await self._s.authz.authorize(ticket.username, ticket.asset, action)
         if decision.allowed:
             return True
@@ -271,18 +298,29 @@ class Broker:
         """The task set owning work started from synchronous protocol callbacks."""
         return self._s.tasks
 
-    async def connect_ssh(
-        self, ticket: Ticket, account: str = DEFAULT_ACCOUNT
-    ) -> asyncssh.SSHClientConnection:
-        s = self._s
-        async with s.sessions() as db:
-            row = (await db.execute(select(Asset).where(Asset.name == ticket.asset))).scalar_one()
-            pins = await hostkeys.pinned(db, ticket.asset)
-            credential = await credential_for(db, s.keys.master_key, ticket.proof, account)
+    async def _check(self, ticket: Ticket) -> None:
+        """``check_ticket``, with a refusal audited (``upstream.refused``)."""
         try:
-            return await upstream.connect(ticket.proof, row.host, row.port, credential, pins)
-        except upstream.UpstreamError as exc:
-            mismatch = isinstance(exc, upstream.HostKeyMismatch)
+            check_ticket(ticket, self._s.clock())
+        except TicketRefused as exc:
+            await self._audit(
+                ticket, "upstream.refused", "denied", {"session_id": ticket.session_id,
+                                                       "reason": exc.detail},
+            )  # fmt: skip
+            raise
+
+    async def connect_ssh(self, ticket: Ticket) -> asyncssh.SSHClientConnection:
+        """Log in to the ticket's target as its account, with the vaulted credential."""
+        s = self._s
+        if self._ssh_connector is None:
+            raise ConduitError("SSH is not served here", "no SSH connector registered")
+        await self._check(ticket)
+        async with s.sessions() as db:
+            credential = await credential_for(db, s.keys.master_key, ticket.proof)
+        try:
+            return await self._ssh_connector(ticket, credential, s.clock())
+        except UpstreamError as exc:
+            mismatch = isinstance(exc, HostKeyMismatch)
             if mismatch:  # a man in the middle, or a rebuilt asset nobody re-pinned
                 s.metrics.alert("hostkey_mismatch", exc.detail)
             await self._audit(
@@ -307,9 +345,8 @@ class Broker:
         recorded and registered like any other. A destination host that does not name the
         asset (``tunnel_host_accepted``) is refused and audited before anything is decided."""
         action = f"tunnel:{dest_port}"
-        async with self._s.sessions() as db:
-            asset_host = (await db.execute(select(Asset.host).where(Asset.name == asset))).scalar()
-        if not tunnel_host_accepted(dest_host, asset, asset_host):
+        target = await self._target(asset, DEFAULT_ACCOUNT, dest_port)
+        if not tunnel_host_accepted(dest_host, asset, target.host if target else None):
             shown = dest_host[:255]
             reason = f"tunnel destination {shown!r} is not asset {asset}"
             await self._s.audit.record(
@@ -327,7 +364,14 @@ class Broker:
             )
             raise NotFoundOrForbidden(reason)
         return await self.open(
-            username, asset, action, protocol="tunnel", source=source, kill=kill, kind=Kind.TUNNEL
+            username,
+            asset,
+            action,
+            protocol="tunnel",
+            source=source,
+            kill=kill,
+            kind=Kind.TUNNEL,
+            target=target,
         )
 
     async def connect_tunnel(
@@ -335,17 +379,16 @@ class Broker:
     ) -> asyncio.Transport:
         """TCP to the port the ticket's Authorization names (``tunnel:<port>``) on the asset's
         configured host: nothing the client sent chooses where the connection goes."""
-        s = self._s
         match = TUNNEL_RE.fullmatch(ticket.proof.action)
         if match is None:
             raise ConduitError(
                 "not a tunnel session", f"{ticket.proof.action} is not tunnel:<port>"
             )
         port = int(match.group(1))
-        async with s.sessions() as db:
-            host = (
-                await db.execute(select(Asset.host).where(Asset.name == ticket.asset))
-            ).scalar_one()
+        await self._check(ticket)
+        host = ticket.target.host
+        if port != ticket.target.port:
+            raise ConduitError("not a tunnel session", f"{ticket.proof.action} is not port {port}")
         try:
             async with asyncio.timeout(TUNNEL_CONNECT_TIMEOUT_SECONDS):
                 transport, _ = await asyncio.get_running_loop().create_connection(
@@ -359,7 +402,7 @@ class Broker:
                 "failure",
                 {"session_id": ticket.session_id, "reason": detail},
             )
-            raise upstream.UpstreamError("the asset is not reachable", detail) from None
+            raise UpstreamError("the asset is not reachable", detail) from None
         return transport
 
     def activity(self, ticket: Ticket) -> None:
@@ -456,6 +499,8 @@ class Broker:
                     await self.kill(ticket.session_id, "expired" if expired else "revoked")
                     return
                 ticket.live.valid_until = decision.valid_until
+                if decision.authorization is not None:
+                    ticket.proof = decision.authorization
             first = False
             deadlines = [
                 started_mono + limits.max_duration_seconds,

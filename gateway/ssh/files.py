@@ -27,7 +27,8 @@ from asyncssh.channel import SSHChannel
 from asyncssh.stream import SSHServerStreamSession
 
 from gateway.errors import ConduitError
-from gateway.sessions.broker import Broker, Ticket
+from gateway.sessions.broker import Broker
+from gateway.sessions.ticket import Ticket
 from gateway.ssh.relay import client_end_reason, end_session
 from recordings import Kind
 from recordings.terminal import TerminalEvent
@@ -377,7 +378,7 @@ class FileSession(SSHServerStreamSession[bytes]):
         asset: str,
         account: str,
         source: str,
-        connect: Callable[[Ticket, str], Awaitable[asyncssh.SSHClientConnection]],
+        connect: Callable[[Ticket], Awaitable[asyncssh.SSHClientConnection]],
     ) -> None:
         super().__init__(None, self._bridge, sftp_version=3, allow_scp=True)
         self.broker = broker
@@ -403,13 +404,13 @@ class FileSession(SSHServerStreamSession[bytes]):
         try:
             ticket = await self.broker.open(
                 self.username, self.asset, READ, also=(WRITE,), protocol="scp" if scp else "sftp",
-                source=self.source, kill=self.kill, kind=Kind.TERMINAL,
+                source=self.source, kill=self.kill, kind=Kind.TERMINAL, account=self.account,
             )  # fmt: skip
         except ConduitError as exc:
             return self._refused(chan, exc.message)
         self._ticket = ticket
         try:
-            conn = await self._connect(ticket, self.account)
+            conn = await self._connect(ticket)
             self._up_conn = conn
             upstream = await conn.start_sftp_client(path_encoding=None)
         except (ConduitError, asyncssh.Error, OSError) as exc:

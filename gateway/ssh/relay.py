@@ -21,7 +21,8 @@ import asyncssh
 from asyncssh.packet import SSHPacket
 
 from gateway.errors import ConduitError
-from gateway.sessions.broker import Broker, Ticket
+from gateway.sessions.broker import Broker
+from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, discard_unsent_output, record_paced
 from recordings.terminal import TerminalEvent, resize_payload
 

@@ -289,9 +289,10 @@ class GatewaySSHServer(asyncssh.SSHServer):
             protocol="ssh",
             source=session.source,
             kill=session.kill,
+            account=session.account,
         )
         try:
-            conn = await self._broker.connect_ssh(ticket, session.account)
+            conn = await self._broker.connect_ssh(ticket)
             await session.attach(ticket, conn)
         except (ConduitError, asyncssh.Error, OSError):
             await self._broker.close(ticket, "upstream_failed")

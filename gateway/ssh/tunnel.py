@@ -24,7 +24,8 @@ from typing import cast
 import asyncssh
 
 from gateway.errors import ConduitError, NotFoundOrForbidden
-from gateway.sessions.broker import Broker, Ticket
+from gateway.sessions.broker import Broker
+from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
 from gateway.ssh.relay import client_end_reason
 from recordings.tunnel import TunnelEvent

@@ -8,11 +8,13 @@ shared/SSH-RELAY.md). Does not decide access or record anything.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncssh
 
-from gateway.errors import ConduitError
+from gateway.errors import HostKeyMismatch, UpstreamError
+from gateway.sessions.ticket import Ticket, check_ticket
 from gateway.vault import Credential
-from rbac.policy import Authorization
 
 CIPHERS = [
     "aes128-gcm@openssh.com",
@@ -24,25 +26,24 @@ CIPHERS = [
 CONNECT_TIMEOUT_SECONDS = 15
 
 
-class UpstreamError(ConduitError):
-    """The asset could not be reached or refused the vaulted credential."""
-
-
-class HostKeyMismatch(UpstreamError):
-    """The asset presented a host key that is not pinned for it."""
+__all__ = ["CIPHERS", "HostKeyMismatch", "UpstreamError", "connect"]
 
 
 async def connect(
-    proof: Authorization,
-    host: str,
-    port: int,
-    credential: Credential,
-    pinned: list[asyncssh.SSHKey],
+    ticket: Ticket, credential: Credential, now: dt.datetime
 ) -> asyncssh.SSHClientConnection:
+    """Log in to the ticket's target as its account, trusting only its pinned host keys.
+
+    The ticket is checked again here (``check_ticket``): the broker checked and audited it
+    already, so this refuses only a call that went around the broker."""
+    check_ticket(ticket, now)
+    target = ticket.target
+    host, port, obj = target.host, target.port, ticket.proof.obj
+    pinned = [asyncssh.import_public_key(line) for line in target.host_keys]
     if not pinned:
         raise HostKeyMismatch(
             "the asset's host key is not pinned",
-            f"{proof.obj}: no pinned host key; run conduit asset pin-hostkey",
+            f"{obj}: no pinned host key; run conduit asset pin-hostkey",
         )
     options = asyncssh.SSHClientConnectionOptions(
         username=credential.username,
@@ -67,14 +68,14 @@ async def connect(
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyMismatch(
             "the asset's identity could not be verified",
-            f"{proof.obj} {host}:{port}: host key mismatch: {exc}",
+            f"{obj} {host}:{port}: host key mismatch: {exc}",
         ) from None
     except asyncssh.PermissionDenied:
         raise UpstreamError(
             "the asset refused the vaulted credential",
-            f"{proof.obj} {host}:{port}: permission denied",
+            f"{obj} {host}:{port}: permission denied",
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise UpstreamError(
-            "the asset is not reachable", f"{proof.obj} {host}:{port}: {type(exc).__name__}: {exc}"
+            "the asset is not reachable", f"{obj} {host}:{port}: {type(exc).__name__}: {exc}"
         ) from None

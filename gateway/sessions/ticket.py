@@ -1,0 +1,91 @@
+"""What an open session carries: the ``Ticket`` a front end gets from ``Broker.open`` and the
+``Target`` in it, and the check every upstream connect makes on it.
+
+The target is read once, when the session opens, from the asset's row and its host-key pins:
+where to connect, as which account, which host keys to trust, whether typed input is
+recorded. ``check_ticket`` refuses a ticket whose target is not what its ``Authorization``
+(made only by ``rbac``) covers, or whose authorization has run out. Does not decide access
+(``rbac`` does) and does not connect anywhere (the front ends' upstream modules do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+
+from gateway.errors import TicketRefused
+from gateway.sessions.live import LiveSession
+from rbac.names import account_of
+from rbac.policy import Authorization
+from recordings.writer import RecordingWriter
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a session goes, from one read of its asset (never from what the client sent)."""
+
+    asset: str
+    host: str
+    port: int
+    account: str
+    host_keys: tuple[str, ...]  # pinned OpenSSH public key lines; none means no SSH connect
+    record_input: bool
+
+
+@dataclass
+class Ticket:
+    """An open, authorized, recorded, registered session."""
+
+    session_id: str
+    username: str
+    asset: str
+    action: str
+    protocol: str
+    source: str
+    proof: Authorization
+    target: Target
+    writer: RecordingWriter
+    live: LiveSession
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    recheck: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
+    last_activity: float = 0.0
+    # Other actions that also keep this session open (an SFTP session lives while the user
+    # may read or write); each file operation is still checked on its own (``permits``).
+    also: tuple[str, ...] = ()
+    watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def record_input(self) -> bool:
+        return self.target.record_input
+
+    @property
+    def account(self) -> str:
+        return self.target.account
+
+
+def check_ticket(ticket: Ticket, now: dt.datetime) -> None:
+    """Refuse (``TicketRefused``) a ticket that does not hold at ``now``.
+
+    Its target must be the asset and the account its authorization names, the session's
+    own asset, and the authorization must still be in force."""
+    proof, target = ticket.proof, ticket.target
+    problems = []
+    if proof.obj != f"asset:{target.asset}" or ticket.asset != target.asset:
+        problems.append(f"target asset {target.asset} is not the authorized {proof.obj}")
+    if account_of(proof.action) != target.account:
+        problems.append(
+            f"account {target.account} is not covered by the authorized {proof.action}"
+        )
+    if proof.subject != f"user:{ticket.username}":
+        problems.append(f"authorization is for {proof.subject}, not user:{ticket.username}")
+    if proof.valid_until is not None and now >= proof.valid_until:
+        problems.append(f"authorization ended at {proof.valid_until.isoformat()}")
+    if ticket.ended.is_set():
+        problems.append("the session has ended")
+    if problems:
+        raise TicketRefused(
+            "not found or not permitted",
+            f"session {ticket.session_id}: upstream refused: {'; '.join(problems)}",
+        )

@@ -33,13 +33,13 @@ from gateway.identity.tokens import authenticate_token
 from gateway.web.auth import check_csrf, current_session, services_of, source_of
 from rbac import requests as rq
 from rbac.errors import ApprovalError, RbacError, TransitionError
+from rbac.roles import SiteAction, role_allows
 
 NOT_FOUND = "not found or not permitted"
 MAX_BODY = 64 * 1024  # the largest valid body is a few kB; refuse bigger before parsing
 MAX_TEXT = 2000  # reason and comment, as rbac.requests allows
 MAX_ITEMS = 50
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-SEE_ALL_ROLES = frozenset({"approver", "admin", "auditor"})
 STATES = Literal["pending", "approved", "denied", "cancelled", "expired", "revoked"]
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -134,9 +134,13 @@ class Caller:
     roles: frozenset[str]
     session: ActiveSession | None
 
+    def may(self, action: SiteAction) -> bool:
+        """A site-wide capability of the caller's roles, as ``rbac.roles`` decides it."""
+        return role_allows(self.roles, action)
+
     @property
     def sees_all(self) -> bool:
-        return bool(self.roles & SEE_ALL_ROLES)
+        return self.may(SiteAction.SEE_ALL_REQUESTS)
 
 
 def authenticated(scope: str) -> Callable[[Request], Awaitable[Caller]]:
@@ -198,7 +202,7 @@ def require_step_up(caller: Caller, now: dt.datetime) -> None:
 
 
 def require_admin(caller: Caller) -> None:
-    if "admin" not in caller.roles:
+    if not caller.may(SiteAction.MANAGE_GRANTS):
         raise Refused(403, "not permitted: admin role required", "caller is not an admin")
 
 

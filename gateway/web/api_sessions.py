@@ -33,8 +33,8 @@ from gateway.web.api_access import (
     require_step_up,
 )
 from gateway.web.auth import services_of, source_of
+from rbac.roles import SiteAction
 
-SEE_ALL_ROLES = frozenset({"admin", "auditor"})
 WATCH_ACTIONS = ("watch", "kill", "admin")
 KILL_ACTIONS = ("kill", "admin")
 MAX_REASON = 64  # the live_sessions column; the CLI allows the same
@@ -93,7 +93,7 @@ class _Capabilities:
         self._cache: dict[tuple[str, str], bool] = {}
 
     async def holds(self, asset: str, actions: tuple[str, ...]) -> bool:
-        if "admin" in self._caller.roles:
+        if self._caller.may(SiteAction.ANY_ASSET):
             return True
         for action in actions:
             key = (asset, action)
@@ -105,7 +105,7 @@ class _Capabilities:
         return False
 
     async def sees(self, row: LiveSessionRow) -> bool:
-        if row.username == self._caller.username or self._caller.roles & SEE_ALL_ROLES:
+        if row.username == self._caller.username or self._caller.may(SiteAction.SEE_ALL_SESSIONS):
             return True
         return await self.holds(row.asset, WATCH_ACTIONS)
 

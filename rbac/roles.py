@@ -1,0 +1,33 @@
+"""Site-wide role capabilities: what a role may do that is not about one asset.
+
+Per-asset access (``ssh``, ``watch``, ``kill``, ``approve``...) is decided by the policy in
+``rbac.policy`` from grants. A few things are site-wide by role: seeing every access request,
+seeing every live session, acting on any asset as an administrator, managing grants. This
+table is the one place they are decided; front ends ask ``role_allows`` and never compare
+role names themselves. Does not know who has which role (identity does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class SiteAction(StrEnum):
+    SEE_ALL_REQUESTS = "requests.see-all"  # every vendor's access requests
+    SEE_ALL_SESSIONS = "sessions.see-all"  # every live session, on every asset
+    ANY_ASSET = "assets.any"  # every per-asset action (watch, kill) on every asset
+    MANAGE_GRANTS = "grants.manage"  # add, list and revoke grants
+
+
+ROLE_CAPABILITIES: dict[str, frozenset[SiteAction]] = {
+    "admin": frozenset(SiteAction),
+    "approver": frozenset({SiteAction.SEE_ALL_REQUESTS}),
+    "auditor": frozenset({SiteAction.SEE_ALL_REQUESTS, SiteAction.SEE_ALL_SESSIONS}),
+    "vendor": frozenset(),
+}
+
+
+def role_allows(roles: Iterable[str], action: SiteAction) -> bool:
+    """Whether any of ``roles`` carries ``action``; unknown roles carry nothing."""
+    return any(action in ROLE_CAPABILITIES.get(role, frozenset()) for role in roles)

@@ -403,3 +403,21 @@ def test_grant_expiring_mid_session_ends_it_at_valid_until(gateway: Gateway) -> 
     assert ended - until < 5  # generous for a loaded CI; bench/ssh_relay.py measures it
     ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
     assert ends[-1]["detail"]["reason"] == "expired"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("command", [None, "anything"])
+def test_menu_with_stdin_closed_prints_and_exits(gateway: Gateway, command: str | None) -> None:
+    """`ssh -n alice@gateway`: OpenSSH sends EOF at once; the menu must still be printed,
+    the client must exit, and the gateway must log no traceback."""
+    argv = gateway.argv("alice", command or "", "-n")
+    if command is None:
+        argv.pop()  # no command: a shell request, as the README's `ssh alice@gateway`
+    result = subprocess.run(argv, env=gateway.askpass("alice", gateway.code("alice")),
+                            capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Assets you may reach over SSH now:" in result.stdout
+    assert "target" in result.stdout
+    assert gateway.server.terminate() == 0
+    assert "Traceback" not in gateway.server.stderr
+    assert "BrokenPipeError" not in gateway.server.stderr

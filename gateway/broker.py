@@ -32,6 +32,7 @@ from gateway.vault import DEFAULT_ACCOUNT, credential_for
 from rbac.names import TUNNEL_RE
 from rbac.policy import Authorization, Decision
 from recordings import Kind
+from recordings.terminal import TerminalEvent
 from recordings.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 # to A's configured host, so a tunnel can never be pointed at another machine.
 TUNNEL_SELF_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TUNNEL_CONNECT_TIMEOUT_SECONDS = 15
+# An exec session's command line in session.start is cut here (an audit detail holds at most
+# 16 KiB, and control characters grow sixfold in its JSON); ``command_length`` says how long
+# it was. The recording keeps it whole: the SSH edge refuses commands over 64 KiB.
+AUDIT_COMMAND_CHARS = 1024
 
 
 def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> bool:
@@ -101,8 +106,14 @@ class Broker:
         kill: KillHandle,
         kind: Kind = Kind.TERMINAL,
         also: tuple[str, ...] = (),
+        command: str | None = None,
     ) -> Ticket:
-        """Open a session for ``action``, or for the first of ``also`` that is allowed."""
+        """Open a session for ``action``, or for the first of ``also`` that is allowed.
+
+        ``command`` is an exec session's command line: evidence, so it goes to session.start
+        and, as the first event, into the (encrypted) recording. It can hold a secret the
+        user typed, so it never goes to a log line.
+        """
         s = self._s
         decision = await self._decide(username, asset, (action, *also))
         if decision.allowed and decision.authorization is not None:
@@ -151,6 +162,8 @@ class Broker:
                 detail={"protocol": protocol, "reason": exc.detail},
             )
             raise
+        if command is not None:
+            writer.record(TerminalEvent.COMMAND, command.encode())
         now = s.clock()
         live = LiveSession(
             session_id=session_id,
@@ -185,19 +198,23 @@ class Broker:
             raise
         self._tickets[session_id] = ticket
         s.live.register(live)
+        detail: dict[str, object] = {
+            "session_id": session_id,
+            "protocol": protocol,
+            "grant_id": decision.grant_id or "",
+            "recording_id": writer.recording_id,
+            "valid_until": decision.valid_until.isoformat() if decision.valid_until else "",
+        }
+        if command is not None:
+            detail["command"] = command[:AUDIT_COMMAND_CHARS]
+            detail["command_length"] = len(command)
         await s.audit.record(
             actor=username,
             action="session.start",
             result="success",
             target=asset,
             source=source,
-            detail={
-                "session_id": session_id,
-                "protocol": protocol,
-                "grant_id": decision.grant_id or "",
-                "recording_id": writer.recording_id,
-                "valid_until": decision.valid_until.isoformat() if decision.valid_until else "",
-            },
+            detail=detail,
         )
         ticket.watchdog = s.tasks.start(f"watchdog-{session_id}", self._watch(ticket))
         return ticket

@@ -289,6 +289,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             protocol="ssh",
             source=session.source,
             kill=session.kill,
+            command=session.request.command,
         )
         try:
             conn = await self._broker.connect_ssh(ticket, session.account)

@@ -2,14 +2,16 @@
 
 Inside the container a terminal event is a generic event (``recordings.events``) whose type
 is a :class:`TerminalEvent` and whose payload is raw bytes (output, input), two big-endian
-u16 (resize: cols, rows) or UTF-8 text (marker). Binary framing keeps recording cheap; JSON
-is produced only on export. Does not read files or verify recordings (see
-``recordings.verify``) and does not interpret escape sequences (search does that).
+u16 (resize: cols, rows) or UTF-8 text (marker; command, an exec session's command line).
+Binary framing keeps recording cheap; JSON is produced only on export. Does not read files
+or verify recordings (see ``recordings.verify``) and does not interpret escape sequences
+(search does that).
 """
 
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import struct
 from collections.abc import Iterable, Iterator
@@ -28,6 +30,7 @@ class TerminalEvent(IntEnum):
     INPUT = 2
     RESIZE = 3
     MARKER = 4
+    COMMAND = 5  # an exec session's command line, first event; none for a shell
 
 
 def resize_payload(cols: int, rows: int) -> bytes:
@@ -60,10 +63,15 @@ def asciicast_lines(
 
     Output and input are decoded as UTF-8 with replacement by incremental decoders, so a
     character split across two events is still one character. A resize that is the first
-    event sets the initial size; later ones become ``"r"`` events, markers ``"m"`` events.
+    event (after the command, if any) sets the initial size; later ones become ``"r"``
+    events, markers ``"m"`` events, and the command an ``"m"`` event ``command: ...``.
     """
     stream = iter(events)
+    leading: list[Event] = []
     first = next(stream, None)
+    while first is not None and first.type == TerminalEvent.COMMAND:
+        leading.append(first)
+        first = next(stream, None)
     width, height = _size_from_metadata(header)
     if first is not None and first.type == TerminalEvent.RESIZE:
         width, height = parse_resize(first.payload)
@@ -82,7 +90,9 @@ def asciicast_lines(
     }
     codes = {TerminalEvent.OUTPUT: "o", TerminalEvent.INPUT: "i"}
     last_offset = 0
-    for event in _chain_first(first, stream):
+    if first is not None:
+        leading.append(first)
+    for event in itertools.chain(leading, stream):
         last_offset = event.offset_us
         if event.type == TerminalEvent.OUTPUT or (
             event.type == TerminalEvent.INPUT and include_input
@@ -96,17 +106,14 @@ def asciicast_lines(
             yield _line(event.offset_us, "r", f"{cols}x{rows}")
         elif event.type == TerminalEvent.MARKER:
             yield _line(event.offset_us, "m", event.payload.decode("utf-8", "replace"))
+        elif event.type == TerminalEvent.COMMAND:
+            command = event.payload.decode("utf-8", "replace")
+            yield _line(event.offset_us, "m", f"command: {command}")
     for kind, decoder in decoders.items():
         # A trailing incomplete sequence becomes U+FFFD rather than vanishing.
         tail = decoder.decode(b"", final=True)
         if tail and (kind == TerminalEvent.OUTPUT or include_input):
             yield _line(last_offset, codes[kind], tail)
-
-
-def _chain_first(first: Event | None, rest: Iterator[Event]) -> Iterator[Event]:
-    if first is not None:
-        yield first
-    yield from rest
 
 
 def export_asciicast(

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import asyncssh
 import pytest
 
 from gateway.ssh import fastpath
+from tests import support
 from tests.ssh_gateway import Logins, running_gateway
 from tests.sshd_target import SSHDTarget
 from tests.support import kbdint_client
@@ -241,3 +243,63 @@ def test_asyncssh_peers_rekeying_both_ways_keep_every_byte(
     exchanges = sum("Completed key exchange" in r.getMessage() for r in caplog.records)
     # Each exchange is logged by both ends; either end's 128 KiB sent starts one (44 here).
     assert exchanges >= len(payload) // (128 * 1024)
+
+
+# Runs ``conduit`` (or a probe) with asyncssh reporting another version than the one the
+# fast path was verified against. gateway is imported first: it filters asyncssh's DSA
+# deprecation warning, which importing asyncssh alone would print.
+OTHER_VERSION = "2.24.2"
+_AS_OTHER_VERSION = (
+    f"import runpy, sys; import gateway, asyncssh; asyncssh.__version__ = {OTHER_VERSION!r}; "
+)
+
+
+def test_install_on_another_asyncssh_version_patches_nothing_and_warns_once() -> None:
+    probe = _AS_OTHER_VERSION + (
+        "import logging; logging.basicConfig(format='%(levelname)s %(name)s %(message)s'); "
+        "from asyncssh.connection import SSHConnection; "
+        "from asyncssh.crypto.cipher import GCMCipher; "
+        "from asyncssh.packet import SSHPacketLogger; "
+        "from gateway.ssh import fastpath; "
+        "before = [dict(vars(c)) for c in (SSHConnection, GCMCipher, SSHPacketLogger)]; "
+        "print(fastpath.install(), fastpath.install(), fastpath.installed()); "
+        "after = [dict(vars(c)) for c in (SSHConnection, GCMCipher, SSHPacketLogger)]; "
+        "print('unchanged' if before == after else 'patched')"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "False", "unchanged"]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING ")]
+    assert len(warnings) == 1, done.stderr
+    assert OTHER_VERSION in warnings[0] and fastpath.VERIFIED_ASYNCSSH in warnings[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_the_relay_works_without_the_fast_path_on_another_asyncssh_version(
+    sshd: SSHDTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncssh's own path relays every byte; its MSG_IGNORE before each packet under GCM
+    shows that the fast path is off."""
+    launcher = (
+        _AS_OTHER_VERSION
+        + "sys.argv[0] = 'conduit'; runpy.run_module('gateway', run_name='__main__')"
+    )
+    monkeypatch.setattr(support, "CONDUIT", [sys.executable, "-c", launcher])
+    command = ('f=$(mktemp); head -c 1M /dev/urandom >"$f"; sha256sum <"$f" >&2; cat "$f"; '
+               'rm -f "$f"; exit 7')  # fmt: skip
+    with running_gateway(sshd, tmp_path, users=1) as gw:
+        user, code = Logins(gw).take()
+        argv = gw.argv(f"{user}+target", command, "-vvv", "-c", "aes128-gcm@openssh.com")
+        done = subprocess.run(argv, env=gw.askpass(user, code), capture_output=True,
+                              timeout=60, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        assert gw.server.terminate() == 0
+        log_text = gw.server.stderr
+    assert done.returncode == 7, done.stderr[-2000:]
+    assert len(done.stdout) == MIB
+    assert hashlib.sha256(done.stdout).hexdigest().encode() in done.stderr
+    assert done.stderr.count(IGNORE_SEEN) > 10  # asyncssh's path, not the fast one
+    warnings = [line for line in log_text.splitlines() if "fast path" in line]
+    assert len(warnings) == 1, log_text
+    assert OTHER_VERSION in warnings[0] and fastpath.VERIFIED_ASYNCSSH in warnings[0]
+    assert "Traceback" not in log_text

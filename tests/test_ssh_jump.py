@@ -403,3 +403,63 @@ def test_grant_expiring_mid_session_ends_it_at_valid_until(gateway: Gateway) -> 
     assert ended - until < 5  # generous for a loaded CI; bench/ssh_relay.py measures it
     ends = [e for e in gateway.audit_until("session.end") if e["action"] == "session.end"]
     assert ends[-1]["detail"]["reason"] == "expired"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("command", [None, "anything"])
+def test_menu_with_stdin_closed_prints_and_exits(gateway: Gateway, command: str | None) -> None:
+    """`ssh -n alice@gateway`: OpenSSH sends EOF at once; the menu must still be printed,
+    the client must exit, and the gateway must log no traceback."""
+    argv = gateway.argv("alice", command or "", "-n")
+    if command is None:
+        argv.pop()  # no command: a shell request, as the README's `ssh alice@gateway`
+    result = subprocess.run(argv, env=gateway.askpass("alice", gateway.code("alice")),
+                            capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Assets you may reach over SSH now:" in result.stdout
+    assert "target" in result.stdout
+    assert gateway.server.terminate() == 0
+    assert "Traceback" not in gateway.server.stderr
+    assert "BrokenPipeError" not in gateway.server.stderr
+
+
+def test_exec_command_line_is_audited_and_recorded_but_not_logged(gateway: Gateway) -> None:
+    """What an exec session ran (``rsync --server ...``, ``git-upload-pack ...``) is evidence:
+    in session.start and inside the (encrypted) recording; a typed secret stays out of logs."""
+    command = "echo conduit-exec-$((20+1)) --password=hunter2-typed-secret"
+    result = gateway.ssh("alice+target", command, gateway.code("alice"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "conduit-exec-21 --password=hunter2-typed-secret\n"
+    events = gateway.audit_until("session.end")
+    [start] = [e for e in events if e["action"] == "session.start"]
+    detail = start["detail"]
+    assert isinstance(detail, dict)
+    assert detail["command"] == command
+    assert detail["command_length"] == len(command)
+    exported = conduit("recordings", "export", str(detail["recording_id"]),
+                       "--data-dir", str(gateway.data))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()[1:]]
+    assert lines[0][1:] == ["m", f"command: {command}"]
+    # The clear header carries ids only: the command is in the encrypted events.
+    [path] = gateway.data.rglob(f"{detail['recording_id']}.rec")
+    assert b"hunter2" not in path.read_bytes()
+    assert gateway.server.terminate() == 0
+    assert "hunter2" not in gateway.server.stderr
+
+
+def test_a_long_exec_command_line_is_cut_in_the_audit_and_whole_in_the_recording(
+    gateway: Gateway,
+) -> None:
+    command = "true " + "x" * 20000  # an audit detail holds at most 16 KiB
+    result = gateway.ssh("bob+target", command, gateway.code("bob"))
+    assert result.returncode == 0, result.stderr
+    [start] = [e for e in gateway.audit_until("session.end") if e["action"] == "session.start"]
+    detail = start["detail"]
+    assert isinstance(detail, dict)
+    assert detail["command"] == command[:1024]
+    assert detail["command_length"] == len(command)
+    exported = conduit("recordings", "export", str(detail["recording_id"]),
+                       "--data-dir", str(gateway.data))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout.splitlines()[1])[1:] == ["m", f"command: {command}"]

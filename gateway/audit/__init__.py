@@ -3,7 +3,8 @@
 ``AuditLog`` records, checkpoints, verifies and exports events; ``chain`` holds the pure
 hashing rules, ``verify`` the checks, ``syslog`` the RFC 5424 format and senders,
 ``tables`` the table shapes. Does not decide what is audited: callers do, passing
-identifiers only (never secrets) in ``detail``.
+identifiers only (never secrets) in ``detail``, except an exec session's command line
+(see ``log``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ checkpoints (the serving process calls ``checkpoint()`` on its own timer).
 
 Details must never contain secrets: callers pass identifiers (user ids, asset names, key
 fingerprints), and ``record`` refuses detail keys named like passwords, tokens, codes or keys.
+One exception is asked for as evidence: ``session.start`` of an exec session carries its
+command line (``gateway.sessions.broker``), which can hold something the user typed; like every
+detail it is also in the SIEM export.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
 from rbac.names import TUNNEL_RE, with_account
 from rbac.policy import Decision
 from recordings import Kind
+from recordings.terminal import TerminalEvent
 from recordings.writer import RecordingWriter
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 # to A's configured host, so a tunnel can never be pointed at another machine.
 TUNNEL_SELF_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TUNNEL_CONNECT_TIMEOUT_SECONDS = 15
+# An exec session's command line in session.start is cut here (an audit detail holds at most
+# 16 KiB, and control characters grow sixfold in its JSON); ``command_length`` says how long
+# it was. The recording keeps it whole: the SSH edge refuses commands over 64 KiB.
+AUDIT_COMMAND_CHARS = 1024
 
 
 def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> bool:
@@ -98,10 +103,16 @@ class Broker:
         also: tuple[str, ...] = (),
         account: str = DEFAULT_ACCOUNT,
         target: Target | None = None,
+        command: str | None = None,
     ) -> Ticket:
         """Open a session for ``action`` (or the first of ``also`` that is allowed) as the
         asset's ``account``: decide, record, register. ``target`` is given by callers that
-        read it already (a tunnel checks its destination against it first)."""
+        read it already (a tunnel checks its destination against it first).
+
+        ``command`` is an exec session's command line: evidence, so it goes to session.start
+        and, as the first event, into the (encrypted) recording. It can hold a secret the
+        user typed, so it never goes to a log line.
+        """
         actions = tuple(with_account(a, account) for a in (action, *also))
         decision = await self._decide(username, asset, actions)
         if not decision.allowed or decision.authorization is None:
@@ -124,6 +135,8 @@ class Broker:
             raise NotFoundOrForbidden(f"asset:{asset} does not exist")
         session_id = self._s.live.new_id()
         writer = await self._record(session_id, username, asset, protocol, source, kind)
+        if command is not None:
+            writer.record(TerminalEvent.COMMAND, command.encode())
         live = LiveSession(
             session_id=session_id,
             node=self._s.node,
@@ -149,7 +162,7 @@ class Broker:
             last_activity=asyncio.get_running_loop().time(),
             also=tuple(a for a in actions if a != chosen),
         )
-        await self._register(ticket, decision)
+        await self._register(ticket, decision, command)
         return ticket
 
     async def _target(
@@ -200,7 +213,7 @@ class Broker:
             )
             raise
 
-    async def _register(self, ticket: Ticket, decision: Decision) -> None:
+    async def _register(self, ticket: Ticket, decision: Decision, command: str | None) -> None:
         """Make the session visible and killable everywhere, audit it, start its watchdog."""
         s = self._s
         try:
@@ -213,19 +226,23 @@ class Broker:
         self._tickets[ticket.session_id] = ticket
         s.live.register(ticket.live)
         until = decision.valid_until
+        detail: dict[str, object] = {
+            "session_id": ticket.session_id,
+            "protocol": ticket.protocol,
+            "action": ticket.action,
+            "account": ticket.target.account,
+            "grant_id": decision.grant_id or "",
+            "recording_id": ticket.writer.recording_id,
+            "valid_until": until.isoformat() if until else "",
+        }
+        if command is not None:
+            detail["command"] = command[:AUDIT_COMMAND_CHARS]
+            detail["command_length"] = len(command)
         await self._audit(
             ticket,
             "session.start",
             "success",
-            {
-                "session_id": ticket.session_id,
-                "protocol": ticket.protocol,
-                "action": ticket.action,
-                "account": ticket.target.account,
-                "grant_id": decision.grant_id or "",
-                "recording_id": ticket.writer.recording_id,
-                "valid_until": until.isoformat() if until else "",
-            },
+            detail,
         )
         ticket.watchdog = s.tasks.start(f"watchdog-{ticket.session_id}", self._watch(ticket))
 

@@ -52,8 +52,12 @@ eight things, process-wide, once:
 
 Measured against bench.bare_relay (asyncssh without any of this) in bench/ssh_relay.py.
 
-Every replaced attribute is checked first: if asyncssh no longer has it, nothing is changed,
-an error is logged and tests/test_ssh_fastpath.py fails.
+These replace private asyncssh methods, so ``install()`` first checks that asyncssh is the
+version all this was verified against (``VERIFIED_ASYNCSSH``, the version the lock file
+pins): on any other version nothing is changed, a warning naming both versions is logged
+once, and the gateway runs on plain asyncssh (slower, same behaviour). Every replaced
+attribute is then checked too: if asyncssh no longer has it, nothing is changed, an error
+is logged and tests/test_ssh_fastpath.py fails.
 """
 
 from __future__ import annotations
@@ -110,7 +114,12 @@ _GCM_TAG_BYTES = 16
 QUICKACK_BELOW = 16 * 1024
 QUICKACK_READS = 64  # per connection: log-in, channel set-up and a short command's start
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+# The asyncssh release whose private methods this module was read and tested against. A
+# new release must be read again (each replaced method and the state it reads) before
+# this changes, with the lock file's pin.
+VERIFIED_ASYNCSSH = "2.24.1"
 _installed = False
+_version_refused = False  # the other-version warning has been logged
 
 
 def _send(self: Any, data: bytes) -> None:
@@ -388,10 +397,18 @@ def _init_assigns(cls: type) -> set[str]:
 
 
 def install() -> bool:
-    """Apply the changes once per process; False (logged) if asyncssh changed."""
-    global _installed  # noqa: PLW0603 - one process-wide switch, guarded here
+    """Apply the changes once per process; False (logged) on another asyncssh version or
+    if asyncssh changed."""
+    global _installed, _version_refused  # noqa: PLW0603 - process-wide, guarded here
     if _installed:
         return True
+    if asyncssh.__version__ != VERIFIED_ASYNCSSH:
+        if not _version_refused:
+            _version_refused = True
+            log.warning("asyncssh %s: relay fast path not installed (verified against %s "
+                        "only); using plain asyncssh", asyncssh.__version__,
+                        VERIFIED_ASYNCSSH)  # fmt: skip
+        return False
     gcm = getattr(_cipher, "GCMCipher", None)
     missing = [name for name in _CONNECTION_INTERNALS if not hasattr(SSHConnection, name)]
     missing += [name for name in _CONNECTION_STATE if name not in _init_assigns(SSHConnection)]

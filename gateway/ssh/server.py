@@ -290,6 +290,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             source=session.source,
             kill=session.kill,
             account=session.account,
+            command=session.request.command,
         )
         try:
             conn = await self._broker.connect_ssh(ticket)
@@ -348,9 +349,19 @@ class MenuSession(asyncssh.SSHServerSession[bytes]):
         self._username = username
         self._port = port
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._gone = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True  # the client left before the menu was made: nothing to write to
+
+    def eof_received(self) -> bool:
+        # `ssh -n` sends EOF straight away. asyncssh's default answer (False) would half-close
+        # our side too, and the menu written after it would raise BrokenPipeError and never
+        # end the channel. The menu reads nothing, so EOF changes nothing here.
+        return True
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
         return True
@@ -380,6 +391,8 @@ class MenuSession(asyncssh.SSHServerSession[bytes]):
                 shown = until.strftime("%Y-%m-%d %H:%M UTC") if until else "no end"
                 lines.append(f"  {asset:24} until {shown}")
             lines.append(f"Connect with: ssh -p {self._port} {self._username}+ASSET@<gateway>")
+        if self._gone:
+            return
         chan.write("".join(f"{line}\r\n" for line in lines).encode())
         chan.exit(0)
 

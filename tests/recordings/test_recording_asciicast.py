@@ -110,3 +110,17 @@ def test_event_decoder_rejects_garbage_only_with_format_error(data: bytes) -> No
 def test_event_decoder_refuses_a_length_past_the_chunk() -> None:
     with pytest.raises(FormatError):
         list(decode_events(encode_event(0, 1, b"abcdef")[:-1]))
+
+
+def test_an_exec_command_is_a_marker_and_does_not_hide_the_initial_size() -> None:
+    events = [
+        Event(0, TerminalEvent.COMMAND, b"rsync --server -vlogDtpre.iLsfxCIvu . /tmp/x"),
+        Event(5, TerminalEvent.RESIZE, resize_payload(100, 30)),
+        Event(1_000_000, TerminalEvent.OUTPUT, b"ok"),
+    ]
+    header, lines = _parse("".join(asciicast_lines(_header(), events)))
+    assert (header["width"], header["height"]) == (100, 30)
+    assert lines == [
+        [0.0, "m", "command: rsync --server -vlogDtpre.iLsfxCIvu . /tmp/x"],
+        [1.0, "o", "ok"],
+    ]

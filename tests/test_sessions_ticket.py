@@ -181,3 +181,11 @@ async def test_a_ticket_past_its_valid_until_is_refused_and_audited(site: Site) 
     assert site.connected == []
     assert len(await _events(site, "upstream.refused")) == 1
     await site.broker.close(ticket, "closed")
+
+
+async def test_reachable_lists_each_granted_account(site: Site) -> None:
+    reachable = await site.broker.reachable("alice", "ssh")
+    assert [(r.asset, r.account) for r in reachable] == [("plc", "default"), ("plc", "maint")]
+    assert all(r.valid_until == START + dt.timedelta(hours=1) for r in reachable)
+    assert await site.broker.reachable("alice", "sftp-read") == []
+    assert await site.broker.reachable("bob", "ssh") == []

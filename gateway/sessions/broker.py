@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -38,7 +39,7 @@ from gateway.sessions.live import KillHandle, LiveSession
 from gateway.sessions.ticket import Target, Ticket, check_ticket
 from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
-from rbac.names import TUNNEL_RE, with_account
+from rbac.names import TUNNEL_RE, account_of, with_account
 from rbac.policy import Decision
 from recordings import Kind
 from recordings.terminal import TerminalEvent
@@ -74,6 +75,15 @@ def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> 
         or name == asset
         or (asset_host is not None and name == asset_host.lower())
     )
+
+
+@dataclass(frozen=True)
+class Reachable:
+    """An asset (and account) a user may open a session on now, and until when."""
+
+    asset: str
+    account: str
+    valid_until: dt.datetime | None
 
 
 class Broker:
@@ -245,6 +255,15 @@ class Broker:
             detail,
         )
         ticket.watchdog = s.tasks.start(f"watchdog-{ticket.session_id}", self._watch(ticket))
+
+    async def reachable(self, username: str, action: str) -> list[Reachable]:
+        """What ``username`` may open with ``action`` right now: each asset and account
+        (``ssh`` on the default account, ``ssh:account=maint`` on ``maint``), sorted."""
+        out = []
+        for asset, granted, decision in await self._s.authz.reachable_now(username):
+            if granted == action or granted.startswith(f"{action}:account="):
+                out.append(Reachable(asset, account_of(granted), decision.valid_until))
+        return sorted(out, key=lambda r: (r.asset, r.account != DEFAULT_ACCOUNT, r.account))
 
     async def _decide(self, username: str, asset: str, actions: tuple[str, ...]) -> Decision:
         """The first allowed decision among ``actions``, else the first refusal."""

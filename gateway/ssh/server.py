@@ -267,7 +267,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
             return False
         route = self._route
         if route.asset is None:
-            return MenuSession(self._s, self._identity.username, self._s.settings.ssh_listen.port)
+            return MenuSession(
+                self._broker, self._identity.username, self._s.settings.ssh_listen.port
+            )
         username, asset = self._identity.username, route.asset
         account = route.account or DEFAULT_ACCOUNT
         relay = RelaySession(
@@ -344,8 +346,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
 class MenuSession(asyncssh.SSHServerSession[bytes]):
     """``ssh alice@gateway`` with no asset: what alice may reach now, and how."""
 
-    def __init__(self, services: Services, username: str, port: int) -> None:
-        self._s = services
+    def __init__(self, broker: Broker, username: str, port: int) -> None:
+        self._broker = broker
         self._username = username
         self._port = port
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
@@ -373,12 +375,12 @@ class MenuSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
-        self._s.tasks.start("ssh-menu", self._show())
+        self._broker.tasks.start("ssh-menu", self._show())
 
     async def _show(self) -> None:
         chan = self._chan
         assert chan is not None  # noqa: S101 - set in connection_made
-        reachable = [r for r in await self._s.authz.reachable_now(self._username) if r[1] == "ssh"]
+        reachable = await self._broker.reachable(self._username, "ssh")
         if not reachable:
             lines = [
                 "You may not reach any asset over SSH right now.",
@@ -386,10 +388,12 @@ class MenuSession(asyncssh.SSHServerSession[bytes]):
             ]
         else:
             lines = ["Assets you may reach over SSH now:"]
-            for asset, _, decision in reachable:
-                until = decision.valid_until
+            for entry in reachable:
+                until = entry.valid_until
                 shown = until.strftime("%Y-%m-%d %H:%M UTC") if until else "no end"
-                lines.append(f"  {asset:24} until {shown}")
+                route = entry.asset if entry.account == DEFAULT_ACCOUNT else (
+                    f"{entry.asset}+{entry.account}")  # fmt: skip
+                lines.append(f"  {route:24} until {shown}")
             lines.append(f"Connect with: ssh -p {self._port} {self._username}+ASSET@<gateway>")
         if self._gone:
             return

@@ -137,8 +137,60 @@ def test_bad_input_is_one_clear_line(data_dir: Path) -> None:
             "offset",
         ),
         (["grant", "revoke", "g-missing"], "g-missing"),
+        # Instants and durations outside the documented range: one line, nothing stored.
+        (
+            [
+                "grant",
+                "add",
+                "--role",
+                "vendor",
+                "--zone",
+                "z",
+                "--action",
+                "ssh",
+                "--until",
+                "9999-12-31T23:59:59-14:00",
+            ],
+            "2200-01-01",
+        ),
+        (
+            [
+                "grant",
+                "add",
+                "--role",
+                "vendor",
+                "--zone",
+                "z",
+                "--action",
+                "ssh",
+                "--from",
+                "0001-01-01T00:00:00+14:00",
+            ],
+            "2000-01-01",
+        ),
+        (["access", "check", "a", "b", "ssh", "--at", "0001-01-01T00:00:00+01:00"], "2000-01-01"),
+        (["access", "check", "a", "b", "ssh", "--at", "9999-12-31T23:59:59Z"], "2200-01-01"),
+        (
+            [
+                "asset",
+                "add",
+                "p",
+                "--host",
+                "h",
+                "--port",
+                "22",
+                "--protocol",
+                "ssh",
+                "--max-request-hours",
+                "1000000000000",
+            ],
+            "max request hours",
+        ),
+        (["zone", "add", "y", "--max-request-hours", "-1"], "max request hours"),
     ):
         result = conduit(*args, *d)
         assert result.returncode != 0, args
         assert "Traceback" not in result.stderr
         assert expected in result.stderr, (args, result.stderr)
+    assert ok("grant", "list", *d).count("\n") == 1  # the heading only
+    assert "p " not in ok("asset", "list", *d)

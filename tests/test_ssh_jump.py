@@ -330,18 +330,24 @@ def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
         assert listing.returncode == 0, listing.stderr
         [row] = [line for line in listing.stdout.splitlines() if " bob " in line]
         listed.append(row.split()[0])
-        killed = conduit("sessions", "kill", listed[0], "--reason", "maintenance-stop",
+        killed = conduit("sessions", "kill", listed[0], "--reason", "cli kill",
                          "--data-dir", str(gateway.data))  # fmt: skip
         assert killed.returncode == 0, killed.stderr
 
     code, err, _ = session_ended_by(gateway, "bob", kill)
     [session_id] = listed
     assert code != 0
-    assert "session ended: maintenance-stop" in err
+    assert "session ended: killed: cli kill" in err
     events = gateway.audit_until("session.end")
     assert any(e["action"] == "session.kill" for e in events)
     ends = [e for e in events if e["action"] == "session.end"]
-    assert ends[-1]["detail"]["reason"] == "maintenance-stop"  # type: ignore[index]
+    assert ends[-1]["detail"]["reason"] == "killed"  # type: ignore[index]
+    assert ends[-1]["detail"]["note"] == "cli kill"  # type: ignore[index]
+    # A note with spaces no longer stops the recording from being closed and signed.
+    recording_id = str(ends[-1]["detail"]["recording_id"])  # type: ignore[index]
+    verified = conduit("recordings", "verify", recording_id, "--data-dir", str(gateway.data))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "end reason killed" in verified.stdout
     after = conduit("sessions", "list", "--data-dir", str(gateway.data))
     assert session_id not in after.stdout
     again = conduit("sessions", "kill", session_id, "--data-dir", str(gateway.data))

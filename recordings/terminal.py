@@ -10,6 +10,7 @@ is produced only on export. Does not read files or verify recordings (see
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import struct
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from recordings.events import Event
 
 _RESIZE = struct.Struct(">HH")
 DEFAULT_SIZE = (80, 24)
+_MAX_LEADING = 64  # markers looked past for the initial size (bounded memory)
 
 
 class TerminalEvent(IntEnum):
@@ -59,15 +61,20 @@ def asciicast_lines(
     """Yield an asciicast v2 document line by line (header JSON, then one event per line).
 
     Output and input are decoded as UTF-8 with replacement by incremental decoders, so a
-    character split across two events is still one character. A resize that is the first
-    event sets the initial size; later ones become ``"r"`` events, markers ``"m"`` events.
+    character split across two events is still one character. The first resize before any
+    output or input (markers may come first) sets the initial size, else metadata
+    ``cols``/``rows``, else 80x24; later resizes become ``"r"`` events, markers ``"m"``.
     """
     stream = iter(events)
-    first = next(stream, None)
     width, height = _size_from_metadata(header)
-    if first is not None and first.type == TerminalEvent.RESIZE:
-        width, height = parse_resize(first.payload)
-        first = None
+    leading: list[Event] = []  # what comes before the first output/input, at most a few
+    for event in stream:
+        if event.type == TerminalEvent.RESIZE:
+            width, height = parse_resize(event.payload)
+            break
+        leading.append(event)
+        if event.type != TerminalEvent.MARKER or len(leading) >= _MAX_LEADING:
+            break
     cast_header: dict[str, object] = {
         "version": 2,
         "width": width,
@@ -82,7 +89,7 @@ def asciicast_lines(
     }
     codes = {TerminalEvent.OUTPUT: "o", TerminalEvent.INPUT: "i"}
     last_offset = 0
-    for event in _chain_first(first, stream):
+    for event in itertools.chain(leading, stream):
         last_offset = event.offset_us
         if event.type == TerminalEvent.OUTPUT or (
             event.type == TerminalEvent.INPUT and include_input
@@ -101,12 +108,6 @@ def asciicast_lines(
         tail = decoder.decode(b"", final=True)
         if tail and (kind == TerminalEvent.OUTPUT or include_input):
             yield _line(last_offset, codes[kind], tail)
-
-
-def _chain_first(first: Event | None, rest: Iterator[Event]) -> Iterator[Event]:
-    if first is not None:
-        yield first
-    yield from rest
 
 
 def export_asciicast(

@@ -253,14 +253,29 @@ def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
                     output += await asyncio.wait_for(process.stdout.read(1024), 10)
                 except TimeoutError:
                     raise AssertionError(f"no echo; got {output!r}") from None
+            process.change_terminal_size(120, 40)
+            process.stdin.write("echo resized-$((6*7))\n")
+            while "resized-42" not in output:
+                try:
+                    output += await asyncio.wait_for(process.stdout.read(1024), 10)
+                except TimeoutError:
+                    raise AssertionError(f"no echo; got {output!r}") from None
             process.stdin.write("exit 0\n")
             await asyncio.wait_for(process.wait(), 10)
             return output
 
     assert "typed-42" in asyncio.run(shell())
-    gateway.audit_until("session.end")  # the recording is indexed before session.end
+    events = gateway.audit_until("session.end")  # the recording is indexed before session.end
     listing = conduit("recordings", "search", "typed-42", "--data-dir", str(gateway.data))
     assert "[typed]-[42]" in listing.stdout
+    # The export carries the size the terminal was recorded at, and the change as "r".
+    [end] = [e for e in events if e["action"] == "session.end" and e["actor"] == "dave"]
+    recording_id = str(end["detail"]["recording_id"])  # type: ignore[index]
+    cast = conduit("recordings", "export", recording_id, "--data-dir", str(gateway.data))
+    assert cast.returncode == 0, cast.stderr
+    header, *lines = [json.loads(line) for line in cast.stdout.splitlines()]
+    assert (header["width"], header["height"]) == (100, 30)
+    assert [text for _, kind, text in lines if kind == "r"] == ["120x40"]
 
 
 def session_ended_by(

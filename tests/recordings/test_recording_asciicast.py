@@ -110,3 +110,15 @@ def test_event_decoder_rejects_garbage_only_with_format_error(data: bytes) -> No
 def test_event_decoder_refuses_a_length_past_the_chunk() -> None:
     with pytest.raises(FormatError):
         list(decode_events(encode_event(0, 1, b"abcdef")[:-1]))
+
+
+def test_a_resize_before_any_output_sizes_the_header_even_after_a_marker() -> None:
+    events = [
+        Event(0, TerminalEvent.MARKER, b"command: top"),
+        Event(0, TerminalEvent.RESIZE, resize_payload(100, 30)),
+        Event(5, TerminalEvent.OUTPUT, b"x"),
+        Event(9, TerminalEvent.RESIZE, resize_payload(120, 40)),
+    ]
+    header, lines = _parse("".join(asciicast_lines(_header(), events)))
+    assert (header["width"], header["height"]) == (100, 30)
+    assert [line[1:] for line in lines] == [["m", "command: top"], ["o", "x"], ["r", "120x40"]]

@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
-from rbac.errors import ApprovalError, RequestError, TransitionError
-from rbac.windows import AbsoluteWindow
+from rbac.errors import ApprovalError, RequestError, TransitionError, WindowError
+from rbac.windows import AbsoluteWindow, check_instant
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -137,7 +137,9 @@ class AccessRequest:
 
     @property
     def end(self) -> datetime:
-        return self.start + self.duration
+        # ``new_request`` keeps starts far from the calendar's end; a row stored before it
+        # did may still overflow here, and must read as "never" rather than break a list.
+        return _plus(self.start, self.duration)
 
     @property
     def approvers(self) -> frozenset[str]:
@@ -160,6 +162,9 @@ def new_request(
 ) -> AccessRequest:
     """A new pending request; refuses a duration above ``duration_cap`` rather than trimming.
 
+    ``start`` and the window's end must lie in the documented range
+    (``rbac.windows.check_instant``).
+
     Refusing keeps what the vendor asked for and what approvers see identical. ``assets`` and
     ``actions`` are de-duplicated and sorted so equal requests compare equal.
     """
@@ -168,6 +173,11 @@ def new_request(
             f"duration {duration} exceeds the cap of {duration_cap} for these assets",
             f"request {request_id}: duration {duration} > cap {duration_cap}",
         )
+    try:  # the whole window, so that the grant an approval makes is in range too
+        start = check_instant(start, "start")
+        check_instant(_plus(start, duration), "end (start + duration)")
+    except WindowError as exc:
+        raise RequestError(exc.message, f"request {request_id}: {exc.detail}") from None
     return AccessRequest(
         request_id=request_id,
         requester=requester,
@@ -258,7 +268,7 @@ def expires_at(request: AccessRequest) -> datetime | None:
     """When ``expire`` becomes applicable: pending until the TTL or window end, approved until
     the window end; ``None`` in final states."""
     if request.state is RequestState.PENDING:
-        return min(request.created_at + request.pending_ttl, request.end)
+        return min(_plus(request.created_at, request.pending_ttl), request.end)
     if request.state is RequestState.APPROVED:
         return request.end
     return None
@@ -313,7 +323,21 @@ def _move(
 def _aware(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise RequestError(f"{what} must be timezone-aware", repr(value))
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise RequestError(f"{what} is out of range", repr(value)) from None
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _plus(instant: datetime, duration: timedelta) -> datetime:
+    """``instant + duration``, or the last representable instant where that overflows."""
+    try:
+        return instant + duration
+    except OverflowError:
+        return _NEVER
 
 
 def _comment(text: str) -> str:

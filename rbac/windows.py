@@ -25,6 +25,11 @@ Rules, in one place:
   So the mapping from wall time to instants never goes backwards, and ranges that touch or
   overlap on the wall clock still touch or overlap in real time.
 
+Instants that come from outside (a request's start, a grant's limits, ``access check --at``)
+must lie in ``[EARLIEST, LATEST)`` = [2000-01-01, 2200-01-01) UTC (``check_instant``): far
+enough from the calendar's ends that adding any duration we allow, or a timezone offset, can
+never overflow, so nothing stored from outside can break a later computation.
+
 It does not read the clock (instants are passed in), store windows, or decide who holds one.
 """
 
@@ -41,11 +46,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from rbac.errors import ScheduleError, WindowError
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
     "AbsoluteWindow",
     "Schedule",
     "Weekday",
     "WeeklyRange",
     "Window",
+    "check_instant",
     "contains",
     "format_schedule",
     "next_change",
@@ -224,15 +232,38 @@ def format_schedule(schedule: Schedule) -> str:
     return f"{'; '.join(clauses)} {schedule.timezone.key}"
 
 
-def parse_instant(text: str) -> datetime:
-    """Parse an ISO 8601 instant that carries its offset (``Z`` or ``+01:00``); returns UTC."""
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def check_instant(value: datetime, what: str) -> datetime:
+    """``value`` in UTC if it is aware and in ``[EARLIEST, LATEST)``; else ``WindowError``."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise WindowError(f"{what} has no UTC offset; add Z or +HH:MM", repr(value))
+    try:
+        at = value.astimezone(UTC)
+    except OverflowError:  # an offset pushed it past year 1 or 9999
+        at = None
+    if at is None or not EARLIEST <= at < LATEST:
+        raise WindowError(
+            f"{what} must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)",
+            repr(value),
+        )
+    return at
+
+
+def parse_instant(text: str, what: str = "instant") -> datetime:
+    """Parse an ISO 8601 instant that carries its offset (``Z`` or ``+01:00``); returns UTC.
+
+    The instant must lie in the documented range (``check_instant``).
+    """
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise WindowError(f"{text!r} is not an ISO 8601 date and time") from None
     if value.tzinfo is None:
         raise WindowError(f"{text!r} has no UTC offset; add Z or +HH:MM")
-    return value.astimezone(UTC)
+    return check_instant(value, what)
 
 
 # --- schedule evaluation -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from recordings.events import Event
 
 _RESIZE = struct.Struct(">HH")
 DEFAULT_SIZE = (80, 24)
+_MAX_LEADING = 64  # markers looked past for the initial size (bounded memory)
 
 
 class TerminalEvent(IntEnum):
@@ -62,20 +63,22 @@ def asciicast_lines(
     """Yield an asciicast v2 document line by line (header JSON, then one event per line).
 
     Output and input are decoded as UTF-8 with replacement by incremental decoders, so a
-    character split across two events is still one character. A resize that is the first
-    event (after the command, if any) sets the initial size; later ones become ``"r"``
-    events, markers ``"m"`` events, and the command an ``"m"`` event ``command: ...``.
+    character split across two events is still one character. The first resize before any
+    output or input (markers and the command may come first) sets the initial size, else
+    metadata ``cols``/``rows``, else 80x24; later resizes become ``"r"`` events, markers
+    ``"m"`` events, and the command an ``"m"`` event ``command: ...``.
     """
     stream = iter(events)
-    leading: list[Event] = []
-    first = next(stream, None)
-    while first is not None and first.type == TerminalEvent.COMMAND:
-        leading.append(first)
-        first = next(stream, None)
     width, height = _size_from_metadata(header)
-    if first is not None and first.type == TerminalEvent.RESIZE:
-        width, height = parse_resize(first.payload)
-        first = None
+    leading: list[Event] = []  # what comes before the first output/input, at most a few
+    for event in stream:
+        if event.type == TerminalEvent.RESIZE:
+            width, height = parse_resize(event.payload)
+            break
+        leading.append(event)
+        leads = event.type in (TerminalEvent.MARKER, TerminalEvent.COMMAND)
+        if not leads or len(leading) >= _MAX_LEADING:
+            break
     cast_header: dict[str, object] = {
         "version": 2,
         "width": width,
@@ -90,8 +93,6 @@ def asciicast_lines(
     }
     codes = {TerminalEvent.OUTPUT: "o", TerminalEvent.INPUT: "i"}
     last_offset = 0
-    if first is not None:
-        leading.append(first)
     for event in itertools.chain(leading, stream):
         last_offset = event.offset_us
         if event.type == TerminalEvent.OUTPUT or (

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.tables import AuditEventRow
+from gateway.authz.tables import AccessRequestRow
 from gateway.db.models import User as UserRow
 from gateway.identity.accounts import create_user
 from gateway.identity.tokens import create_token
@@ -404,3 +405,85 @@ async def test_endpoints_are_in_the_openapi_schema(api: Api) -> None:
     request_in = schema["components"]["schemas"]["RequestIn"]
     assert request_in["additionalProperties"] is False
     assert request_in["properties"]["reason"]["maxLength"] == 2000
+
+
+# Instants from outside must lie in rbac.windows' documented range [2000-01-01, 2200-01-01)
+# UTC; outside it, or at the calendar's ends, the answer is a 422 that names the field.
+EXTREME_INSTANTS = [
+    "9999-12-31T23:59:00+00:00",  # start + duration overflowed after the row was stored
+    "9999-12-31T23:59:59-14:00",  # beyond year 9999 once in UTC
+    "0001-01-01T00:00:00+14:00",  # before year 1 once in UTC
+    "0001-01-01T00:00:00+00:00",
+    "1999-12-31T23:59:59+00:00",
+    "2200-01-01T00:00:00+00:00",
+]
+
+
+@pytest.mark.parametrize("start", EXTREME_INSTANTS)
+async def test_request_start_outside_the_range_is_422_naming_it_and_not_stored(
+    api: Api, start: str
+) -> None:
+    alice = await api.login("alice")
+    bob = await api.login("bob")
+    sent = await alice.client.post(
+        "/api/v1/requests", json=request_body(api, start=start), headers=alice.headers()
+    )
+    assert sent.status_code == 422, sent.text
+    assert any(e["loc"][-1] == "start" for e in sent.json()["detail"]), sent.text
+    listed = await bob.client.get("/api/v1/requests")
+    assert listed.status_code == 200 and listed.json() == []
+
+
+@pytest.mark.parametrize("instant", EXTREME_INSTANTS)
+async def test_grant_instants_outside_the_range_are_422_naming_them(api: Api, instant: str) -> None:
+    root = await api.login("root")
+    for field in ("valid_from", "valid_until"):
+        body = {
+            "subject_kind": "user",
+            "subject": "alice",
+            "object_kind": "asset",
+            "object": "plc-10",
+            "action": "ssh",
+            field: instant,
+        }
+        sent = await root.client.post("/api/v1/grants", json=body, headers=root.headers())
+        assert sent.status_code == 422, sent.text
+        assert any(e["loc"][-1] == field for e in sent.json()["detail"]), sent.text
+    grants = (await root.client.get("/api/v1/grants")).json()
+    assert [g["subject"] for g in grants] == ["user:bob"]  # the fixture's own, nothing more
+
+
+async def test_a_stored_request_beyond_the_calendar_breaks_neither_list_nor_expiry(
+    api: Api,
+) -> None:
+    """A row an older version stored (start 9999-12-31T23:59Z) must not take the list down."""
+    alice = await api.login("alice")
+    bob = await api.login("bob")
+    services = api.env.services
+    good = await make_request(api, alice)
+    async with services.sessions() as db, db.begin():
+        db.add(
+            AccessRequestRow(
+                id="r-legacy000000000",
+                requester="alice",
+                assets='["plc-1"]',
+                actions='["ssh"]',
+                reason="stored before instants were bounded",
+                start=dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC),
+                duration_seconds=3600,
+                required_approvals=1,
+                pending_ttl_seconds=24 * 3600,
+                state="pending",
+                version=0,
+                created_at=api.env.clock.now,
+                updated_at=api.env.clock.now,
+            )
+        )
+    for who in (alice, bob):
+        listed = await who.client.get("/api/v1/requests")
+        assert listed.status_code == 200, listed.text
+        assert good["id"] in {r["id"] for r in listed.json()}
+    api.env.clock.advance(25 * 3600)  # both are past the 24-hour pending time-to-live
+    expired = await services.requests.expire_due()
+    assert good["id"] in expired
+    assert (await services.requests.get(str(good["id"]))).state.value == "expired"

@@ -205,7 +205,7 @@ async def test_kill_needs_the_capability_and_a_fresh_second_factor(api: Api) -> 
     assert gone.status_code == 404
     [requested] = await audit_rows(api, "session.kill_requested")
     assert (requested.actor, requested.target) == ("bob", victim.session_id)
-    assert json.loads(requested.detail)["reason"] == "unplanned change"
+    assert json.loads(requested.detail)["note"] == "unplanned change"
     assert {r.actor for r in await api.refusals()} >= {"alice", "bob"}
 
 
@@ -415,7 +415,7 @@ def test_kill_over_the_api_ends_a_real_ssh_session(site: Site) -> None:
             proc.communicate(timeout=10)
     assert code != 0
     assert elapsed < 5  # within a poll (0.5 s) on an idle machine; generous for CI
-    assert "session ended: api-stop 42" in err.decode()
+    assert "session ended: killed: api-stop 42" in err.decode()
     assert gone.status_code == 404
     events = site.audit_until("session.end")
     [requested] = [e for e in events if e["action"] == "session.kill_requested"]
@@ -423,6 +423,18 @@ def test_kill_over_the_api_ends_a_real_ssh_session(site: Site) -> None:
     [end] = [e for e in events if e["action"] == "session.end"]
     assert requested["actor"] == kill["actor"] == "root"
     assert end["actor"] == "bob"
+    # The end reason is the fixed code; the person's text is a separate note, verbatim.
+    for event in (kill, end):
+        assert event["detail"]["reason"] == "killed"  # type: ignore[index]
     for event in (requested, kill, end):
-        assert event["detail"]["reason"] == "api-stop 42"  # type: ignore[index]
+        assert event["detail"]["note"] == "api-stop 42"  # type: ignore[index]
+    assert end["detail"]["killed_by"] == "root"  # type: ignore[index]
+    # The recording was closed with its footer, and carries the note as a marker.
+    recording_id = str(end["detail"]["recording_id"])  # type: ignore[index]
+    verified = site.conduit("recordings", "verify", recording_id)
+    assert verified.stdout.startswith(f"{recording_id} intact"), verified.stdout
+    assert "end reason killed" in verified.stdout
+    cast = site.conduit("recordings", "export", recording_id).stdout.splitlines()
+    markers = [json.loads(line)[2] for line in cast[1:] if json.loads(line)[1] == "m"]
+    assert markers == ["killed by root: api-stop 42"]
     assert gateway.server.proc.poll() is None

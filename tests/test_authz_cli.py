@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from gateway.config import Overrides, load_settings
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.identity.accounts import create_user
-from tests.support import conduit, init_data_dir
+from tests.support import CONDUIT, clean_env, conduit, init_data_dir
 
 
 def add_user(data_dir: Path, name: str, role: str, org: str = "") -> None:
@@ -137,8 +140,93 @@ def test_bad_input_is_one_clear_line(data_dir: Path) -> None:
             "offset",
         ),
         (["grant", "revoke", "g-missing"], "g-missing"),
+        # Instants and durations outside the documented range: one line, nothing stored.
+        (
+            [
+                "grant",
+                "add",
+                "--role",
+                "vendor",
+                "--zone",
+                "z",
+                "--action",
+                "ssh",
+                "--until",
+                "9999-12-31T23:59:59-14:00",
+            ],
+            "2200-01-01",
+        ),
+        (
+            [
+                "grant",
+                "add",
+                "--role",
+                "vendor",
+                "--zone",
+                "z",
+                "--action",
+                "ssh",
+                "--from",
+                "0001-01-01T00:00:00+14:00",
+            ],
+            "2000-01-01",
+        ),
+        (["access", "check", "a", "b", "ssh", "--at", "0001-01-01T00:00:00+01:00"], "2000-01-01"),
+        (["access", "check", "a", "b", "ssh", "--at", "9999-12-31T23:59:59Z"], "2200-01-01"),
+        (
+            [
+                "asset",
+                "add",
+                "p",
+                "--host",
+                "h",
+                "--port",
+                "22",
+                "--protocol",
+                "ssh",
+                "--max-request-hours",
+                "1000000000000",
+            ],
+            "max request hours",
+        ),
+        (["zone", "add", "y", "--max-request-hours", "-1"], "max request hours"),
     ):
         result = conduit(*args, *d)
         assert result.returncode != 0, args
         assert "Traceback" not in result.stderr
         assert expected in result.stderr, (args, result.stderr)
+    assert ok("grant", "list", *d).count("\n") == 1  # the heading only
+    assert "p " not in ok("asset", "list", *d)
+
+
+LISTINGS = [
+    ["recordings", "list"],
+    ["sessions", "list"],
+    ["grant", "list"],
+    ["asset", "list"],
+    ["request", "list"],
+    ["user", "list"],
+]
+
+
+def test_listings_into_a_closed_pipe_end_quietly(data_dir: Path) -> None:
+    """`conduit recordings list | head`: the reader left; no error line, SIGPIPE's status."""
+    init_data_dir(data_dir)
+    for args in LISTINGS:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # nobody will ever read: the first write fails with EPIPE
+        try:
+            done = subprocess.run(
+                [*CONDUIT, *args, "--data-dir", str(data_dir)],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                env=clean_env(),
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert done.returncode == 128 + signal.SIGPIPE, (args, done.stderr)
+        err = done.stderr.decode()
+        assert "Broken pipe" not in err and "Traceback" not in err, (args, err)
+        assert "cannot use the database" not in err, (args, err)

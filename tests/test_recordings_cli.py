@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gateway.audit import AuditLog
 from gateway.cli.common import common_parser as _common
@@ -79,6 +80,29 @@ class Site:
     def record(self, outputs: list[bytes], started: dt.datetime | None = None) -> str:
         return asyncio.run(self._record(outputs, started or self.now))
 
+    async def _recover(self, recording_id: str) -> None:
+        engine = make_engine(self.settings)
+        try:
+            sessions = make_sessionmaker(engine)
+            async with sessions() as db, db.begin():
+                await db.execute(
+                    text("UPDATE recordings SET state='open' WHERE id=:i"), {"i": recording_id}
+                )
+            audit = AuditLog(sessions, self.keys.signing_key, lambda: self.now)
+            service = RecordingService.from_settings(
+                self.settings, self.keys, sessions, lambda: self.now, audit
+            )
+            await service.recover_open()
+        finally:
+            await engine.dispose()
+
+    def crash_and_recover(self, recording_id: str) -> None:
+        """As after a crash: the footer is gone and the catalog still says open; recover."""
+        raw = self.path_of(recording_id).read_bytes()
+        _, footer, _ = frame_offsets(raw)[-1]
+        self.path_of(recording_id).write_bytes(raw[:footer])
+        asyncio.run(self._recover(recording_id))
+
     def path_of(self, recording_id: str) -> Path:
         (path,) = self.settings.recordings_dir.glob(f"*/*/*/{recording_id}.rec")
         return path
@@ -122,7 +146,7 @@ def test_verify_names_tampered_chunk_and_exits_non_zero(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"[1/2] {good} intact")
     assert lines[1].startswith(f"[2/2] {bad} tampered (chunk 1:")
-    assert lines[2] == "verified 2 recording(s), 1 with problems"
+    assert lines[2] == "verified 2 recording(s), 1 with problems: 1 intact, 1 tampered"
     assert ("recording.verify", "failure", "") in site.audit_actions()
     # The same through the installed command, as an operator runs it.
     env = clean_env(CONDUIT_DATABASE__URL=os.environ["CONDUIT_DATABASE__URL"])
@@ -147,6 +171,48 @@ def test_verify_reports_truncated_and_rejects_bad_ids(
     assert "truncated (1 chunk(s) missing)" in capsys.readouterr().out
     with pytest.raises(ConduitError, match="invalid id"):
         run("recordings", "verify", "../etc/passwd", "--data-dir", str(site.data))
+
+
+def test_closed_recording_cut_before_its_footer_is_truncated_and_exits_non_zero(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The catalog says these were closed: a missing footer is a cut, not a crash."""
+    no_footer = site.record([b"a" * 70_000, b"b"])
+    no_tail = site.record([b"c" * 70_000, b"d" * 70_000, b"e"])
+    raw = site.path_of(no_footer).read_bytes()
+    _, footer, _ = frame_offsets(raw)[-1]
+    site.path_of(no_footer).write_bytes(raw[:footer])
+    raw = site.path_of(no_tail).read_bytes()
+    _, last_chunk, _ = frame_offsets(raw)[-2]
+    site.path_of(no_tail).write_bytes(raw[:last_chunk])
+    for recording_id in (no_footer, no_tail):
+        assert run("recordings", "verify", recording_id, "--data-dir", str(site.data)) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"{recording_id} truncated (") and "no footer" in out, out
+    assert run("recordings", "verify", "--all", "--data-dir", str(site.data)) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "verified 2 recording(s), 2 with problems: 2 truncated"
+    )
+    # An export hands out what authenticated, and says (and exits) that it was cut.
+    out = tmp_path / "cut.cast"
+    export = ["recordings", "export", no_footer, "--output", str(out)]
+    assert run(*export, "--data-dir", str(site.data)) == 1
+    assert "truncated (closed recording has no footer" in capsys.readouterr().err
+
+
+def test_crash_recovered_recording_is_incomplete_in_the_summary_and_exit_code(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = site.record([b"fine\r\n"], started=site.now - dt.timedelta(minutes=1))
+    crashed = site.record([b"a" * 70_000, b"b"])
+    site.crash_and_recover(crashed)
+    assert run("recordings", "verify", good, "--data-dir", str(site.data)) == 0
+    assert run("recordings", "verify", crashed, "--data-dir", str(site.data)) == 1
+    assert f"{crashed} incomplete (" in capsys.readouterr().out
+    assert run("recordings", "verify", "--all", "--data-dir", str(site.data)) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "verified 2 recording(s), 1 with problems: 1 intact, 1 incomplete"
+    )
 
 
 def test_export_asciicast_is_parsable_and_audited(

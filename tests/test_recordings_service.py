@@ -287,7 +287,9 @@ async def test_recovery_closes_only_what_the_catalog_says_was_open(site: Site) -
     entry = await site.service.entry(crashed)
     assert (entry.state, entry.end_reason) == ("closed", "incomplete")
     untouched = await site.service.verify(cut)  # closed in the catalog: never re-signed
-    assert untouched.status is Integrity.INCOMPLETE and not untouched.signed
+    # ... and a closed recording without its footer was cut: truncated, not incomplete.
+    assert untouched.status is Integrity.TRUNCATED and not untouched.signed
+    assert "no footer" in untouched.detail
     assert [e.target for e in await site.audit_events("recording.recover")] == [crashed]
 
 

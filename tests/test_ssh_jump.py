@@ -253,14 +253,29 @@ def test_pty_shell_is_relayed_and_recorded(gateway: Gateway) -> None:
                     output += await asyncio.wait_for(process.stdout.read(1024), 10)
                 except TimeoutError:
                     raise AssertionError(f"no echo; got {output!r}") from None
+            process.change_terminal_size(120, 40)
+            process.stdin.write("echo resized-$((6*7))\n")
+            while "resized-42" not in output:
+                try:
+                    output += await asyncio.wait_for(process.stdout.read(1024), 10)
+                except TimeoutError:
+                    raise AssertionError(f"no echo; got {output!r}") from None
             process.stdin.write("exit 0\n")
             await asyncio.wait_for(process.wait(), 10)
             return output
 
     assert "typed-42" in asyncio.run(shell())
-    gateway.audit_until("session.end")  # the recording is indexed before session.end
+    events = gateway.audit_until("session.end")  # the recording is indexed before session.end
     listing = conduit("recordings", "search", "typed-42", "--data-dir", str(gateway.data))
     assert "[typed]-[42]" in listing.stdout
+    # The export carries the size the terminal was recorded at, and the change as "r".
+    [end] = [e for e in events if e["action"] == "session.end" and e["actor"] == "dave"]
+    recording_id = str(end["detail"]["recording_id"])  # type: ignore[index]
+    cast = conduit("recordings", "export", recording_id, "--data-dir", str(gateway.data))
+    assert cast.returncode == 0, cast.stderr
+    header, *lines = [json.loads(line) for line in cast.stdout.splitlines()]
+    assert (header["width"], header["height"]) == (100, 30)
+    assert [text for _, kind, text in lines if kind == "r"] == ["120x40"]
 
 
 def session_ended_by(
@@ -330,18 +345,24 @@ def test_admin_kill_from_the_cli_ends_the_session(gateway: Gateway) -> None:
         assert listing.returncode == 0, listing.stderr
         [row] = [line for line in listing.stdout.splitlines() if " bob " in line]
         listed.append(row.split()[0])
-        killed = conduit("sessions", "kill", listed[0], "--reason", "maintenance-stop",
+        killed = conduit("sessions", "kill", listed[0], "--reason", "cli kill",
                          "--data-dir", str(gateway.data))  # fmt: skip
         assert killed.returncode == 0, killed.stderr
 
     code, err, _ = session_ended_by(gateway, "bob", kill)
     [session_id] = listed
     assert code != 0
-    assert "session ended: maintenance-stop" in err
+    assert "session ended: killed: cli kill" in err
     events = gateway.audit_until("session.end")
     assert any(e["action"] == "session.kill" for e in events)
     ends = [e for e in events if e["action"] == "session.end"]
-    assert ends[-1]["detail"]["reason"] == "maintenance-stop"  # type: ignore[index]
+    assert ends[-1]["detail"]["reason"] == "killed"  # type: ignore[index]
+    assert ends[-1]["detail"]["note"] == "cli kill"  # type: ignore[index]
+    # A note with spaces no longer stops the recording from being closed and signed.
+    recording_id = str(ends[-1]["detail"]["recording_id"])  # type: ignore[index]
+    verified = conduit("recordings", "verify", recording_id, "--data-dir", str(gateway.data))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "end reason killed" in verified.stdout
     after = conduit("sessions", "list", "--data-dir", str(gateway.data))
     assert session_id not in after.stdout
     again = conduit("sessions", "kill", session_id, "--data-dir", str(gateway.data))

@@ -330,7 +330,7 @@ def test_kill_from_the_cli_closes_channel_and_asset_connection(
         assert proc.poll() is None, "only that tunnel ended, not the SSH connection"
         with connect(local, proc) as sock:  # the grant still holds: a new tunnel works
             assert echo_through(sock, b"after") == b"after"
-    assert detail(end)["reason"] == "stop-plc-work"
+    assert (detail(end)["reason"], detail(end)["note"]) == ("killed", "stop-plc-work")
 
 
 def test_revoked_grant_ends_the_tunnel(gateway: Gateway, echo: Endpoint) -> None:

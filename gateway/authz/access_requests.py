@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from rbac.errors import RbacError
 from rbac.names import check_action
 
 Clock = Callable[[], dt.datetime]
+log = logging.getLogger(__name__)
 
 
 class RequestConflict(ConduitError):
@@ -161,7 +163,14 @@ class RequestService:
             if requester:
                 query = query.where(AccessRequestRow.requester == requester)
             ids = list((await db.execute(query)).scalars())
-            return [(await self._load(db, i))[0] for i in ids]
+            found: list[rq.AccessRequest] = []
+            for request_id in ids:
+                try:
+                    found.append((await self._load(db, request_id))[0])
+                except PolicyError as exc:
+                    # One bad row (stored by an older version) must not hide all the others.
+                    log.warning("skipping access request: %s", exc.detail)
+            return found
 
     async def _load(self, db: AsyncSession, request_id: str) -> tuple[rq.AccessRequest, int]:
         row = await db.get(AccessRequestRow, request_id)
@@ -185,7 +194,19 @@ class RequestService:
                         rq.RequestState(event.state), event.at, event.actor, event.comment
                     )
                 )
-        request = rq.AccessRequest(
+        try:
+            request = self._request_of(row, approvals, history)
+        except (RbacError, ValueError) as exc:  # ValueError: bad JSON or state text
+            raise PolicyError(
+                "not found or not permitted", f"request {request_id}: unreadable row: {exc}"
+            ) from None
+        return request, row.version
+
+    @staticmethod
+    def _request_of(
+        row: AccessRequestRow, approvals: list[rq.Approval], history: list[rq.Transition]
+    ) -> rq.AccessRequest:
+        return rq.AccessRequest(
             request_id=row.id,
             requester=row.requester,
             assets=tuple(json.loads(row.assets)),
@@ -200,7 +221,6 @@ class RequestService:
             approvals=tuple(approvals),
             history=tuple(history),
         )
-        return request, row.version
 
     async def _eligible(self, request: rq.AccessRequest, person: str) -> set[str]:
         for asset in request.assets:
@@ -256,6 +276,9 @@ class RequestService:
                     expired.append(request.request_id)
                 except RequestConflict:
                     continue  # another process expired or answered it first
+                except (RbacError, ConduitError) as exc:
+                    # One request that cannot move must not stop the others from expiring.
+                    log.warning("cannot expire request %s: %s", request.request_id, exc.detail)
         return expired
 
     async def _transition(

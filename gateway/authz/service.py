@@ -23,15 +23,35 @@ from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
 from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
+from rbac.errors import WindowError
 from rbac.names import check_action, check_name, term
 from rbac.policy import Decision, PolicyIndex
-from rbac.windows import parse_schedule
+from rbac.windows import check_instant, parse_schedule
 
 Clock = Callable[[], dt.datetime]
 
 
 class PolicyError(ConduitError):
     """A policy change is malformed or refers to something that does not exist."""
+
+
+MAX_REQUEST_HOURS = 7 * 24  # as long as the API lets a request last
+MAX_APPROVALS = 20
+
+
+def _instant(value: dt.datetime | None, what: str) -> dt.datetime | None:
+    """``value`` in the documented range (rbac.windows.check_instant), or ``PolicyError``."""
+    if value is None:
+        return None
+    try:
+        return check_instant(value, what)
+    except WindowError as exc:
+        raise PolicyError(exc.message, exc.detail) from None
+
+
+def _request_hours(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_REQUEST_HOURS:
+        raise PolicyError(f"max request hours must be 1-{MAX_REQUEST_HOURS}")
 
 
 def new_id(prefix: str) -> str:
@@ -132,6 +152,7 @@ class AuthzService:
             raise PolicyError("port must be 1-65535")
         if not host or len(host) > 255 or any(c.isspace() for c in host):
             raise PolicyError("host must be a host name or address")
+        _request_hours(max_request_hours)
         async with self._sessions() as db, db.begin():
             if (await db.execute(select(Asset.id).where(Asset.name == name))).first():
                 raise PolicyError(f"asset {name} already exists")
@@ -166,8 +187,9 @@ class AuthzService:
         max_request_hours: int | None = None,
     ) -> None:
         check_name(name, "zone")
-        if required_approvals < 1:
-            raise PolicyError("required approvals must be at least 1")
+        if not 1 <= required_approvals <= MAX_APPROVALS:
+            raise PolicyError(f"required approvals must be 1-{MAX_APPROVALS}")
+        _request_hours(max_request_hours)
         async with self._sessions() as db, db.begin():
             if (await db.execute(select(Zone.id).where(Zone.name == name))).first():
                 raise PolicyError(f"zone {name} already exists")
@@ -221,6 +243,8 @@ class AuthzService:
         check_action(action)
         if schedule is not None:
             parse_schedule(schedule)  # refuse bad text before storing it
+        valid_from = _instant(valid_from, "valid_from")
+        valid_until = _instant(valid_until, "valid_until")
         if valid_from and valid_until and valid_until <= valid_from:
             raise PolicyError("--until must be after --from")
         if effect not in ("allow", "deny"):

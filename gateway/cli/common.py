@@ -52,6 +52,8 @@ def run_db(func: Callable[[], Awaitable[T]]) -> T:
     """Run a database coroutine; unreachable servers become one operator-readable line."""
     try:
         return asyncio.run(func())  # type: ignore[arg-type]
+    except BrokenPipeError:
+        raise  # our reader left (`| head`): not the database's fault; the CLI ends quietly
     except (OperationalError, DBAPIError, OSError) as exc:
         # str(exc) may hold SQL but never the URL's password; keep only the first line.
         first = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__

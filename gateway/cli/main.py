@@ -1,7 +1,8 @@
 """``conduit ...``: the command tree. Every admin action is a command, so installs script.
 
 Each command accepts ``--config F`` and ``--data-dir D`` after its name. Errors are one line
-on stderr (``conduit: ...``) and a non-zero exit; no tracebacks for operator mistakes.
+on stderr (``conduit: ...``) and a non-zero exit; no tracebacks for operator mistakes. A
+reader that leaves (``| head``) ends any command quietly with status 141 (128 + SIGPIPE).
 The commands' work lives in the modules they call; this file only parses and prints.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from gateway.cli.common import common_parser
 from gateway.errors import ConduitError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool its reader left
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -98,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data_dir = args.data_dir_default
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that left shows here at the latest, not at exit
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_PIPE
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_USAGE
@@ -107,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+
+
+def _drop_stdout() -> None:
+    """Our reader left (``conduit ... | head``): end quietly, as a Unix tool does.
+
+    Output still buffered would fail again when Python flushes at exit and print
+    "Exception ignored"; pointing stdout at /dev/null lets that flush succeed silently.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

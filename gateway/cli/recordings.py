@@ -2,7 +2,8 @@
 
 ``add_recordings_commands`` builds the sub-commands so ``gateway.cli.main`` only calls it. Each
 handler takes the parsed arguments (with ``config`` and ``data_dir``) and returns an exit
-code: ``verify`` exits 1 when any recording is tampered, truncated or missing. Exports and
+code: ``verify`` exits 1 unless every recording is intact (or still open and sound so far):
+tampered, truncated, missing and crash-recovered ("incomplete") ones all count. Exports and
 searches are audited with the operating-system user as actor. The work is
 ``gateway.recorder``'s; this module parses, prints and builds the service.
 """
@@ -27,6 +28,7 @@ from gateway.recorder import (
     RecordingMissing,
     RecordingService,
     apply_retention,
+    judged_closed,
     quota_status,
 )
 from recordings import Header, Integrity, RecordingReader, VerifyResult
@@ -116,35 +118,53 @@ def describe(result: VerifyResult) -> str:
     return f"{result.status} ({result.detail})"
 
 
+# Summary order; only "intact" and "open" (still being written) are not problems.
+VERDICTS = ("intact", "open", "tampered", "truncated", "incomplete", "missing")
+
+
 def recordings_verify(args: argparse.Namespace) -> int:
     async def work(service: RecordingService) -> int:
-        ids = (
-            [e.id for e in reversed(await service.entries())]
+        entries = (
+            list(reversed(await service.entries()))
             if args.all
-            else [(await service.entry(args.recording_id)).id]
+            else [await service.entry(args.recording_id)]
         )
         bad: list[str] = []
-        for index, recording_id in enumerate(ids, 1):
+        counts = dict.fromkeys(VERDICTS, 0)
+        for index, entry in enumerate(entries, 1):
             try:
-                line = describe(await service.verify(recording_id))
-                result_ok = not line.startswith(("tampered", "truncated"))
+                result = await service.verify(entry.id)
             except RecordingMissing:
-                line, result_ok = "missing (file not found)", False
-            if not result_ok:
-                bad.append(recording_id)
-            prefix = f"[{index}/{len(ids)}] " if args.all else ""
-            print(f"{prefix}{recording_id} {line}", flush=True)
+                verdict, line = "missing", "missing (file not found)"
+            else:
+                verdict, line = _verdict(entry.state, result)
+            counts[verdict] += 1
+            if verdict not in ("intact", "open"):
+                bad.append(entry.id)
+            prefix = f"[{index}/{len(entries)}] " if args.all else ""
+            print(f"{prefix}{entry.id} {line}", flush=True)
         await service.audit.record(
             actor=_actor(),
             action="recording.verify",
             result="success" if not bad else "failure",
-            detail={"checked": len(ids), "bad": bad[:50]},
+            detail={"checked": len(entries), "bad": bad[:50]},
         )
         if args.all:
-            print(f"verified {len(ids)} recording(s), {len(bad)} with problems")
+            tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
+            print(
+                f"verified {len(entries)} recording(s), {len(bad)} with problems"
+                + (f": {tally}" if tally else "")
+            )
         return EXIT_BAD if bad else EXIT_OK
 
     return _with_service(args, work)
+
+
+def _verdict(state: str, result: VerifyResult) -> tuple[str, str]:
+    """The word counted in the summary and the line printed for one recording."""
+    if state == "open" and result.status is Integrity.INCOMPLETE and result.end_reason is None:
+        return "open", f"open (still recording; {result.intact_chunks} chunk(s) authenticate)"
+    return str(result.status), describe(result)
 
 
 def recordings_list(args: argparse.Namespace) -> int:
@@ -202,13 +222,14 @@ def recordings_export(args: argparse.Namespace) -> int:
     async def work(service: RecordingService) -> VerifyResult:
         async with service.open_for_reading(
             args.recording_id, actor=_actor(), purpose="download"
-        ) as (_entry, stream):
+        ) as (entry, stream):
             out = _open_output(args.output, binary=args.format == "raw")
             try:
-                return await asyncio.to_thread(_export, service, stream, args.format, out)
+                result = await asyncio.to_thread(_export, service, stream, args.format, out)
             finally:
                 if args.output != "-":
                     out.close()
+        return judged_closed(result, entry.end_reason) if entry.state == "closed" else result
 
     result = _with_service(args, work)
     print(f"exported {args.recording_id} as {args.format}: {describe(result)}", file=sys.stderr)

@@ -27,7 +27,12 @@ def add_sessions_commands(
     p.set_defaults(handler=cmd_sessions_list)
     p = sessions.add_parser("kill", parents=[common], help="end a live session")
     p.add_argument("session_id")
-    p.add_argument("--reason", default="killed", help="shown to the user and audited")
+    p.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="a note for the user and the audit log (the end reason is always 'killed')",
+    )
     p.set_defaults(handler=cmd_sessions_kill)
 
 
@@ -41,7 +46,8 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         )
         for r in rows:
             started = r.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            state = f"  kill requested ({r.kill_reason})" if r.kill_reason else ""
+            state = "  kill requested" if r.kill_reason is not None else ""
+            state += f": {r.kill_reason}" if r.kill_reason else ""
             print(
                 f"{r.session_id:18} {r.username:14} {r.asset:20} {r.protocol:6} {r.node:16} "
                 f"{r.bytes_up:>10} {r.bytes_down:>10} {started}{state}"
@@ -52,9 +58,10 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_kill(args: argparse.Namespace) -> int:
-    reason = args.reason.strip()
-    if not reason or len(reason) > 64 or not reason.isprintable():
-        raise ConduitError("--reason must be 1-64 printable characters")
+    note = args.reason  # kept verbatim: the person's text, beside the end reason "killed"
+    limit = live_store.KILL_NOTE_MAX
+    if note and (not note.strip() or len(note) > limit or not note.isprintable()):
+        raise ConduitError(f"--reason must be 1-{limit} printable characters")
     try:
         actor = f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -62,17 +69,17 @@ def cmd_sessions_kill(args: argparse.Namespace) -> int:
 
     async def work(services: Services) -> int:
         async with services.sessions() as db, db.begin():
-            marked = await live_store.request_kill(db, args.session_id, reason, actor)
+            marked = await live_store.request_kill(db, args.session_id, note, actor)
         await services.audit.record(
             actor=actor,
             action="session.kill_requested",
             result="success" if marked else "failure",
             target=args.session_id,
-            detail={"reason": reason},
+            detail={"note": note},
         )
         if not marked:
             raise ConduitError(f"no live session {args.session_id}")
-        print(f"session {args.session_id}: kill requested ({reason})")
+        print(f"session {args.session_id}: kill requested" + (f": {note}" if note else ""))
         return 0
 
     return with_services(args, work)

@@ -17,6 +17,7 @@ from gateway.recorder.service import (
     RecordingMissing,
     RecordingService,
     SessionInfo,
+    judged_closed,
     master_key_id,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "SearchHit",
     "SessionInfo",
     "apply_retention",
+    "judged_closed",
     "master_key_id",
     "quota_status",
 ]

@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,10 +34,11 @@ from gateway.keys import KeyRing
 from gateway.recorder import catalog, offload, search
 from gateway.recorder.catalog import CatalogEntry
 from gateway.recorder.quota import QuotaExceeded, QuotaStatus, quota_status
-from gateway.recorder.tables import RecordingRow
+from gateway.recorder.tables import STATE_CLOSED, RecordingRow
 from gateway.tasks import TaskSet
 from recordings import (
     DataKeyRing,
+    Integrity,
     Kind,
     LocalDataKeyStore,
     LocalRecordingStore,
@@ -70,6 +71,29 @@ INLINE_INDEX_BYTES = 4 << 20
 
 class RecordingMissing(Exception):
     """No such recording in the catalog (or its file is gone)."""
+
+
+def judged_closed(
+    result: VerifyResult, end_reason: str | None, *, closed_size: int = 0, size: int = 0
+) -> VerifyResult:
+    """The verdict on a recording the catalog says was closed.
+
+    The file alone cannot tell a crash from a cut (FORMAT.md, "Crash recovery"); the catalog
+    can: a recording it closed got a footer then, or crash recovery signed one. So a closed
+    recording without a footer has been cut off: truncated, never "incomplete".
+    """
+    if result.status is not Integrity.INCOMPLETE or result.end_reason is not None:
+        return result
+    sizes = f"; {closed_size} bytes at close, {size} now" if closed_size and size else ""
+    return replace(
+        result,
+        status=Integrity.TRUNCATED,
+        location="footer",
+        detail=(
+            f"closed recording has no footer (end reason {end_reason or 'unknown'}, "
+            f"{result.intact_chunks} chunk(s) intact{sizes})"
+        ),
+    )
 
 
 def master_key_id(master_key: bytes) -> str:
@@ -314,7 +338,7 @@ class RecordingService:
                 db, recording_id, ended_at=ended_at, end_reason=end_reason, size=size
             )
             if checked is not None:
-                await self._store_check(db, recording_id, *checked)
+                await self._store_check(db, recording_id, end_reason, *checked)
         if checked is None:  # large: interpreting its text takes a while, off the close path
             self._background.start(f"index-{recording_id}", self._verify_and_index(recording_id))
         return await self.entry(recording_id)
@@ -331,8 +355,14 @@ class RecordingService:
         return size, (self._verify_file(recording_id), [])
 
     async def _store_check(
-        self, db: AsyncSession, recording_id: str, result: VerifyResult, lines: list[TextLine]
+        self,
+        db: AsyncSession,
+        recording_id: str,
+        end_reason: str | None,
+        result: VerifyResult,
+        lines: list[TextLine],
     ) -> None:
+        result = judged_closed(result, end_reason)  # only closed recordings come here
         await catalog.set_integrity(
             db, recording_id, str(result.status), _describe(result), self.clock()
         )
@@ -383,25 +413,37 @@ class RecordingService:
         else:
             result, lines = await asyncio.to_thread(self._verify_file, recording_id), []
         async with self.sessions() as db, db.begin():
-            await self._store_check(db, recording_id, result, lines)
+            await self._store_check(db, recording_id, entry.end_reason, result, lines)
 
     # -- reading -----------------------------------------------------------------------
 
     def _verify_file(self, recording_id: str) -> VerifyResult:
+        return self._verify_and_measure(recording_id)[0]
+
+    def _verify_and_measure(self, recording_id: str) -> tuple[VerifyResult, int]:
         with self.store.open_read(recording_id) as stream:
-            return verify_recording(stream, self.data_keys.resolve, self.verify_keys)
+            result = verify_recording(stream, self.data_keys.resolve, self.verify_keys)
+            return result, stream.seek(0, 2)
 
     async def verify(self, recording_id: str) -> VerifyResult:
-        """Verify the file and store the verdict in the catalog."""
-        await self.entry(recording_id)
+        """Verify the file in the light of the catalog and store the verdict there.
+
+        A closed recording without a footer is truncated (``judged_closed``); an open one
+        without a footer is still being written (its verdict stays ``incomplete``).
+        """
+        entry = await self.entry(recording_id)
         try:
-            result = await asyncio.to_thread(self._verify_file, recording_id)
+            result, size = await asyncio.to_thread(self._verify_and_measure, recording_id)
         except RecordingNotFound as exc:
             async with self.sessions() as db, db.begin():
                 await catalog.set_integrity(
                     db, recording_id, "missing", "file not found", self.clock()
                 )
             raise RecordingMissing(recording_id) from exc
+        if entry.state == STATE_CLOSED:
+            result = judged_closed(
+                result, entry.end_reason, closed_size=entry.size_bytes, size=size
+            )
         async with self.sessions() as db, db.begin():
             await catalog.set_integrity(
                 db, recording_id, str(result.status), _describe(result), self.clock()

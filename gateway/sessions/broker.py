@@ -64,6 +64,7 @@ TUNNEL_CONNECT_TIMEOUT_SECONDS = 15
 # 16 KiB, and control characters grow sixfold in its JSON); ``command_length`` says how long
 # it was. The recording keeps it whole: the SSH edge refuses commands over 64 KiB.
 AUDIT_COMMAND_CHARS = 1024
+KILLED = "killed"  # the end reason of a session a person ended (CLI, API)
 
 
 def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> bool:
@@ -448,7 +449,7 @@ class Broker:
         """End this node's sessions that someone marked for killing (CLI, API, other node)."""
         async with self._s.sessions() as db:
             requests = await live_store.kill_requests(db, self._s.node)
-        for session_id, reason, actor in requests:
+        for session_id, note, actor in requests:
             ticket = self._tickets.get(session_id)
             if ticket is None:
                 continue
@@ -457,17 +458,21 @@ class Broker:
                 action="session.kill",
                 result="success",
                 target=ticket.asset,
-                detail={"session_id": session_id, "reason": reason},
+                detail={"session_id": session_id, "reason": KILLED, "note": note},
             )
-            await self.kill(session_id, reason)
+            await self.kill(session_id, KILLED, note=note, by=actor)
 
-    async def kill(self, session_id: str, reason: str) -> bool:
-        """End a live session with ``reason`` (admin kill, revoke, expiry, shutdown...)."""
+    async def kill(self, session_id: str, reason: str, *, note: str = "", by: str = "") -> bool:
+        """End a live session with ``reason``, a fixed code (``killed``, ``revoked``,
+        ``expired``, ``shutdown``...); a person's ``note`` travels beside it, never in it."""
         ticket = self._tickets.get(session_id)
         if ticket is None:
             return False
-        ticket.end_reason = ticket.end_reason or reason
-        await ticket.live.kill(ticket.end_reason)
+        if not ticket.end_reason:
+            ticket.end_reason, ticket.killed_by = reason, by
+            ticket.end_note = note[: live_store.KILL_NOTE_MAX]
+        shown = f"{ticket.end_reason}: {ticket.end_note}" if ticket.end_note else ticket.end_reason
+        await ticket.live.kill(shown)
         return True
 
     def schedule_close(self, ticket: Ticket, reason: str) -> None:
@@ -496,22 +501,26 @@ class Broker:
         except Exception:  # the row is cleared when this node starts next
             log.exception("could not remove live session row %s", ticket.session_id)
         recording_id = ticket.writer.recording_id
+        if ticket.killed_by or ticket.end_note:
+            # The header is written at the start; the kill's who and why go in as a marker,
+            # inside the signed chain (and in an export), beside the footer's end reason.
+            label = f"{reason} by {ticket.killed_by or 'system'}"
+            label += f": {ticket.end_note}" if ticket.end_note else ""
+            ticket.writer.record(TerminalEvent.MARKER, label.encode())
         try:
             await self._s.recordings.close(ticket.writer, reason)
         except Exception:  # the catalog row stays open; recovery closes it at next start
             log.exception("closing recording %s failed", recording_id)
-        await self._audit(
-            ticket,
-            "session.end",
-            "success",
-            {
-                "session_id": ticket.session_id,
-                "reason": reason,
-                "recording_id": recording_id,
-                "bytes_up": ticket.live.bytes_up,
-                "bytes_down": ticket.live.bytes_down,
-            },
-        )
+        detail: dict[str, Any] = {
+            "session_id": ticket.session_id,
+            "reason": reason,
+            "recording_id": recording_id,
+            "bytes_up": ticket.live.bytes_up,
+            "bytes_down": ticket.live.bytes_down,
+        }
+        if ticket.killed_by or ticket.end_note:
+            detail.update(note=ticket.end_note, killed_by=ticket.killed_by)
+        await self._audit(ticket, "session.end", "success", detail)
 
     async def _watch(self, ticket: Ticket) -> None:
         """End the session at valid_until, on revoke, on idle and at max duration.

@@ -21,6 +21,8 @@ from gateway.db.models import Base
 from gateway.db.types import UTCDateTime
 from gateway.sessions.live import LiveSession
 
+KILL_NOTE_MAX = 64  # a kill's note (the person's text), as the column holds it
+
 
 class LiveSessionRow(Base):
     __tablename__ = "live_sessions"
@@ -32,7 +34,7 @@ class LiveSessionRow(Base):
     protocol: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
-    kill_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    kill_reason: Mapped[str | None] = mapped_column(String(KILL_NOTE_MAX), default=None)
     kill_requested_by: Mapped[str | None] = mapped_column(String(64), default=None)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -85,23 +87,28 @@ async def publish_bytes(db: AsyncSession, counts: Mapping[str, tuple[int, int]])
     )
 
 
-async def request_kill(db: AsyncSession, session_id: str, reason: str, actor: str) -> bool:
+async def request_kill(db: AsyncSession, session_id: str, note: str, actor: str) -> bool:
+    """Mark the session for killing; ``note`` is the person's text ("" for none).
+
+    The column is named ``kill_reason`` for history; it holds the note, never the end reason
+    (which is always ``killed``): a set column (even "") is the kill request.
+    """
     result = await db.execute(
         update(LiveSessionRow)
         .where(
             LiveSessionRow.session_id == session_id,
             LiveSessionRow.kill_reason.is_(None),
         )
-        .values(kill_reason=reason, kill_requested_by=actor)
+        .values(kill_reason=note, kill_requested_by=actor)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def kill_requests(db: AsyncSession, node: str) -> list[tuple[str, str, str]]:
-    """(session id, reason, requested by) for this node's sessions marked for killing."""
+    """(session id, note, requested by) for this node's sessions marked for killing."""
     rows = await db.execute(
         select(
             LiveSessionRow.session_id, LiveSessionRow.kill_reason, LiveSessionRow.kill_requested_by
         ).where(LiveSessionRow.node == node, LiveSessionRow.kill_reason.is_not(None))
     )
-    return [(s, r or "killed", b or "") for s, r, b in rows.all()]
+    return [(s, r or "", b or "") for s, r, b in rows.all()]

@@ -50,6 +50,10 @@ class Ticket:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     recheck: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
+    # A person's kill: who, and their text (verbatim, at most store.KILL_NOTE_MAX characters),
+    # kept apart from the end reason, which is a fixed code (FORMAT.md footer, metrics).
+    killed_by: str = ""
+    end_note: str = ""
     last_activity: float = 0.0
     # Other actions that also keep this session open (an SFTP session lives while the user
     # may read or write); each file operation is still checked on its own (``permits``).

@@ -75,6 +75,11 @@ def install_eow_handler(chan: asyncssh.SSHServerChannel[bytes], on_eow: Callable
     setattr(chan, "_process_eow_at_openssh_dot_com_request", handler)  # noqa: B010
 
 
+def _resize(cols: int, rows: int) -> bytes:
+    """A resize event; the client's u32 sizes are clipped to the recording's u16 fields."""
+    return resize_payload(min(max(cols, 0), 0xFFFF), min(max(rows, 0), 0xFFFF))
+
+
 def end_session(
     chan: asyncssh.SSHServerChannel[bytes] | None,
     upstream: asyncssh.SSHClientConnection | None,
@@ -223,6 +228,11 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         """Open the upstream channel for this request and start relaying."""
         self.ticket, self._up_conn = ticket, conn
         r = self.request
+        cols, rows = r.term_size[0], r.term_size[1]
+        if r.term_type and cols > 0 and rows > 0:
+            # The size the terminal starts at, before any output (FORMAT.md: a resize at the
+            # start sizes an export and the search screen); later changes follow as resizes.
+            ticket.writer.record(TerminalEvent.RESIZE, _resize(cols, rows))
         chan, _ = await conn.create_session(
             lambda: UpstreamSide(self),
             r.command,
@@ -270,7 +280,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._up_chan is not None and self.ticket is not None:
-            self.ticket.writer.record(TerminalEvent.RESIZE, resize_payload(width, height))
+            self.ticket.writer.record(TerminalEvent.RESIZE, _resize(width, height))
             self._up_chan.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:

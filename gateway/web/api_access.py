@@ -22,7 +22,15 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from gateway.authz.access_requests import RequestConflict
 from gateway.authz.service import PolicyError
@@ -32,8 +40,9 @@ from gateway.identity.portal_sessions import ActiveSession, StepUpRequired, requ
 from gateway.identity.tokens import authenticate_token
 from gateway.web.auth import check_csrf, current_session, services_of, source_of
 from rbac import requests as rq
-from rbac.errors import ApprovalError, RbacError, TransitionError
+from rbac.errors import ApprovalError, RbacError, TransitionError, WindowError
 from rbac.roles import SiteAction, role_allows
+from rbac.windows import check_instant
 
 NOT_FOUND = "not found or not permitted"
 MAX_BODY = 64 * 1024  # the largest valid body is a few kB; refuse bigger before parsing
@@ -56,7 +65,23 @@ def _text_instant(value: object) -> object:
     return value
 
 
-Instant = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_text_instant)]
+def _in_range(value: dt.datetime) -> dt.datetime:
+    # The documented range (rbac.windows.check_instant): nothing outside it is ever stored.
+    try:
+        return check_instant(value, "instant")
+    except WindowError as exc:
+        raise ValueError(exc.message) from None
+
+
+Instant = Annotated[
+    AwareDatetime,
+    Field(
+        strict=False,
+        description="ISO 8601 with a UTC offset, from 2000-01-01 to before 2200-01-01 (UTC)",
+    ),
+    BeforeValidator(_text_instant),
+    AfterValidator(_in_range),
+]
 
 
 class Refused(HTTPException):

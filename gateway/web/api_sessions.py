@@ -37,14 +37,14 @@ from rbac.roles import SiteAction
 
 WATCH_ACTIONS = ("watch", "kill", "admin")
 KILL_ACTIONS = ("kill", "admin")
-MAX_REASON = 64  # the live_sessions column; the CLI allows the same
+MAX_REASON = live_store.KILL_NOTE_MAX  # the column that carries it; the CLI allows the same
 
 SessionId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 def _printable_reason(value: str) -> str:
-    value = value.strip()
-    if not value or not value.isprintable():
+    # Kept verbatim (it is the person's note, shown and audited as given), so only checked.
+    if not value.strip() or not value.isprintable():
         raise ValueError("reason must be printable text")
     return value
 
@@ -55,6 +55,9 @@ Reason = Annotated[
 
 
 class KillIn(Strict):
+    """``reason`` is the person's text: the session ends with end reason ``killed`` and this
+    as its note (audit ``session.kill``/``session.end``, a marker in the recording)."""
+
     reason: Reason
 
 
@@ -167,6 +170,6 @@ async def kill_session(
         result="success",
         target=session_id,
         source=source_of(request),
-        detail={"reason": body.reason, "asset": row.asset, "user": row.username},
+        detail={"note": body.reason, "asset": row.asset, "user": row.username},
     )
     return SessionOut.of(after)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -263,6 +263,11 @@ def test_duration_cap(duration: timedelta, cap: timedelta, ok: bool) -> None:
         {"start": datetime(2024, 6, 3, 10)},  # naive
         {"now": datetime(2024, 6, 3, 8)},  # naive
         {"reason": "x" * 2001},
+        {"start": datetime(9999, 12, 31, 23, 59, tzinfo=UTC)},  # its end overflows
+        {"start": datetime(9999, 12, 31, 23, 59, tzinfo=timezone(-timedelta(hours=14)))},
+        {"start": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))},
+        {"start": datetime(1999, 12, 31, 23, 59, tzinfo=UTC)},
+        {"start": datetime(2199, 12, 31, 23, 30, tzinfo=UTC)},  # ends after 2200-01-01
     ],
 )
 def test_invalid_requests_are_refused(overrides: dict[str, object]) -> None:
@@ -297,3 +302,12 @@ def test_requests_are_immutable_and_normalised() -> None:
 def test_eligible_as_a_bare_string_is_a_programming_error() -> None:
     with pytest.raises(TypeError):
         approve(pending(), "olg", T0 + HOUR, eligible="olga")
+
+
+def test_a_stored_request_whose_end_overflows_reads_as_never_ending() -> None:
+    """A row stored before starts were bounded must still load, list and expire."""
+    start = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    stored = AccessRequest("r", "vera", ("plc-1",), ("ssh",), "why", start, HOUR, T0)
+    assert stored.end == datetime.max.replace(tzinfo=UTC)
+    assert expires_at(stored) == T0 + DEFAULT_PENDING_TTL
+    assert expire(stored, T0 + DEFAULT_PENDING_TTL).state is RequestState.EXPIRED

@@ -124,3 +124,15 @@ def test_an_exec_command_is_a_marker_and_does_not_hide_the_initial_size() -> Non
         [0.0, "m", "command: rsync --server -vlogDtpre.iLsfxCIvu . /tmp/x"],
         [1.0, "o", "ok"],
     ]
+
+
+def test_a_resize_before_any_output_sizes_the_header_even_after_a_marker() -> None:
+    events = [
+        Event(0, TerminalEvent.MARKER, b"command: top"),
+        Event(0, TerminalEvent.RESIZE, resize_payload(100, 30)),
+        Event(5, TerminalEvent.OUTPUT, b"x"),
+        Event(9, TerminalEvent.RESIZE, resize_payload(120, 40)),
+    ]
+    header, lines = _parse("".join(asciicast_lines(_header(), events)))
+    assert (header["width"], header["height"]) == (100, 30)
+    assert [line[1:] for line in lines] == [["m", "command: top"], ["o", "x"], ["r", "120x40"]]

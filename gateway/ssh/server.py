@@ -19,13 +19,10 @@ from typing import Any
 
 import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
-from sqlalchemy import select
 
 from gateway.broker import Broker
-from gateway.db.models import User
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
-from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
 from gateway.ssh import fastpath
 from gateway.ssh.admission import RefusalLog, UnauthenticatedGate
@@ -215,30 +212,16 @@ class GatewaySSHServer(asyncssh.SSHServer):
         if route is None or route.asset is None:
             await self._audit_failure("connect code without an asset in the username")
             return False
-        now = self._s.clock()
-        async with self._s.sessions() as db, db.begin():
-            user = (
-                await db.execute(select(User).where(User.username == route.user))
-            ).scalar_one_or_none()
-            ok = (
-                user is not None
-                and user.status == "active"
-                and await use_connect_code(db, user.id, route.asset, password, now)
+        try:
+            identity = await self._auth.connect_code_login(
+                route.user, route.asset, password, "ssh", self._source, self._s.clock()
             )
-        if not ok or user is None:
+        except AuthenticationFailed:  # a valid code for a locked or disabled account
+            return False
+        if identity is None:
             await self._audit_failure("connect code not valid for this user and asset")
             return False
-        self._identity = Identity(
-            user.id, user.username, tuple(user.role_names), now, "ssh", "connect-code"
-        )
-        await self._s.audit.record(
-            actor=user.username,
-            action="login.success",
-            result="success",
-            target=route.asset,
-            source=self._source,
-            detail={"channel": "ssh", "factor": "connect-code"},
-        )
+        self._identity = identity
         return True
 
     async def _audit_failure(self, reason: str) -> None:

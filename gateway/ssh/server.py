@@ -72,7 +72,8 @@ def ended_before_login(exc: Exception | None) -> str | None:
 
 # Keyboard-interactive asks one thing at a time, echo off for both: a code on the screen is
 # as good as the password to whoever sees it within its 30 seconds.
-_PASSWORD_CHALLENGE: KbdIntChallenge = (
+_PASSWORD_CHALLENGE: KbdIntChallenge = ("Conduit login", "", "", [("Password: ", False)])
+_PASSWORD_OR_CODE_CHALLENGE: KbdIntChallenge = (
     "Conduit login", "Password, or a one-time connect code from the portal", "",
     [("Password: ", False)],
 )  # fmt: skip
@@ -214,6 +215,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
 
     def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> KbdIntChallenge:
         self._password = None  # each keyboard-interactive attempt starts at the password
+        if self._route is not None and self._route.asset is not None:
+            return _PASSWORD_OR_CODE_CHALLENGE  # connect codes are made for an asset
         return _PASSWORD_CHALLENGE
 
     async def validate_kbdint_response(

@@ -455,6 +455,7 @@ def test_keys_refused_before_another_login_are_audited_but_not_as_a_failed_login
     ]
 
 
+@pytest.mark.realpeer
 def test_the_plain_key_openssh_offers_before_its_certificate_is_no_refusal(
     gateway: Gateway,
 ) -> None:

@@ -9,10 +9,10 @@ password, and logs in by itself. A refused password or code login ends the conne
 one line naming the lock as a possible cause, the same for every reason (``login_refused``):
 stock clients would otherwise ask again (OpenSSH three times, then its password method;
 PuTTY forever), each failure counting toward the lock. Sessions are opened through the
-broker; ``ssh -L``
-reaches only granted ports of the routed asset (``gateway.ssh.tunnel``); remote forwarding,
-agent and X11 forwarding are refused. A public key logs in only with a certificate from this
-gateway's user CA (``gateway.ssh.certificates``). Does not decide access itself.
+broker; ``ssh -L`` reaches only granted ports of the routed asset (``gateway.ssh.tunnel``);
+remote forwarding, agent and X11 forwarding are refused. A public key logs in only with a
+certificate from this gateway's user CA (``gateway.ssh.certificates``). Does not decide
+access itself.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import threading
 
@@ -16,6 +17,7 @@ from gateway.identity import login, pending
 from gateway.identity.codes import is_totp_format, matching_step, replace_recovery_codes
 from gateway.identity.login import FAILED, AuthenticationFailed, Identity
 from gateway.identity.onboarding import unlock_user
+from gateway.identity.ssh_access import issue_connect_code
 from tests.test_identity_helpers import PASSWORDS, SECRETS, Env, env
 
 __all__ = ["env"]
@@ -252,3 +254,41 @@ async def test_a_burst_of_logins_hashes_at_most_slots_at_once(
     )
     assert all(isinstance(r, AuthenticationFailed) for r in results)
     assert most[0] == 2
+
+
+async def test_a_connect_code_does_not_log_in_a_locked_account_and_stays_unspent(
+    env: Env,
+) -> None:
+    async def by_code(user: str, asset: str, code: str) -> Identity | None:
+        return await env.auth.connect_code_login(
+            user, asset, code, "ssh", "192.0.2.10", env.clock.now
+        )
+
+    async with env.services.sessions() as db, db.begin():
+        alice = await db.scalar(select(User).where(User.username == "alice"))
+        assert alice is not None
+        code, _ = await issue_connect_code(db, alice.id, "plc-1", env.clock.now)
+    # Not a code for this user and asset: None, and the caller goes on with it as a password.
+    assert await by_code("alice", "plc-1", "not-the-code") is None
+    assert await by_code("alice", "hmi-2", code) is None
+    assert await by_code("mallory", "plc-1", code) is None
+    assert await by_code("nobody", "plc-1", code) is None
+    for _ in range(5):
+        with pytest.raises(AuthenticationFailed):
+            await ssh_login(env, "alice", "wrong password here", "000000")
+    with pytest.raises(AuthenticationFailed) as exc:
+        await by_code("alice", "plc-1", code)
+    assert exc.value.reason == "locked" and exc.value.message == FAILED
+    async with env.services.sessions() as db, db.begin():
+        await unlock_user(db, "alice")
+    identity = await by_code("alice", "plc-1", code)
+    assert identity is not None
+    assert (identity.username, identity.factor, identity.channel) == (
+        "alice", "connect-code", "ssh",
+    )  # fmt: skip
+    assert await by_code("alice", "plc-1", code) is None  # spent
+    events = [(r.action, r.actor, r.target, json.loads(r.detail)) for r in await audit_rows(env)]
+    locked = {"channel": "ssh", "reason": "locked", "factor": "connect-code"}
+    assert ("login.failure", "alice", "plc-1", locked) in events
+    assert events[-1] == ("login.success", "alice", "plc-1",
+                          {"channel": "ssh", "factor": "connect-code"})  # fmt: skip

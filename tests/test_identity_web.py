@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -11,8 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from gateway.audit.tables import AuditEventRow
 from gateway.db.models import User
 from gateway.identity.accounts import create_user
+from gateway.identity.models import ConnectCode
 from gateway.identity.onboarding import set_status
 from gateway.web.app import create_app
 from gateway.web.auth import LOGIN_COOKIE, SESSION_COOKIE
@@ -319,3 +322,43 @@ async def test_no_secret_in_logs_during_web_flows(
         assert await db.scalar(select(User).where(User.username == "alice"))
     for secret in (*PASSWORDS.values(), *SECRETS.values(), *codes, token.group(0), session_id):
         assert secret not in caplog.text
+
+
+async def test_connect_codes_only_for_assets_the_user_may_reach(portal: Portal) -> None:
+    """A missing asset and one alice may not reach get the same 404 and no code; the audit
+    says which it was."""
+    c, e = portal.client, portal.env
+    for asset in ("plc-1", "hmi-2", "rtu-3"):
+        await e.services.authz.add_asset(asset, "127.0.0.1", 22, "ssh", actor="test")
+    for asset, action in (("plc-1", "ssh"), ("rtu-3", "sftp-read")):
+        await e.services.authz.add_grant(
+            subject_kind="user", subject="alice", object_kind="asset", obj=asset,
+            action=action, actor="test",
+        )  # fmt: skip
+    await login(c, "alice", PASSWORDS["alice"], e.code("alice"))
+    csrf = await account_csrf(c)
+
+    async def make(asset: str) -> httpx.Response:
+        return await c.post("/account/connect-codes", data={"asset": asset, "csrf_token": csrf})
+
+    refused = [await make(asset) for asset in ("nowhere", "hmi-2", "../plc-1")]
+    for page in refused:
+        assert page.status_code == 404
+        assert "not found or not permitted" in page.text
+        assert "valid 5 minutes" not in page.text
+    assert refused[0].text == refused[1].text == refused[2].text
+    made = await make("plc-1")
+    assert made.status_code == 200 and "connect code for plc-1 (valid 5 minutes, once)" in made.text
+    files_only = await make("rtu-3")  # sftp through the jump host: a code is of use there too
+    assert files_only.status_code == 200 and "connect code for rtu-3" in files_only.text
+    async with e.services.sessions() as db:
+        codes = (await db.scalars(select(ConnectCode.asset))).all()
+        rows = (await db.scalars(select(AuditEventRow).order_by(AuditEventRow.id))).all()
+    assert sorted(codes) == ["plc-1", "rtu-3"]
+    refusals = [(r.actor, r.result, r.target, json.loads(r.detail)["reason"])
+                for r in rows if r.action == "connect_code.refused"]  # fmt: skip
+    assert refusals == [
+        ("alice", "denied", "nowhere", "asset:nowhere does not exist"),
+        ("alice", "denied", "hmi-2", "user:alice ssh asset:hmi-2: no grant"),
+        ("alice", "denied", "../plc-1", "malformed asset name"),
+    ]

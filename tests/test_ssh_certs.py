@@ -43,7 +43,7 @@ from tests.test_identity_web import account_csrf, login
 
 __all__ = ["env"]
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 
 
 @dataclass
@@ -453,6 +453,65 @@ def test_keys_refused_before_another_login_are_audited_but_not_as_a_failed_login
     assert by_cert[0]["refused"] == [  # type: ignore[index]
         {"reason": "public-key-without-certificate", "fingerprint": fingerprint}
     ]
+
+
+@pytest.mark.realpeer
+def test_the_plain_key_openssh_offers_before_its_certificate_is_no_refusal(
+    gateway: Gateway,
+) -> None:
+    """OpenSSH loads ``id_ed25519-cert.pub`` beside the key and offers the plain key first.
+    The certificate for that very key then logs in, so that offer was no refusal: no
+    ``ssh.key.refused`` for it. A plain key whose certificate does not log in (expired here)
+    is still audited when another method logs in after it."""
+    assert gateway.issue("grace").returncode == 0
+    key = gateway.key("grace")
+    fingerprint = asyncssh.read_private_key(key).get_fingerprint("sha256")
+    result = gateway.ssh("grace+target", key, None)  # the certificate is found beside the key
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi\n"
+
+    def events_of(user: str, action: str) -> list[dict[str, object]]:
+        return [e for e in gateway.audit() if e["actor"] == user and e["action"] == action]
+
+    end = time.monotonic() + 15
+    while not events_of("grace", "session.end") and time.monotonic() < end:
+        time.sleep(0.2)
+    [success] = events_of("grace", "login.success")[-1:]
+    assert success["detail"]["factor"] == "certificate"  # type: ignore[index]
+    assert events_of("grace", "ssh.key.refused") == []
+    assert events_of("grace", "login.failure") == []
+
+    # heidi's key offered bare, then with a certificate that expired, then her password
+    # and code: both refusals of that key are audited.
+    work = gateway.work / "expired"
+    work.mkdir()
+    for suffix in ("", ".pub"):
+        (work / f"heidi_ed25519{suffix}").write_bytes(Path(f"{gateway.key('heidi')}{suffix}")
+                                                      .read_bytes())  # fmt: skip
+    (work / "heidi_ed25519").chmod(0o600)
+    expired = _sign(gateway.data / "keys/ssh_user_ca", work / "heidi_ed25519", "-2h:-1h",
+                    "heidi")  # fmt: skip
+    bare = asyncssh.read_private_key(work / "heidi_ed25519")
+    heidi_fp = bare.get_fingerprint("sha256")
+
+    async def connect() -> str:
+        async with asyncssh.connect(
+            "127.0.0.1", gateway.ssh_port, username="heidi+target", known_hosts=None,
+            client_keys=[bare, (bare, asyncssh.read_certificate(expired))], agent_path=None,
+            client_factory=kbdint_client(PASSWORD, gateway.code("heidi")),
+            preferred_auth=("publickey", "keyboard-interactive"),
+        ) as conn:  # fmt: skip
+            return str((await conn.run("echo in", check=True)).stdout)
+
+    assert asyncio.run(connect()) == "in\n"
+    event = gateway.wait_for("ssh.key.refused", "certificate-not-valid")
+    assert event["actor"] == "heidi"
+    detail = event["detail"]
+    assert isinstance(detail, dict) and detail["logged_in_by"] == "totp"
+    assert {"reason": "public-key-without-certificate", "fingerprint": heidi_fp} in detail[
+        "refused"
+    ]
+    assert heidi_fp != fingerprint
 
 
 # -- portal and API (in-process) ----------------------------------------------------------

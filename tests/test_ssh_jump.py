@@ -189,7 +189,7 @@ def test_a_wrong_number_of_login_answers_is_refused_and_audited(gateway: Gateway
         def kbdint_challenge_received(
             self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
         ) -> list[str]:
-            return [PASSWORD]  # the code prompt left out
+            return [PASSWORD, "123456"]  # both at once, to the one password prompt
 
     async def login() -> None:
         await asyncssh.create_connection(
@@ -204,7 +204,7 @@ def test_a_wrong_number_of_login_answers_is_refused_and_audited(gateway: Gateway
         e["detail"] for e in gateway.audit()
         if e["action"] == "login.failure" and e["actor"] == "carol"
     ]  # fmt: skip
-    assert {"channel": "ssh", "reason": "1 answers to the 2 login prompts"} in failures
+    assert {"channel": "ssh", "reason": "2 answers to the 1 login prompt"} in failures
 
 
 def test_forbidden_and_missing_assets_look_the_same(gateway: Gateway) -> None:

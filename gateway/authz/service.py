@@ -29,6 +29,8 @@ from rbac.policy import Decision, PolicyIndex
 from rbac.windows import check_instant, parse_schedule
 
 Clock = Callable[[], dt.datetime]
+# With "ssh" and "tunnel:<port>", what the SSH jump host carries.
+SSH_FILE_ACTIONS = ("sftp-read", "sftp-write")
 
 
 class PolicyError(ConduitError):
@@ -120,6 +122,18 @@ class AuthzService:
                 if decision.allowed:
                     out.append((asset, action, decision))
         return out
+
+    async def reachable_over_ssh(self, username: str, asset: str) -> Decision:
+        """May ``username`` use ``asset`` through the SSH jump host now: a shell, files or a
+        tunnel? (Whether to make a connect code; the broker still decides every session.)
+        A refusal's reason says whether the asset is missing or not granted."""
+        decision = await self.authorize(username, asset, "ssh")
+        if decision.allowed:
+            return decision
+        for name, action, other in await self.reachable_now(username):
+            if name == asset and (action in SSH_FILE_ACTIONS or action.startswith("tunnel:")):
+                return other
+        return decision
 
     # -- changes -------------------------------------------------------------------------
     async def _changed(self, change: Change, actor: str, detail: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@
 (``password_step`` then ``code_step``, bound to a pending-login state); SSH and the API
 call ``verify_password_and_code`` in one. All of them go through ``_conclude``, so the
 lockout counter, single-use codes and audit events are the same whichever channel is used.
+A one-time connect code (SSH, in place of the password) goes through ``connect_code_login``,
+which refuses locked and disabled accounts as ``_conclude`` does.
 Unknown users, wrong passwords, wrong codes, locked and disabled accounts all raise the
 same ``AuthenticationFailed`` message; the audit event carries the real reason.
 
@@ -34,10 +36,12 @@ from gateway.identity.codes import use_second_factor
 from gateway.identity.lockout import clear_failures, is_locked, record_failure
 from gateway.identity.passwords import hash_password, needs_rehash, verify_or_dummy
 from gateway.identity.passwords import hash_slots as default_hash_slots
+from gateway.identity.ssh_access import connect_code_is_open, use_connect_code
 
 log = logging.getLogger(__name__)
 FAILED = "invalid username, password or code"
 UNKNOWN_ACTOR = "(unknown)"
+CONNECT_CODE = "connect-code"  # the factor of a login by a one-time connect code
 
 
 class AuthenticationFailed(ConduitError):
@@ -57,7 +61,7 @@ class Identity:
     roles: tuple[str, ...]
     mfa_at: dt.datetime
     channel: str
-    factor: str  # "totp" or "recovery"
+    factor: str  # "totp", "recovery", "connect-code" or "certificate"
 
 
 def _name(username: str) -> str:
@@ -163,6 +167,57 @@ class Authenticator:
         name = _name(username)
         user_id, ok = await self._check_password(name, password)
         return await self._conclude(user_id, name, ok, code, channel, now, source)
+
+    async def connect_code_login(
+        self, username: str, asset: str, code: str, channel: str, source: str, now: dt.datetime
+    ) -> Identity | None:
+        """A one-time connect code given where the password goes (made in the portal after
+        MFA, bound to this user and ``asset``): the identity, spending the code.
+
+        None when ``code`` is no such code: nothing is audited or counted, the caller goes on
+        with it as a password (or refuses). A valid code for an account that may not log in
+        now (locked, disabled) raises ``AuthenticationFailed``, audited, and stays unspent.
+        """
+        name = _name(username)
+        reason: str | None = None
+        identity: Identity | None = None
+        async with self.sessions() as db, db.begin():
+            user = await self._lookup(db, name)
+            # Unknown names run the same query (no user has id 0).
+            user_id = user.id if user is not None else 0
+            is_open = await connect_code_is_open(db, user_id, asset, code, now)
+            if user is None or not is_open:
+                return None
+            if user.status != "active":
+                reason = f"account-{user.status}"
+            elif is_locked(user, now):
+                reason = "locked"
+            elif await use_connect_code(db, user.id, asset, code, now):
+                identity = Identity(
+                    user.id, user.username, tuple(user.role_names), now, channel, CONNECT_CODE
+                )
+            else:
+                return None  # spent by a concurrent login a moment ago
+        detail = {"channel": channel, "factor": CONNECT_CODE}
+        if identity is not None:
+            await self.audit.record(
+                actor=identity.username,
+                action="login.success",
+                result="success",
+                target=asset,
+                source=source,
+                detail=detail,
+            )
+            return identity
+        await self.audit.record(
+            actor=name,
+            action="login.failure",
+            result="failure",
+            target=asset,
+            source=source,
+            detail={"channel": channel, "reason": reason, "factor": CONNECT_CODE},
+        )
+        raise AuthenticationFailed(reason or "unknown")
 
     async def confirm_code(
         self, user_id: int, username: str, code: str, channel: str, source: str, now: dt.datetime

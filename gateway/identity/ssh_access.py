@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 import asyncssh
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.errors import ConduitError
@@ -130,21 +130,41 @@ async def issue_connect_code(
     return code, expires
 
 
+def _could_be_code(code: str) -> bool:
+    return bool(code) and len(code) <= 64 and code.isascii()
+
+
+def _open_code(user_id: int, asset: str, code: str, now: dt.datetime) -> list[ColumnElement[bool]]:
+    """The WHERE clause of an unspent, unexpired ``code`` of this user for this asset. The
+    code is found by its SHA-256, so the lookup's timing says nothing about the code."""
+    return [
+        ConnectCode.code_sha256 == digest(code),
+        ConnectCode.user_id == user_id,
+        ConnectCode.asset == asset,
+        ConnectCode.used_at.is_(None),
+        ConnectCode.expires_at > now,
+    ]
+
+
+async def connect_code_is_open(
+    db: AsyncSession, user_id: int, asset: str, code: str, now: dt.datetime
+) -> bool:
+    """Would ``code`` log this user in to this asset now? Spends nothing."""
+    if not _could_be_code(code):
+        return False
+    found = await db.scalar(select(ConnectCode.id).where(*_open_code(user_id, asset, code, now)))
+    return found is not None
+
+
 async def use_connect_code(
     db: AsyncSession, user_id: int, asset: str, code: str, now: dt.datetime
 ) -> bool:
     """Spend ``code`` for this user and asset; True for exactly one caller, once."""
-    if not code or len(code) > 64 or not code.isascii():
+    if not _could_be_code(code):
         return False
     result = await db.execute(
         update(ConnectCode)
-        .where(
-            ConnectCode.code_sha256 == digest(code),
-            ConnectCode.user_id == user_id,
-            ConnectCode.asset == asset,
-            ConnectCode.used_at.is_(None),
-            ConnectCode.expires_at > now,
-        )
+        .where(*_open_code(user_id, asset, code, now))
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )

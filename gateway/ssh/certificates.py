@@ -18,7 +18,9 @@ certificate's serial is known for the ``login.success`` audit.
 Refusals are remembered with their reason and audited once: as one ``login.failure`` if the
 connection ends without logging in, or as one ``ssh.key.refused`` when it then logs in by
 another method or with another key (OpenSSH offers every key it holds before it tries
-keyboard-interactive, so a refused key alone is not a failed login). A certificate from this
+keyboard-interactive, so a refused key alone is not a failed login). OpenSSH also offers a
+key bare just before its certificate: when that certificate logs in, the bare offer of the
+same key is dropped, as no refusal. A certificate from this
 CA for this user that then fails asyncssh's checks (expired, not yet valid) calls no hook at
 all; ``_TrustedCA`` counts the match so that refusal has its own reason too.
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 FACTOR = "certificate"
 _VALIDATE = "_validate_openssh_certificate"  # asyncssh's per-connection certificate check
 MAX_NOTED = 20  # refusals kept per connection for the audit event
+_BARE_KEY = "public-key-without-certificate"
 
 
 class _TrustedCA(asyncssh.SSHAuthorizedKeys):
@@ -89,11 +92,12 @@ class CertificateLogin:
         self._refused: list[dict[str, str]] = []
         self._cert_refusal: tuple[str, str] | None = None  # (reason, fingerprint)
         self.serial: int | None = None  # of the certificate that logged in
+        self._certified_key = ""  # fingerprint of the key that certificate certifies
 
     async def prepare(self, conn: asyncssh.SSHServerConnection, user: str | None) -> None:
         """Trust the CA for ``user`` on ``conn`` if that account may log in now."""
         self._candidate, self._trusted = None, None
-        self._cert_refusal, self.serial = None, None
+        self._cert_refusal, self.serial, self._certified_key = None, None, ""
         conn.set_authorized_keys(None)
         ca = self._s.keys.ssh_user_ca
         if user is None or ca is None:
@@ -182,14 +186,14 @@ class CertificateLogin:
         elif registered is None:
             reason = "certificate-key-removed"
         else:
-            self.serial = serial
+            self.serial, self._certified_key = serial, fingerprint
             self._candidate = replace(candidate, roles=tuple(sorted(roles)))
             return True
         self._cert_refusal = (reason, fingerprint)
         return False
 
     def refuse_key(self, key: asyncssh.SSHKey) -> None:
-        self._note("public-key-without-certificate", key.get_fingerprint("sha256"))
+        self._note(_BARE_KEY, key.get_fingerprint("sha256"))
 
     def refuse_ca(self, ca_key: asyncssh.SSHKey) -> None:
         ours = self._s.keys.ssh_user_ca
@@ -218,6 +222,10 @@ class CertificateLogin:
         """The audit detail of the keys and certificates refused on this connection, if any:
         for its ``login.failure``, or its ``ssh.key.refused`` once something else logged in."""
         refused = list(self._refused)
+        if self.serial is not None:
+            # OpenSSH offers a key bare before its certificate (id_ed25519, then
+            # id_ed25519-cert.pub): that offer was no refusal once the certificate logged in.
+            refused = [r for r in refused if not _certified(r, self._certified_key)]
         if self._cert_refusal is not None:
             reason, fingerprint = self._cert_refusal
             refused.insert(0, {"reason": reason, "fingerprint": fingerprint})
@@ -235,3 +243,8 @@ class CertificateLogin:
             "reason": primary["reason"],
             "refused": refused,
         }
+
+
+def _certified(refusal: dict[str, str], fingerprint: str) -> bool:
+    """``refusal`` is the bare offer of the key whose certificate then logged in."""
+    return refusal["reason"] == _BARE_KEY and refusal["fingerprint"] == fingerprint

@@ -1,13 +1,18 @@
 """The SSH jump host: authentication with MFA, username routing, and session dispatch.
 
 Every asyncssh hook refuses unless it is one we handle. Authentication is MFA always:
-keyboard-interactive asks for the password and a verification code (works for ssh, scp,
-sftp, PuTTY, WinSCP) and goes through the same ``Authenticator`` as the portal, so the
-lockout is shared; a one-time connect code from the portal (made after MFA, bound to user
-and asset) may be given as the password. Sessions are opened through the broker; ``ssh -L``
-reaches only granted ports of the routed asset (``gateway.ssh.tunnel``); remote forwarding,
-agent and X11 forwarding are refused. A public key logs in only with a certificate from this
-gateway's user CA (``gateway.ssh.certificates``). Does not decide access itself.
+keyboard-interactive asks for the password, then a verification code, both unechoed (works
+for ssh, scp, sftp, PuTTY, WinSCP), and goes through the same ``Authenticator`` as the
+portal, so the lockout is shared. A one-time connect code from the portal (made after MFA,
+bound to user and asset) may be given at that first prompt, or as the password method's
+password, and logs in by itself. A refused password or code login ends the connection with
+one line naming the lock as a possible cause, the same for every reason (``login_refused``):
+stock clients would otherwise ask again (OpenSSH three times, then its password method;
+PuTTY forever), each failure counting toward the lock. Sessions are opened through the
+broker; ``ssh -L`` reaches only granted ports of the routed asset (``gateway.ssh.tunnel``);
+remote forwarding, agent and X11 forwarding are refused. A public key logs in only with a
+certificate from this gateway's user CA (``gateway.ssh.certificates``). Does not decide
+access itself.
 """
 
 from __future__ import annotations
@@ -19,12 +24,10 @@ from typing import Any
 
 import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
-from sqlalchemy import select
 
-from gateway.db.models import User
+from gateway.config import LockoutSettings
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
-from gateway.identity.ssh_access import use_connect_code
 from gateway.services import Services
 from gateway.sessions.broker import Broker
 from gateway.ssh import fastpath
@@ -67,6 +70,27 @@ def ended_before_login(exc: Exception | None) -> str | None:
     return None
 
 
+# Keyboard-interactive asks one thing at a time, echo off for both: a code on the screen is
+# as good as the password to whoever sees it within its 30 seconds.
+_PASSWORD_CHALLENGE: KbdIntChallenge = ("Conduit login", "", "", [("Password: ", False)])
+_PASSWORD_OR_CODE_CHALLENGE: KbdIntChallenge = (
+    "Conduit login", "Password, or a one-time connect code from the portal", "",
+    [("Password: ", False)],
+)  # fmt: skip
+_CODE_CHALLENGE: KbdIntChallenge = ("Conduit login", "", "", [("Verification code: ", False)])
+
+
+def login_refused(lockout: LockoutSettings) -> str:
+    """The one line every refused password or code login ends with, whatever the reason
+    (unknown name, wrong password or code, locked, disabled): it names the lock without
+    telling anyone which accounts exist or are locked. The audit log has the reason."""
+    minutes = max(1, -(-lockout.lock_seconds // 60))
+    return (
+        "Permission denied: wrong username, password or code, or the account is locked "
+        f"({lockout.max_failures} failures lock it for {minutes} min)"
+    )
+
+
 class GatewaySSHServer(asyncssh.SSHServer):
     def __init__(
         self,
@@ -85,6 +109,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self._identity: Identity | None = None
         self._source = ""
         self._certs = CertificateLogin(services)
+        self._password: str | None = None  # the first keyboard-interactive answer, if not a code
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -189,21 +214,34 @@ class GatewaySSHServer(asyncssh.SSHServer):
         return True
 
     def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> KbdIntChallenge:
-        return ("Conduit login", "", "", [("Password: ", False), ("Verification code: ", True)])
+        self._password = None  # each keyboard-interactive attempt starts at the password
+        if self._route is not None and self._route.asset is not None:
+            return _PASSWORD_OR_CODE_CHALLENGE  # connect codes are made for an asset
+        return _PASSWORD_CHALLENGE
 
     async def validate_kbdint_response(
         self, username: str, responses: KbdIntResponse
     ) -> KbdIntChallenge | bool:
-        if len(responses) != 2:
-            await self._audit_failure(f"{len(responses)} answers to the 2 login prompts")
-            return False
-        password, code = responses
+        if len(responses) != 1:
+            await self._audit_failure(f"{len(responses)} answers to the 1 login prompt")
+            raise self._refused()
+        answer = responses[0]
+        if self._password is None:
+            # The first answer: a connect code logs in by itself; anything else is taken as
+            # the password, and the code is asked for whether or not it was right.
+            identity = await self._connect_code(answer)
+            if identity is not None:
+                self._identity = identity
+                return True
+            self._password = answer
+            return _CODE_CHALLENGE
+        password, self._password = self._password, None
         try:
             self._identity = await self._auth.verify_password_and_code(
-                self._user(), password, code, "ssh", self._source, self._s.clock()
+                self._user(), password, answer, "ssh", self._source, self._s.clock()
             )
         except AuthenticationFailed:
-            return False
+            raise self._refused() from None
         return self._route is not None
 
     def password_auth_supported(self) -> bool:
@@ -214,32 +252,31 @@ class GatewaySSHServer(asyncssh.SSHServer):
         route = self._route
         if route is None or route.asset is None:
             await self._audit_failure("connect code without an asset in the username")
-            return False
-        now = self._s.clock()
-        async with self._s.sessions() as db, db.begin():
-            user = (
-                await db.execute(select(User).where(User.username == route.user))
-            ).scalar_one_or_none()
-            ok = (
-                user is not None
-                and user.status == "active"
-                and await use_connect_code(db, user.id, route.asset, password, now)
-            )
-        if not ok or user is None:
+            raise self._refused()
+        identity = await self._connect_code(password)
+        if identity is None:
             await self._audit_failure("connect code not valid for this user and asset")
-            return False
-        self._identity = Identity(
-            user.id, user.username, tuple(user.role_names), now, "ssh", "connect-code"
-        )
-        await self._s.audit.record(
-            actor=user.username,
-            action="login.success",
-            result="success",
-            target=route.asset,
-            source=self._source,
-            detail={"channel": "ssh", "factor": "connect-code"},
-        )
+            raise self._refused()
+        self._identity = identity
         return True
+
+    async def _connect_code(self, answer: str) -> Identity | None:
+        """The identity ``answer`` logs in as a connect code for the routed asset, or None
+        when it is none (the account's lock is checked in ``connect_code_login``)."""
+        route = self._route
+        if route is None or route.asset is None:
+            return None
+        try:
+            return await self._auth.connect_code_login(
+                route.user, route.asset, answer, "ssh", self._source, self._s.clock()
+            )
+        except AuthenticationFailed:  # a valid code for a locked or disabled account
+            raise self._refused() from None
+
+    def _refused(self) -> asyncssh.PermissionDenied:
+        """Ends the connection with ``login_refused``: raised from an auth hook, asyncssh
+        sends it as the disconnect reason, which OpenSSH and PuTTY show."""
+        return asyncssh.PermissionDenied(login_refused(self._s.settings.lockout))
 
     async def _audit_failure(self, reason: str) -> None:
         await self._s.audit.record(

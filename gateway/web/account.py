@@ -43,7 +43,10 @@ def _back() -> RedirectResponse:
 
 
 async def _account_page(
-    request: Request, context: PortalContext, extra: dict[str, object] | None = None
+    request: Request,
+    context: PortalContext,
+    extra: dict[str, object] | None = None,
+    status_code: int = 200,
 ) -> HTMLResponse:
     services = services_of(request)
     user_id = context.session.user_id
@@ -66,7 +69,7 @@ async def _account_page(
         "new_secret_label": "",
     }
     page.update(extra or {})
-    return render(request, "account.html", page)
+    return render(request, "account.html", page, status_code)
 
 
 @router.get("/account", response_class=HTMLResponse)
@@ -271,14 +274,33 @@ async def api_ssh_certificate(
 async def connect_code(
     request: Request, context: Session, asset: Annotated[str, Form(max_length=128)]
 ) -> Response:
+    """A code only for an asset the user may reach over SSH now; a missing asset and a
+    forbidden one get the same 404, and the audit event says which it was."""
     services = services_of(request)
-    try:
-        async with services.sessions() as db, db.begin():
-            code, _expires = await ssh_access.issue_connect_code(
-                db, context.session.user_id, asset, services.clock()
-            )
-    except ConduitError as exc:
-        return await _account_page(request, context, {"error": exc.message})
+    username = context.session.username
+    refusal = "malformed asset name"
+    if ssh_access.ASSET_RE.fullmatch(asset) is not None:
+        decision = await services.authz.reachable_over_ssh(username, asset)
+        refusal = "" if decision.allowed else decision.reason
+    if not refusal:
+        try:
+            async with services.sessions() as db, db.begin():
+                code, _expires = await ssh_access.issue_connect_code(
+                    db, context.session.user_id, asset, services.clock()
+                )
+        except ConduitError as exc:
+            refusal = exc.detail
+    if refusal:
+        await services.audit.record(
+            actor=username,
+            action="connect_code.refused",
+            result="denied",
+            target=asset,
+            source=source_of(request),
+            detail={"reason": refusal},
+        )
+        extra: dict[str, object] = {"error": "not found or not permitted"}
+        return await _account_page(request, context, extra, status_code=404)
     label = f"connect code for {asset} (valid 5 minutes, once)"
     return await _account_page(request, context, {"new_secret": code, "new_secret_label": label})
 

@@ -10,9 +10,11 @@ account; each certificate is a row in ``ssh_certificates`` so an admin can list 
 
 ``issue_audited`` is what the portal, the API and the CLI call: one transaction, then
 ``ssh.certificate.issued`` (or ``ssh.certificate.refused``) in the audit log; a certificate
-whose audit event could not be written is not handed out. Does not check the second factor
-(callers do: ``Authenticator`` or the portal's step-up) and does not authenticate SSH
-logins (``gateway.ssh.certificates``).
+whose audit event could not be written is not handed out. ``certificate_candidate`` and
+``check_registered`` answer the SSH server's certificate login (may this account use one
+now; was this certificate issued here for a key still registered). Does not check the second
+factor (callers do: ``Authenticator`` or the portal's step-up) and does not run the SSH
+login itself (``gateway.ssh.certificates``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import asyncssh
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import noload
 
 from gateway.audit.sink import AuditSink
-from gateway.db.models import User
+from gateway.db.models import User, UserRole
 from gateway.errors import ConduitError
 from gateway.identity.accounts import USERNAME_RE
 from gateway.identity.lockout import is_locked
@@ -206,3 +209,69 @@ async def list_certificates(
         )
         for c, name in rows
     ]
+
+
+@dataclass(frozen=True)
+class CertificateCandidate:
+    """An account that may log in with a certificate now (roles read only once one is
+    accepted, ``check_registered``)."""
+
+    user_id: int
+    username: str
+    roles: tuple[str, ...] = ()
+
+
+async def certificate_candidate(
+    sessions: async_sessionmaker[AsyncSession], username: str, now: dt.datetime
+) -> CertificateCandidate | str:
+    """The account a certificate login for ``username`` would be, or why there is none
+    (``unknown-user``, ``account-<status>``, ``locked``)."""
+    async with sessions() as db:
+        row: User | None = await db.scalar(
+            select(User).where(User.username == username).options(noload(User.roles))
+        )
+    if row is None:
+        return "unknown-user"
+    if row.status != "active":
+        return f"account-{row.status}"
+    if is_locked(row, now):
+        return "locked"
+    return CertificateCandidate(row.id, row.username)
+
+
+@dataclass(frozen=True)
+class RegisterCheck:
+    """A presented certificate against the register: issued here (and not yet expired) for
+    this user and key, the key still registered, and the user's roles when both hold."""
+
+    issued: bool
+    registered: bool
+    roles: tuple[str, ...]
+
+
+async def check_registered(
+    sessions: async_sessionmaker[AsyncSession],
+    user_id: int,
+    serial: int,
+    fingerprint: str,
+    now: dt.datetime,
+) -> RegisterCheck:
+    async with sessions() as db:
+        issued = await db.scalar(
+            select(SSHCertificate.id).where(
+                SSHCertificate.serial == serial,
+                SSHCertificate.user_id == user_id,
+                SSHCertificate.key_fingerprint == fingerprint,
+                SSHCertificate.valid_before > now,
+            )
+        )
+        registered = await db.scalar(
+            select(SSHPublicKey.id).where(
+                SSHPublicKey.user_id == user_id, SSHPublicKey.fingerprint == fingerprint
+            )
+        )
+        roles: tuple[str, ...] = ()
+        if issued is not None and registered is not None:
+            found = await db.scalars(select(UserRole.role).where(UserRole.user_id == user_id))
+            roles = tuple(sorted(found.all()))
+    return RegisterCheck(issued is not None, registered is not None, roles)

@@ -32,18 +32,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import asyncssh
-from sqlalchemy import select
-from sqlalchemy.orm import noload
 
-from gateway.db.models import User, UserRole
-from gateway.identity.lockout import is_locked
 from gateway.identity.login import Identity
-from gateway.identity.models import SSHCertificate, SSHPublicKey
-from gateway.identity.ssh_certs import trusted_ca_line
+from gateway.identity.ssh_certs import (
+    CertificateCandidate,
+    certificate_candidate,
+    check_registered,
+    trusted_ca_line,
+)
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -74,19 +74,12 @@ class _TrustedCA(asyncssh.SSHAuthorizedKeys):
         return options
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    user_id: int
-    username: str
-    roles: tuple[str, ...]
-
-
 class CertificateLogin:
     """Per SSH connection: whom a certificate may log in, and what was refused and why."""
 
     def __init__(self, services: Services) -> None:
         self._s = services
-        self._candidate: _Candidate | None = None
+        self._candidate: CertificateCandidate | None = None
         self._trusted: _TrustedCA | None = None
         self._why_not = "malformed-username"
         self._refused: list[dict[str, str]] = []
@@ -106,20 +99,11 @@ class CertificateLogin:
         if not self._guard(conn):
             self._why_not = "certificate-check-unavailable"
             return
-        now = self._s.clock()
-        async with self._s.sessions() as db:
-            # Roles are read only when a certificate is accepted (_registered_check).
-            row: User | None = await db.scalar(
-                select(User).where(User.username == user).options(noload(User.roles))
-            )
-            if row is None:
-                self._why_not = "unknown-user"
-            elif row.status != "active":
-                self._why_not = f"account-{row.status}"
-            elif is_locked(row, now):
-                self._why_not = "locked"
-            else:
-                self._candidate = _Candidate(row.id, row.username, ())
+        found = await certificate_candidate(self._s.sessions, user, self._s.clock())
+        if isinstance(found, str):
+            self._why_not = found
+        else:
+            self._candidate = found
         if self._candidate is not None:
             self._trusted = _TrustedCA(trusted_ca_line(ca, user))
             conn.set_authorized_keys(self._trusted)
@@ -153,29 +137,10 @@ class CertificateLogin:
         fingerprint = cert.key.get_fingerprint("sha256")
         if candidate is None:  # asyncssh accepted one only through our entry: not reached
             return False
-        async with self._s.sessions() as db:
-            issued = await db.scalar(
-                select(SSHCertificate.id).where(
-                    SSHCertificate.serial == serial,
-                    SSHCertificate.user_id == candidate.user_id,
-                    SSHCertificate.key_fingerprint == fingerprint,
-                    SSHCertificate.valid_before > self._s.clock(),
-                )
-            )
-            registered = await db.scalar(
-                select(SSHPublicKey.id).where(
-                    SSHPublicKey.user_id == candidate.user_id,
-                    SSHPublicKey.fingerprint == fingerprint,
-                )
-            )
-            roles: Sequence[str] = ()
-            if issued is not None and registered is not None:
-                roles = (
-                    await db.scalars(
-                        select(UserRole.role).where(UserRole.user_id == candidate.user_id)
-                    )
-                ).all()
-        if issued is None:
+        check = await check_registered(
+            self._s.sessions, candidate.user_id, serial, fingerprint, self._s.clock()
+        )
+        if not check.issued:
             reason = "certificate-not-in-register"
             # Signed with our CA's key, and asyncssh found it valid, yet never issued here:
             # the CA key has been used outside this gateway.
@@ -183,11 +148,11 @@ class CertificateLogin:
                 "certificate_outside_register",
                 f"serial {serial} for {candidate.username}, key {fingerprint}",
             )
-        elif registered is None:
+        elif not check.registered:
             reason = "certificate-key-removed"
         else:
             self.serial, self._certified_key = serial, fingerprint
-            self._candidate = replace(candidate, roles=tuple(sorted(roles)))
+            self._candidate = replace(candidate, roles=check.roles)
             return True
         self._cert_refusal = (reason, fingerprint)
         return False

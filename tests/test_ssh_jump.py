@@ -484,3 +484,30 @@ def test_a_long_exec_command_line_is_cut_in_the_audit_and_whole_in_the_recording
                        "--data-dir", str(gateway.data))  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout.splitlines()[1])[1:] == ["m", f"command: {command}"]
+
+
+def test_a_target_account_needs_a_grant_naming_it(gateway: Gateway, sshd: SSHDTarget) -> None:
+    """``user+asset+account`` logs in as that vaulted account only where a grant names it; the
+    plain ``ssh`` grant covers the asset's default account alone."""
+    where = ("--data-dir", str(gateway.data))
+    for account in ("maint", "root"):
+        vaulted = conduit("asset", "credential", "target", "--account", account, "--username",
+                          "root", "--key-file", str(sshd.client_key), *where)  # fmt: skip
+        assert vaulted.returncode == 0, vaulted.stderr
+    before = gateway.ssh("carol+target+maint", "true", gateway.code("carol"))
+    assert before.returncode != 0 and "not found or not permitted" in before.stderr
+    granted = conduit("grant", "add", "--org", "acme", "--asset", "target", "--action", "ssh",
+                      "--account", "maint", *where)  # fmt: skip
+    assert granted.returncode == 0, granted.stderr  # every decision reads the policy version
+    maint = gateway.ssh("alice+target+maint", "echo as-maint", gateway.code("alice"))
+    assert maint.returncode == 0, maint.stderr
+    assert maint.stdout == "as-maint\n"
+    root = gateway.ssh("bob+target+root", "echo as-root", gateway.code("bob"))
+    assert root.returncode != 0 and "as-root" not in root.stdout
+    assert "not found or not permitted" in root.stderr
+    events = gateway.audit_until("session.end")
+    starts = [e["detail"] for e in events if e["action"] == "session.start"]
+    assert [(d["account"], d["action"]) for d in starts] == [("maint", "ssh:account=maint")]
+    denied = {e["actor"]: e["detail"] for e in events if e["action"] == "session.denied"}
+    assert denied["carol"]["account"] == "maint" and denied["bob"]["account"] == "root"
+    assert "ssh:account=root" in denied["bob"]["reason"]

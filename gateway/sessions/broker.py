@@ -127,19 +127,10 @@ class Broker:
         actions = tuple(with_account(a, account) for a in (action, *also))
         decision = await self._decide(username, asset, actions)
         if not decision.allowed or decision.authorization is None:
-            await self._s.audit.record(
-                actor=username,
-                action="session.denied",
-                result="denied",
-                target=asset,
-                source=source,
-                detail={
-                    "protocol": protocol,
-                    "action_requested": actions[0],
-                    "account": account,
-                    "reason": decision.reason,
-                },
-            )
+            await self._denied(username, asset, source, {
+                "protocol": protocol, "action_requested": actions[0], "account": account,
+                "reason": decision.reason,
+            })  # fmt: skip
             raise NotFoundOrForbidden(decision.reason)
         target = target or await self._target(asset, account)
         if target is None:  # removed since the policy was loaded
@@ -175,6 +166,16 @@ class Broker:
         )
         await self._register(ticket, decision, command)
         return ticket
+
+    async def _denied(
+        self, username: str, asset: str, source: str, detail: dict[str, Any]
+    ) -> None:
+        """A session refused before it opened (``session.denied``): the full reason here,
+        "not found or not permitted" for the user."""
+        await self._s.audit.record(
+            actor=username, action="session.denied", result="denied", target=asset,
+            source=source, detail=detail,
+        )  # fmt: skip
 
     async def _target(
         self, asset: str, account: str, port: int | None = None
@@ -386,19 +387,10 @@ class Broker:
         if not tunnel_host_accepted(dest_host, asset, target.host if target else None):
             shown = dest_host[:255]
             reason = f"tunnel destination {shown!r} is not asset {asset}"
-            await self._s.audit.record(
-                actor=username,
-                action="session.denied",
-                result="denied",
-                target=asset,
-                source=source,
-                detail={
-                    "protocol": "tunnel",
-                    "action_requested": action,
-                    "destination": f"{shown}:{dest_port}",
-                    "reason": reason,
-                },
-            )
+            await self._denied(username, asset, source, {
+                "protocol": "tunnel", "action_requested": action,
+                "destination": f"{shown}:{dest_port}", "reason": reason,
+            })  # fmt: skip
             raise NotFoundOrForbidden(reason)
         return await self.open(
             username,

@@ -80,12 +80,22 @@ class Served:
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
+        # stderr is drained as it comes, too: a gateway serving many sessions logs more than a
+        # pipe holds, and would otherwise stop, mid-session, in its next write to the log.
+        self._err_lines: list[str] = []
+        self._err_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._err_reader.start()
         self.stderr = ""
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.append(line)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._err_lines.append(line)
 
     @property
     def stdout(self) -> str:
@@ -145,7 +155,8 @@ class Served:
         if self.proc.stderr.closed:
             return
         self._reader.join(timeout=10)
-        self.stderr += self.proc.stderr.read()
+        self._err_reader.join(timeout=10)
+        self.stderr += "".join(self._err_lines)
         self.proc.stderr.close()
         self.proc.stdout.close()
 

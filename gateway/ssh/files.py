@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ def shown(path: bytes) -> str:
 WRITES_IN_FLIGHT = 16  # per session: writes sent to the asset before its answers
 READ_AHEAD = 8  # reads asked of the asset ahead of a client reading a file in order
 READS_AHEAD_PER_SESSION = 16
-PIPELINE_MAX_SIZE = 256 << 10  # larger blocks wait their turn: memory stays bounded
+READ_AHEAD_MAX_SIZE = 256 << 10  # larger reads are not read ahead: memory stays bounded
+LEFT_BEFORE_CLOSING = "the client left before closing the file"
+NO_HOLE = 1 << 63  # past the end of any file: asyncssh clamps the range to the file's size
 
 
 class Budget:
@@ -67,7 +70,9 @@ class Transfer:
     block would cost a round trip per block. Writes are therefore passed on without waiting
     (at most ``WRITES_IN_FLIGHT``; a failure is reported on the next call and at close), and
     a file read in order is read ahead (``READ_AHEAD`` blocks). What the client receives
-    and what is hashed stay in file order.
+    and what is hashed stay in file order. A write counts (size and digest) once the asset
+    has confirmed it, so a transfer that fails part way is audited with what reached the
+    asset, not with what the client sent.
     """
 
     path: bytes
@@ -75,28 +80,36 @@ class Transfer:
     writing: bool
     upstream: asyncssh.SFTPClientFile
     budget: Budget
+    limits: asyncssh.SFTPLimits  # the asset's: the largest read and write it takes
     read_bytes: int = 0
-    written_bytes: int = 0
+    written_bytes: int = 0  # confirmed by the asset
+    sent_bytes: int = 0  # received from the client for writing
     next_read: int = 0
     next_write: int = 0
+    hashed_to: int = 0  # confirmed writes are hashed in file order up to here
     in_order: bool = True
     refused_writes: int = 0  # writes to a file opened for reading only
     digest: Any = field(default_factory=hashlib.sha256)
     failure: BaseException | None = None
     writes: set[asyncio.Task[None]] = field(default_factory=set)
+    confirmed_ahead: dict[int, bytes] = field(default_factory=dict)
     ahead: deque[tuple[int, int, asyncio.Task[bytes]]] = field(default_factory=deque)
 
-    def saw(self, offset: int, data: bytes, writing: bool) -> None:
-        if writing:
-            self.in_order &= offset == self.next_write and self.read_bytes == 0
-            self.next_write = offset + len(data)
-            self.written_bytes += len(data)
-        else:
-            self.in_order &= offset == self.next_read and self.written_bytes == 0
-            self.next_read = offset + len(data)
-            self.read_bytes += len(data)
+    def saw(self, offset: int, data: bytes) -> None:
+        """Data read by the client (in the order it was asked for)."""
+        if not data:
+            # End of file moves nothing. PuTTY asks for several blocks past the end at once:
+            # those answers must not make an in-order download look out of order.
+            return
+        self.in_order &= offset == self.next_read and self.sent_bytes == 0
+        self.next_read = offset + len(data)
+        self.read_bytes += len(data)
         if self.in_order:
             self.digest.update(data)
+
+    def fail(self, exc: BaseException) -> None:
+        """Remember the first failure: the transfer is audited as failed at close."""
+        self.failure = self.failure or exc
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
@@ -104,45 +117,100 @@ class Transfer:
 
     async def write(self, offset: int, data: bytes) -> None:
         self._raise_failure()
-        if len(data) > PIPELINE_MAX_SIZE:
-            await self.settle()
-            await self.upstream.write(data, offset)
-            return
-        await self.budget.writes.acquire()
-        task = asyncio.get_running_loop().create_task(self._write(offset, data))
-        self.writes.add(task)
-        task.add_done_callback(self.writes.discard)
+        self.in_order &= offset == self.next_write and self.read_bytes == 0
+        self.next_write = offset + len(data)
+        self.sent_bytes += len(data)
+        # A client may write up to the 4 MiB this server announces (a legacy scp upload
+        # writes in blocks of up to 256 KiB), but OpenSSH's sftp-server ends the whole SFTP
+        # session on a message over 256 KiB, a write of 262,120 bytes or more: passed on
+        # whole, such a write lost the file and the session. Each write goes to the asset in
+        # pieces no larger than the asset announced (limits@openssh.com; asyncssh assumes
+        # 16 KiB of a server that announces nothing), each piece one write in flight.
+        step = max(1, self.limits.max_write_len)
+        for at in range(0, len(data), step):
+            self._raise_failure()
+            await self.budget.writes.acquire()
+            piece = data[at : at + step] if len(data) > step else data
+            task = asyncio.get_running_loop().create_task(self._write(offset + at, piece))
+            self.writes.add(task)
+            task.add_done_callback(self.writes.discard)
 
     async def _write(self, offset: int, data: bytes) -> None:
         try:
             await self.upstream.write(data, offset)
         except (asyncssh.Error, OSError) as exc:
-            self.failure = self.failure or exc
+            self.fail(exc)
+        else:
+            self._confirmed(offset, data)
         finally:
             self.budget.writes.release()
 
-    async def settle(self) -> None:
-        """Wait for every write in flight; raise the first failure the asset reported."""
+    def _confirmed(self, offset: int, data: bytes) -> None:
+        self.written_bytes += len(data)
+        if not self.in_order:
+            self.confirmed_ahead.clear()
+            return
+        # Answers normally come in the order the writes were sent; a block confirmed early
+        # waits here (at most the writes in flight) so the digest stays in file order.
+        self.confirmed_ahead[offset] = data
+        while (block := self.confirmed_ahead.pop(self.hashed_to, None)) is not None:
+            self.digest.update(block)
+            self.hashed_to += len(block)
+
+    async def wait_for_writes(self) -> None:
+        """Wait for every write in flight (a failure is kept in ``failure``)."""
         if self.writes:
             await asyncio.gather(*self.writes, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait for every write in flight; raise the first failure the asset reported."""
+        await self.wait_for_writes()
         self._raise_failure()
 
     async def read(self, offset: int, size: int) -> bytes:
-        if self.ahead and self.ahead[0][:2] == (offset, size):
-            task = self.ahead.popleft()[2]
-            self.budget.reads_ahead -= 1
-            data = await task
-        else:
-            self.drop_ahead()
-            data = await self.upstream.read(size, offset)
-        if len(data) == size and size <= PIPELINE_MAX_SIZE and not self.writing:
+        try:
+            if self.ahead and self.ahead[0][:2] == (offset, size):
+                task = self.ahead.popleft()[2]
+                self.budget.reads_ahead -= 1
+                data = await task
+            else:
+                self.drop_ahead()
+                data = await self._read(offset, size)
+        except (asyncssh.Error, OSError) as exc:
+            self.fail(exc)  # the end of the file is an empty read, not an error
+            raise
+        if len(data) == size and size <= READ_AHEAD_MAX_SIZE and not self.writing:
             loop = asyncio.get_running_loop()
             at = self.ahead[-1][0] + size if self.ahead else offset + size
             budget = self.budget
             while len(self.ahead) < READ_AHEAD and budget.reads_ahead < READS_AHEAD_PER_SESSION:
-                self.ahead.append((at, size, loop.create_task(self.upstream.read(size, at))))
+                self.ahead.append((at, size, loop.create_task(self._read(at, size))))
                 budget.reads_ahead += 1
                 at += size
+        return data
+
+    async def _read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from the asset, fewer only at the end of the file.
+
+        OpenSSH's sftp-server answers a read of more than 261,120 bytes with fewer bytes, a
+        short read that a client asking for 256 KiB blocks or more (asyncssh's, the SCP
+        server's) has to ask again for: large reads are asked of the asset in pieces it
+        answers whole, at once.
+        """
+        step = max(1, self.limits.max_read_len)
+        if size <= step:
+            return await self._read_one(offset, size)
+        wanted = [(at, min(step, size - at)) for at in range(0, size, step)]
+        pieces = await asyncio.gather(*(self._read_one(offset + at, n) for at, n in wanted))
+        whole = bytearray()
+        for piece, (_, n) in zip(pieces, wanted, strict=True):
+            whole += piece
+            if len(piece) < n:
+                break  # the end of the file
+        return bytes(whole)
+
+    async def _read_one(self, offset: int, size: int) -> bytes:
+        data: bytes = await self.upstream.read(size, offset)
         return data
 
     def drop_ahead(self) -> None:
@@ -151,6 +219,21 @@ class Transfer:
             self.budget.reads_ahead -= 1
             task.cancel()
             task.add_done_callback(_consume)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Answer asyncssh's sparse-file probe as for a file without holes.
+
+        asyncssh's own clients ask, before a download or copy, which ranges of the file hold
+        data (the ``ranges@asyncssh.com`` extension its server announces), and its server
+        answers by seeking the open file with ``SEEK_DATA`` and ``SEEK_HOLE``. The asset's
+        holes are not known here: the whole file is data, read like any other. Nothing else
+        seeks a transfer; reads and writes carry their own offsets.
+        """
+        if whence == os.SEEK_DATA:
+            return offset
+        if whence == os.SEEK_HOLE:
+            return NO_HOLE
+        raise asyncssh.SFTPOpUnsupported("seek not supported")
 
 
 def _consume(task: asyncio.Task[bytes]) -> None:
@@ -169,12 +252,14 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
         ticket: Ticket,
         upstream: asyncssh.SFTPClient,
         on_exit: Callable[[], Awaitable[None]],
+        client_left: Callable[[], bool],
     ) -> None:
         super().__init__(chan)
         self._broker = broker
         self._ticket = ticket
         self._up = upstream
         self._on_exit = on_exit
+        self._client_left = client_left
         self._budget = Budget()
 
     async def _check(self, action: str, operation: str, *paths: bytes) -> None:
@@ -214,14 +299,16 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
             await self._check(READ, "read", path)
         if writing:
             await self._check(WRITE, "write", path)
+        # block_size=0: one request per call, the pieces are cut in Transfer (asyncssh's own
+        # cutting runs its requests in tasks that outlive a cancelled read-ahead).
         upstream = await self._up.open(path, pflags, attrs, encoding=None, block_size=0)
-        return Transfer(path, reading, writing, upstream, self._budget)
+        return Transfer(path, reading, writing, upstream, self._budget, self._up.limits)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         transfer = self._transfer(file_obj)
         self._broker.activity(self._ticket)
         data = await transfer.read(offset, size)
-        transfer.saw(offset, data, writing=False)
+        transfer.saw(offset, data)
         self._ticket.live.bytes_down += len(data)
         return data
 
@@ -237,23 +324,41 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
             raise SFTPPermissionDenied(NOT_OPENED_FOR_WRITING)
         self._broker.activity(self._ticket)
         await transfer.write(offset, data)
-        transfer.saw(offset, data, writing=True)
         self._ticket.live.bytes_up += len(data)
         return len(data)
 
     async def close(self, file_obj: object) -> None:
         transfer = self._transfer(file_obj)
         transfer.drop_ahead()
+        left = self._client_left()
+        if left:
+            # asyncssh closes what is still open when the channel ends, and its SCP server
+            # closes the file when the data stopped short. Clients wait for the answer to
+            # their own close before they end the channel, so a file still open at the
+            # channel's end was not transferred whole, however many bytes moved.
+            transfer.fail(ConnectionError(LEFT_BEFORE_CLOSING))
         try:
-            await transfer.settle()
+            await transfer.wait_for_writes()
             await transfer.upstream.close()
+        except (asyncssh.Error, OSError) as exc:
+            transfer.fail(exc)
         finally:
             await self._finish(transfer)
+        if transfer.failure is not None and not left:
+            raise transfer.failure  # the client learns that its file did not arrive whole
 
     async def _finish(self, transfer: Transfer) -> None:
         digest = transfer.digest.hexdigest() if transfer.in_order else None
+        # A failure makes the audit event a failure ("error" in its detail); size and digest
+        # are then those of what moved: the bytes the asset confirmed, or that the client got.
+        failed: dict[str, Any] = {}
+        if transfer.failure is not None:
+            failed["error"] = str(transfer.failure) or type(transfer.failure).__name__
         if transfer.writing:
-            failed = {"error": str(transfer.failure)} if transfer.failure else {}
+            if failed:
+                failed["sent"] = transfer.sent_bytes
+            if transfer.hashed_to != transfer.written_bytes:
+                digest = None  # confirmed with a gap: no digest of a contiguous prefix
             await self._done(
                 "write", transfer.path, size=transfer.written_bytes, sha256=digest,
                 in_order=transfer.in_order, **failed,
@@ -262,7 +367,7 @@ class BridgeSFTPServer(asyncssh.SFTPServer):
             refused = {"refused_writes": transfer.refused_writes} if transfer.refused_writes else {}
             await self._done(
                 "read", transfer.path, size=transfer.read_bytes, sha256=digest,
-                in_order=transfer.in_order, **refused,
+                in_order=transfer.in_order, **refused, **({} if transfer.writing else failed),
             )  # fmt: skip
 
     def _transfer(self, file_obj: object) -> Transfer:
@@ -391,6 +496,7 @@ class FileSession(SSHServerStreamSession[bytes]):
         self._ticket: Ticket | None = None
         self._up_conn: asyncssh.SSHClientConnection | None = None
         self._closed = False
+        self._client_left = False  # end of input or channel closed by the client
 
     def connection_made(self, chan: SSHChannel[bytes]) -> None:
         super().connection_made(chan)
@@ -420,8 +526,9 @@ class FileSession(SSHServerStreamSession[bytes]):
         # The vendor's client ends an SFTP session (the asset's sftp-server never does by
         # itself): "client_closed", as for the relay and tunnels.
         return BridgeSFTPServer(
-            chan, self.broker, ticket, upstream, lambda: self._end("client_closed")
-        )
+            chan, self.broker, ticket, upstream, lambda: self._end("client_closed"),
+            lambda: self._client_left,
+        )  # fmt: skip
 
     def _refused(self, chan: asyncssh.SSHServerChannel[bytes], message: str) -> asyncssh.SFTPServer:
         chan.write_stderr(f"conduit: {message}\r\n".encode())
@@ -437,7 +544,12 @@ class FileSession(SSHServerStreamSession[bytes]):
         if self._ticket is not None:
             await self.broker.close(self._ticket, reason)
 
+    def eof_received(self) -> bool:
+        self._client_left = True
+        return super().eof_received()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._client_left = True
         super().connection_lost(exc)
         if not self._closed and self._ticket is not None:
             reason = client_end_reason(exc)

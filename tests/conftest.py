@@ -111,7 +111,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 #      other fixtures, or database_url with its "postgresql" parameter;
 #   3. it, or the function of any fixture it uses, reaches slow work: a process starter (the
 #      subprocess, multiprocessing and pty modules, asyncio's create_subprocess_*, os.fork,
-#      system, exec*, spawn*, posix_spawn*) or a gateway call in ARGON2_CALLS, directly or
+#      system, exec*, spawn*, posix_spawn*) or an ARGON2_CALL with a password, directly or
 #      through functions and classes defined under tests/ (tests.support's conduit(), Served,
 #      serving() and init_data_dir(); tests.sshd_target; a module's Gateway class; the crash
 #      child's Popen; the identity `env` fixture, which makes accounts with passwords). This is
@@ -120,14 +120,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 #   4. it is one of SLOW_TESTS: in-process tests that are slow for a reason no rule above sees.
 # tests/test_tiers.py checks known cases; `pytest --collect-only -q -m realpeer` lists the tier.
 REALPEER_FIXTURES = frozenset({"sshd", "pg_server", "pg_database"})
-# Each costs a 64 MiB argon2 hash (~0.2 s alone, more on a loaded machine; docs/decisions/0012).
-# Matched by name in any gateway module, so moving the module does not change the tier.
-ARGON2_CALLS = frozenset({"hash_password", "create_user"})
+# Called with a `password=` keyword, it costs a 64 MiB argon2 hash (~0.2 s alone, more on a
+# loaded machine; docs/decisions/0012). Matched by name in any gateway module, so moving the
+# module does not change the tier.
+ARGON2_CALL = "create_user"
 SLOW_TESTS = {
     "tests/test_recordings_service.py::test_large_recording_is_indexed_in_a_child_process_after_close":
         "the gateway indexes a large recording in a spawned child process (7-8 s)",
     "tests/test_recordings_service.py::test_indexing_cut_short_by_a_stop_is_resumed_at_the_next_start":
         "the gateway indexes a large recording in a spawned child process, twice (8 s)",
+    "tests/test_passwords.py::test_resident_answers_as_argon2_cffi_for_right_and_wrong_passwords":
+        "32 argon2 verifications of 64 MiB each (6 s)",
 }  # fmt: skip
 _STARTER_MODULES = frozenset({"subprocess", "multiprocessing", "pty"})
 _STARTER_ATTRS = {
@@ -148,13 +151,15 @@ _TESTS_DIR = Path(__file__).resolve().parent
 _reaches: dict[int, bool] = {}
 
 
-def _is_slow(obj: object, attr: object) -> bool:
-    """Whether ``obj`` (then ``.attr``, when the code loads one) is slow work itself."""
+def _is_slow(obj: object, attr: object, code: types.CodeType) -> bool:
+    """Whether ``obj`` (then ``.attr``, when ``code`` loads one) is slow work itself."""
     if inspect.ismodule(obj):
         top = obj.__name__.split(".")[0]
         return top in _STARTER_MODULES or attr in _STARTER_ATTRS.get(obj.__name__, ())
-    if inspect.isfunction(obj) and obj.__name__ in ARGON2_CALLS:
-        return str(obj.__module__).startswith("gateway.")
+    if inspect.isfunction(obj) and obj.__name__ == ARGON2_CALL:
+        # Keyword names of calls are constant tuples in the calling code (3.11 to 3.13).
+        keywords = (k for c in code.co_consts if isinstance(c, tuple) for k in c)
+        return str(obj.__module__).startswith("gateway.") and "password" in keywords
     if id(obj) in _STARTERS:
         return True
     return str(getattr(obj, "__module__", "")).split(".")[0] in _STARTER_MODULES
@@ -222,7 +227,7 @@ def _code_reaches(code: types.CodeType, namespace: dict[str, Any]) -> bool:
     _reaches[id(code)] = False
     nested = (c for c in code.co_consts if isinstance(c, types.CodeType))
     found = any(_code_reaches(c, namespace) for c in nested) or any(
-        _is_slow(obj, attr) or any(_code_reaches(*c) for c in _test_code(obj))
+        _is_slow(obj, attr, code) or any(_code_reaches(*c) for c in _test_code(obj))
         for obj, attr in _references(code, namespace)
     )
     _reaches[id(code)] = found

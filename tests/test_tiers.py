@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity.passwords import hash_password
+from gateway.identity.accounts import create_user
 from tests.conftest import SLOW_TESTS, is_realpeer, reaches_slow_work
 from tests.support import clean_env, conduit
 
@@ -51,8 +51,12 @@ def _imports_inside() -> None:
     init_data_dir(Path("/nonexistent"))  # never called
 
 
-def _hashes() -> str:
-    return hash_password("never called")
+async def _makes_an_account_with_a_password() -> None:
+    await create_user(None, username="x", password="never called")  # type: ignore[call-arg]
+
+
+async def _makes_an_account_without() -> None:
+    await create_user(None, username="x")  # type: ignore[call-arg]
 
 
 def _reads_the_environment() -> dict[str, str]:
@@ -75,7 +79,8 @@ class _Runner:
         (_through_a_helper, True),
         (_forks, True),
         (_imports_inside, True),
-        (_hashes, True),
+        (_makes_an_account_with_a_password, True),
+        (_makes_an_account_without, False),
         (_Runner, True),
         (lambda: _Runner(), True),
         (lambda: [_pure(x) for x in "ab"], False),

@@ -69,7 +69,7 @@ class _Runner:
 
 
 @pytest.mark.parametrize(
-    "helper,starts",
+    "helper,slow",
     [
         (_pure, False),
         (_reads_the_environment, False),
@@ -86,8 +86,8 @@ class _Runner:
         (lambda: [_pure(x) for x in "ab"], False),
     ],
 )
-def test_what_reaches_a_process_starter(helper: object, starts: bool) -> None:
-    assert reaches_slow_work(helper) is starts
+def test_what_counts_as_slow_work(helper: object, slow: bool) -> None:
+    assert reaches_slow_work(helper) is slow
 
 
 def test_a_pure_test_is_in_the_fast_tier(request: pytest.FixtureRequest) -> None:

@@ -142,10 +142,10 @@ _STARTER_ATTRS = {
     ),
 }
 _STARTERS = frozenset(
-    id(getattr(sys.modules[module], attr))
-    for module, attrs in _STARTER_ATTRS.items()
-    for attr in attrs
-    if hasattr(sys.modules[module], attr)
+    id(getattr(module, attr))
+    for module in (asyncio, os)
+    for attr in _STARTER_ATTRS[module.__name__]
+    if hasattr(module, attr)
 )
 _TESTS_DIR = Path(__file__).resolve().parent
 _reaches: dict[int, bool] = {}

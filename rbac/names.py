@@ -45,6 +45,12 @@ def with_account(action: str, account: str) -> str:
     return check_action(f"{action}:account={check_name(account, 'account')}")
 
 
+def account_base(action: str) -> str:
+    """``ssh`` for ``ssh:account=maint`` (whose rules include ``ssh``'s denies); else ""."""
+    match = ACCOUNT_RE.fullmatch(action)
+    return match.group(1) if match else ""
+
+
 def account_of(action: str) -> str:
     """The account an action covers: its ``account=`` qualifier, else the default one."""
     match = ACCOUNT_RE.fullmatch(action)

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Literal
 
 from rbac.errors import PolicyNameError
-from rbac.names import check_action, split_term
+from rbac.names import account_base, check_action, split_term
 from rbac.windows import AbsoluteWindow, Schedule, contains, next_change
 
 Effect = Literal["allow", "deny"]
@@ -174,14 +174,21 @@ class PolicyIndex:
 
     # -- decisions -----------------------------------------------------------------------
     def matching(self, subject: str, obj: str, action: str) -> list[Rule]:
+        """The rules that bear on ``action``: its own, and for an account-qualified action
+        (``ssh:account=root``) the denies of its base action too, so ``deny ssh`` freezes
+        every account while an allow still has to name the account."""
         subjects = _closure(subject, self._member_of)
         objects = _closure(obj, self._inside)
+        base = account_base(action)
         found: list[Rule] = []
         for s in subjects:
             for o in objects:
                 bucket = self._rules.get((s, o, action))
                 if bucket:
                     found.extend(bucket.values())
+                base_bucket = self._rules.get((s, o, base)) if base else None
+                if base_bucket:
+                    found.extend(r for r in base_bucket.values() if r.effect == "deny")
         return found
 
     def authorize(self, subject: str, obj: str, action: str, now: datetime) -> Decision:

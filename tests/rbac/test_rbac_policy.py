@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rbac.errors import PolicyNameError
+from rbac.names import account_base
 from rbac.policy import PolicyIndex, Rule
 from rbac.windows import AbsoluteWindow, parse_schedule
 
@@ -95,11 +96,29 @@ def site() -> PolicyIndex:
             schedule=parse_schedule("Sun 02:00-04:00 Europe/Berlin"),
         )
     )
+    # dave may log in to line-2's assets as account maint; on 3 March zone plant-a is frozen
+    idx.add_rule(Rule("g-dave-maint", "user:dave", "zone:line-2", "ssh:account=maint"))
+    idx.add_rule(
+        Rule(
+            "d-dave-freeze",
+            "user:dave",
+            "zone:plant-a",
+            "ssh",
+            effect="deny",
+            window=AbsoluteWindow(utc(2026, 3, 3), utc(2026, 3, 4)),
+        )
+    )
     return idx
 
 
 CASES = [
     # who, asset, action, now, allowed
+    # target accounts: an allow names the account; a deny of the base action binds them all
+    ("user:dave", "asset:plc-10", "ssh:account=maint", utc(2026, 3, 2, 10, 0), True),
+    ("user:dave", "asset:plc-10", "ssh", utc(2026, 3, 2, 10, 0), False),
+    ("user:dave", "asset:plc-10", "ssh:account=root", utc(2026, 3, 2, 10, 0), False),
+    ("user:dave", "asset:plc-10", "sftp-read:account=maint", utc(2026, 3, 2, 10, 0), False),
+    ("user:dave", "asset:plc-10", "ssh:account=maint", utc(2026, 3, 3, 10, 0), False),  # frozen
     # weekday window: start inclusive, end exclusive (Berlin CET = UTC+1 in March)
     ("user:alice", "asset:plc-1", "ssh", utc(2026, 3, 2, 6, 0), True),
     ("user:alice", "asset:plc-1", "ssh", utc(2026, 3, 2, 5, 59, 59), False),
@@ -165,6 +184,7 @@ def enforcer_for(idx: PolicyIndex, now: datetime) -> casbin.Enforcer:
     enforcer = casbin.Enforcer(str(MODEL))
     rules = {r.rule_id: r for r in idx.rules()}
     enforcer.add_function("windowActive", lambda rule_id: rules[rule_id].active(now))
+    enforcer.add_function("accountBase", account_base)
     for r in rules.values():
         enforcer.add_policy(r.subject, r.obj, r.action, r.rule_id, r.effect)
     for member, group in idx.memberships():
@@ -286,7 +306,7 @@ USERS = ["user:u1", "user:u2", "user:u3"]
 GROUPS = ["role:r1", "role:r2", "org:o1"]
 ASSETS = ["asset:a1", "asset:a10", "asset:a2"]
 ZONES = ["zone:z1", "zone:z2"]
-ACTIONS = ["ssh", "vnc", "tunnel:502"]
+ACTIONS = ["ssh", "vnc", "tunnel:502", "ssh:account=maint", "ssh:account=root"]
 BASE = utc(2026, 6, 1)
 
 

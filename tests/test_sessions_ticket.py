@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 
 from gateway.config import Overrides, load_settings
-from gateway.errors import TicketRefused
+from gateway.errors import NotFoundOrForbidden, TicketRefused
 from gateway.identity.accounts import create_user
 from gateway.keys import load_keyring
 from gateway.services import Services
 from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.ssh import upstream
-from gateway.vault import Credential, set_credential
+from gateway.vault import Credential, credential_for, set_credential
 from rbac.errors import PolicyNameError
 from rbac.names import account_of, check_action, with_account
+from recordings import Kind
 from tests.support import init_data_dir
 
 START = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
@@ -103,7 +104,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         for account, login in (("default", "operator"), ("maint", "maint"), ("root", "root")):
             await set_credential(db, keys.master_key, asset="plc", username=login, now=START,
                                  account=account, password=f"secret-{account}")  # fmt: skip
-    for action in ("ssh", "ssh:account=maint"):
+    for action in ("ssh", "ssh:account=maint", "tunnel:502"):
         await services.authz.add_grant(
             subject_kind="user", subject="alice", object_kind="asset", obj="plc",
             action=action, actor="test", valid_until=START + dt.timedelta(hours=1),
@@ -189,3 +190,19 @@ async def test_reachable_lists_each_granted_account(site: Site) -> None:
     assert all(r.valid_until == START + dt.timedelta(hours=1) for r in reachable)
     assert await site.broker.reachable("alice", "sftp-read") == []
     assert await site.broker.reachable("bob", "ssh") == []
+
+
+async def test_a_tunnel_ticket_does_not_log_in_to_an_account(site: Site) -> None:
+    ticket = await site.broker.open(
+        "alice", "plc", "tunnel:502", protocol="tunnel", source="127.0.0.1", kill=no_kill,
+        kind=Kind.TUNNEL,
+    )  # fmt: skip
+    with pytest.raises(TicketRefused) as refused:
+        await site.broker.connect_ssh(ticket)
+    assert "does not log in to an account" in refused.value.detail
+    assert site.connected == []
+    assert len(await _events(site, "upstream.refused")) == 1
+    async with site.services.sessions() as db:
+        with pytest.raises(NotFoundOrForbidden):
+            await credential_for(db, site.services.keys.master_key, ticket.proof)
+    await site.broker.close(ticket, "closed")

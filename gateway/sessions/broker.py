@@ -336,10 +336,10 @@ class Broker:
         """The task set owning work started from synchronous protocol callbacks."""
         return self._s.tasks
 
-    async def _check(self, ticket: Ticket) -> None:
+    async def _check(self, ticket: Ticket, *, login: bool = False) -> None:
         """``check_ticket``, with a refusal audited (``upstream.refused``)."""
         try:
-            check_ticket(ticket, self._s.clock())
+            check_ticket(ticket, self._s.clock(), login=login)
         except TicketRefused as exc:
             await self._audit(
                 ticket, "upstream.refused", "denied", {"session_id": ticket.session_id,
@@ -352,7 +352,7 @@ class Broker:
         s = self._s
         if self._ssh_connector is None:
             raise ConduitError("SSH is not served here", "no SSH connector registered")
-        await self._check(ticket)
+        await self._check(ticket, login=True)
         async with s.sessions() as db:
             credential = await credential_for(db, s.keys.master_key, ticket.proof)
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
-from rbac.names import account_of
+from rbac.names import ACCOUNT_ACTIONS, account_of
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
 
@@ -69,13 +69,16 @@ class Ticket:
         return self.target.account
 
 
-def check_ticket(ticket: Ticket, now: dt.datetime) -> None:
+def check_ticket(ticket: Ticket, now: dt.datetime, *, login: bool = False) -> None:
     """Refuse (``TicketRefused``) a ticket that does not hold at ``now``.
 
     Its target must be the asset and the account its authorization names, the session's
-    own asset, and the authorization must still be in force."""
+    own asset, and the authorization must still be in force. ``login``: the connect logs in
+    to an account, which only an ``ssh``/``sftp-*`` authorization covers (not a tunnel's)."""
     proof, target = ticket.proof, ticket.target
     problems = []
+    if login and proof.action.split(":", 1)[0] not in ACCOUNT_ACTIONS:
+        problems.append(f"{proof.action} does not log in to an account")
     if proof.obj != f"asset:{target.asset}" or ticket.asset != target.asset:
         problems.append(f"target asset {target.asset} is not the authorized {proof.obj}")
     if account_of(proof.action) != target.account:

@@ -36,7 +36,7 @@ async def connect(
 
     The ticket is checked again here (``check_ticket``): the broker checked and audited it
     already, so this refuses only a call that went around the broker."""
-    check_ticket(ticket, now)
+    check_ticket(ticket, now, login=True)
     target = ticket.target
     host, port, obj = target.host, target.port, ticket.proof.obj
     pinned = [asyncssh.import_public_key(line) for line in target.host_keys]

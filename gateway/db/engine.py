@@ -24,13 +24,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_pre_ping=True)
+        engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
         pool_size=settings.database.pool_size,
         pool_pre_ping=True,
+        # Bound values (code digests, hashes, tokens) never reach an error message or a log.
+        hide_parameters=True,
         connect_args={"timeout": settings.database.connect_timeout_seconds},
     )
 

@@ -130,8 +130,14 @@ async def issue_connect_code(
     return code, expires
 
 
+# What issue_connect_code makes (secrets.token_urlsafe(18)). Every SSH password is tried as a
+# code first: only an answer of exactly this shape is looked up, so a password (or its hash)
+# reaches the database only when it could be a code at all.
+CONNECT_CODE_RE = re.compile(r"[A-Za-z0-9_-]{24}")
+
+
 def _could_be_code(code: str) -> bool:
-    return bool(code) and len(code) <= 64 and code.isascii()
+    return CONNECT_CODE_RE.fullmatch(code) is not None
 
 
 def _open_code(user_id: int, asset: str, code: str, now: dt.datetime) -> list[ColumnElement[bool]]:

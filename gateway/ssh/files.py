@@ -62,6 +62,18 @@ class Budget:
         self.reads_ahead = 0
 
 
+# An asset announcing tiny limits must not make one client request into thousands of
+# requests (and tasks): a request is cut into at most this many pieces, larger than the asset
+# announced if need be (its short reads are passed on as short reads; an oversized write
+# fails that transfer, audited).
+MAX_PIECES = 64
+
+
+def _piece(announced: int, size: int) -> int:
+    """The piece size for a request of ``size`` bytes to an asset announcing ``announced``."""
+    return max(1, announced, -(-size // MAX_PIECES))
+
+
 @dataclass
 class Transfer:
     """One open file: what was asked, how much moved, and the running digest.
@@ -126,7 +138,7 @@ class Transfer:
         # whole, such a write lost the file and the session. Each write goes to the asset in
         # pieces no larger than the asset announced (limits@openssh.com; asyncssh assumes
         # 16 KiB of a server that announces nothing), each piece one write in flight.
-        step = max(1, self.limits.max_write_len)
+        step = _piece(self.limits.max_write_len, len(data))
         for at in range(0, len(data), step):
             self._raise_failure()
             await self.budget.writes.acquire()
@@ -197,7 +209,7 @@ class Transfer:
         server's) has to ask again for: large reads are asked of the asset in pieces it
         answers whole, at once.
         """
-        step = max(1, self.limits.max_read_len)
+        step = _piece(self.limits.max_read_len, size)
         if size <= step:
             return await self._read_one(offset, size)
         wanted = [(at, min(step, size - at)) for at in range(0, size, step)]

@@ -18,6 +18,7 @@ class SiteAction(StrEnum):
     SEE_ALL_SESSIONS = "sessions.see-all"  # every live session, on every asset
     ANY_ASSET = "assets.any"  # every per-asset action (watch, kill) on every asset
     MANAGE_GRANTS = "grants.manage"  # add, list and revoke grants
+    MANAGE_USERS = "users.manage"  # end another user's portal sessions, reset, disable
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[SiteAction]] = {

@@ -4,6 +4,7 @@ is part of the decision."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -98,6 +99,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                           master_key=keys.master_key, password="pw-" * 6,
                           totp_secret="JBSWY3DPEHPK3PXP", status="active",
                           organisation="acme")  # fmt: skip
+        await create_user(db, username="erin", roles=["vendor"], now=START,
+                          master_key=keys.master_key, status="active")  # fmt: skip
     for asset in ("plc", "hmi"):
         await services.authz.add_asset(asset, "127.0.0.1", 22, "ssh", actor="test")
     async with services.sessions() as db, db.begin():
@@ -109,6 +112,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             subject_kind="user", subject="alice", object_kind="asset", obj="plc",
             action=action, actor="test", valid_until=START + dt.timedelta(hours=1),
         )  # fmt: skip
+    await services.authz.add_grant(subject_kind="user", subject="erin", object_kind="asset",
+                                   obj="plc", action="ssh:account=maint", actor="test")  # fmt: skip
     broker = Broker(services, ssh_connector=connector)
     try:
         yield Site(services, broker, clock, connected)
@@ -206,3 +211,21 @@ async def test_a_tunnel_ticket_does_not_log_in_to_an_account(site: Site) -> None
         with pytest.raises(NotFoundOrForbidden):
             await credential_for(db, site.services.keys.master_key, ticket.proof)
     await site.broker.close(ticket, "closed")
+
+
+async def test_a_tunnel_ticket_for_another_port_is_refused_and_audited(site: Site) -> None:
+    ticket = await site.broker.open(
+        "alice", "plc", "tunnel:502", protocol="tunnel", source="127.0.0.1", kill=no_kill,
+        kind=Kind.TUNNEL,
+    )  # fmt: skip
+    forged = dataclasses.replace(ticket, target=dataclasses.replace(ticket.target, port=22))
+    with pytest.raises(TicketRefused, match="not found or not permitted") as refused:
+        await site.broker.connect_tunnel(forged, asyncio.Protocol)
+    assert "target port 22 is not the authorized tunnel:502" in refused.value.detail
+    assert len(await _events(site, "upstream.refused")) == 1
+    await site.broker.close(ticket, "closed")
+
+
+async def test_a_grant_naming_only_an_account_still_gets_connect_codes(site: Site) -> None:
+    assert (await site.services.authz.reachable_over_ssh("erin", "plc")).allowed
+    assert not (await site.services.authz.reachable_over_ssh("erin", "hmi")).allowed

@@ -131,7 +131,8 @@ class AuthzService:
         if decision.allowed:
             return decision
         for name, action, other in await self.reachable_now(username):
-            if name == asset and (action in SSH_FILE_ACTIONS or action.startswith("tunnel:")):
+            base = action.split(":", 1)[0]  # ssh:account=maint, tunnel:502, ...
+            if name == asset and (base in ("ssh", *SSH_FILE_ACTIONS) or base == "tunnel"):
                 return other
         return decision
 

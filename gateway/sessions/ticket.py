@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
-from rbac.names import ACCOUNT_ACTIONS, account_of
+from rbac.names import ACCOUNT_ACTIONS, TUNNEL_RE, account_of
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
 
@@ -81,6 +81,9 @@ def check_ticket(ticket: Ticket, now: dt.datetime, *, login: bool = False) -> No
         problems.append(f"{proof.action} does not log in to an account")
     if proof.obj != f"asset:{target.asset}" or ticket.asset != target.asset:
         problems.append(f"target asset {target.asset} is not the authorized {proof.obj}")
+    tunnel = TUNNEL_RE.fullmatch(proof.action)
+    if tunnel is not None and int(tunnel.group(1)) != target.port:
+        problems.append(f"target port {target.port} is not the authorized {proof.action}")
     if account_of(proof.action) != target.account:
         problems.append(
             f"account {target.account} is not covered by the authorized {proof.action}"

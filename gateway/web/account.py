@@ -33,6 +33,7 @@ from gateway.web.auth import (
     services_of,
     source_of,
 )
+from rbac.roles import SiteAction, role_allows
 
 router = APIRouter(include_in_schema=False)
 Session = Annotated[PortalContext, Depends(require_session_csrf)]
@@ -328,7 +329,7 @@ async def admin_revoke_sessions(request: Request, username: str, context: Sessio
     """Admin: end every portal session of ``username`` now (needs a recent second factor)."""
     services = services_of(request)
     now = services.clock()
-    if "admin" not in context.session.roles:
+    if not role_allows(context.session.roles, SiteAction.MANAGE_USERS):
         raise HTTPException(status_code=404, detail="not found or not permitted")
     try:
         require_recent_mfa(context.session, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import socket
@@ -138,3 +139,22 @@ def test_progress_lines_only_for_long_chains(capsys: pytest.CaptureFixture[str])
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "verified 1/1000 events" and lines[-1] == "verified 1000/1000 events"
     assert len(lines) == 11
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("yesterday", "is not an ISO 8601 time"),
+        ("0001-01-01T00:00:00+14:00", "must be from 2000-01-01"),
+        ("9999-12-31T23:59:59+00:00", "must be from 2000-01-01"),
+    ],
+)
+def test_export_time_filters_are_bounded(value: str, message: str) -> None:
+    from gateway.cli.audit import _parse_time
+    from gateway.errors import ConduitError
+
+    with pytest.raises(ConduitError, match=message):
+        _parse_time(value, "--since")
+    assert _parse_time("2026-03-02T08:00:00+01:00", "--since") == dt.datetime(
+        2026, 3, 2, 7, 0, tzinfo=dt.UTC
+    )

@@ -27,6 +27,8 @@ from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
+from rbac.errors import WindowError
+from rbac.windows import check_instant
 
 EXIT_OK, EXIT_TAMPERED = 0, 1
 # Below this many events verification takes well under a second: no progress lines.
@@ -106,7 +108,10 @@ def _parse_time(value: str | None, flag: str) -> dt.datetime | None:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise ConduitError(f"{flag} {value!r} is not an ISO 8601 time") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    try:  # bounded like every instant from outside (rbac.windows), and in UTC
+        return check_instant(when if when.tzinfo else when.replace(tzinfo=dt.UTC), flag)
+    except WindowError as exc:
+        raise ConduitError(str(exc)) from None
 
 
 def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:

@@ -19,13 +19,19 @@ class SiteAction(StrEnum):
     ANY_ASSET = "assets.any"  # every per-asset action (watch, kill) on every asset
     MANAGE_GRANTS = "grants.manage"  # add, list and revoke grants
     MANAGE_USERS = "users.manage"  # end another user's portal sessions, reset, disable
+    # What the portal offers a role (its home page and menu); the policy still decides each use.
+    USE_ASSETS = "assets.use"  # "my access", connect instructions, connect codes
+    DECIDE_REQUESTS = "requests.decide"  # the queue of pending requests and its count
+    READ_EVIDENCE = "evidence.read"  # session history, replay, verification, audit export
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[SiteAction]] = {
     "admin": frozenset(SiteAction),
-    "approver": frozenset({SiteAction.SEE_ALL_REQUESTS}),
-    "auditor": frozenset({SiteAction.SEE_ALL_REQUESTS, SiteAction.SEE_ALL_SESSIONS}),
-    "vendor": frozenset(),
+    "approver": frozenset({SiteAction.SEE_ALL_REQUESTS, SiteAction.DECIDE_REQUESTS}),
+    "auditor": frozenset(
+        {SiteAction.SEE_ALL_REQUESTS, SiteAction.SEE_ALL_SESSIONS, SiteAction.READ_EVIDENCE}
+    ),
+    "vendor": frozenset({SiteAction.USE_ASSETS}),
 }
 
 

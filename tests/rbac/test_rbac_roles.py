@@ -33,6 +33,19 @@ S = SiteAction
         (["Admin"], S.MANAGE_GRANTS, False),  # names are exact
         (["superuser"], S.ANY_ASSET, False),  # an unknown role carries nothing
         (["vendor", "auditor"], S.SEE_ALL_SESSIONS, True),
+        # What the portal offers each role (home page, menu).
+        (["vendor"], S.USE_ASSETS, True),
+        (["vendor"], S.DECIDE_REQUESTS, False),
+        (["vendor"], S.READ_EVIDENCE, False),
+        (["approver"], S.DECIDE_REQUESTS, True),
+        (["approver"], S.USE_ASSETS, False),
+        (["approver"], S.READ_EVIDENCE, False),
+        (["auditor"], S.READ_EVIDENCE, True),
+        (["auditor"], S.DECIDE_REQUESTS, False),
+        (["auditor"], S.USE_ASSETS, False),
+        (["admin"], S.DECIDE_REQUESTS, True),
+        (["admin"], S.READ_EVIDENCE, True),
+        (["admin"], S.USE_ASSETS, True),
     ],
 )
 def test_role_capabilities(roles: list[str], action: SiteAction, allowed: bool) -> None:

@@ -22,12 +22,12 @@ from gateway.identity.portal_sessions import StepUpRequired, require_recent_mfa
 from gateway.identity.ssh_access import MAX_KEY_LINE
 from gateway.identity.ssh_certs import IssuedCertificate, issue_audited
 from gateway.identity.tokens import TokenIdentity
+from gateway.web import layout
 from gateway.web.auth import (
     PortalContext,
     authenticator,
     current_session,
     limits,
-    render,
     require_scope,
     require_session_csrf,
     services_of,
@@ -70,7 +70,9 @@ async def _account_page(
         "new_secret_label": "",
     }
     page.update(extra or {})
-    return render(request, "account.html", page, status_code)
+    return await layout.page(
+        request, context, "account.html", page, current="account", status_code=status_code
+    )
 
 
 @router.get("/account", response_class=HTMLResponse)

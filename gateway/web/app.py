@@ -11,7 +11,17 @@ from fastapi.templating import Jinja2Templates
 
 from gateway import __version__
 from gateway.services import Services
-from gateway.web import account, api_access, api_sessions, auth, enrollment, health, pages
+from gateway.web import (
+    account,
+    api_access,
+    api_sessions,
+    assets,
+    auth,
+    enrollment,
+    health,
+    pages,
+    portal,
+)
 from gateway.web.security import security_headers
 
 HERE = Path(__file__).parent
@@ -36,6 +46,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(enrollment.router)
     app.include_router(account.router)
+    app.include_router(portal.router)
+    app.include_router(assets.router)
+    app.add_exception_handler(portal.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)
     app.include_router(api_sessions.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

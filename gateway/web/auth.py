@@ -247,6 +247,13 @@ async def logout(request: Request) -> Response:
     services = services_of(request)
     async with services.sessions() as db, db.begin():
         await portal_sessions.revoke(db, services.clock(), session_id=context.session.session_id)
+    await authenticator(request).audit.record(
+        actor=context.session.username,
+        action="logout",
+        result="success",
+        target=f"portal-session:{context.session.session_id}",
+        source=source_of(request),
+    )
     response = RedirectResponse("/login", status_code=303)
     clear_cookie(response, SESSION_COOKIE)
     return response

@@ -213,6 +213,10 @@ def test_each_role_signs_in_to_its_home_and_menu_then_signs_out(
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Account {user}")
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("nav[aria-label=Main] a").first).to_be_focused()
+    _shot(page, f"{role}-keyboard-focus")
 
     # Sign-out without the session's CSRF token is refused and leaves the session alive.
     refused = page.request.post("/logout", form={"csrf_token": "forged"}, max_redirects=0)

@@ -169,6 +169,7 @@ def test_signed_out_start_page_shows_sign_in_and_a_strict_csp(
     assert "frame-ancestors 'none'" in csp
     expect(page.get_by_role("link", name="Sign in")).to_be_visible()
     expect(page.locator("nav[aria-label=Main]")).to_have_count(0)
+    assert "<script" not in page.content()  # script only once signed in
     _shot(page, "signed-out-start")
     page.get_by_role("link", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/login$"))

@@ -123,7 +123,7 @@ async def accounts(db: AsyncSession, asset: str) -> list[tuple[str, str, str]]:
 async def credential_for(db: AsyncSession, master_key: bytes, proof: Authorization) -> Credential:
     """The secret for the asset and account ``proof`` authorizes (an ``ssh``/``sftp-*``
     action, ``account=`` qualified for any account but the default); refuses anything else."""
-    if proof.action.split(":", 1)[0] not in names.ACCOUNT_ACTIONS:
+    if not names.logs_in(proof.action):
         raise NotFoundOrForbidden(f"{proof.action} does not log in to an account")
     account = names.account_of(proof.action)
     kind, asset = proof.obj.split(":", 1)

@@ -45,6 +45,12 @@ def with_account(action: str, account: str) -> str:
     return check_action(f"{action}:account={check_name(account, 'account')}")
 
 
+def logs_in(action: str) -> bool:
+    """Whether ``action`` logs in to one of an asset's accounts (``ssh``, ``sftp-*``, plain or
+    ``account=`` qualified): only such an authorization may unlock a vaulted credential."""
+    return action in ACCOUNT_ACTIONS or ACCOUNT_RE.fullmatch(action) is not None
+
+
 def account_base(action: str) -> str:
     """``ssh`` for ``ssh:account=maint`` (whose rules include ``ssh``'s denies); else ""."""
     match = ACCOUNT_RE.fullmatch(action)

@@ -24,13 +24,12 @@ from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
 from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
 from rbac.errors import WindowError
-from rbac.names import check_action, check_name, term
+from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, term
 from rbac.policy import Decision, PolicyIndex
 from rbac.windows import check_instant, parse_schedule
 
 Clock = Callable[[], dt.datetime]
 # With "ssh" and "tunnel:<port>", what the SSH jump host carries.
-SSH_FILE_ACTIONS = ("sftp-read", "sftp-write")
 
 
 class PolicyError(ConduitError):
@@ -131,8 +130,7 @@ class AuthzService:
         if decision.allowed:
             return decision
         for name, action, other in await self.reachable_now(username):
-            base = action.split(":", 1)[0]  # ssh:account=maint, tunnel:502, ...
-            if name == asset and (base in ("ssh", *SSH_FILE_ACTIONS) or base == "tunnel"):
+            if name == asset and (logs_in(action) or TUNNEL_RE.fullmatch(action) is not None):
                 return other
         return decision
 

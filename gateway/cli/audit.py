@@ -22,7 +22,7 @@ from gateway.audit import (
     open_syslog_sender,
     parse_syslog_target,
 )
-from gateway.cli.common import run_db, settings_of
+from gateway.cli.common import run_db, settings_from
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
@@ -74,7 +74,7 @@ class ProgressLines:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
     keys = load_keyring(settings)
 
     async def run() -> AuditVerifyResult:
@@ -173,7 +173,7 @@ async def _send(
 
 
 def audit_export(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
     keys = load_keyring(settings)
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")

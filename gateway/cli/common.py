@@ -44,10 +44,6 @@ def settings_from(args: argparse.Namespace, *, portal_tls: bool | None = None) -
     )
 
 
-def settings_of(args: argparse.Namespace, **kwargs: bool | None) -> Settings:
-    return settings_from(args, **kwargs)
-
-
 def run_db(func: Callable[[], Awaitable[T]]) -> T:
     """Run a database coroutine; unreachable servers become one operator-readable line."""
     try:
@@ -64,7 +60,7 @@ def with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable
     """Run ``work`` against a full ``Services`` of this installation (keys, current schema)."""
     from gateway.services import Services
 
-    settings = settings_of(args)
+    settings = settings_from(args)
     keys = load_keyring(settings)
 
     async def run() -> T:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import AuditLog
-from gateway.cli.common import run_db, settings_of
+from gateway.cli.common import run_db, settings_from
 from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
@@ -112,7 +112,7 @@ def _read_password() -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
     password: str | None = None
     secret_file: Path | None = args.totp_secret_file
     if args.password_stdin:
@@ -172,7 +172,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_invite(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def work(db: AsyncSession, keys: KeyRing) -> str:
         _user, link = await onboarding.invite_user(
@@ -195,7 +195,7 @@ def _status_change(args: argparse.Namespace, status: str) -> int:
         await onboarding.set_status(db, args.name, status, utc_now())
 
     action = "user.disable" if status == "disabled" else "user.enable"
-    _run(settings_of(args), work, lambda _r: {"action": action, "target": args.name})
+    _run(settings_from(args), work, lambda _r: {"action": action, "target": args.name})
     print(f"user {args.name} {status}")
     return 0
 
@@ -212,13 +212,13 @@ def cmd_user_unlock(args: argparse.Namespace) -> int:
     async def work(db: AsyncSession, _keys: KeyRing) -> None:
         await onboarding.unlock_user(db, args.name)
 
-    _run(settings_of(args), work, lambda _r: {"action": "account.unlock", "target": args.name})
+    _run(settings_from(args), work, lambda _r: {"action": "account.unlock", "target": args.name})
     print(f"user {args.name} unlocked")
     return 0
 
 
 def cmd_user_reset_mfa(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def work(db: AsyncSession, _keys: KeyRing) -> str:
         _user, link = await onboarding.reset_mfa(db, args.name, utc_now())
@@ -236,7 +236,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return await tokens.create_token(db, user.id, args.scope, args.days, utc_now())
 
     new = _run(
-        settings_of(args),
+        settings_from(args),
         work,
         lambda t: {
             "action": "token.create",

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from gateway.cli.common import run_db, settings_of
+from gateway.cli.common import run_db, settings_from
 from gateway.config import parse_listen
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
@@ -22,7 +22,7 @@ from gateway.logs import setup_logging
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
     report = init_key_material(settings, force=args.force)
     for action, path in report.actions:
         print(f"{action:8} {path}")
@@ -32,7 +32,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def run() -> list[str]:
         engine = make_engine(settings)
@@ -47,7 +47,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def run() -> str | None:
         engine = make_engine(settings)
@@ -64,7 +64,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
     dump = settings.model_dump(mode="json")
     if settings.database.url:
         dump["database"]["url"] = _redact_url(settings.database.url)
@@ -85,7 +85,7 @@ def _redact_url(url: str) -> str:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def run() -> list[tuple[str, str, str, str]]:
         engine = make_engine(settings)
@@ -109,7 +109,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
     from gateway.services import utc_now
 
-    settings = settings_of(args)
+    settings = settings_from(args)
 
     async def run() -> str:
         engine = make_engine(settings)
@@ -128,7 +128,7 @@ def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.cli.serve import serve
 
-    settings = settings_of(args)
+    settings = settings_from(args)
     setup_logging(settings.logging.level, settings.logging.format)
     if settings.server.event_loop == "uvloop":
         import uvloop
@@ -144,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.portal_listen = args.portal_listen or site.DEMO_PORTAL
     args.ssh_listen = args.ssh_listen or site.DEMO_SSH
-    settings = settings_of(args, portal_tls=False)
+    settings = settings_from(args, portal_tls=False)
     if not settings.ssh_listen.is_loopback:
         raise ConfigError("config error: ssh.listen: the demo serves SSH on loopback only")
     wanted = None
@@ -158,6 +158,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging(settings.logging.level, settings.logging.format)
     # With the portal certificate too, although the demo serves plain HTTP: then the other
     # commands (`conduit audit export --data-dir conduit-demo`, ...) work on this directory.
-    init_key_material(settings_of(args, portal_tls=True))
+    init_key_material(settings_from(args, portal_tls=True))
     keys = load_keyring(settings)
     return asyncio.run(site.run(settings, keys, wanted, serve))

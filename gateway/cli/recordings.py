@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import IO, Any, BinaryIO, TypeVar
 
 from gateway.audit import AuditLog
-from gateway.cli.common import run_db, settings_of
+from gateway.cli.common import run_db, settings_from
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
@@ -74,7 +74,7 @@ def add_recordings_commands(
 def _with_service(args: argparse.Namespace, work: Callable[[RecordingService], Awaitable[T]]) -> T:
     from gateway.services import utc_now
 
-    settings = settings_of(args)
+    settings = settings_from(args)
     keys = load_keyring(settings)
 
     async def run() -> T:
@@ -249,7 +249,7 @@ def recordings_search(args: argparse.Namespace) -> int:
 
 def recordings_retention(args: argparse.Namespace) -> int:
     async def work(service: RecordingService) -> int:
-        days = settings_of(args).recordings.retention_days
+        days = settings_from(args).recordings.retention_days
         report = await apply_retention(service, days, actor=_actor())
         for recording_id in report.deleted:
             print(f"deleted {recording_id}")

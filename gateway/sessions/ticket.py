@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
-from rbac.names import ACCOUNT_ACTIONS, TUNNEL_RE, account_of
+from rbac.names import TUNNEL_RE, account_of, logs_in
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
 
@@ -77,7 +77,7 @@ def check_ticket(ticket: Ticket, now: dt.datetime, *, login: bool = False) -> No
     to an account, which only an ``ssh``/``sftp-*`` authorization covers (not a tunnel's)."""
     proof, target = ticket.proof, ticket.target
     problems = []
-    if login and proof.action.split(":", 1)[0] not in ACCOUNT_ACTIONS:
+    if login and not logs_in(proof.action):
         problems.append(f"{proof.action} does not log in to an account")
     if proof.obj != f"asset:{target.asset}" or ticket.asset != target.asset:
         problems.append(f"target asset {target.asset} is not the authorized {proof.obj}")

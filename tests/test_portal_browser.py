@@ -257,6 +257,10 @@ def test_vendor_gets_404_on_approver_pages_and_the_badge_refreshes_in_place(
             assert response is not None and response.status == 404, path
         expect(vendor.get_by_role("heading", level=1)).to_have_text("Not found")
         _shot(vendor, "vendor-404-requests")
+        refused = [e for e in _audit_actions(site)
+                   if e["action"] == "portal.refused" and e["actor"] == "vendor-b"]  # fmt: skip
+        assert sorted(str(e["target"]) for e in refused) == [
+            "/evidence", "/requests", "/requests/badge"]  # fmt: skip
 
         start = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
         filed = vendor.request.post(

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from gateway.web.auth import PortalContext, current_session, render, services_of
+from gateway.web.auth import PortalContext, current_session, render, services_of, source_of
 from gateway.web.layout import page, pending_count, sign_in_redirect
 from rbac.requests import RequestState
 from rbac.roles import SiteAction, role_allows
@@ -32,6 +32,15 @@ async def _signed_in(request: Request, needs: SiteAction | None = None) -> Porta
     context = await current_session(request)
     if context is not None and needs is not None:
         if not role_allows(context.session.roles, needs):
+            # The user sees "not found"; the audit log gets who asked for what, and why not.
+            await services_of(request).audit.record(
+                actor=context.session.username,
+                action="portal.refused",
+                result="denied",
+                target=request.url.path[:200],
+                source=source_of(request),
+                detail={"status": 404, "reason": f"roles lack {needs.value}"},
+            )
             raise NotPermitted(request.url.path)
     return context
 

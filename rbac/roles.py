@@ -23,13 +23,25 @@ class SiteAction(StrEnum):
     USE_ASSETS = "assets.use"  # "my access", connect instructions, connect codes
     DECIDE_REQUESTS = "requests.decide"  # the queue of pending requests and its count
     READ_EVIDENCE = "evidence.read"  # session history, replay, verification, audit export
+    # The live-sessions table in the menu; each row still needs watch/kill on its asset (or
+    # SEE_ALL_SESSIONS), so the capability opens the page, never a session.
+    WATCH_SESSIONS = "sessions.watch"
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[SiteAction]] = {
     "admin": frozenset(SiteAction),
-    "approver": frozenset({SiteAction.SEE_ALL_REQUESTS, SiteAction.DECIDE_REQUESTS}),
+    "approver": frozenset(
+        {SiteAction.SEE_ALL_REQUESTS, SiteAction.DECIDE_REQUESTS, SiteAction.WATCH_SESSIONS}
+    ),
+    # Auditors already see every live session (SEE_ALL_SESSIONS, read-only); the page shows
+    # them the same rows, with Kill only where the policy grants kill on the asset.
     "auditor": frozenset(
-        {SiteAction.SEE_ALL_REQUESTS, SiteAction.SEE_ALL_SESSIONS, SiteAction.READ_EVIDENCE}
+        {
+            SiteAction.SEE_ALL_REQUESTS,
+            SiteAction.SEE_ALL_SESSIONS,
+            SiteAction.READ_EVIDENCE,
+            SiteAction.WATCH_SESSIONS,
+        }
     ),
     "vendor": frozenset({SiteAction.USE_ASSETS}),
 }

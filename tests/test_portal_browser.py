@@ -38,12 +38,12 @@ ASSET = "plc-line1"
 LAPTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 820, "height": 1180}
 MENU = {
-    "vendor": ["Home", "Connect", "Account"],
-    "approver": ["Home", "Requests", "Account"],
-    "auditor": ["Home", "Evidence", "Account"],
-    "admin": ["Home", "Connect", "Requests", "Evidence", "Account"],
+    "vendor": ["Home", "Connect", "Sessions", "Account"],
+    "approver": ["Home", "Requests", "Live sessions", "Account"],
+    "auditor": ["Home", "Live sessions", "Evidence", "Account"],
+    "admin": ["Home", "Connect", "Sessions", "Requests", "Live sessions", "Evidence", "Account"],
 }
-EVERY_ENTRY = {"Home", "Connect", "Requests", "Evidence", "Account"}
+EVERY_ENTRY = {"Home", "Connect", "Sessions", "Requests", "Live sessions", "Evidence", "Account"}
 HOME_SECTION = {
     "vendor": "My access",
     "approver": "Requests waiting for a decision",

@@ -18,11 +18,11 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "gateway" / "web" / "templates
 @pytest.mark.parametrize(
     "roles,keys",
     [
-        (("vendor",), ["home", "connect", "account"]),
-        (("approver",), ["home", "requests", "account"]),
-        (("auditor",), ["home", "evidence", "account"]),
-        (("admin",), ["home", "connect", "requests", "evidence", "account"]),
-        (("vendor", "approver"), ["home", "connect", "requests", "account"]),
+        (("vendor",), ["home", "connect", "sessions", "account"]),
+        (("approver",), ["home", "requests", "live", "account"]),
+        (("auditor",), ["home", "live", "evidence", "account"]),
+        (("admin",), ["home", "connect", "sessions", "requests", "live", "evidence", "account"]),
+        (("vendor", "approver"), ["home", "connect", "sessions", "requests", "live", "account"]),
         ((), ["home", "account"]),
         (("superuser",), ["home", "account"]),  # an unknown role carries nothing
     ],

@@ -198,6 +198,17 @@ class AuditLog:
                 return
             after = rows[-1][0]
 
+    async def latest(self, *, action: str, actor: str, limit: int) -> list[AuditEvent]:
+        """The newest ``limit`` events of ``action`` by ``actor``, newest first."""
+        query = (
+            select(*_EVENT_COLUMNS)
+            .where(AuditEventRow.action == action, AuditEventRow.actor == actor)
+            .order_by(AuditEventRow.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as db:
+            return [AuditEvent(*row) for row in (await db.execute(query)).all()]
+
     async def checkpoints(self) -> list[Checkpoint]:
         async with self._sessions() as db:
             rows = await db.scalars(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id))

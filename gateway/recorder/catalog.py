@@ -142,6 +142,17 @@ async def list_entries(
     return [CatalogEntry.of(row) for row in await db.scalars(query)]
 
 
+async def list_for_user(db: AsyncSession, username: str, limit: int) -> list[CatalogEntry]:
+    """``username``'s recordings, newest first, at most ``limit`` (one per session)."""
+    rows = await db.scalars(
+        select(RecordingRow)
+        .where(RecordingRow.username == username)
+        .order_by(RecordingRow.started_at.desc(), RecordingRow.id)
+        .limit(limit)
+    )
+    return [CatalogEntry.of(row) for row in rows]
+
+
 async def closed_before(db: AsyncSession, cutoff: dt.datetime) -> list[CatalogEntry]:
     """Closed recordings that started before ``cutoff`` (open ones are never expired)."""
     rows = await db.scalars(

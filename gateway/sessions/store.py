@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, String, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.models import Base
+from gateway.db.models import Base, User
 from gateway.db.types import UTCDateTime
 from gateway.sessions.live import LiveSession
 
@@ -67,6 +67,17 @@ async def listing(db: AsyncSession) -> list[LiveSessionRow]:
     return list(
         (await db.execute(select(LiveSessionRow).order_by(LiveSessionRow.started_at))).scalars()
     )
+
+
+async def listing_with_org(db: AsyncSession) -> list[tuple[LiveSessionRow, str]]:
+    """Every live session with its user's organisation ("" if none), oldest first: one
+    query, however many rows (the portal's live table)."""
+    rows = await db.execute(
+        select(LiveSessionRow, User.organisation)
+        .outerjoin(User, User.username == LiveSessionRow.username)
+        .order_by(LiveSessionRow.started_at)
+    )
+    return [(row, org or "") for row, org in rows.all()]
 
 
 async def get(db: AsyncSession, session_id: str) -> LiveSessionRow | None:

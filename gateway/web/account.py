@@ -33,6 +33,7 @@ from gateway.web.auth import (
     services_of,
     source_of,
 )
+from gateway.web.connect import make_connect_code
 from rbac.roles import SiteAction, role_allows
 
 router = APIRouter(include_in_schema=False)
@@ -279,29 +280,8 @@ async def connect_code(
 ) -> Response:
     """A code only for an asset the user may reach over SSH now; a missing asset and a
     forbidden one get the same 404, and the audit event says which it was."""
-    services = services_of(request)
-    username = context.session.username
-    refusal = "malformed asset name"
-    if ssh_access.ASSET_RE.fullmatch(asset) is not None:
-        decision = await services.authz.reachable_over_ssh(username, asset)
-        refusal = "" if decision.allowed else decision.reason
-    if not refusal:
-        try:
-            async with services.sessions() as db, db.begin():
-                code, _expires = await ssh_access.issue_connect_code(
-                    db, context.session.user_id, asset, services.clock()
-                )
-        except ConduitError as exc:
-            refusal = exc.detail
-    if refusal:
-        await services.audit.record(
-            actor=username,
-            action="connect_code.refused",
-            result="denied",
-            target=asset,
-            source=source_of(request),
-            detail={"reason": refusal},
-        )
+    code = await make_connect_code(request, context, asset)
+    if code is None:
         extra: dict[str, object] = {"error": "not found or not permitted"}
         return await _account_page(request, context, extra, status_code=404)
     label = f"connect code for {asset} (valid 5 minutes, once)"

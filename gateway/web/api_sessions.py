@@ -87,8 +87,9 @@ Reader = Annotated[Caller, Depends(authenticated("read"))]
 Killer = Annotated[Caller, Depends(authenticated("kill"))]
 
 
-class _Capabilities:
-    """What one caller may do per asset, asked once per asset within one request."""
+class Capabilities:
+    """What one caller may do per asset, asked once per asset within one request (the
+    portal's live table shares it, so a page of 500 rows asks once per asset, not per row)."""
 
     def __init__(self, services: Services, caller: Caller) -> None:
         self._s = services
@@ -112,8 +113,11 @@ class _Capabilities:
             return True
         return await self.holds(row.asset, WATCH_ACTIONS)
 
+    async def kills(self, row: LiveSessionRow) -> bool:
+        return await self.holds(row.asset, KILL_ACTIONS)
 
-async def _visible(services: Services, caps: _Capabilities, session_id: str) -> LiveSessionRow:
+
+async def _visible(services: Services, caps: Capabilities, session_id: str) -> LiveSessionRow:
     async with services.sessions() as db:
         row = await live_store.get(db, session_id)
     if row is None:
@@ -123,20 +127,57 @@ async def _visible(services: Services, caps: _Capabilities, session_id: str) -> 
     return row
 
 
+async def kill_target(services: Services, caps: Capabilities, session_id: str) -> LiveSessionRow:
+    """The live session ``caps`` may kill, or ``Refused`` (404 unseen, 403 no capability).
+    Callers check step-up after this and before ``store_kill``."""
+    row = await _visible(services, caps, session_id)
+    if not await caps.kills(row):
+        raise Refused(
+            403, "not permitted: kill capability required", f"no kill capability on {row.asset}"
+        )
+    return row
+
+
+async def store_kill(
+    services: Services, row: LiveSessionRow, reason: str, actor: str, source: str
+) -> LiveSessionRow:
+    """Store the kill request for the owner node and audit ``session.kill_requested``;
+    ``reason`` must already be a valid ``Reason``. ``Refused`` when it is gone or asked."""
+    session_id = row.session_id
+    async with services.sessions() as db, db.begin():
+        marked = await live_store.request_kill(db, session_id, reason, actor)
+        after = await live_store.get(db, session_id)
+    if after is None:
+        raise Refused(404, NOT_FOUND, f"session {session_id} ended before the kill")
+    if not marked:
+        raise Refused(
+            409, "a kill is already requested", f"kill already requested: {after.kill_reason}"
+        )
+    await services.audit.record(
+        actor=actor,
+        action="session.kill_requested",
+        result="success",
+        target=session_id,
+        source=source,
+        detail={"note": reason, "asset": row.asset, "user": row.username},
+    )
+    return after
+
+
 @router.get("/sessions", response_model=list[SessionOut])
 async def list_sessions(request: Request, caller: Reader) -> list[SessionOut]:
     """Live sessions on every node the caller may see, oldest first."""
     services = services_of(request)
     async with services.sessions() as db:
         rows = await live_store.listing(db)
-    caps = _Capabilities(services, caller)
+    caps = Capabilities(services, caller)
     return [SessionOut.of(r) for r in rows if await caps.sees(r)]
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut)
 async def get_session(request: Request, session_id: SessionId, caller: Reader) -> SessionOut:
     services = services_of(request)
-    return SessionOut.of(await _visible(services, _Capabilities(services, caller), session_id))
+    return SessionOut.of(await _visible(services, Capabilities(services, caller), session_id))
 
 
 @router.post("/sessions/{session_id}/kill", status_code=202, response_model=SessionOut)
@@ -148,28 +189,7 @@ async def kill_session(
     The session is gone when ``GET /api/v1/sessions/{id}`` answers 404.
     """
     services = services_of(request)
-    caps = _Capabilities(services, caller)
-    row = await _visible(services, caps, session_id)
-    if not await caps.holds(row.asset, KILL_ACTIONS):
-        raise Refused(
-            403, "not permitted: kill capability required", f"no kill capability on {row.asset}"
-        )
+    row = await kill_target(services, Capabilities(services, caller), session_id)
     require_step_up(caller, services.clock())
-    async with services.sessions() as db, db.begin():
-        marked = await live_store.request_kill(db, session_id, body.reason, caller.username)
-        after = await live_store.get(db, session_id)
-    if after is None:
-        raise Refused(404, NOT_FOUND, f"session {session_id} ended before the kill")
-    if not marked:
-        raise Refused(
-            409, "a kill is already requested", f"kill already requested: {after.kill_reason}"
-        )
-    await services.audit.record(
-        actor=caller.username,
-        action="session.kill_requested",
-        result="success",
-        target=session_id,
-        source=source_of(request),
-        detail={"note": body.reason, "asset": row.asset, "user": row.username},
-    )
+    after = await store_kill(services, row, body.reason, caller.username, source_of(request))
     return SessionOut.of(after)

@@ -17,8 +17,11 @@ from gateway.web import (
     api_sessions,
     assets,
     auth,
+    connect,
     enrollment,
     health,
+    live,
+    my_sessions,
     pages,
     portal,
 )
@@ -47,6 +50,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(enrollment.router)
     app.include_router(account.router)
     app.include_router(portal.router)
+    app.include_router(connect.router)
+    app.include_router(my_sessions.router)
+    app.include_router(live.router)
     app.include_router(assets.router)
     app.add_exception_handler(portal.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)

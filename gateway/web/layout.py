@@ -32,8 +32,11 @@ def menu_for(roles: tuple[str, ...]) -> list[MenuEntry]:
     entries = [MenuEntry("home", "Home", "/home")]
     if role_allows(roles, SiteAction.USE_ASSETS):
         entries.append(MenuEntry("connect", "Connect", "/connect"))
+        entries.append(MenuEntry("sessions", "Sessions", "/sessions"))
     if role_allows(roles, SiteAction.DECIDE_REQUESTS):
         entries.append(MenuEntry("requests", "Requests", "/requests", badge="pending"))
+    if role_allows(roles, SiteAction.WATCH_SESSIONS):
+        entries.append(MenuEntry("live", "Live sessions", "/live"))
     if role_allows(roles, SiteAction.READ_EVIDENCE):
         entries.append(MenuEntry("evidence", "Evidence", "/evidence"))
     entries.append(MenuEntry("account", "Account", "/account"))

@@ -1,4 +1,4 @@
-"""Signed-in portal pages: the home page per role, connect instructions, the pending-request
+"""Signed-in portal pages: the home page per role, the pending-request
 queue (and its count badge, refreshed by htmx), and what an auditor can do.
 
 A page needs a valid session (else a redirect to the login form, coming back afterwards) and,
@@ -12,10 +12,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from gateway.web.auth import PortalContext, current_session, render, services_of, source_of
+from gateway.web.auth import (
+    PortalContext,
+    check_csrf,
+    current_session,
+    render,
+    require_session,
+    services_of,
+    source_of,
+)
 from gateway.web.layout import page, pending_count, sign_in_redirect
 from rbac.requests import RequestState
 from rbac.roles import SiteAction, role_allows
@@ -45,18 +53,36 @@ async def _signed_in(request: Request, needs: SiteAction | None = None) -> Porta
     return context
 
 
+async def signed_in(request: Request, needs: SiteAction | None = None) -> PortalContext | None:
+    """For the other page modules: the session or None, ``NotPermitted`` without ``needs``."""
+    return await _signed_in(request, needs)
+
+
+async def session_csrf_audited(request: Request) -> PortalContext:
+    """Dependency for a page's form post: a session (else 401) and its CSRF token (else 403,
+    audited as ``portal.refused`` like every other refusal of a page)."""
+    context = await require_session(request)
+    try:
+        await check_csrf(request, context)
+    except HTTPException:
+        await services_of(request).audit.record(
+            actor=context.session.username,
+            action="portal.refused",
+            result="denied",
+            target=request.url.path[:200],
+            source=source_of(request),
+            detail={"status": 403, "reason": "missing or invalid CSRF token"},
+        )
+        raise
+    return context
+
+
 async def not_found_page(request: Request, exc: Exception) -> Response:
     """404 inside the layout when signed in; the same words either way."""
     context = await current_session(request)
     if context is None:
         return render(request, "not_found.html", {}, status_code=404)
     return await page(request, context, "not_found.html", {}, current="", status_code=404)
-
-
-def _ssh_target(request: Request) -> tuple[str, int]:
-    """The host the user reached the portal by, and the gateway's SSH port."""
-    services = services_of(request)
-    return request.url.hostname or "gateway", services.settings.ssh_listen.port
 
 
 async def _reachable(request: Request, username: str) -> list[dict[str, Any]]:
@@ -86,21 +112,6 @@ async def home(request: Request) -> Response:
     if values["uses_assets"]:
         values["reachable"] = await _reachable(request, context.session.username)
     return await page(request, context, "home.html", values, current="home")
-
-
-@router.get("/connect", response_class=HTMLResponse)
-async def connect(request: Request) -> Response:
-    context = await _signed_in(request, SiteAction.USE_ASSETS)
-    if context is None:
-        return sign_in_redirect(request)
-    host, port = _ssh_target(request)
-    values = {
-        "reachable": await _reachable(request, context.session.username),
-        "ssh_host": host,
-        "ssh_port": port,
-        "username": context.session.username,
-    }
-    return await page(request, context, "connect.html", values, current="connect")
 
 
 @router.get("/requests", response_class=HTMLResponse)

@@ -64,7 +64,7 @@ class LiveRow:
 
 
 def _time(instant: dt.datetime | None) -> str:
-    return instant.strftime("%Y-%m-%d %H:%M:%S UTC") if instant is not None else "no end"
+    return instant.strftime("%Y-%m-%d %H:%M") if instant is not None else "no end"
 
 
 def caller_of(context: PortalContext) -> Caller:

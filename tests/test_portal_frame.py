@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from gateway.web import assets
 from gateway.web.layout import menu_for
+from gateway.web.security import CSP, security_headers
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "gateway" / "web" / "templates"
 
@@ -57,3 +58,20 @@ def test_templates_carry_no_inline_script_or_style(template: str) -> None:
     assert not re.search(r"\sstyle=", text)
     assert not re.search(r"\son[a-z]+=", text), "inline event handler"
     assert "hx-on" not in text and "javascript:" not in text
+
+
+async def test_an_unhandled_error_still_carries_the_security_headers() -> None:
+    app = FastAPI()
+    app.middleware("http")(security_headers)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug, with a detail that must not reach the browser")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+        answer = await client.get("/boom")
+    assert answer.status_code == 500
+    assert answer.headers["content-security-policy"] == CSP
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert "detail" not in answer.text

@@ -1,11 +1,19 @@
-"""Response headers every portal page carries: strict CSP, no framing, no sniffing."""
+"""Response headers every portal page carries: strict CSP, no framing, no sniffing.
+
+An unhandled error inside a route is answered here too (a plain 500 with the same headers,
+the traceback only in the log): Starlette's own error page is made outside every
+middleware, so it would leave without them. Does not authenticate or render pages.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+
+log = logging.getLogger(__name__)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -26,7 +34,11 @@ HEADERS = {
 async def security_headers(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.url.path)
+        response = PlainTextResponse("internal error", status_code=500)
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if request.url.scheme == "https":

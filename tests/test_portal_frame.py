@@ -18,11 +18,11 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "gateway" / "web" / "templates
 @pytest.mark.parametrize(
     "roles,keys",
     [
-        (("vendor",), ["home", "connect", "account"]),
+        (("vendor",), ["home", "access", "connect", "account"]),
         (("approver",), ["home", "requests", "account"]),
         (("auditor",), ["home", "evidence", "account"]),
-        (("admin",), ["home", "connect", "requests", "evidence", "account"]),
-        (("vendor", "approver"), ["home", "connect", "requests", "account"]),
+        (("admin",), ["home", "access", "connect", "requests", "evidence", "account"]),
+        (("vendor", "approver"), ["home", "access", "connect", "requests", "account"]),
         ((), ["home", "account"]),
         (("superuser",), ["home", "account"]),  # an unknown role carries nothing
     ],

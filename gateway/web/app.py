@@ -12,9 +12,11 @@ from fastapi.templating import Jinja2Templates
 from gateway import __version__
 from gateway.services import Services
 from gateway.web import (
+    access_pages,
     account,
     api_access,
     api_sessions,
+    approvals,
     assets,
     auth,
     enrollment,
@@ -47,6 +49,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(enrollment.router)
     app.include_router(account.router)
     app.include_router(portal.router)
+    app.include_router(access_pages.router)
+    app.include_router(approvals.router)  # after portal: /requests/badge is portal's
     app.include_router(assets.router)
     app.add_exception_handler(portal.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)

@@ -1,10 +1,11 @@
 """Signed-in portal pages: the home page per role, connect instructions, the pending-request
-queue (and its count badge, refreshed by htmx), and what an auditor can do.
+count badge (refreshed by htmx), and what an auditor can do.
 
 A page needs a valid session (else a redirect to the login form, coming back afterwards) and,
 for a role's page, the site-wide capability ``rbac.roles`` gives that role (else 404, like a
-page that does not exist). Reads only: approving, requesting and the live-session pages come
-later. Does not decide access to assets (the authorizer computes "reachable now").
+page that does not exist). Reads only: requesting (``access_pages``), the request queue and
+approving (``approvals``) and the live-session pages live elsewhere. Does not decide access
+to assets (the authorizer computes "reachable now").
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from fastapi.responses import HTMLResponse, Response
 
 from gateway.web.auth import PortalContext, current_session, render, services_of, source_of
 from gateway.web.layout import page, pending_count, sign_in_redirect
-from rbac.requests import RequestState
 from rbac.roles import SiteAction, role_allows
 
 router = APIRouter(include_in_schema=False)
@@ -81,10 +81,13 @@ async def home(request: Request) -> Response:
         "uses_assets": role_allows(roles, SiteAction.USE_ASSETS),
         "decides_requests": role_allows(roles, SiteAction.DECIDE_REQUESTS),
         "reads_evidence": role_allows(roles, SiteAction.READ_EVIDENCE),
-        "reachable": [],
+        "rows": [],
     }
     if values["uses_assets"]:
-        values["reachable"] = await _reachable(request, context.session.username)
+        # Imported here: access_pages answers "not found" with this module's NotPermitted.
+        from gateway.web.access_pages import overview
+
+        values["rows"] = await overview(request, context.session.username)
     return await page(request, context, "home.html", values, current="home")
 
 
@@ -103,28 +106,6 @@ async def connect(request: Request) -> Response:
     return await page(request, context, "connect.html", values, current="connect")
 
 
-@router.get("/requests", response_class=HTMLResponse)
-async def requests_queue(request: Request) -> Response:
-    context = await _signed_in(request, SiteAction.DECIDE_REQUESTS)
-    if context is None:
-        return sign_in_redirect(request)
-    waiting = await services_of(request).requests.list_requests(state=RequestState.PENDING)
-    rows = [
-        {
-            "id": r.request_id,
-            "requester": r.requester,
-            "assets": ", ".join(r.assets),
-            "actions": ", ".join(r.actions),
-            "start": _shown(r.start),
-            "minutes": int(r.duration.total_seconds() // 60),
-            "reason": r.reason,
-            "approvals": f"{len(r.approvals)} of {r.required_approvals}",
-        }
-        for r in waiting
-    ]
-    return await page(request, context, "requests.html", {"rows": rows}, current="requests")
-
-
 @router.get("/requests/badge", response_class=HTMLResponse)
 async def pending_badge(request: Request) -> Response:
     """The menu's pending count alone: htmx swaps it in place every 30 s."""
@@ -132,7 +113,9 @@ async def pending_badge(request: Request) -> Response:
     if context is None:
         # htmx follows HX-Redirect; a plain 401 leaves the old badge in place.
         return Response(status_code=401, headers={"HX-Redirect": "/login"})
-    return render(request, "pending_badge.html", {"pending_count": await pending_count(request)})
+    return render(
+        request, "pending_badge.html", {"pending_count": await pending_count(request, context)}
+    )
 
 
 @router.get("/evidence", response_class=HTMLResponse)

@@ -52,7 +52,7 @@ async def signed_in_post(request: Request) -> PortalContext:
     this session's CSRF token."""
     context = await current_session(request)
     if context is None:
-        await audit_refusal(request, "", 401, "form post without a valid session")
+        await audit_refusal(request, "anonymous", 401, "form post without a valid session")
         raise HTTPException(status_code=401, detail="log in first")
     try:
         await check_csrf(request, context)

@@ -24,6 +24,7 @@ SIMPLE_ACTIONS = frozenset(
         "watch",
         "kill",
         "approve",
+        "request",  # may file access requests for the asset or zone (rbac.availability)
         "audit-read",
         "admin",
     }

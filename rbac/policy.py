@@ -201,6 +201,24 @@ class PolicyIndex:
             proof = Authorization(subject, obj, action, grant, now, until, _token=_PROOF)
         return Decision(allowed, reason, grant, until, proof)
 
+    def next_allowed(self, subject: str, obj: str, action: str, now: datetime) -> datetime | None:
+        """The first instant at or after ``now`` at which ``authorize`` would allow, found by
+        stepping through the matching rules' change points (``None``: not within
+        ``MAX_STEPS`` changes, or never). A preview for people; sessions still ask
+        ``authorize``."""
+        rules = self.matching(subject, obj, action)
+        if not any(r.effect == "allow" for r in rules):
+            return None
+        at = now
+        for _ in range(MAX_STEPS):
+            if _allowed_at(rules, at):
+                return at
+            changes = [c for c in (r.next_change(at) for r in rules) if c is not None]
+            if not changes:
+                return None
+            at = min(changes)
+        return None
+
 
 def _evaluate(
     rules: list[Rule], now: datetime, subject: str, obj: str, action: str

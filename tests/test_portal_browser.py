@@ -38,12 +38,18 @@ ASSET = "plc-line1"
 LAPTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 820, "height": 1180}
 MENU = {
-    "vendor": ["Home", "Connect", "Sessions", "Account"],
+    "vendor": ["Home", "My access", "Connect", "Sessions", "Account"],
     "approver": ["Home", "Requests", "Live sessions", "Account"],
     "auditor": ["Home", "Live sessions", "Evidence", "Account"],
-    "admin": ["Home", "Connect", "Sessions", "Requests", "Live sessions", "Evidence", "Account"],
+    "admin": [
+        "Home", "My access", "Connect", "Sessions", "Requests", "Live sessions", "Evidence",
+        "Account",
+    ],
 }
-EVERY_ENTRY = {"Home", "Connect", "Sessions", "Requests", "Live sessions", "Evidence", "Account"}
+EVERY_ENTRY = {
+    "Home", "My access", "Connect", "Sessions", "Requests", "Live sessions", "Evidence",
+    "Account",
+}
 HOME_SECTION = {
     "vendor": "My access",
     "approver": "Requests waiting for a decision",
@@ -86,6 +92,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     _cli(data_dir, "asset", "add", ASSET, "--host", "127.0.0.1", "--port", "22",
          "--protocol", "ssh", "--zone", "line-1")  # fmt: skip
     _cli(data_dir, "grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "ssh")
+    # Approvers decide requests on line-1: the queue and badge show what they may decide.
+    _cli(data_dir, "grant", "add", "--role", "approver", "--zone", "line-1", "--action", "approve")
     with serving(data_dir) as (server, _ssh_port):
         yield Site(server, data_dir, secrets)
 
@@ -200,7 +208,7 @@ def test_each_role_signs_in_to_its_home_and_menu_then_signs_out(
         expect(page.get_by_role("link", name=absent, exact=True)).to_have_count(0)
     assert page.evaluate("typeof htmx") == "object"  # served from our origin, pinned
     if role == "vendor":
-        expect(page.get_by_role("cell", name=ASSET)).to_be_visible()  # "my access" row
+        expect(page.get_by_role("cell", name=ASSET, exact=True)).to_be_visible()  # "my access"
     _shot(page, f"{role}-home")
     page.set_viewport_size(TABLET)
     _shot(page, f"{role}-home-tablet")

@@ -19,11 +19,17 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "gateway" / "web" / "templates
 @pytest.mark.parametrize(
     "roles,keys",
     [
-        (("vendor",), ["home", "connect", "sessions", "account"]),
+        (("vendor",), ["home", "access", "connect", "sessions", "account"]),
         (("approver",), ["home", "requests", "live", "account"]),
         (("auditor",), ["home", "live", "evidence", "account"]),
-        (("admin",), ["home", "connect", "sessions", "requests", "live", "evidence", "account"]),
-        (("vendor", "approver"), ["home", "connect", "sessions", "requests", "live", "account"]),
+        (
+            ("admin",),
+            ["home", "access", "connect", "sessions", "requests", "live", "evidence", "account"],
+        ),
+        (
+            ("vendor", "approver"),
+            ["home", "access", "connect", "sessions", "requests", "live", "account"],
+        ),
         ((), ["home", "account"]),
         (("superuser",), ["home", "account"]),  # an unknown role carries nothing
     ],

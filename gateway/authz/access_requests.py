@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -147,6 +147,33 @@ class RequestService:
                     hours.append(zone.max_request_hours)
                 zone = zones.get(zone.parent) if zone.parent else None
         return dt.timedelta(hours=min(hours)), max(approvals)
+
+    async def limits(self, assets: Sequence[str]) -> tuple[dt.timedelta, int]:
+        """The longest window and the approvals a request for ``assets`` would get."""
+        async with self._sessions() as db:
+            return await self._limits(db, assets)
+
+    async def count_decidable(self, person: str, approvable: frozenset[str] | None) -> int:
+        """Pending requests of others whose every asset is in ``approvable`` (None: any
+        asset), counted by the database: one COUNT, whatever the queue's length."""
+        if approvable is not None and not approvable:
+            return 0
+        query = (
+            select(func.count())
+            .select_from(AccessRequestRow)
+            .where(AccessRequestRow.state == "pending", AccessRequestRow.requester != person)
+        )
+        if approvable is not None:
+            async with self._sessions() as db:
+                names = list((await db.execute(select(Asset.name))).scalars())
+            # ``assets`` is a JSON list of names, and a name never holds a quote, so a name
+            # appears in it exactly when '"name"' does.
+            for name in sorted(set(names) - approvable):
+                query = query.where(
+                    AccessRequestRow.assets.not_like(f'%"{_like_escape(name)}"%', escape="\\")
+                )
+        async with self._sessions() as db:
+            return int((await db.execute(query)).scalar_one())
 
     async def get(self, request_id: str) -> rq.AccessRequest:
         async with self._sessions() as db:
@@ -401,3 +428,7 @@ def _expire_step(now: dt.datetime) -> Callable[[rq.AccessRequest], Any]:
         return rq.expire(request, now)
 
     return step
+
+
+def _like_escape(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
 from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
+from rbac.availability import AssetAccess, asset_access
 from rbac.errors import WindowError
 from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, term
 from rbac.policy import Decision, PolicyIndex
@@ -53,6 +55,17 @@ def _instant(value: dt.datetime | None, what: str) -> dt.datetime | None:
 def _request_hours(value: int | None) -> None:
     if value is not None and not 1 <= value <= MAX_REQUEST_HOURS:
         raise PolicyError(f"max request hours must be 1-{MAX_REQUEST_HOURS}")
+
+
+@dataclass(frozen=True)
+class AssetOverview:
+    """One line of "My access": the asset as stored, its zones, and the person's state."""
+
+    name: str
+    protocol: str
+    zones: tuple[str, ...]
+    max_request_hours: int
+    access: AssetAccess
 
 
 def new_id(prefix: str) -> str:
@@ -133,6 +146,64 @@ class AuthzService:
             if name == asset and (logs_in(action) or TUNNEL_RE.fullmatch(action) is not None):
                 return other
         return decision
+
+    async def access_overview(
+        self, username: str, pending: Iterable[str] = ()
+    ) -> list[AssetOverview]:
+        """Every asset ``username`` has to do with now (``rbac.availability``), by name;
+        ``pending`` names the assets of the person's requests waiting for a decision."""
+        await self.refresh()
+        now = self._clock()
+        waiting = frozenset(pending)
+        if username not in self._active:
+            return []
+        actions = sorted({r.action for r in self._index.rules()})
+        out: list[AssetOverview] = []
+        for asset, zones in await self.list_assets():
+            access = asset_access(
+                self._index, f"user:{username}", f"asset:{asset.name}", actions, now,
+                pending=asset.name in waiting,
+            )  # fmt: skip
+            if access is not None:
+                out.append(
+                    AssetOverview(
+                        asset.name, asset.protocol, tuple(zones), asset.max_request_hours, access
+                    )
+                )
+        return out
+
+    async def approvable_assets(self, username: str) -> frozenset[str]:
+        """The assets on which ``username`` holds ``approve`` right now."""
+        await self.refresh()
+        now = self._clock()
+        if username not in self._active:
+            return frozenset()
+        subject = f"user:{username}"
+        return frozenset(
+            a for a in self._assets
+            if self._index.authorize(subject, f"asset:{a}", "approve", now).allowed
+        )  # fmt: skip
+
+    async def approvers_of(self, assets: Iterable[str]) -> list[str]:
+        """Active people holding ``approve`` on every one of ``assets`` right now."""
+        await self.refresh()
+        now = self._clock()
+        wanted = list(assets)
+        return sorted(
+            user for user in self._active
+            if all(self._index.authorize(f"user:{user}", f"asset:{a}", "approve", now).allowed
+                   for a in wanted)
+        )  # fmt: skip
+
+    async def organisations_of(self, username: str) -> list[str]:
+        """The organisations policy places ``username`` in (``g``: ``org:...``)."""
+        await self.refresh()
+        member = f"user:{username}"
+        return sorted(
+            group.partition(":")[2]
+            for who, group in self._index.memberships()
+            if who == member and group.startswith("org:")
+        )
 
     # -- changes -------------------------------------------------------------------------
     async def _changed(self, change: Change, actor: str, detail: dict[str, Any]) -> None:

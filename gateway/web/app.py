@@ -12,9 +12,11 @@ from fastapi.templating import Jinja2Templates
 from gateway import __version__
 from gateway.services import Services
 from gateway.web import (
+    access_pages,
     account,
     api_access,
     api_sessions,
+    approvals,
     assets,
     auth,
     connect,
@@ -24,6 +26,7 @@ from gateway.web import (
     my_sessions,
     pages,
     portal,
+    portal_forms,
 )
 from gateway.web.security import security_headers
 
@@ -53,8 +56,10 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(connect.router)
     app.include_router(my_sessions.router)
     app.include_router(live.router)
+    app.include_router(access_pages.router)
+    app.include_router(approvals.router)  # after portal: /requests/badge is portal's
     app.include_router(assets.router)
-    app.add_exception_handler(portal.NotPermitted, portal.not_found_page)
+    app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)
     app.include_router(api_sessions.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -24,12 +24,12 @@ from gateway.errors import ConduitError
 from gateway.identity import ssh_access
 from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal import session_csrf_audited, signed_in
+from gateway.web.portal_forms import signed_in, signed_in_post
 from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, TUNNEL_RE, account_of
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
-Session = Annotated[PortalContext, Depends(session_csrf_audited)]
+Session = Annotated[PortalContext, Depends(signed_in_post)]
 AssetName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 
 # keyboard-interactive is the method whose first prompt takes a connect code; naming it alone

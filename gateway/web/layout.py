@@ -31,6 +31,7 @@ class MenuEntry:
 def menu_for(roles: tuple[str, ...]) -> list[MenuEntry]:
     entries = [MenuEntry("home", "Home", "/home")]
     if role_allows(roles, SiteAction.USE_ASSETS):
+        entries.append(MenuEntry("access", "My access", "/access"))
         entries.append(MenuEntry("connect", "Connect", "/connect"))
         entries.append(MenuEntry("sessions", "Sessions", "/sessions"))
     if role_allows(roles, SiteAction.DECIDE_REQUESTS):
@@ -62,7 +63,7 @@ async def page(
     roles = context.session.roles
     pending: int | None = None
     if role_allows(roles, SiteAction.DECIDE_REQUESTS):
-        pending = await pending_count(request)
+        pending = await pending_count(request, context)
     frame = {
         "banner": services.settings.portal.banner,
         "menu": menu_for(roles),
@@ -74,7 +75,12 @@ async def page(
     return render(request, template, {**frame, **values}, status_code)
 
 
-async def pending_count(request: Request) -> int:
-    """How many access requests wait for a decision (the request service's own list)."""
-    waiting = await services_of(request).requests.list_requests(state="pending")
-    return len(waiting)
+async def pending_count(request: Request, context: PortalContext) -> int:
+    """How many pending requests this person may decide: ``approve`` on every asset (any
+    asset for administrators), not their own; one COUNT query."""
+    services = services_of(request)
+    username = context.session.username
+    approvable = None
+    if not role_allows(context.session.roles, SiteAction.ANY_ASSET):
+        approvable = await services.authz.approvable_assets(username)
+    return await services.requests.count_decidable(username, approvable)

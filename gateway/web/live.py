@@ -32,12 +32,12 @@ from gateway.web.api_access import Caller, Refused
 from gateway.web.api_sessions import MAX_REASON, Capabilities, Reason, kill_target, store_kill
 from gateway.web.auth import PortalContext, render, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal import session_csrf_audited, signed_in
+from gateway.web.portal_forms import signed_in, signed_in_post
 from gateway.web.stepup import StepUp, confirm_inline
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
-Session = Annotated[PortalContext, Depends(session_csrf_audited)]
+Session = Annotated[PortalContext, Depends(signed_in_post)]
 SessionId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 KillParam = Annotated[str, Query(max_length=40, pattern=r"^[A-Za-z0-9_-]*$")]
 REASON_CHECK: TypeAdapter[str] = TypeAdapter(Reason)

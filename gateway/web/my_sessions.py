@@ -22,7 +22,7 @@ from gateway.recorder import catalog
 from gateway.recorder.catalog import CatalogEntry
 from gateway.web.auth import services_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal import signed_in
+from gateway.web.portal_forms import signed_in
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)

@@ -113,6 +113,13 @@ class _Capabilities:
         return await self.holds(row.asset, WATCH_ACTIONS)
 
 
+async def may_watch(services: Services, caller: Caller, asset: str) -> bool:
+    """Whether ``caller`` may watch a session on ``asset`` (the watch page and websocket):
+    ``watch``, ``kill`` or ``admin`` there, or the any-asset capability. Unlike seeing a
+    session in the list, its own user and the see-all roles are not enough."""
+    return await _Capabilities(services, caller).holds(asset, WATCH_ACTIONS)
+
+
 async def _visible(services: Services, caps: _Capabilities, session_id: str) -> LiveSessionRow:
     async with services.sessions() as db:
         row = await live_store.get(db, session_id)

@@ -40,7 +40,7 @@ async def refuse(
         result="denied",
         target=ws.url.path[:200],
         source=source_of(ws),
-        detail={"websocket": True, "close_code": code, "reason": reason[:300]},
+        detail={"websocket": True, "status": code, "reason": reason[:300]},
     )
     await ws.accept()
     await ws.close(code=code, reason=(shown or "refused")[:120])

@@ -198,6 +198,7 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         expect(vendor).to_have_url(re.compile(rf"/connect/{ASSET}/terminal$"))
         expect(vendor.locator("#term-status")).to_have_text(f"Connected to {ASSET}.")
         vendor.locator("#term .xterm").click()
+        _wait_row(vendor, r".*[#$]")  # the shell's prompt: typing before it garbles the screen
         _type(vendor, "hostname")
         _wait_row(vendor, re.escape(socket.gethostname()))
         _type(vendor, r"printf '\x1b[31mred\x1b[0m\n'")
@@ -253,8 +254,9 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         assert killed.status == 202, killed.text()
         ended = f"conduit: session ended: killed: {KILL_NOTE}"
         _wait_row(vendor, re.escape(ended), deadline_s=5)
-        expect(vendor.locator("#term-status")).to_have_text("Session ended.")
+        expect(vendor.locator("#term-status")).to_have_text(f"Session ended: killed: {KILL_NOTE}")
         _wait_row(approver, re.escape(ended), deadline_s=5)
+        expect(approver.locator("#term-status")).to_have_text(f"Watch ended: killed: {KILL_NOTE}")
         _shot(vendor, "vendor-terminal-killed")
 
         end_event = site.audit_until("session.end", session_id)

@@ -286,6 +286,7 @@ class BrowserTerminal:
             reason = await self._both_ways()
         if self.end_line:
             await self._say(f"\r\nconduit: session ended: {self.end_line}\r\n")
+            await self._send_end(self.end_line)
             await self._close(1000, "session ended")
         return reason
 
@@ -403,6 +404,11 @@ class BrowserTerminal:
     async def _say(self, line: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await self.ws.send_bytes(line.encode())
+
+    async def _send_end(self, line: str) -> None:
+        """The end line for the page's status (screen readers announce it), not the screen."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self.ws.send_text(json.dumps({"type": "end", "reason": line}))
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):

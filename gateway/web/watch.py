@@ -136,6 +136,9 @@ async def _follow(ws: WebSocket, watcher: Watcher) -> None:
             if watcher.ended or watcher.dropped:
                 line = f"session ended: {watcher.ended}" if watcher.ended else watcher.dropped
                 await _say(ws, f"\r\nconduit: {line}\r\n")
+                end = {"type": "end", "reason": watcher.ended or watcher.dropped}
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await ws.send_text(json.dumps(end))
                 await _close(ws, 1000, "watch ended")
                 return
     finally:

@@ -85,11 +85,17 @@ async function openTerminal(box, status) {
     show(status, `Connected to ${asset}.`);
     term.focus();
   });
+  let ended = "";
   socket.addEventListener("message", (event) => {
-    if (typeof event.data !== "string") term.write(new Uint8Array(event.data));
+    if (typeof event.data !== "string") {
+      term.write(new Uint8Array(event.data));
+      return;
+    }
+    const control = JSON.parse(event.data);
+    if (control.type === "end") ended = `Session ended: ${control.reason}`;
   });
   socket.addEventListener("close", (event) => {
-    show(status, closedText(event, "Session"), true);
+    show(status, ended || closedText(event, "Session"), true);
     term.options.disableStdin = true;
     term.options.cursorBlink = false;
   });
@@ -115,6 +121,7 @@ function openWatch(box, status) {
   const term = new Terminal({ disableStdin: true, cursorBlink: false, fontFamily: FONT, scrollback: 5000 });
   term.open(box);
   const socket = new WebSocket(socketUrl(`/ws/watch/${encodeURIComponent(box.dataset.session)}`));
+  let ended = "";
   socket.binaryType = "arraybuffer";
   socket.addEventListener("message", (event) => {
     if (typeof event.data !== "string") {
@@ -128,9 +135,12 @@ function openWatch(box, status) {
       show(status, `Watching live (${control.cols}x${control.rows}).`);
     } else if (control.type === "resize") {
       term.resize(control.cols, control.rows);
+      show(status, `Watching live (${control.cols}x${control.rows}).`);
+    } else if (control.type === "end") {
+      ended = `Watch ended: ${control.reason}`;
     }
   });
-  socket.addEventListener("close", (event) => show(status, closedText(event, "Watch"), true));
+  socket.addEventListener("close", (event) => show(status, ended || closedText(event, "Watch"), true));
 }
 
 const box = document.getElementById("term");

@@ -306,3 +306,11 @@ def test_native_ssh_session_can_be_watched(browser: Browser, site: Site) -> None
         context.close()
         proc.kill()
         proc.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+def test_xterm_files_are_served_with_their_types(site: Site) -> None:
+    with site.server.client() as client:
+        for name, kind in (("xterm.js", "text/javascript"), ("addon-fit.js", "text/javascript"),
+                           ("xterm.css", "text/css")):  # fmt: skip
+            served = client.get(f"/assets/{name}")
+            assert served.status_code == 200 and served.headers["content-type"].startswith(kind)

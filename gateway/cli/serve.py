@@ -49,7 +49,7 @@ class _PortalServer(uvicorn.Server):
         yield
 
 
-def _portal_config(services: Services) -> uvicorn.Config:
+def _portal_config(services: Services, broker: Broker) -> uvicorn.Config:
     settings = services.settings
     listen = settings.portal_listen
     tls: dict[str, object] = {}
@@ -59,7 +59,7 @@ def _portal_config(services: Services) -> uvicorn.Config:
             "ssl_keyfile": str(services.keys.tls_key_file),
         }
     return uvicorn.Config(
-        create_app(services),
+        create_app(services, broker),
         host=listen.host,
         port=listen.port,
         log_config=None,
@@ -249,7 +249,7 @@ async def _serve_until(
             raise ConduitError(
                 f"cannot listen on {settings.ssh.listen} for SSH: {exc.strerror}"
             ) from None
-    portal = _PortalServer(_portal_config(services))
+    portal = _PortalServer(_portal_config(services, broker))
     portal_task = services.tasks.start("portal", portal.serve(sockets=[portal_socket]))
     while not portal.started and not portal_task.done():  # noqa: ASYNC110 - uvicorn has only a flag
         await asyncio.sleep(0.02)

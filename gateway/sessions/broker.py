@@ -36,6 +36,7 @@ from gateway.services import Services
 from gateway.sessions import store as live_store
 from gateway.sessions.events import Change
 from gateway.sessions.live import KillHandle, LiveSession
+from gateway.sessions.tap import OutputTap
 from gateway.sessions.ticket import Target, Ticket, check_ticket
 from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
@@ -65,6 +66,9 @@ TUNNEL_CONNECT_TIMEOUT_SECONDS = 15
 # it was. The recording keeps it whole: the SSH edge refuses commands over 64 KiB.
 AUDIT_COMMAND_CHARS = 1024
 KILLED = "killed"  # the end reason of a session a person ended (CLI, API)
+# Sessions with a screen someone may watch: native SSH shells and commands, and the browser
+# terminal. Their tickets carry an OutputTap the relay feeds.
+TERMINAL_PROTOCOLS = frozenset({"ssh", "web-ssh"})
 
 
 def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> bool:
@@ -76,6 +80,12 @@ def tunnel_host_accepted(dest_host: str, asset: str, asset_host: str | None) -> 
         or name == asset
         or (asset_host is not None and name == asset_host.lower())
     )
+
+
+def ended_line(ticket: Ticket) -> str:
+    """Why a session ended, as its user and its watchers see it: the fixed code, and a
+    person's note after it (``killed: wrong asset, call me``)."""
+    return f"{ticket.end_reason}: {ticket.end_note}" if ticket.end_note else ticket.end_reason
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class Broker:
             live,
             last_activity=asyncio.get_running_loop().time(),
             also=tuple(a for a in actions if a != chosen),
+            tap=OutputTap() if protocol in TERMINAL_PROTOCOLS else None,
         )
         await self._register(ticket, decision, command)
         return ticket
@@ -461,9 +472,12 @@ class Broker:
         if not ticket.end_reason:
             ticket.end_reason, ticket.killed_by = reason, by
             ticket.end_note = note[: live_store.KILL_NOTE_MAX]
-        shown = f"{ticket.end_reason}: {ticket.end_note}" if ticket.end_note else ticket.end_reason
-        await ticket.live.kill(shown)
+        await ticket.live.kill(ended_line(ticket))
         return True
+
+    def live_ticket(self, session_id: str) -> Ticket | None:
+        """The open session ``session_id`` if this process relays it (for a watch)."""
+        return self._tickets.get(session_id)
 
     def schedule_close(self, ticket: Ticket, reason: str) -> None:
         """``close`` from a synchronous asyncssh callback, owned by the task set."""
@@ -482,6 +496,8 @@ class Broker:
             )
         ticket.ended.set()
         ticket.recheck.set()
+        if ticket.tap is not None:
+            ticket.tap.end(ended_line(ticket))
         if ticket.watchdog is not None and ticket.watchdog is not asyncio.current_task():
             ticket.watchdog.cancel()
         self._s.live.unregister(ticket.session_id)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
+from gateway.sessions.tap import OutputTap
 from rbac.names import TUNNEL_RE, account_of, logs_in
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
@@ -59,6 +60,9 @@ class Ticket:
     # may read or write); each file operation is still checked on its own (``permits``).
     also: tuple[str, ...] = ()
     watchdog: asyncio.Task[None] | None = None
+    # Recent output and live watchers of a terminal session (shell or command); None for
+    # file transfers and tunnels, which have no screen to watch.
+    tap: OutputTap | None = None
 
     @property
     def record_input(self) -> bool:

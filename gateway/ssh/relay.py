@@ -6,7 +6,8 @@ timestamps. Back-pressure is passed along: when one side's send buffer fills, re
 the other side pauses, and a paused channel's window re-opens only for data passed on
 (``flow.py``), so a slow client never makes the gateway buffer without bound.
 Exit status and exit signal are passed back; window changes, signals and breaks are passed
-on. Does not authenticate or decide: the broker has done that before a relay exists.
+on. Output and window changes also go to the session's tap (live watchers). Does not
+authenticate or decide: the broker has done that before a relay exists.
 """
 
 from __future__ import annotations
@@ -233,6 +234,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             # The size the terminal starts at, before any output (FORMAT.md: a resize at the
             # start sizes an export and the search screen); later changes follow as resizes.
             ticket.writer.record(TerminalEvent.RESIZE, _resize(cols, rows))
+            if ticket.tap is not None:
+                ticket.tap.resize(cols, rows)
         chan, _ = await conn.create_session(
             lambda: UpstreamSide(self),
             r.command,
@@ -281,6 +284,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._up_chan is not None and self.ticket is not None:
             self.ticket.writer.record(TerminalEvent.RESIZE, _resize(width, height))
+            if self.ticket.tap is not None and width > 0 and height > 0:
+                self.ticket.tap.resize(width, height)
             self._up_chan.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:
@@ -315,6 +320,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self.broker.activity(self.ticket)
         record_paced(self.ticket.writer, TerminalEvent.OUTPUT, data, self._asset_reads,
                      self.broker.tasks)  # fmt: skip
+        if self.ticket.tap is not None:  # watchers: one append, never a wait (tap.py)
+            self.ticket.tap.feed(data)
         if self._client_eow and (
             datatype != asyncssh.EXTENDED_DATA_STDERR
             or self._chan.get_write_buffer_size() > EOW_STDERR_QUEUE

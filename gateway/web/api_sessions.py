@@ -117,6 +117,13 @@ class Capabilities:
         return await self.holds(row.asset, KILL_ACTIONS)
 
 
+async def may_watch(services: Services, caller: Caller, asset: str) -> bool:
+    """Whether ``caller`` may watch a session on ``asset`` (the watch page and websocket):
+    ``watch``, ``kill`` or ``admin`` there, or the any-asset capability. Unlike seeing a
+    session in the list, its own user and the see-all roles are not enough."""
+    return await Capabilities(services, caller).holds(asset, WATCH_ACTIONS)
+
+
 async def _visible(services: Services, caps: Capabilities, session_id: str) -> LiveSessionRow:
     async with services.sessions() as db:
         row = await live_store.get(db, session_id)

@@ -11,6 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from gateway import __version__
 from gateway.services import Services
+from gateway.sessions.broker import Broker
 from gateway.web import (
     access_pages,
     account,
@@ -27,15 +28,20 @@ from gateway.web import (
     pages,
     portal,
     portal_forms,
+    terminal,
+    watch,
 )
 from gateway.web.security import security_headers
 
 HERE = Path(__file__).parent
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
+    """The portal; ``broker`` (``conduit serve``'s) serves the terminal and watch sockets."""
     app = FastAPI(title="Conduit", version=__version__, docs_url=None, redoc_url=None)
     app.state.services = services
+    app.state.broker = broker
+    app.state.terminal_tickets = terminal.TerminalTickets()
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.middleware("http")(security_headers)
 
@@ -59,6 +65,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(access_pages.router)
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's
     app.include_router(assets.router)
+    app.include_router(terminal.router)
+    app.include_router(watch.router)
     app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)
     app.include_router(api_sessions.router)

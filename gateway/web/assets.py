@@ -19,6 +19,9 @@ NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"
 # URL name -> file under node_modules, pinned by package-lock.json.
 FILES: dict[str, str] = {
     "htmx.min.js": "htmx.org/dist/htmx.min.js",
+    "xterm.js": "@xterm/xterm/lib/xterm.js",
+    "xterm.css": "@xterm/xterm/css/xterm.css",
+    "addon-fit.js": "@xterm/addon-fit/lib/addon-fit.js",
 }
 
 
@@ -28,4 +31,5 @@ async def asset(name: str) -> FileResponse:
     path = NODE_MODULES / relative if relative is not None else None
     if path is None or not path.is_file():
         raise HTTPException(status_code=404, detail="not found")
-    return FileResponse(path, media_type="text/javascript")
+    media = "text/css" if name.endswith(".css") else "text/javascript"
+    return FileResponse(path, media_type=media)

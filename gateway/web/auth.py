@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.requests import HTTPConnection
 
 from gateway.identity import pending, portal_sessions
 from gateway.identity.login import FAILED, AuthenticationFailed, Authenticator
@@ -40,7 +41,7 @@ Text64 = Annotated[str, Form(max_length=64)]
 CSRFField = Annotated[str, Form(max_length=128)]
 
 
-def services_of(request: Request) -> Services:
+def services_of(request: HTTPConnection) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -65,7 +66,7 @@ def safe_next(value: str | None) -> str:
     return "/"
 
 
-def source_of(request: Request) -> str:
+def source_of(request: HTTPConnection) -> str:
     return request.client.host if request.client is not None else ""
 
 
@@ -200,7 +201,8 @@ class PortalContext:
     csrf_token: str
 
 
-async def current_session(request: Request) -> PortalContext | None:
+async def current_session(request: HTTPConnection) -> PortalContext | None:
+    """The valid portal session of a request or websocket (its cookie), else None."""
     services = services_of(request)
     raw = request.cookies.get(SESSION_COOKIE)
     if raw is None:

@@ -1,0 +1,178 @@
+"""Watching a live terminal session: ``/sessions/{id}/watch`` and ``/ws/watch/{id}``.
+
+Allowed to whoever holds ``watch``, ``kill`` or ``admin`` on the session's asset, or the
+any-asset capability (``api_sessions.may_watch``, the JSON API's own rule); anyone else,
+and a session that does not exist, get the same 404 (the audit log gets the reason). The
+websocket makes the same origin and cookie checks as every portal socket. Opening a watch
+is audited ``session.watched`` once. The watcher first gets a reset terminal of the
+session's current size and the session's recent output (its tap), then the live output and
+resizes, and at the end the session's end line. What a watcher types is ignored: the view
+is read-only. Only sessions relayed by this node can be watched here; for one on another
+node the page says which. Does not end or change sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import HTMLResponse, Response
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketDisconnect
+
+from gateway.sessions import store as live_store
+from gateway.sessions.broker import Broker
+from gateway.sessions.store import LiveSessionRow
+from gateway.sessions.tap import Watcher
+from gateway.web.api_access import Caller
+from gateway.web.api_sessions import may_watch
+from gateway.web.auth import PortalContext, services_of, source_of
+from gateway.web.layout import page, sign_in_redirect
+from gateway.web.portal_forms import NotPermitted, signed_in
+from gateway.web.terminal import MAX_COLS, MAX_ROWS
+from gateway.web.ws_guard import NOT_FOUND, NOT_FOUND_TEXT, checked_session, refuse
+
+router = APIRouter(include_in_schema=False)
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+async def _watchable(
+    conn: HTTPConnection, context: PortalContext, session_id: str
+) -> tuple[LiveSessionRow | None, str]:
+    """The live session if this user may watch it, else None and the reason (audit only)."""
+    if not SESSION_ID.fullmatch(session_id):
+        return None, "malformed session id"
+    services = services_of(conn)
+    async with services.sessions() as db:
+        row = await live_store.get(db, session_id)
+    if row is None:
+        return None, f"no live session {session_id}"
+    s = context.session
+    caller = Caller(s.username, frozenset(s.roles), s)
+    if not await may_watch(services, caller, row.asset):
+        return None, f"session {session_id} on {row.asset}: no watch capability"
+    return row, ""
+
+
+async def _audit_refusal(request: Request, user: str, reason: str) -> None:
+    await services_of(request).audit.record(
+        actor=user, action="portal.refused", result="denied", target=request.url.path[:200],
+        source=source_of(request), detail={"status": 404, "reason": reason},
+    )  # fmt: skip
+
+
+@router.get("/sessions/{session_id}/watch", response_class=HTMLResponse)
+async def watch_page(request: Request, session_id: str) -> Response:
+    context = await signed_in(request)
+    if context is None:
+        return sign_in_redirect(request)
+    row, why = await _watchable(request, context, session_id[:64])
+    if row is None:
+        await _audit_refusal(request, context.session.username, why)
+        raise NotPermitted(request.url.path)
+    values = {
+        "mode": "watch",
+        "session_id": row.session_id,
+        "asset": row.asset,
+        "watched_user": row.username,
+        "protocol": row.protocol,
+        "node": row.node,
+        "elsewhere": row.node != services_of(request).node,
+    }
+    return await page(request, context, "terminal.html", values, current="")
+
+
+@router.websocket("/ws/watch/{session_id}")
+async def watch_socket(ws: WebSocket, session_id: str) -> None:
+    context = await checked_session(ws)
+    if context is None:
+        return
+    user = context.session.username
+    row, why = await _watchable(ws, context, session_id[:64])
+    if row is None:
+        await refuse(ws, user, why, code=NOT_FOUND, shown=NOT_FOUND_TEXT)
+        return
+    services = services_of(ws)
+    broker: Broker | None = getattr(ws.app.state, "broker", None)
+    ticket = broker.live_ticket(row.session_id) if broker is not None else None
+    await ws.accept()
+    if row.node != services.node or ticket is None or ticket.tap is None:
+        where = f"is relayed by node {row.node}" if row.node != services.node else (
+            "has no terminal to watch")  # fmt: skip
+        await _say(ws, f"conduit: this session {where}; watch it there.\r\n")
+        await _close(ws, NOT_FOUND, "not watchable here")
+        return
+    await services.audit.record(
+        actor=user, action="session.watched", result="success", target=row.asset,
+        source=source_of(ws),
+        detail={"session_id": row.session_id, "asset": row.asset, "user": row.username},
+    )  # fmt: skip
+    tap = ticket.tap
+    watcher, screen = tap.subscribe()
+    try:
+        cols, rows = min(max(tap.cols, 1), MAX_COLS), min(max(tap.rows, 1), MAX_ROWS)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await ws.send_text(json.dumps({"type": "start", "cols": cols, "rows": rows}))
+            await ws.send_bytes(screen)
+            await _follow(ws, watcher)
+    finally:
+        watcher.close()
+
+
+async def _follow(ws: WebSocket, watcher: Watcher) -> None:
+    """Live output and resizes until the session ends, the watcher leaves or falls behind."""
+    ignore_input = asyncio.create_task(_until_gone(ws), name="watch-in")
+    try:
+        while True:
+            wake = asyncio.create_task(watcher.wake.wait(), name="watch-wake")
+            await asyncio.wait({wake, ignore_input}, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            if ignore_input.done():
+                return
+            await _send_items(ws, watcher)
+            if watcher.ended or watcher.dropped:
+                line = f"session ended: {watcher.ended}" if watcher.ended else watcher.dropped
+                await _say(ws, f"\r\nconduit: {line}\r\n")
+                end = {"type": "end", "reason": watcher.ended or watcher.dropped}
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await ws.send_text(json.dumps(end))
+                await _close(ws, 1000, "watch ended")
+                return
+    finally:
+        ignore_input.cancel()
+        await asyncio.gather(ignore_input, return_exceptions=True)
+
+
+async def _send_items(ws: WebSocket, watcher: Watcher) -> None:
+    batch: list[bytes] = []
+    for item in watcher.take():
+        if isinstance(item, bytes):
+            batch.append(item)
+            continue
+        if batch:
+            await ws.send_bytes(b"".join(batch))
+            batch = []
+        cols, rows = min(max(item[0], 1), MAX_COLS), min(max(item[1], 1), MAX_ROWS)
+        await ws.send_text(json.dumps({"type": "resize", "cols": cols, "rows": rows}))
+    if batch:
+        await ws.send_bytes(b"".join(batch))
+
+
+async def _until_gone(ws: WebSocket) -> None:
+    """Read and drop what the watcher sends (the view is read-only) until it leaves."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _say(ws: WebSocket, line: str) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.send_bytes(line.encode())
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.close(code=code, reason=reason)

@@ -108,6 +108,11 @@ async def api(env: Env) -> AsyncIterator[Api]:
         )  # fmt: skip
     await services.authz.add_asset("plc-1", "10.0.0.1", 22, "ssh", actor="test")
     await services.authz.add_asset("plc-10", "10.0.0.10", 22, "ssh", actor="test")
+    for asset in ("plc-1", "plc-10"):  # vendors may ask for both (rbac.availability)
+        await services.authz.add_grant(
+            subject_kind="role", subject="vendor", object_kind="asset", obj=asset,
+            action="request", actor="test",
+        )  # fmt: skip
     await services.authz.add_grant(
         subject_kind="user", subject="bob", object_kind="asset", obj="plc-1",
         action="approve", actor="test",
@@ -148,7 +153,11 @@ async def test_request_approved_with_fresh_mfa_makes_a_grant_shown_in_access_now
     alice = await api.login("alice")
     bob = await api.login("bob")
     root = await api.login("root")
-    assert (await alice.client.get("/api/v1/access/now")).json() == []
+    before = (await alice.client.get("/api/v1/access/now")).json()
+    assert [(r["asset"], r["action"]) for r in before] == [
+        ("plc-1", "request"),
+        ("plc-10", "request"),
+    ]
     created = await make_request(api, alice)
     rid = created["id"]
     start = api.env.clock.now
@@ -173,7 +182,7 @@ async def test_request_approved_with_fresh_mfa_makes_a_grant_shown_in_access_now
 
     now = await alice.client.get("/api/v1/access/now")
     assert now.status_code == 200
-    [entry] = now.json()
+    [entry] = [e for e in now.json() if e["action"] != "request"]
     assert (entry["asset"], entry["action"], entry["grant_id"]) == ("plc-1", "ssh", made[0]["id"])
     assert dt.datetime.fromisoformat(entry["valid_until"]) == start + dt.timedelta(minutes=60)
     # The same answer for an API token with the read scope; plc-10 is not reachable.
@@ -450,7 +459,8 @@ async def test_grant_instants_outside_the_range_are_422_naming_them(api: Api, in
         assert sent.status_code == 422, sent.text
         assert any(e["loc"][-1] == field for e in sent.json()["detail"]), sent.text
     grants = (await root.client.get("/api/v1/grants")).json()
-    assert [g["subject"] for g in grants] == ["user:bob"]  # the fixture's own, nothing more
+    # the fixture's own, nothing more
+    assert sorted(g["subject"] for g in grants) == ["role:vendor", "role:vendor", "user:bob"]
 
 
 async def test_a_stored_request_beyond_the_calendar_breaks_neither_list_nor_expiry(
@@ -487,3 +497,20 @@ async def test_a_stored_request_beyond_the_calendar_breaks_neither_list_nor_expi
     expired = await services.requests.expire_due()
     assert good["id"] in expired
     assert (await services.requests.get(str(good["id"]))).state.value == "expired"
+
+
+async def test_a_request_for_an_asset_not_requestable_is_404_and_audited(api: Api) -> None:
+    """Filing a request needs ``request`` on every asset (as the portal's form offers them):
+    the API answers an asset the vendor may not ask for exactly like a missing one."""
+    services = api.env.services
+    await services.authz.add_asset("sis-1", "10.0.0.20", 22, "ssh", actor="test")
+    alice = await api.login("alice")
+    for assets in (["sis-1"], ["plc-1", "sis-1"], ["no-such-asset"]):
+        sent = await alice.client.post(
+            "/api/v1/requests", json=request_body(api, assets=assets), headers=alice.headers()
+        )
+        assert sent.status_code == 404, sent.text
+        assert sent.json()["detail"] == "not found or not permitted"
+    assert await services.requests.list_requests(requester="alice") == []
+    reasons = [json.loads(r.detail)["reason"] for r in await api.refusals()]
+    assert any("may not request ['sis-1']" in reason for reason in reasons)

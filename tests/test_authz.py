@@ -95,6 +95,12 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     await authz.add_asset("plc-1", "127.0.0.1", 22, "ssh", actor="root", zones=("line-1",))
     await authz.add_asset("plc-10", "127.0.0.1", 22, "ssh", actor="root", zones=("line-1",))
     await authz.add_asset("sis-1", "127.0.0.1", 22, "ssh", actor="root", zones=("safety",))
+    # Both vendors' organisations may ask for anything in the plant (rbac.availability).
+    for org in ("acme", "evil"):
+        await authz.add_grant(
+            subject_kind="org", subject=org, object_kind="zone", obj="plant-a",
+            action="request", actor="root",
+        )  # fmt: skip
     # bob and dave approve on the whole plant; carol only on line-1.
     for who in ("bob", "dave"):
         await authz.add_grant(

@@ -213,7 +213,8 @@ def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Pat
     assert sum("demo-plc" in line for line in assets.stdout.splitlines()) == 1
     grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
     mine = sorted(line.split()[4] for line in grants if "asset:demo-plc" in line)
-    assert mine == sorted(["ssh", "sftp-read", "sftp-write", "approve", "watch", "kill"]), grants
+    expected = ["ssh", "sftp-read", "sftp-write", "request", "approve", "watch", "kill"]
+    assert mine == sorted(expected), grants
 
 
 def test_demo_refuses_ssh_off_loopback(tmp_path: Path) -> None:

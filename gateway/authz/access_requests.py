@@ -26,6 +26,7 @@ from gateway.authz.tables import AccessRequestRow, Asset, AssetZone, Grant, Requ
 from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
 from rbac import requests as rq
+from rbac.availability import REQUEST_ACTION
 from rbac.errors import RbacError
 from rbac.names import check_action
 
@@ -67,6 +68,7 @@ class RequestService:
     ) -> rq.AccessRequest:
         for action in actions:
             check_action(action)
+        await self._check_requestable(requester, assets)
         now = self._clock()
         async with self._sessions() as db, db.begin():
             cap, approvals = await self._limits(db, assets)
@@ -116,6 +118,19 @@ class RequestService:
             )
         await self._after(request, "request.created", requester, source)
         return request
+
+    async def _check_requestable(self, requester: str, assets: Sequence[str]) -> None:
+        """Each asset must be one the policy lets ``requester`` ask for (the ``request``
+        action, on the asset or its zone); otherwise the same answer as an unknown asset."""
+        refused = [
+            asset
+            for asset in dict.fromkeys(assets)
+            if not (await self._authz.authorize(requester, asset, REQUEST_ACTION)).allowed
+        ]
+        if refused:
+            raise PolicyError(
+                "not found or not permitted", f"{requester} may not request {sorted(refused)}"
+            )
 
     async def _limits(self, db: AsyncSession, assets: Sequence[str]) -> tuple[dt.timedelta, int]:
         """Duration cap and approvals needed: the strictest over the assets and their zones."""

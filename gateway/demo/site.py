@@ -4,10 +4,11 @@ Initialises a demo data directory, applies migrations, seeds the demo users (adm
 approver, vendor, auditor) with generated passwords and TOTP secrets, starts the demo's
 SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo.target``, on loopback) with its host
 key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
-``sftp-write``) and the approver (``approve``, ``watch``, ``kill``), prints how to log in
-and connect, and serves on http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only).
-Running it again on the same directory reuses everything. Never use a demo directory in
-production: its credentials file holds passwords and TOTP secrets in clear (mode 0600).
+``sftp-write``, and ``request`` for the portal's request form) and the approver
+(``approve``, ``watch``, ``kill``), prints how to log in and connect, and serves on
+http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only). Running it again on the
+same directory reuses everything. Never use a demo directory in production: its credentials
+file holds passwords and TOTP secrets in clear (mode 0600).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ DEMO_GRANTS = (
     ("vendor", "ssh"),
     ("vendor", "sftp-read"),
     ("vendor", "sftp-write"),
+    ("vendor", "request"),  # the portal's request form offers demo-plc
     ("approver", "approve"),
     ("approver", "watch"),
     ("approver", "kill"),

@@ -130,7 +130,7 @@ def _watch_csp(page: Page) -> list[str]:
 
 def _shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name.lower().replace(' ', '-')}.png"), full_page=True)
 
 
 def _sign_in(page: Page, site: Site, user: str, shots: str = "") -> None:

@@ -41,7 +41,11 @@ class StepUp:
 
     def values(self) -> dict[str, object]:
         """What ``_stepup.html`` reads: whether to show the field, and the message."""
-        return {"stepup_needed": not self.ok, "stepup_message": self.message}
+        return {
+            "stepup_needed": not self.ok,
+            "stepup_message": self.message,
+            "stepup_refused": self.needed is Needed.BAD_CODE,  # shown as an error, not a prompt
+        }
 
 
 ASK = "This needs a fresh code from your authenticator app: enter it and submit again."

@@ -14,7 +14,8 @@ default all):
   timed is the gateway path a browser uses; xterm.js drawing in a browser comes on top
   (and would on top of a native terminal emulator too). Target: browser p50 <= 1.3x native.
 * ``hold``: ``--hold`` browser terminals opened (ten at a time) and held at once; gateway
-  VmRSS before/held/after and KB per session, gateway CPU while they idle.
+  VmRSS before/held/after and KB per session, gateway CPU while they idle; beside the same
+  number of native SSH shells (asyncssh, connect codes) held through the same gateway first.
 * ``table``: ``bench.portal_table`` (in process, server time): ``/live/table`` with
   ``--rows`` live sessions beside the JSON API's listing. Target: < 300 ms.
 
@@ -37,11 +38,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench import portal_table
-from bench.ssh_relay import EchoSession, connect_relay, gateway_quiet, given, percentile, rnd
+from bench.ssh_relay import (
+    EchoSession,
+    IdleSession,
+    connect_relay,
+    gateway_quiet,
+    given,
+    percentile,
+    rnd,
+)
 from bench.ssh_relay_rig import ASSET, CODE_USER, Rig, _user_id, build, cpu_seconds, status_field
 from gateway.identity import pending, portal_sessions
 from gateway.web.auth import SESSION_COOKIE
@@ -185,7 +195,48 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
+async def hold_native(rig: Rig, count: int) -> dict[str, Any]:
+    """The baseline: ``count`` interactive SSH shells through the same gateway, held at once."""
+    pid = rig.gateway_pid()
+    await gateway_quiet(rig)
+    await asyncio.sleep(2)
+    rss0 = status_field(pid, "VmRSS")
+    conns: list[asyncssh.SSHClientConnection] = []
+    sessions: list[IdleSession] = []
+    limit = asyncio.Semaphore(10)
+
+    async def open_one(code: str) -> None:
+        async with limit:
+            with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+                conn = await connect_relay(rig, code)
+                conns.append(conn)
+                session = IdleSession()
+                await conn.create_session(
+                    given(session), term_type="xterm", term_size=(COLS, ROWS), encoding=None
+                )
+                await asyncio.wait_for(session.first.wait(), 30)
+                sessions.append(session)
+
+    for batch in range(0, count, 100):  # codes live 5 minutes: make them as we go
+        codes = await rig.connect_codes(min(100, count - batch))
+        await asyncio.gather(*(open_one(code) for code in codes))
+    await asyncio.sleep(3)
+    held = sum(1 for s in sessions if not s.closed)
+    rss1 = status_field(pid, "VmRSS")
+    for conn in conns:
+        conn.close()
+    await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+    await gateway_quiet(rig)
+    return {
+        "held": held,
+        "gateway_rss_kb": {"before": rss0, "held": rss1},
+        "kb_per_session": round((rss1 - rss0) / held) if held else None,
+    }
+
+
 async def bench_hold(rig: Rig, count: int) -> dict[str, Any]:
+    native = await hold_native(rig, count)
+    print("hold native:", json.dumps(native), flush=True)
     pid = rig.gateway_pid()
     await gateway_quiet(rig)
     rss0 = status_field(pid, "VmRSS")
@@ -224,14 +275,17 @@ async def bench_hold(rig: Rig, count: int) -> dict[str, Any]:
     await gateway_quiet(rig)
     await asyncio.sleep(2)
     rss2 = status_field(pid, "VmRSS")
+    per_session = round((rss1 - rss0) / attached) if attached else None
     return {
+        "native": native,
+        "browser_vs_native_kb_per_session": _ratio(per_session, native["kb_per_session"]),
         "asked": count,
         "held": attached,
         "errors": errors[:5],
         "error_count": len(errors),
         "open_s": round(open_s, 1),
         "gateway_rss_kb": {"before": rss0, "held": rss1, "after": rss2},
-        "kb_per_session": round((rss1 - rss0) / attached) if attached else None,
+        "kb_per_session": per_session,
         "gateway_idle_cpu_percent": round(idle_cpu, 1),
     }
 

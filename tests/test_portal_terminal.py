@@ -3,7 +3,7 @@
 
 A vendor with a standing grant (given with the CLI) opens the terminal from the connect
 page, runs commands and resizes the window; an approver with a kill grant watches the
-session (seeing output typed before the watch opened) and kills it through the JSON API;
+session from the live table (seeing output typed before the watch opened) and kills it there;
 the vendor's terminal shows the reason, the recording verifies and carries the reason and
 the browser's size; the spent websocket URL and a foreign origin are refused; someone
 without the capability gets 404; a native OpenSSH session can be watched too. Screenshots
@@ -226,8 +226,14 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         approver = approver_ctx.new_page()
         approver_csp = _watch_csp(approver)
         _sign_in(approver, site, "approver")
-        session_id = _session_of(approver, "vendor", "web-ssh")
-        approver.goto(f"/sessions/{session_id}/watch")
+        # The live table lists the browser session; its Watch link opens the watch view.
+        approver.goto("/live")
+        row = approver.locator("#live-rows tr", has_text="web-ssh").filter(has_text="vendor")
+        expect(row).to_have_count(1)
+        session_id = row.get_attribute("data-session") or ""
+        assert session_id == _session_of(approver, "vendor", "web-ssh")
+        row.get_by_role("link", name="Watch").click()
+        expect(approver).to_have_url(re.compile(rf"/sessions/{session_id}/watch$"))
         expect(approver.locator("#term-status")).to_contain_text("Watching live")
         _wait_row(approver, re.escape(socket.gethostname()))  # typed before the watch opened
         expect(approver.locator(".xterm-rows span.xterm-fg-1", has_text="red")).to_have_count(1)
@@ -245,13 +251,15 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
             response = vendor_ctx.new_page().goto(path)
             assert response is not None and response.status == 404, path
 
-        csrf = approver.locator("form.signout input[name=csrf_token]").get_attribute("value")
-        killed = approver.request.post(
-            f"/api/v1/sessions/{session_id}/kill",
-            data={"reason": KILL_NOTE},
-            headers={"X-CSRF-Token": csrf or ""},
-        )
-        assert killed.status == 202, killed.text()
+        # Kill from the live table, in a second tab: the watch tab stays open to see the end.
+        killer = approver_ctx.new_page()
+        killer.goto("/live")
+        killer.locator(f'#live-rows tr[data-session="{session_id}"]').get_by_role(
+            "link", name="Kill"
+        ).click()
+        killer.get_by_label(re.compile("^Reason")).fill(KILL_NOTE)
+        killer.get_by_role("button", name="Kill session").click()
+        expect(killer.get_by_role("status")).to_contain_text("Kill requested")
         ended = f"conduit: session ended: killed: {KILL_NOTE}"
         _wait_row(vendor, re.escape(ended), deadline_s=5)
         expect(vendor.locator("#term-status")).to_have_text(f"Session ended: killed: {KILL_NOTE}")

@@ -84,7 +84,9 @@ async def _detail_page(
     *,
     comment: str = "",
     step: StepUp | None = None,
+    decision: str = "",
     problem: str = "",
+    done: str = "",
     status_code: int = 200,
 ) -> Response:
     services = services_of(request)
@@ -100,7 +102,11 @@ async def _detail_page(
         "own": own,
         "may_decide": found.state is rq.RequestState.PENDING and not own and me in eligible,
         "comment": comment,
+        # Set while a code is asked for: the form then carries this decision only, so the
+        # code's Enter key cannot take the form's first button (approve) instead.
+        "decision": decision,
         "problem": problem,
+        "done": done,
         **(step.values() if step is not None else {"stepup_needed": False}),
     }
     return await page(
@@ -109,13 +115,18 @@ async def _detail_page(
     )  # fmt: skip
 
 
+# What the page says after a decision (the redirect's ?done=); anything else says nothing.
+DONE = {"approved": "Approved.", "denied": "Denied."}
+
+
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
 async def detail(request: Request, request_id: str) -> Response:
     context = await signed_in(request, SiteAction.DECIDE_REQUESTS)
     if context is None:
         return sign_in_redirect(request)
     found = await _visible(request, context, request_id)
-    return await _detail_page(request, context, found)
+    done = DONE.get(request.query_params.get("done", ""), "")
+    return await _detail_page(request, context, found, done=done)
 
 
 async def _answer(request: Request, request_id: str, *, approve: bool) -> Response:
@@ -141,7 +152,9 @@ async def _answer(request: Request, request_id: str, *, approve: bool) -> Respon
         )  # fmt: skip
     step = await confirm_inline(request, context, text_field(form, "code", 80))
     if not step.ok:
-        return await _detail_page(request, context, found, comment=comment, step=step)
+        return await _detail_page(
+            request, context, found, comment=comment, step=step, decision=verb
+        )
     answer = services.requests.approve if approve else services.requests.deny
     try:
         await answer(found.request_id, me, comment, source=source_of(request))
@@ -152,7 +165,8 @@ async def _answer(request: Request, request_id: str, *, approve: bool) -> Respon
         return await _detail_page(
             request, context, fresh, comment=comment, problem=exc.message, status_code=409
         )
-    return RedirectResponse(f"/requests/{found.request_id}", status_code=303)
+    outcome = "approved" if approve else "denied"
+    return RedirectResponse(f"/requests/{found.request_id}?done={outcome}", status_code=303)
 
 
 @router.post("/requests/{request_id}/approve", response_class=HTMLResponse)

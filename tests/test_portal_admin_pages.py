@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
+import asyncssh
+
+from gateway import vault
+from gateway.authz import hostkeys
 from gateway.identity.accounts import create_user
 from tests.test_api_access import PASSWORDS_ALL, SECRETS_ALL, Api, User, api
 from tests.test_api_sessions import audit_rows
@@ -148,3 +153,194 @@ async def test_zone_edit_changes_the_rules_with_before_and_after(api: Api) -> No
     assert missing.status_code == 404
     gone = await root.client.post("/admin/zones/nope", data=body)
     assert gone.status_code == 404
+
+
+# -- assets ------------------------------------------------------------------------------
+ASSET_FORM = {
+    "name": "hmi-7", "protocol": "ssh", "host": "127.0.0.1", "port": "22",
+    "max_request_hours": "8", "record_input": "on",
+}  # fmt: skip
+
+
+async def test_non_admins_get_404_for_asset_pages_and_posts(api: Api) -> None:
+    mallory = await api.login("mallory")
+    for path in ("/admin/assets", "/admin/assets/plc-1"):
+        assert (await mallory.client.get(path)).status_code == 404
+    for suffix in ("", "/plc-1", "/plc-1/scan", "/plc-1/hostkeys", "/plc-1/credential"):
+        body = {"csrf_token": mallory.csrf, "password": "x", "kind": "password"}
+        assert (await mallory.client.post("/admin/assets" + suffix, data=body)).status_code == 404
+    assert len(await refusals(api)) == 7
+
+
+async def test_asset_add_with_zone_step_up_and_audit(api: Api) -> None:
+    await api.env.services.authz.add_zone("line-1", actor="test")
+    root = await api.login("root")
+    stale(api)
+    body = {**ASSET_FORM, "zones": "line-1", "csrf_token": root.csrf}
+    asked = await root.client.post("/admin/assets", data=body)
+    assert (
+        asked.status_code == 200 and 'name="code"' in asked.text and 'value="hmi-7"' in asked.text
+    )
+    done = await root.client.post("/admin/assets", data={**body, "code": api.code("root")})
+    assert done.status_code == 303 and done.headers["location"] == "/admin/assets/hmi-7"
+    listed = (await root.client.get("/admin/assets")).text
+    assert 'href="/admin/assets/hmi-7"' in listed and "127.0.0.1:22" in listed
+    [(asset, zones)] = [(a, z) for a, z in await api.env.services.authz.list_assets()
+                        if a.name == "hmi-7"]  # fmt: skip
+    assert zones == ["line-1"] and asset.record_input
+    [change] = await changes(api)
+    assert change["before"] == {} and change["after"]["zones"] == ["line-1"]
+
+
+async def test_asset_bad_input_gets_messages_and_stores_nothing(api: Api) -> None:
+    root = await api.login("root")
+    body = {
+        **ASSET_FORM, "name": "plc-1", "protocol": "telnet", "host": "a b", "port": "70000",
+        "max_request_hours": "0", "zones": "nowhere", "csrf_token": root.csrf,
+    }  # fmt: skip
+    answer = await root.client.post("/admin/assets", data=body)
+    assert answer.status_code == 422
+    for field in ("name", "protocol", "host", "port", "max_request_hours", "zones"):
+        assert f'id="err-{field}"' in answer.text, field
+    assert "already exists" in answer.text
+    assert len(await api.env.services.authz.list_assets()) == 2
+
+
+async def test_asset_edit_and_disable_is_honoured_by_the_authorizer(api: Api) -> None:
+    services = api.env.services
+    await services.authz.add_zone("line-1", actor="test")
+    await services.authz.add_grant(
+        subject_kind="user", subject="alice", object_kind="asset", obj="plc-1",
+        action="ssh", actor="test",
+    )  # fmt: skip
+    assert (await services.authz.authorize("alice", "plc-1", "ssh")).allowed
+    root = await api.login("root")
+    page = await root.client.get("/admin/assets/plc-1")
+    assert page.status_code == 200 and 'value="10.0.0.1"' in page.text
+    body = {
+        "host": "10.0.0.2", "port": "2222", "max_request_hours": "4", "zones": "line-1",
+        "disabled": "on", "csrf_token": root.csrf,
+    }  # fmt: skip
+    assert (await root.client.post("/admin/assets/plc-1", data=body)).status_code == 303
+    decision = await services.authz.authorize("alice", "plc-1", "ssh")
+    assert not decision.allowed and "disabled" in decision.reason
+    [change] = await changes(api)
+    assert change["before"]["disabled"] is False and change["after"]["disabled"] is True
+    assert (change["before"]["port"], change["after"]["port"]) == (22, 2222)
+    assert change["after"]["record_input"] is False and change["after"]["zones"] == ["line-1"]
+    assert "disabled" in (await root.client.get("/admin/assets")).text
+    body.pop("disabled")  # enabled again: the grant reaches alice again
+    assert (await root.client.post("/admin/assets/plc-1", data=body)).status_code == 303
+    assert (await services.authz.authorize("alice", "plc-1", "ssh")).allowed
+
+
+async def _ssh_listener(key: asyncssh.SSHKey) -> tuple[asyncssh.SSHAcceptor, int]:
+    """An SSH server on loopback offering ``key`` (a scan reads it and never logs in)."""
+    acceptor = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key])
+    port: int = acceptor.sockets[0].getsockname()[1]
+    return acceptor, port
+
+
+async def test_host_key_scan_shows_fingerprints_and_pins_only_what_was_confirmed(
+    api: Api,
+) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    fingerprint = key.get_fingerprint("sha256")
+    acceptor, port = await _ssh_listener(key)
+    services = api.env.services
+    try:
+        await services.authz.add_asset("hmi-7", "127.0.0.1", port, "ssh", actor="test")
+        root = await api.login("root")
+        scanned = await root.client.post("/admin/assets/hmi-7/scan", data={"csrf_token": root.csrf})
+        assert scanned.status_code == 200 and fingerprint in scanned.text
+        async with services.sessions() as db:
+            assert await hostkeys.pins(db, "hmi-7") == []  # shown, not stored
+        # A fingerprint that the asset does not offer (any more) pins nothing.
+        other = asyncssh.generate_private_key("ssh-ed25519").get_fingerprint("sha256")
+        path = "/admin/assets/hmi-7/hostkeys"
+        swapped = await root.client.post(path, data={"fingerprint": other, "csrf_token": root.csrf})
+        assert swapped.status_code == 409 and "different keys" in swapped.text
+        none = await root.client.post(path, data={"csrf_token": root.csrf})
+        assert none.status_code == 422 and "Tick the keys" in none.text
+        stale(api)
+        body = {"fingerprint": fingerprint, "csrf_token": root.csrf}
+        asked = await root.client.post(path, data=body)
+        assert asked.status_code == 200 and 'name="code"' in asked.text
+        done = await root.client.post(path, data={**body, "code": api.code("root")})
+        assert done.status_code == 303
+        async with services.sessions() as db:
+            [pinned] = await hostkeys.pins(db, "hmi-7")
+        assert pinned.fingerprint == fingerprint and pinned.added_by == "root"
+        page = (await root.client.get("/admin/assets/hmi-7")).text
+        assert fingerprint in page and "by root" in page
+        [change] = await changes(api)
+        assert change["before"] == {"pinned": []} and change["after"] == {"pinned": [fingerprint]}
+        reasons = [r["reason"] for r in await refusals(api)]
+        assert any("no longer offered" in r for r in reasons)
+    finally:
+        acceptor.close()
+        await acceptor.wait_closed()
+
+
+async def test_a_failed_scan_says_so(api: Api) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    await api.env.services.authz.add_asset("hmi-7", "127.0.0.1", port, "ssh", actor="test")
+    root = await api.login("root")
+    answer = await root.client.post("/admin/assets/hmi-7/scan", data={"csrf_token": root.csrf})
+    assert answer.status_code == 502 and "The scan failed" in answer.text
+    assert f"127.0.0.1:{port}" in answer.text
+
+
+PASSWORD = "Very-Secret-Target-Pass-9"
+
+
+async def test_credentials_are_write_only_and_never_echoed(api: Api) -> None:
+    services = api.env.services
+    root = await api.login("root")
+    path = "/admin/assets/plc-1/credential"
+    body = {
+        "account": "default", "username": "operator", "kind": "password",
+        "password": PASSWORD, "csrf_token": root.csrf,
+    }  # fmt: skip
+    seen: list[str] = []
+    stale(api)
+    asked = await root.client.post(path, data=body)  # step-up: the secret must be typed again
+    seen.append(asked.text)
+    assert asked.status_code == 200 and 'name="code"' in asked.text
+    assert "type the secret again" in asked.text
+    bad = await root.client.post(path, data={**body, "username": "two words"})
+    seen.append(bad.text)
+    assert bad.status_code == 422 and 'id="err-username"' in bad.text
+    done = await root.client.post(path, data={**body, "code": api.code("root")})
+    assert done.status_code == 303
+    page = await root.client.get("/admin/assets/plc-1")
+    seen.append(page.text)
+    assert "set on" in page.text and "by root" in page.text and "operator" in page.text
+    # Replace it with a private key: still only "set on ... by ...".
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pem = key.export_private_key().decode()
+    replaced = await root.client.post(
+        path, data={**body, "kind": "private-key", "password": "", "private_key": pem}
+    )
+    assert replaced.status_code == 303
+    wrong = await root.client.post(
+        path,
+        data={**body, "kind": "private-key", "password": "", "private_key": "nope " + PASSWORD},
+    )
+    seen.append(wrong.text)
+    assert wrong.status_code == 422 and "not an unencrypted OpenSSH private key" in wrong.text
+    for path_shown in ("/admin/assets/plc-1", "/admin/assets", "/admin"):
+        seen.append((await root.client.get(path_shown)).text)
+    secret_body = pem.splitlines()[1]
+    for text in seen:
+        assert PASSWORD not in text and secret_body not in text
+    async with services.sessions() as db:
+        [stored] = await vault.stored(db, "plc-1")
+    assert (stored.kind, stored.set_by, stored.username) == ("private-key", "root", "operator")
+    made = await changes(api)
+    assert [c["after"]["kind"] for c in made] == ["password", "private-key"]
+    assert made[1]["before"] == {"username": "operator", "kind": "password", "value": "(redacted)"}
+    for row in await audit_rows(api, "admin.changed"):
+        assert PASSWORD not in row.detail and secret_body not in row.detail

@@ -15,6 +15,7 @@ from gateway.sessions.broker import Broker
 from gateway.web import (
     access_pages,
     account,
+    admin_assets,
     admin_zones,
     api_access,
     api_sessions,
@@ -67,6 +68,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's
     app.include_router(assets.router)
     app.include_router(admin_zones.router)
+    app.include_router(admin_assets.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
     app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)

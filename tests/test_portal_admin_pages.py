@@ -15,6 +15,7 @@ import asyncssh
 
 from gateway import vault
 from gateway.authz import hostkeys
+from gateway.identity import onboarding
 from gateway.identity.accounts import create_user
 from tests.test_api_access import PASSWORDS_ALL, SECRETS_ALL, Api, User, api
 from tests.test_api_sessions import audit_rows
@@ -344,3 +345,87 @@ async def test_credentials_are_write_only_and_never_echoed(api: Api) -> None:
     assert made[1]["before"] == {"username": "operator", "kind": "password", "value": "(redacted)"}
     for row in await audit_rows(api, "admin.changed"):
         assert PASSWORD not in row.detail and secret_body not in row.detail
+
+
+# -- users -------------------------------------------------------------------------------
+async def test_non_admins_get_404_for_user_pages_and_posts(api: Api) -> None:
+    audrey = await auditor(api)
+    for path in ("/admin/users", "/admin/users/alice"):
+        assert (await audrey.client.get(path)).status_code == 404
+    for suffix in ("", "/alice/roles", "/alice/status", "/alice/reset-mfa"):
+        body = {"csrf_token": audrey.csrf, "username": "x", "roles": "admin", "to": "disabled"}
+        assert (await audrey.client.post("/admin/users" + suffix, data=body)).status_code == 404
+    assert len(await refusals(api)) == 6
+    async with api.env.services.sessions() as db:
+        assert (await onboarding.find_user(db, "alice")).status == "active"
+
+
+async def test_invite_shows_the_link_once_and_it_enrols(api: Api) -> None:
+    root = await api.login("root")
+    stale(api)
+    body = {"username": "vera", "roles": "vendor", "organisation": "Acme <GmbH>",
+            "csrf_token": root.csrf}  # fmt: skip
+    asked = await root.client.post("/admin/users", data=body)
+    assert asked.status_code == 200 and 'name="code"' in asked.text and "/enroll/" not in asked.text
+    done = await root.client.post("/admin/users", data={**body, "code": api.code("root")})
+    assert done.status_code == 200 and done.headers["cache-control"] == "no-store"
+    found = re.search(r'value="(https?://[^"]*/enroll/([^"]+))"', done.text)
+    assert found is not None
+    assert "Acme &lt;GmbH&gt;" in done.text and "invited" in done.text
+    again = (await root.client.get("/admin/users")).text
+    assert found[2] not in again  # shown once
+    enrol = await api.client().get(f"/enroll/{found[2]}")
+    assert enrol.status_code == 200 and "vera" in enrol.text
+    [change] = await changes(api)
+    assert change["after"] == {
+        "roles": ["vendor"],
+        "organisation": "Acme <GmbH>",
+        "status": "invited",
+    }
+    assert found[2] not in json.dumps(change)
+
+
+async def test_invite_bad_input_and_duplicates(api: Api) -> None:
+    root = await api.login("root")
+    body = {"username": "no spaces", "roles": "emperor", "csrf_token": root.csrf}
+    answer = await root.client.post("/admin/users", data=body)
+    assert answer.status_code == 422
+    assert 'id="err-username"' in answer.text and 'id="err-roles"' in answer.text
+    taken = await root.client.post(
+        "/admin/users", data={"username": "alice", "roles": "vendor", "csrf_token": root.csrf}
+    )
+    assert taken.status_code == 422 and "already exists" in taken.text
+
+
+async def test_disable_enable_roles_and_reset_mfa(api: Api) -> None:
+    services = api.env.services
+    alice = await api.login("alice")
+    root = await api.login("root")
+    page = (await root.client.get("/admin/users/alice")).text
+    assert "ends their live sessions" in page
+    off = {"to": "disabled", "csrf_token": root.csrf}
+    assert (await root.client.post("/admin/users/alice/status", data=off)).status_code == 303
+    assert (await alice.client.get("/access")).status_code in (303, 307)  # signed out
+    on = {"to": "active", "csrf_token": root.csrf}
+    assert (await root.client.post("/admin/users/alice/status", data=on)).status_code == 303
+    roles = {"roles": ["vendor", "approver"], "csrf_token": root.csrf}
+    assert (await root.client.post("/admin/users/alice/roles", data=roles)).status_code == 303
+    reset = await root.client.post("/admin/users/alice/reset-mfa", data={"csrf_token": root.csrf})
+    assert reset.status_code == 200 and "/enroll/" in reset.text
+    async with services.sessions() as db:
+        user = await onboarding.find_user(db, "alice")
+        assert (user.status, user.role_names) == ("invited", ["approver", "vendor"])
+    made = await changes(api)
+    assert [(c["before"]["status"], c["after"]["status"]) for c in made] == [
+        ("active", "disabled"), ("disabled", "active"), ("active", "active"),
+        ("active", "invited"),
+    ]  # fmt: skip
+    assert made[2]["after"]["roles"] == ["approver", "vendor"]
+    # Locking oneself out is refused, with a message, audited.
+    mine = await root.client.post("/admin/users/root/status", data=off)
+    assert mine.status_code == 409 and "your own account" in mine.text
+    drop = await root.client.post(
+        "/admin/users/root/roles", data={"roles": "vendor", "csrf_token": root.csrf}
+    )
+    assert drop.status_code == 409 and "own admin role" in drop.text
+    assert sum(r["status"] == 409 for r in await refusals(api)) == 2

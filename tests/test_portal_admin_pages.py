@@ -429,3 +429,78 @@ async def test_disable_enable_roles_and_reset_mfa(api: Api) -> None:
     )
     assert drop.status_code == 409 and "own admin role" in drop.text
     assert sum(r["status"] == 409 for r in await refusals(api)) == 2
+
+
+# -- grants ------------------------------------------------------------------------------
+GRANT_FORM = {
+    "subject_kind": "user", "subject": "alice", "object_kind": "asset", "object": "plc-1",
+    "action": "ssh", "effect": "allow", "schedule": "Mon-Fri 07:00-17:00 Europe/Berlin",
+}  # fmt: skip
+
+
+async def test_non_admins_get_404_for_grant_pages_and_posts(api: Api) -> None:
+    bob = await api.login("bob")
+    assert (await bob.client.get("/admin/grants")).status_code == 404
+    [grant] = [g for g in await api.env.services.authz.list_grants() if g.subject == "user:bob"]
+    for path in ("/admin/grants", f"/admin/grants/{grant.id}/revoke"):
+        body = {**GRANT_FORM, "csrf_token": bob.csrf}
+        assert (await bob.client.post(path, data=body)).status_code == 404
+    assert len(await refusals(api)) == 3
+    assert grant.id in [g.id for g in await api.env.services.authz.list_grants()]
+
+
+async def test_grant_preview_lists_the_next_three_windows_then_saving_rechecks(api: Api) -> None:
+    services = api.env.services
+    root = await api.login("root")
+    before = len(await services.authz.list_grants())
+    # The fixture's clock: Friday 2026-11-27 12:00 UTC (13:00 in Berlin, inside the window).
+    body = {**GRANT_FORM, "csrf_token": root.csrf}
+    shown = await root.client.post("/admin/grants", data={**body, "preview": "1"})
+    assert shown.status_code == 200
+    windows = re.findall(r"<li>(.*?) <span", shown.text.split('class="windows"')[1])
+    assert windows == [
+        "Fri 2026-11-27 13:00 - 17:00 Europe/Berlin",
+        "Mon 2026-11-30 07:00 - 17:00 Europe/Berlin",
+        "Tue 2026-12-01 07:00 - 17:00 Europe/Berlin",
+    ]
+    assert "open now" in shown.text and "06:00-16:00 UTC" in shown.text
+    assert len(await services.authz.list_grants()) == before  # a preview stores nothing
+    stale(api)
+    asked = await root.client.post("/admin/grants", data=body)
+    assert asked.status_code == 200 and 'name="code"' in asked.text and "Next windows" in asked.text
+    bad = {**body, "schedule": "Mon-Fri 07:00-17:00 Mars/Olympus", "code": api.code("root")}
+    refused = await root.client.post("/admin/grants", data=bad)
+    assert refused.status_code == 422 and 'id="err-schedule"' in refused.text
+    done = await root.client.post("/admin/grants", data={**body, "code": api.code("root")})
+    assert done.status_code == 303
+    [made] = [g for g in await services.authz.list_grants() if g.subject == "user:alice"]
+    assert made.schedule == GRANT_FORM["schedule"]
+    assert (await services.authz.authorize("alice", "plc-1", "ssh")).allowed
+    [change] = await changes(api)
+    assert change["after"]["schedule"] == GRANT_FORM["schedule"] and change["before"] == {}
+    listed = (await root.client.get("/admin/grants")).text
+    assert made.id in listed and "standing, by root" in listed
+
+
+async def test_a_deny_and_a_revoke(api: Api) -> None:
+    services = api.env.services
+    root = await api.login("root")
+    deny = {**GRANT_FORM, "schedule": "", "effect": "deny", "csrf_token": root.csrf}
+    await services.authz.add_grant(
+        subject_kind="user", subject="alice", object_kind="asset", obj="plc-1", action="ssh",
+        actor="test",
+    )  # fmt: skip
+    assert (await root.client.post("/admin/grants", data=deny)).status_code == 303
+    assert not (await services.authz.authorize("alice", "plc-1", "ssh")).allowed
+    [denied] = [g for g in await services.authz.list_grants() if g.effect == "deny"]
+    path = f"/admin/grants/{denied.id}/revoke"
+    stale(api)
+    asked = await root.client.post(path, data={"csrf_token": root.csrf})
+    assert asked.status_code == 200 and 'name="code"' in asked.text
+    done = await root.client.post(path, data={"csrf_token": root.csrf, "code": api.code("root")})
+    assert done.status_code == 303
+    assert (await services.authz.authorize("alice", "plc-1", "ssh")).allowed
+    made = await changes(api)
+    assert (made[-1]["before"]["revoked"], made[-1]["after"]["revoked"]) == (False, True)
+    again = await root.client.post(path, data={"csrf_token": root.csrf})
+    assert again.status_code == 404

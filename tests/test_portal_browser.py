@@ -49,6 +49,7 @@ MENU = {
         "Requests",
         "Live sessions",
         "Evidence",
+        "Admin",
         "Account",
     ],
 }
@@ -60,6 +61,7 @@ EVERY_ENTRY = {
     "Requests",
     "Live sessions",
     "Evidence",
+    "Admin",
     "Account",
 }
 HOME_SECTION = {

@@ -44,6 +44,7 @@ class AssetCredential(Base):
     secret_enc: Mapped[bytes] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    set_by: Mapped[str] = mapped_column(String(64), default="")  # who stored it last
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ async def set_credential(
     account: str = DEFAULT_ACCOUNT,
     password: str | None = None,
     private_key: bytes | None = None,
+    actor: str = "",
 ) -> None:
     """Store or replace (write-only) the credential for ``asset``/``account``."""
     check_name(asset, "asset")
@@ -104,10 +106,36 @@ async def set_credential(
                 secret_enc=sealed,
                 created_at=now,
                 updated_at=now,
+                set_by=actor[:64],
             )
         )
     else:
         row.username, row.kind, row.secret_enc, row.updated_at = username, kind, sealed, now
+        row.set_by = actor[:64]
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    """What an admin page may show of a vaulted credential: never the secret."""
+
+    account: str
+    username: str
+    kind: str
+    updated_at: dt.datetime
+    set_by: str
+
+
+async def stored(db: AsyncSession, asset: str) -> list[StoredCredential]:
+    """The asset's credentials as an admin sees them: account, user, kind, when, by whom."""
+    rows = await db.execute(
+        select(
+            AssetCredential.account, AssetCredential.username, AssetCredential.kind,
+            AssetCredential.updated_at, AssetCredential.set_by,
+        )
+        .where(AssetCredential.asset == asset)
+        .order_by(AssetCredential.account)
+    )  # fmt: skip
+    return [StoredCredential(*row) for row in rows.all()]
 
 
 async def accounts(db: AsyncSession, asset: str) -> list[tuple[str, str, str]]:

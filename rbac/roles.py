@@ -26,6 +26,8 @@ class SiteAction(StrEnum):
     # The live-sessions table in the menu; each row still needs watch/kill on its asset (or
     # SEE_ALL_SESSIONS), so the capability opens the page, never a session.
     WATCH_SESSIONS = "sessions.watch"
+    # The admin pages (/admin): zones, assets, credentials, host keys, users and grants.
+    ADMINISTER_SITE = "site.administer"
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[SiteAction]] = {

@@ -485,3 +485,20 @@ def _format_days(days: frozenset[Weekday]) -> str:
     return ",".join(
         run[0].label if len(run) == 1 else f"{run[0].label}-{run[-1].label}" for run in runs
     )
+
+
+def upcoming(
+    window: Window, instant: datetime, count: int
+) -> list[tuple[datetime, datetime | None]]:
+    """The next ``count`` stretches during which ``window`` is open, from ``instant`` on
+    (one open at ``instant`` comes first, starting there), found with ``contains`` and
+    ``next_change`` as the authorizer does: (start, end) in UTC, end None when it stays open."""
+    out: list[tuple[datetime, datetime | None]] = []
+    at: datetime | None = _as_utc(instant, "instant")
+    if at is not None and not contains(window, at):
+        at = next_change(window, at)
+    while at is not None and len(out) < count:
+        end = next_change(window, at)
+        out.append((at, end))
+        at = next_change(window, end) if end is not None else None
+    return out

@@ -42,12 +42,26 @@ MENU = {
     "approver": ["Home", "Requests", "Live sessions", "Account"],
     "auditor": ["Home", "Live sessions", "Evidence", "Account"],
     "admin": [
-        "Home", "My access", "Connect", "Sessions", "Requests", "Live sessions", "Evidence",
+        "Home",
+        "My access",
+        "Connect",
+        "Sessions",
+        "Requests",
+        "Live sessions",
+        "Evidence",
+        "Admin",
         "Account",
     ],
 }
 EVERY_ENTRY = {
-    "Home", "My access", "Connect", "Sessions", "Requests", "Live sessions", "Evidence",
+    "Home",
+    "My access",
+    "Connect",
+    "Sessions",
+    "Requests",
+    "Live sessions",
+    "Evidence",
+    "Admin",
     "Account",
 }
 HOME_SECTION = {

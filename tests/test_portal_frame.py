@@ -24,7 +24,17 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "gateway" / "web" / "templates
         (("auditor",), ["home", "live", "evidence", "account"]),
         (
             ("admin",),
-            ["home", "access", "connect", "sessions", "requests", "live", "evidence", "account"],
+            [
+                "home",
+                "access",
+                "connect",
+                "sessions",
+                "requests",
+                "live",
+                "evidence",
+                "admin",
+                "account",
+            ],
         ),
         (
             ("vendor", "approver"),

@@ -135,10 +135,10 @@ async def _events(site: Site, action: str) -> list[dict[str, Any]]:
 async def test_a_matching_ticket_connects_with_its_accounts_credential(site: Site) -> None:
     ticket = await _open(site, "maint")
     assert await site.broker.connect_ssh(ticket) == "connection"
-    (seen, credential), = site.connected
+    ((seen, credential),) = site.connected
     assert seen is ticket and credential.username == "maint"
     assert credential.password == "secret-maint"
-    start, = await _events(site, "session.start")
+    (start,) = await _events(site, "session.start")
     assert start["detail"]["account"] == "maint"
     assert start["detail"]["action"] == "ssh:account=maint"
     await site.broker.close(ticket, "closed")
@@ -147,7 +147,7 @@ async def test_a_matching_ticket_connects_with_its_accounts_credential(site: Sit
 async def test_an_account_no_grant_names_is_refused_and_audited(site: Site) -> None:
     with pytest.raises(Exception, match="not found or not permitted"):
         await _open(site, "root")  # vaulted, but only default and maint are granted
-    denied, = await _events(site, "session.denied")
+    (denied,) = await _events(site, "session.denied")
     assert denied["detail"]["account"] == "root"
     assert "ssh:account=root" in denied["detail"]["reason"]
     assert site.connected == []
@@ -168,7 +168,7 @@ async def test_a_ticket_for_another_target_is_refused_and_audited(
     with pytest.raises(TicketRefused):
         await site.broker.connect_ssh(forged)
     assert site.connected == []
-    refused, = await _events(site, "upstream.refused")
+    (refused,) = await _events(site, "upstream.refused")
     assert refused["result"] == "denied"
     assert refused["detail"]["session_id"] == ticket.session_id
     # And the upstream itself refuses such a ticket if it is ever called around the broker.

@@ -57,6 +57,44 @@ async def scan(host: str, port: int) -> asyncssh.SSHKey:
     return key
 
 
+# One connection per key family: a server offers one host key per negotiation, so asking
+# for each family in turn reads every key it has (that the gateway can verify).
+SCAN_FAMILIES = (
+    ("ssh-ed25519",),
+    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"),
+    ("rsa-sha2-512", "rsa-sha2-256"),
+)
+
+
+async def scan_all(host: str, port: int) -> list[asyncssh.SSHKey]:
+    """Every host key the target offers, one per family, without logging in (callers
+    bound the wait). ``HostKeyError`` when none could be read, with the first failure."""
+    keys: dict[str, asyncssh.SSHKey] = {}
+    failure = ""
+    for algorithms in SCAN_FAMILIES:
+        try:
+            key = await asyncssh.get_server_host_key(
+                host, port, server_host_key_algs=list(algorithms)
+            )
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            failure = failure or str(exc) or type(exc).__name__
+            if isinstance(exc, OSError):
+                break  # nothing listens there: the other families will not do better
+            continue
+        if key is not None:
+            keys.setdefault(key.get_fingerprint("sha256"), key)
+    if not keys:
+        raise HostKeyError(f"could not read the host keys of {host}:{port}: {failure}")
+    return list(keys.values())
+
+
+async def pins(db: AsyncSession, asset: str) -> list[AssetHostKey]:
+    rows = await db.execute(
+        select(AssetHostKey).where(AssetHostKey.asset == asset).order_by(AssetHostKey.id)
+    )
+    return list(rows.scalars())
+
+
 async def pin(
     db: AsyncSession, asset: str, key: asyncssh.SSHKey, *, actor: str, now: dt.datetime
 ) -> str:

@@ -87,6 +87,7 @@ class AuthzService:
         self._index = PolicyIndex()
         self._active: frozenset[str] = frozenset()
         self._assets: frozenset[str] = frozenset()
+        self._disabled: frozenset[str] = frozenset()
         self._version = -1
         self._reload_lock = asyncio.Lock()
 
@@ -99,13 +100,10 @@ class AuthzService:
                 return False
             async with self._reload_lock:
                 index, active, loaded = await policy_store.load_index(db)
-                assets = frozenset((await db.execute(select(Asset.name))).scalars())
-                self._index, self._active, self._assets, self._version = (
-                    index,
-                    active,
-                    assets,
-                    loaded,
-                )
+                rows = (await db.execute(select(Asset.name, Asset.disabled))).all()
+                self._index, self._active, self._version = index, active, loaded
+                self._assets = frozenset(name for name, _ in rows)
+                self._disabled = frozenset(name for name, off in rows if off)
         self._bus.publish(Change("policy.reloaded", (str(loaded),)))
         return True
 
@@ -118,6 +116,8 @@ class AuthzService:
             return Decision(False, f"user:{username} is not an active account")
         if asset not in self._assets:
             return Decision(False, f"asset:{asset} does not exist")
+        if asset in self._disabled:
+            return Decision(False, f"asset:{asset} is disabled")
         return self._index.authorize(f"user:{username}", f"asset:{asset}", action, when)
 
     async def reachable_now(self, username: str) -> list[tuple[str, str, Decision]]:
@@ -128,7 +128,7 @@ class AuthzService:
         if username not in self._active:
             return out
         actions = sorted({r.action for r in self._index.rules()})
-        for asset in sorted(self._assets):
+        for asset in sorted(self._assets - self._disabled):
             for action in actions:
                 decision = self._index.authorize(f"user:{username}", f"asset:{asset}", action, now)
                 if decision.allowed:
@@ -160,6 +160,8 @@ class AuthzService:
         actions = sorted({r.action for r in self._index.rules()})
         out: list[AssetOverview] = []
         for asset, zones in await self.list_assets():
+            if asset.disabled:
+                continue
             access = asset_access(
                 self._index, f"user:{username}", f"asset:{asset.name}", actions, now,
                 pending=asset.name in waiting,
@@ -383,6 +385,78 @@ class AuthzService:
                 query = query.where(Grant.revoked_at.is_(None))
             return list((await db.execute(query)).scalars())
 
+    # -- administration (the admin pages; the CLI's add commands are above) ------------------
+    async def list_zones(self) -> list[Zone]:
+        async with self._sessions() as db:
+            return list((await db.execute(select(Zone).order_by(Zone.name))).scalars())
+
+    async def update_zone(
+        self,
+        name: str,
+        *,
+        actor: str,
+        required_approvals: int,
+        max_request_hours: int | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Change a zone's approval rules; (before, after) for the caller's audit event."""
+        if not 1 <= required_approvals <= MAX_APPROVALS:
+            raise PolicyError(f"required approvals must be 1-{MAX_APPROVALS}")
+        _request_hours(max_request_hours)
+        async with self._sessions() as db, db.begin():
+            zone = (await db.execute(select(Zone).where(Zone.name == name))).scalar_one_or_none()
+            if zone is None:
+                raise PolicyError(f"zone {name} does not exist")
+            before = zone_facts(zone)
+            zone.required_approvals = required_approvals
+            zone.max_request_hours = max_request_hours
+            after = zone_facts(zone)
+            await policy_store.bump_version(db)
+        await self._changed(
+            Change("zone.changed", (name,)), actor, {"before": before, "after": after}
+        )
+        return before, after
+
+    async def update_asset(
+        self,
+        name: str,
+        *,
+        actor: str,
+        host: str,
+        port: int,
+        zones: tuple[str, ...],
+        max_request_hours: int,
+        record_input: bool,
+        disabled: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Change an asset's address, zones, limits, input recording or disabled state;
+        (before, after) for the caller's audit event. The protocol is fixed at creation."""
+        if not 1 <= port <= 65535:
+            raise PolicyError("port must be 1-65535")
+        if not host or len(host) > 255 or any(c.isspace() for c in host):
+            raise PolicyError("host must be a host name or address")
+        _request_hours(max_request_hours)
+        async with self._sessions() as db, db.begin():
+            asset = await self.asset(db, name)
+            if asset is None:
+                raise PolicyError(f"asset {name} does not exist")
+            placed = await db.execute(select(AssetZone).where(AssetZone.asset == name))
+            old_places = {row.zone: row for row in placed.scalars()}
+            before = asset_facts(asset, sorted(old_places))
+            asset.host, asset.port = host, port
+            asset.max_request_hours, asset.record_input = max_request_hours, record_input
+            asset.disabled = disabled
+            for zone in sorted(set(old_places) - set(zones)):
+                await db.delete(old_places[zone])
+                await policy_store.remove_g(db, "g2", f"asset:{name}", f"zone:{zone}")
+            for zone in sorted(set(zones) - set(old_places)):
+                await self._place(db, f"asset:{name}", zone)
+            after = asset_facts(asset, sorted(set(zones)))
+            await policy_store.bump_version(db)
+        await self._changed(
+            Change("asset.changed", (name,)), actor, {"before": before, "after": after}
+        )
+        return before, after
+
     async def asset(self, db: AsyncSession, name: str) -> Asset | None:
         return (await db.execute(select(Asset).where(Asset.name == name))).scalar_one_or_none()
 
@@ -394,6 +468,28 @@ class AuthzService:
         for asset, zone in places:
             zones.setdefault(asset, []).append(zone)
         return [(a, sorted(zones.get(a.name, []))) for a in assets]
+
+
+def zone_facts(zone: Zone) -> dict[str, Any]:
+    """A zone's settings as audit events show them before and after a change."""
+    return {
+        "parent": zone.parent or "",
+        "required_approvals": zone.required_approvals,
+        "max_request_hours": zone.max_request_hours,
+    }
+
+
+def asset_facts(asset: Asset, zones: list[str]) -> dict[str, Any]:
+    """An asset's settings as audit events show them before and after a change."""
+    return {
+        "host": asset.host,
+        "port": asset.port,
+        "protocol": asset.protocol,
+        "zones": zones,
+        "max_request_hours": asset.max_request_hours,
+        "record_input": bool(asset.record_input),
+        "disabled": bool(asset.disabled),
+    }
 
 
 def _grant_detail(grant: Grant) -> dict[str, Any]:

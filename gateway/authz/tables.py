@@ -25,6 +25,8 @@ class Asset(Base):
     # Longest access a request may ask for on this asset, in hours.
     max_request_hours: Mapped[int] = mapped_column(Integer, default=8)
     record_input: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A disabled asset stays listed and keeps its grants, but no session opens to it.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 

@@ -205,6 +205,7 @@ def cmd_asset_credential(args: argparse.Namespace) -> int:
                 password=password,
                 private_key=key,
                 now=services.clock(),
+                actor=_actor(),
             )
         await services.audit.record(
             actor=_actor(),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import EnrollmentToken, User
+from gateway.db.models import ROLES, EnrollmentToken, User, UserRole
 from gateway.errors import ConduitError
 from gateway.identity import enrollment, lockout, portal_sessions
 from gateway.identity.accounts import (
@@ -151,6 +151,22 @@ async def set_status(db: AsyncSession, username: str, status: str, now: dt.datet
     user.updated_at = now
     if status == "disabled":
         await portal_sessions.revoke_all(db, user.id, now)
+    await membership_changed(db)
+    await db.flush()
+    return user
+
+
+async def set_roles(
+    db: AsyncSession, username: str, roles: Sequence[str], now: dt.datetime
+) -> User:
+    """Replace an account's roles (at least one, each known); policy reloads everywhere."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise AccountError(f"roles must be among {', '.join(ROLES)}")
+    user = await find_user(db, username)
+    kept = [r for r in user.roles if r.role in roles]
+    user.roles = kept + [UserRole(role=r) for r in sorted(set(roles) - {r.role for r in kept})]
+    user.updated_at = now
     await membership_changed(db)
     await db.flush()
     return user

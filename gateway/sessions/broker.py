@@ -178,9 +178,7 @@ class Broker:
         await self._register(ticket, decision, command)
         return ticket
 
-    async def _denied(
-        self, username: str, asset: str, source: str, detail: dict[str, Any]
-    ) -> None:
+    async def _denied(self, username: str, asset: str, source: str, detail: dict[str, Any]) -> None:
         """A session refused before it opened (``session.denied``): the full reason here,
         "not found or not permitted" for the user."""
         await self._s.audit.record(
@@ -188,9 +186,7 @@ class Broker:
             source=source, detail=detail,
         )  # fmt: skip
 
-    async def _target(
-        self, asset: str, account: str, port: int | None = None
-    ) -> Target | None:
+    async def _target(self, asset: str, account: str, port: int | None = None) -> Target | None:
         """The session's target from one read of the asset and its host-key pins; ``port``
         replaces the asset's own (a tunnel's destination port, which its action names)."""
         async with self._s.sessions() as db:

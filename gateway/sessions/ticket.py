@@ -89,9 +89,7 @@ def check_ticket(ticket: Ticket, now: dt.datetime, *, login: bool = False) -> No
     if tunnel is not None and int(tunnel.group(1)) != target.port:
         problems.append(f"target port {target.port} is not the authorized {proof.action}")
     if account_of(proof.action) != target.account:
-        problems.append(
-            f"account {target.account} is not covered by the authorized {proof.action}"
-        )
+        problems.append(f"account {target.account} is not covered by the authorized {proof.action}")
     if proof.subject != f"user:{ticket.username}":
         problems.append(f"authorization is for {proof.subject}, not user:{ticket.username}")
     if proof.valid_until is not None and now >= proof.valid_until:

@@ -15,6 +15,10 @@ from gateway.sessions.broker import Broker
 from gateway.web import (
     access_pages,
     account,
+    admin_assets,
+    admin_grants,
+    admin_users,
+    admin_zones,
     api_access,
     api_sessions,
     approvals,
@@ -65,6 +69,10 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(access_pages.router)
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's
     app.include_router(assets.router)
+    app.include_router(admin_zones.router)
+    app.include_router(admin_assets.router)
+    app.include_router(admin_users.router)
+    app.include_router(admin_grants.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
     app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)

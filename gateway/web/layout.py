@@ -40,6 +40,8 @@ def menu_for(roles: tuple[str, ...]) -> list[MenuEntry]:
         entries.append(MenuEntry("live", "Live sessions", "/live"))
     if role_allows(roles, SiteAction.READ_EVIDENCE):
         entries.append(MenuEntry("evidence", "Evidence", "/evidence"))
+    if role_allows(roles, SiteAction.ADMINISTER_SITE):
+        entries.append(MenuEntry("admin", "Admin", "/admin"))
     entries.append(MenuEntry("account", "Account", "/account"))
     return entries
 

@@ -21,6 +21,7 @@ from rbac.windows import (
     next_change,
     parse_instant,
     parse_schedule,
+    upcoming,
 )
 
 
@@ -368,3 +369,36 @@ def test_contains_matches_wall_clock_where_there_is_no_dst(
 ) -> None:
     # Tokyo and Kolkata have had no DST since 1951; `instants` start in 2000.
     assert contains(schedule, now) is wall_clock_oracle(schedule, now)
+
+
+@pytest.mark.parametrize(
+    "at,expected",
+    [
+        # Friday 2026-03-27 18:00 Berlin (CET, +01): next are Mon, Tue, Wed; Monday is after
+        # the switch to summer time (+02), so 07:00 local is 05:00 UTC.
+        (
+            "2026-03-27T17:00:00+00:00",
+            [("2026-03-30T05:00", "2026-03-30T15:00"), ("2026-03-31T05:00", "2026-03-31T15:00"),
+             ("2026-04-01T05:00", "2026-04-01T15:00")],
+        ),
+        # Inside a window: the first stretch starts now.
+        (
+            "2026-03-25T10:30:00+00:00",
+            [("2026-03-25T10:30", "2026-03-25T16:00"), ("2026-03-26T06:00", "2026-03-26T16:00"),
+             ("2026-03-27T06:00", "2026-03-27T16:00")],
+        ),
+    ],
+)  # fmt: skip
+def test_upcoming_lists_the_next_open_stretches(at: str, expected: list[tuple[str, str]]) -> None:
+    schedule = parse_schedule("Mon-Fri 07:00-17:00 Europe/Berlin")
+    got = upcoming(schedule, datetime.fromisoformat(at), 3)
+    assert [(s.strftime("%Y-%m-%dT%H:%M"), e.strftime("%Y-%m-%dT%H:%M") if e else "")
+            for s, e in got] == expected  # fmt: skip
+    assert all(s.tzinfo is not None for s, _ in got)
+
+
+def test_upcoming_of_an_always_open_or_finished_window() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert upcoming(parse_schedule("Mon-Sun 00:00-24:00 UTC"), now, 3) == [(now, None)]
+    past = AbsoluteWindow(now - timedelta(days=2), now - timedelta(days=1))
+    assert upcoming(past, now, 3) == []

@@ -9,10 +9,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_QUERY = re.compile(r"\?\S*")
+
+
+class DropQueryStrings(logging.Filter):
+    """uvicorn logs each websocket's path with its query string (``"WebSocket
+    /ws/terminal?ticket=..." [accepted]``), and a query string can carry a one-time token:
+    the server's log lines keep the path and say ``?...`` for the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
+            record.args = tuple(
+                _QUERY.sub("?...", a) if isinstance(a, str) and a.startswith("/") else a
+                for a in record.args
+            )
+        return True
 
 
 class JSONFormatter(logging.Formatter):
@@ -33,6 +49,7 @@ class JSONFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(DropQueryStrings())
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

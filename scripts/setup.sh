@@ -86,8 +86,15 @@ conduit_setup_npm() {
   if ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm || return 1
   fi
+  # node_modules is stamped with the lock's hash: unchanged lock, nothing to do.
+  local stamp="$CONDUIT_ROOT/node_modules/.conduit-lock" want
+  want=$(sha256sum "$CONDUIT_ROOT/package-lock.json" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
   say "installing browser libraries (npm ci)"
-  (cd "$CONDUIT_ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$CONDUIT_ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || return 1
+  printf '%s\n' "$want" > "$stamp"
 }
 
 conduit_setup_debian() {

@@ -189,6 +189,13 @@ class KeyRing:
     # Signs SSH user certificates. Required when SSH is enabled; otherwise loaded if present.
     ssh_user_ca: asyncssh.SSHKey | None = field(default=None, repr=False)
 
+    def ssh_host_fingerprints(self) -> list[tuple[str, str]]:
+        """(algorithm, ``SHA256:...``) of each SSH host key, as OpenSSH shows them when it
+        asks whether to trust the gateway: what a user compares before the first login."""
+        return [
+            (key.get_algorithm(), key.get_fingerprint("sha256")) for key in self.ssh_host_keys
+        ]
+
 
 def load_keyring(settings: Settings, environ: dict[str, str] | None = None) -> KeyRing:
     """Load and check every key the configuration names; raise ``KeyMaterialError``."""

@@ -175,6 +175,17 @@ def test_the_shown_ssh_command_logs_in_with_the_code_at_the_first_prompt(
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     card.get_by_role("button", name="Copy: Shell").click()
     assert page.evaluate("navigator.clipboard.readText()") == shown
+    # The fingerprint to compare when OpenSSH first asks to trust the gateway: the one the
+    # gateway's SSH port really offers (read with OpenSSH's own tools).
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(gateway.ssh_port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", "-"], input=scanned, capture_output=True, text=True,
+        timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    expect(page.locator("ul.fingerprints")).to_contain_text(listed[1])
     _shot(page, "connect-with-code")
     page.set_viewport_size(TABLET)
     _shot(page, "connect-with-code-tablet")

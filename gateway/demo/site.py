@@ -86,7 +86,9 @@ async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
     return creds
 
 
-def print_logins(settings: Settings, creds: list[dict[str, str]], device_port: int) -> None:
+def print_logins(
+    settings: Settings, keys: KeyRing, creds: list[dict[str, str]], device_port: int
+) -> None:
     ssh = settings.ssh_listen
     print("Conduit demo site")
     print(f"  portal: {settings.portal_url}   ssh: {ssh}")
@@ -103,6 +105,11 @@ def print_logins(settings: Settings, creds: list[dict[str, str]], device_port: i
         print(f"    ssh -p {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
         print("  and fetch or upload files (uploads/ takes new ones):")
         print(f"    sftp -P {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
+    fingerprints = keys.ssh_host_fingerprints()
+    if fingerprints:
+        print("  the gateway's SSH host key (compare when ssh asks whether to trust it):")
+        for algorithm, fingerprint in fingerprints:
+            print(f"    {algorithm:20} {fingerprint}")
     print(flush=True)
 
 
@@ -206,7 +213,7 @@ async def run(
     finally:
         await services.close()
     try:
-        print_logins(settings, creds, port)
+        print_logins(settings, keys, creds, port)
         return await serve(settings)
     finally:
         device.close()

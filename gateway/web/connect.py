@@ -149,6 +149,7 @@ async def _connect_page(
         entry.commands = command_lines(entry, user, host, port)
     values: dict[str, object] = {
         "entries": entries,
+        "host_fingerprints": services.keys.ssh_host_fingerprints(),
         "auth_option": AUTH_OPTION,
         "code_asset": "",
         "code": "",

@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 TICKET_SECONDS = 30.0
 MAX_PENDING = 4096  # tickets asked for and not used yet, in this process
+# ... and per portal session, so one signed-in script cannot use up the process's tickets
+# (a page asks for one per terminal it opens; a few tabs opened at once stay well below).
+MAX_PENDING_PER_SESSION = 8
 MAX_COLS, MAX_ROWS = 1000, 500
 SEND_HIGH = 256 * 1024  # output queued for the browser before the asset is paused
 MAX_CONTROL_CHARS = 256  # a text frame is a small JSON control, nothing more
@@ -91,6 +94,11 @@ class TerminalTickets:
         self._pending = {t: p for t, p in self._pending.items() if p.expires > now}
         if len(self._pending) >= MAX_PENDING:
             raise ConduitError("too many terminals are being opened; try again", "ticket limit")
+        mine = sum(p.portal_session == grant.portal_session for p in self._pending.values())
+        if mine >= MAX_PENDING_PER_SESSION:
+            raise ConduitError(
+                "too many terminals are being opened; try again", "ticket limit of this session"
+            )
         token = secrets.token_urlsafe(32)
         self._pending[token] = grant
         return token

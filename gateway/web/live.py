@@ -32,7 +32,7 @@ from gateway.web.api_access import Caller, Refused
 from gateway.web.api_sessions import MAX_REASON, Capabilities, Reason, kill_target, store_kill
 from gateway.web.auth import PortalContext, render, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import signed_in, signed_in_post
+from gateway.web.portal_forms import audit_refusal, signed_in, signed_in_post
 from gateway.web.stepup import StepUp, confirm_inline
 from rbac.roles import SiteAction
 
@@ -92,17 +92,6 @@ async def live_rows(services: Services, caller: Caller) -> list[LiveRow]:
     return out
 
 
-async def _refused(request: Request, context: PortalContext, status: int, why: str) -> None:
-    await services_of(request).audit.record(
-        actor=context.session.username,
-        action="portal.refused",
-        result="denied",
-        target=request.url.path[:200],
-        source=source_of(request),
-        detail={"status": status, "reason": why[:300]},
-    )
-
-
 async def _live_page(
     request: Request,
     context: PortalContext,
@@ -137,6 +126,7 @@ async def _kill_form(
     try:
         row = await kill_target(services, Capabilities(services, caller_of(context)), session_id)
     except Refused as exc:
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         return {"session_id": session_id, "message": str(exc.detail), "closed": True}
     return {"session_id": session_id, "row": f"{row.username} on {row.asset} ({row.protocol})"}
 
@@ -165,14 +155,15 @@ async def kill_from_page(
     try:
         row = await kill_target(services, Capabilities(services, caller_of(context)), session_id)
     except Refused as exc:
-        await _refused(request, context, exc.status_code, exc.why)
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         form.update(message=str(exc.detail), closed=True)
         return await _live_page(request, context, form, status_code=exc.status_code)
     form["row"] = f"{row.username} on {row.asset} ({row.protocol})"
     try:
         REASON_CHECK.validate_python(reason)
     except ValidationError:
-        await _refused(request, context, 422, "kill reason not printable text within bounds")
+        why = "kill reason not printable text within bounds"
+        await audit_refusal(request, context.session.username, 422, why)
         form["message"] = BAD_REASON
         return await _live_page(request, context, form, status_code=422)
     step: StepUp = await confirm_inline(request, context, code)
@@ -182,7 +173,7 @@ async def kill_from_page(
     try:
         await store_kill(services, row, reason, context.session.username, source_of(request))
     except Refused as exc:
-        await _refused(request, context, exc.status_code, exc.why)
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         form.update(message=str(exc.detail), closed=True)
         return await _live_page(request, context, form, status_code=exc.status_code)
     form["done"] = f"Kill requested for {form['row']}: it ends within a second."

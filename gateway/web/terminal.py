@@ -43,9 +43,9 @@ from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
 from gateway.vault import DEFAULT_ACCOUNT
-from gateway.web.auth import PortalContext, require_session_csrf, services_of, source_of
+from gateway.web.auth import PortalContext, require_session_csrf, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import NotPermitted, signed_in
+from gateway.web.portal_forms import NotPermitted, audit_refusal, signed_in
 from gateway.web.ws_guard import (
     NOT_FOUND,
     RECHECK_SECONDS,
@@ -140,11 +140,7 @@ async def terminal_page(request: Request, asset: str, account: Name = DEFAULT_AC
 
 
 async def _refused(request: Request, actor: str, status: int, reason: str) -> HTTPException:
-    await services_of(request).audit.record(
-        actor=actor or "anonymous", action="portal.refused", result="denied",
-        target=request.url.path[:200], source=source_of(request),
-        detail={"status": status, "reason": reason},
-    )  # fmt: skip
+    await audit_refusal(request, actor, status, reason)
     return HTTPException(status_code=status, detail=NOT_FOUND if status == 404 else reason)
 
 

@@ -32,6 +32,7 @@ from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
 from gateway.sessions.store import LiveSessionRow
 from gateway.sessions.tap import Watcher
+from gateway.web import portal_forms
 from gateway.web.api_access import Caller
 from gateway.web.api_sessions import may_watch
 from gateway.web.auth import PortalContext, services_of, source_of
@@ -73,13 +74,6 @@ async def _watchable(
     return row, ""
 
 
-async def _audit_refusal(request: Request, user: str, reason: str) -> None:
-    await services_of(request).audit.record(
-        actor=user, action="portal.refused", result="denied", target=request.url.path[:200],
-        source=source_of(request), detail={"status": 404, "reason": reason},
-    )  # fmt: skip
-
-
 @router.get("/sessions/{session_id}/watch", response_class=HTMLResponse)
 async def watch_page(request: Request, session_id: str) -> Response:
     context = await signed_in(request)
@@ -87,7 +81,7 @@ async def watch_page(request: Request, session_id: str) -> Response:
         return sign_in_redirect(request)
     row, why = await _watchable(request, context, session_id[:64])
     if row is None:
-        await _audit_refusal(request, context.session.username, why)
+        await portal_forms.audit_refusal(request, context.session.username, 404, why)
         raise NotPermitted(request.url.path)
     values = {
         "mode": "watch",

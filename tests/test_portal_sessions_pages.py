@@ -1,4 +1,5 @@
-"""Connect, My sessions and Live sessions pages in process: who sees what, kill from the page.
+"""Connect, My sessions, My requests and Live sessions pages in process: who sees what,
+kill from the page.
 
 The app runs over ASGI on SQLite and PostgreSQL with a settable clock (``api`` fixture of
 ``test_api_access``); live sessions are rows in the shared ``live_sessions`` table, as the
@@ -249,3 +250,17 @@ async def test_connect_page_codes_only_for_reachable_assets(api: Api) -> None:
     no_csrf = await alice.client.post("/connect/plc-1/code")
     assert no_csrf.status_code == 403
     assert (await (await api.login("bob")).client.get("/connect")).status_code == 404
+
+
+async def test_my_requests_announces_only_an_own_filed_request(api: Api) -> None:
+    await grant(api, "alice", "plc-1", "request")
+    mine = await api.env.services.requests.create(
+        "alice", ["plc-1"], ["ssh"], "firmware update", api.env.clock.now,
+        dt.timedelta(minutes=30),
+    )  # fmt: skip
+    alice = await api.login("alice")
+    shown = await alice.client.get(f"/access/requests?filed={mine.request_id}")
+    assert f"Request <code>{mine.request_id}</code> was filed" in shown.text
+    for crafted in ("r-forged-0001", "x" * 80):
+        page = await alice.client.get(f"/access/requests?filed={crafted}")
+        assert page.status_code == 200 and "was filed" not in page.text

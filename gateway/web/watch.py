@@ -67,9 +67,7 @@ async def _watchable(
         row = await live_store.get(db, session_id)
     if row is None:
         return None, f"no live session {session_id}"
-    s = context.session
-    caller = Caller(s.username, frozenset(s.roles), s)
-    if not await may_watch(services, caller, row.asset):
+    if not await may_watch(services, Caller.of_session(context.session), row.asset):
         return None, f"session {session_id} on {row.asset}: no watch capability"
     return row, ""
 
@@ -141,9 +139,7 @@ def _rechecker(ws: WebSocket, context: PortalContext, row: LiveSessionRow) -> Re
         if again is None:
             await audit_refusal(ws, user, f"{watched} stopped: portal session over", NOT_FOUND)
             return SIGNED_OUT
-        s = again.session
-        if not await may_watch(services_of(ws), Caller(s.username, frozenset(s.roles), s),
-                               row.asset):  # fmt: skip
+        if not await may_watch(services_of(ws), Caller.of_session(again.session), row.asset):
             await audit_refusal(ws, user, f"{watched} stopped: no watch capability", NOT_FOUND)
             return NO_LONGER
         return ""

@@ -1,4 +1,5 @@
-"""Connect, My sessions and Live sessions pages in process: who sees what, kill from the page.
+"""Connect, My sessions, My requests and Live sessions pages in process: who sees what,
+kill from the page.
 
 The app runs over ASGI on SQLite and PostgreSQL with a settable clock (``api`` fixture of
 ``test_api_access``); live sessions are rows in the shared ``live_sessions`` table, as the
@@ -153,6 +154,25 @@ async def test_kill_of_a_session_one_may_only_watch_or_that_is_gone(api: Api) ->
     assert statuses == [403, 404]
 
 
+async def test_kill_form_asked_for_a_session_one_may_not_kill_is_audited(api: Api) -> None:
+    """``/live?kill=ID`` shows no form for a session one may not kill, and says so in the
+    audit log like every other refusal (a missing one and another's alike: not found)."""
+    watched = await add_session(api, "alice", "plc-1")
+    hidden = await add_session(api, "mallory", "plc-10")
+    await grant(api, "bob", "plc-1", "watch")
+    bob = await api.login("bob")
+    for session_id in (watched.session_id, hidden.session_id, "gone-0000"):
+        answer = await bob.client.get(f"/live?kill={session_id}")
+        assert answer.status_code == 200 and 'name="reason"' not in answer.text
+    texts = [(await bob.client.get(f"/live?kill={s}")).text for s in (hidden.session_id, "x-1")]
+    assert all("not found or not permitted" in t for t in texts)
+    refusals = await _portal_refusals(api)
+    assert [(r["target"], r["status"]) for r in refusals[:3]] == [
+        ("/live", 403), ("/live", 404), ("/live", 404)
+    ]  # fmt: skip
+    assert hidden.session_id in str(refusals[1]["reason"])
+
+
 async def test_my_sessions_lists_own_sessions_and_survives_a_broken_row(api: Api) -> None:
     now = api.env.clock.now
     services = api.env.services
@@ -230,3 +250,17 @@ async def test_connect_page_codes_only_for_reachable_assets(api: Api) -> None:
     no_csrf = await alice.client.post("/connect/plc-1/code")
     assert no_csrf.status_code == 403
     assert (await (await api.login("bob")).client.get("/connect")).status_code == 404
+
+
+async def test_my_requests_announces_only_an_own_filed_request(api: Api) -> None:
+    await grant(api, "alice", "plc-1", "request")
+    mine = await api.env.services.requests.create(
+        "alice", ["plc-1"], ["ssh"], "firmware update", api.env.clock.now,
+        dt.timedelta(minutes=30),
+    )  # fmt: skip
+    alice = await api.login("alice")
+    shown = await alice.client.get(f"/access/requests?filed={mine.request_id}")
+    assert f"Request <code>{mine.request_id}</code> was filed" in shown.text
+    for crafted in ("r-forged-0001", "x" * 80):
+        page = await alice.client.get(f"/access/requests?filed={crafted}")
+        assert page.status_code == 200 and "was filed" not in page.text

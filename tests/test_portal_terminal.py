@@ -37,7 +37,8 @@ pytestmark = pytest.mark.realpeer
 
 ASSET = "plc-term"
 KILL_NOTE = "wrong asset, call me"
-USERS = [("vendor", "vendor"), ("approver", "approver"), ("tech", "vendor"), ("admin", "admin")]
+USERS = [("vendor", "vendor"), ("approver", "approver"), ("tech", "vendor"), ("admin", "admin"),
+         ("signer", "vendor"), ("watcher", "approver")]  # fmt: skip
 
 
 @dataclass
@@ -92,7 +93,8 @@ def site(sshd: SSHDTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     _cli(data_dir, "asset", "credential", ASSET, "--username", "root",
          "--key-file", str(sshd.client_key))  # fmt: skip
     _cli(data_dir, "asset", "pin-hostkey", ASSET, "--key", sshd.host_public_key)
-    for user, action in (("vendor", "ssh"), ("tech", "ssh"), ("approver", "kill")):
+    for user, action in (("vendor", "ssh"), ("tech", "ssh"), ("approver", "kill"),
+                         ("signer", "ssh"), ("watcher", "watch")):  # fmt: skip
         _cli(data_dir, "grant", "add", "--user", user, "--asset", ASSET, "--action", action)
     with serving(data_dir) as (server, ssh_port):
         work = data_dir.parent / "client"
@@ -292,6 +294,50 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
     finally:
         vendor_ctx.close()
         approver_ctx.close()
+
+
+def test_a_revoked_watcher_and_a_signed_out_vendor_lose_their_sockets(
+    browser: Browser, site: Site
+) -> None:
+    """A watch stops when the watcher's grant is revoked mid-watch (audited); a browser
+    terminal ends when the portal sign-in that opened it ends (sign-out in another tab)."""
+    vendor_ctx, watcher_ctx = _context(browser, site), _context(browser, site)
+    try:
+        vendor = vendor_ctx.new_page()
+        _sign_in(vendor, site, "signer")
+        vendor.goto(f"/connect/{ASSET}/terminal")
+        expect(vendor.locator("#term-status")).to_have_text(f"Connected to {ASSET}.")
+        vendor.locator("#term .xterm").click()
+        _wait_row(vendor, r".*[#$]")
+        watcher = watcher_ctx.new_page()
+        _sign_in(watcher, site, "watcher")
+        session_id = _session_of(watcher, "signer", "web-ssh")
+        watcher.goto(f"/sessions/{session_id}/watch")
+        expect(watcher.locator("#term-status")).to_contain_text("Watching live")
+
+        grants = site.cli("grant", "list").splitlines()
+        [grant_id] = [g.split()[0] for g in grants if "user:watcher" in g]
+        site.cli("grant", "revoke", grant_id)
+        stopped = "watch stopped: you may no longer watch this session"
+        _wait_row(watcher, re.escape(f"conduit: {stopped}"))
+        expect(watcher.locator("#term-status")).to_have_text(
+            "Watch ended: you may no longer watch this session", timeout=5000
+        )
+        refusals = [_detail(e)["reason"] for e in site.audit() if e["action"] == "portal.refused"]
+        assert f"watch of {session_id} on {ASSET} stopped: no watch capability" in refusals
+
+        # Sign out in a second tab of the vendor's browser: the open terminal ends with it.
+        other = vendor_ctx.new_page()
+        other.goto("/home")
+        other.get_by_role("button", name="Sign out").click()
+        expect(other).to_have_url(re.compile(r"/login$"))
+        _wait_row(vendor, re.escape("conduit: session ended: signed_out"))
+        expect(vendor.locator("#term-status")).to_have_text("Session ended: signed_out")
+        end_event = site.audit_until("session.end", session_id)
+        assert _detail(end_event)["reason"] == "signed_out"
+    finally:
+        vendor_ctx.close()
+        watcher_ctx.close()
 
 
 def test_native_ssh_session_can_be_watched(browser: Browser, site: Site) -> None:

@@ -85,9 +85,15 @@ async def create(
 
 
 async def lookup(
-    db: AsyncSession, raw: str | None, now: dt.datetime, limits: SessionLimits
+    db: AsyncSession,
+    raw: str | None,
+    now: dt.datetime,
+    limits: SessionLimits,
+    *,
+    touch: bool = True,
 ) -> ActiveSession | None:
-    """The session for cookie id ``raw`` if it is valid now; refreshes its idle timer."""
+    """The session for cookie id ``raw`` if it is valid now; refreshes its idle timer unless
+    ``touch`` is False (a check that is not the person's own activity)."""
     if not raw or len(raw) > 64 or not raw.isascii():
         return None
     row = (
@@ -108,7 +114,7 @@ async def lookup(
         or now - session.created_at > limits.absolute
     ):
         return None
-    if now - session.last_seen_at > TOUCH_EVERY:
+    if touch and now - session.last_seen_at > TOUCH_EVERY:
         await db.execute(
             update(PortalSession)
             .where(PortalSession.id == session.id)

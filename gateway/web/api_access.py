@@ -159,6 +159,11 @@ class Caller:
     roles: frozenset[str]
     session: ActiveSession | None
 
+    @classmethod
+    def of_session(cls, session: ActiveSession) -> Caller:
+        """A portal session as the caller (pages and websockets ask as the API does)."""
+        return cls(session.username, frozenset(session.roles), session)
+
     def may(self, action: SiteAction) -> bool:
         """A site-wide capability of the caller's roles, as ``rbac.roles`` decides it."""
         return role_allows(self.roles, action)
@@ -197,7 +202,7 @@ def authenticated(scope: str) -> Callable[[Request], Awaitable[Caller]]:
                 await check_csrf(request, context)
             except HTTPException:
                 raise Refused(403, "missing or invalid CSRF token", "CSRF check failed") from None
-        return Caller(context.session.username, frozenset(context.session.roles), context.session)
+        return Caller.of_session(context.session)
 
     return dependency
 

@@ -201,14 +201,17 @@ class PortalContext:
     csrf_token: str
 
 
-async def current_session(request: HTTPConnection) -> PortalContext | None:
-    """The valid portal session of a request or websocket (its cookie), else None."""
+async def current_session(request: HTTPConnection, *, touch: bool = True) -> PortalContext | None:
+    """The valid portal session of a request or websocket (its cookie), else None. ``touch``
+    False checks without counting as the person's activity (an open websocket's recheck)."""
     services = services_of(request)
     raw = request.cookies.get(SESSION_COOKIE)
     if raw is None:
         return None
     async with services.sessions() as db, db.begin():
-        session = await portal_sessions.lookup(db, raw, services.clock(), limits(services))
+        session = await portal_sessions.lookup(
+            db, raw, services.clock(), limits(services), touch=touch
+        )
     if session is None:
         return None
     token = pending.csrf_token(services.keys.master_key, "session", raw)

@@ -28,11 +28,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway.services import Services
 from gateway.sessions import store as live_store
+from gateway.sessions.store import LiveSessionRow
 from gateway.web.api_access import Caller, Refused
 from gateway.web.api_sessions import MAX_REASON, Capabilities, Reason, kill_target, store_kill
 from gateway.web.auth import PortalContext, render, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import signed_in, signed_in_post
+from gateway.web.portal_forms import audit_refusal, signed_in, signed_in_post
 from gateway.web.stepup import StepUp, confirm_inline
 from rbac.roles import SiteAction
 
@@ -67,11 +68,6 @@ def _time(instant: dt.datetime | None) -> str:
     return instant.strftime("%Y-%m-%d %H:%M") if instant is not None else "no end"
 
 
-def caller_of(context: PortalContext) -> Caller:
-    session = context.session
-    return Caller(session.username, frozenset(session.roles), session)
-
-
 async def live_rows(services: Services, caller: Caller) -> list[LiveRow]:
     """The rows ``caller`` may see, oldest first: one query, capabilities cached per asset."""
     async with services.sessions() as db:
@@ -92,15 +88,10 @@ async def live_rows(services: Services, caller: Caller) -> list[LiveRow]:
     return out
 
 
-async def _refused(request: Request, context: PortalContext, status: int, why: str) -> None:
-    await services_of(request).audit.record(
-        actor=context.session.username,
-        action="portal.refused",
-        result="denied",
-        target=request.url.path[:200],
-        source=source_of(request),
-        detail={"status": status, "reason": why[:300]},
-    )
+async def _killable(services: Services, context: PortalContext, session_id: str) -> LiveSessionRow:
+    """The live session this person may kill (``api_sessions.kill_target``), or ``Refused``."""
+    caps = Capabilities(services, Caller.of_session(context.session))
+    return await kill_target(services, caps, session_id)
 
 
 async def _live_page(
@@ -110,7 +101,7 @@ async def _live_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     """The page; ``form`` (session, reason, message, step-up values) shows the kill form."""
-    rows = await live_rows(services_of(request), caller_of(context))
+    rows = await live_rows(services_of(request), Caller.of_session(context.session))
     values: dict[str, object] = {"rows": rows, "kill": form, "done": ""}
     if form is not None and form.get("done"):
         values["done"], values["kill"] = form["done"], None
@@ -135,8 +126,9 @@ async def _kill_form(
     """The kill form for a session this user may kill, or a message saying it cannot be."""
     services = services_of(request)
     try:
-        row = await kill_target(services, Capabilities(services, caller_of(context)), session_id)
+        row = await _killable(services, context, session_id)
     except Refused as exc:
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         return {"session_id": session_id, "message": str(exc.detail), "closed": True}
     return {"session_id": session_id, "row": f"{row.username} on {row.asset} ({row.protocol})"}
 
@@ -147,7 +139,7 @@ async def live_table(request: Request) -> Response:
     context = await signed_in(request, SiteAction.WATCH_SESSIONS)
     if context is None:
         return Response(status_code=401, headers={"HX-Redirect": "/login"})
-    rows = await live_rows(services_of(request), caller_of(context))
+    rows = await live_rows(services_of(request), Caller.of_session(context.session))
     return render(request, "live_rows.html", {"rows": rows})
 
 
@@ -163,16 +155,17 @@ async def kill_from_page(
     services = services_of(request)
     form: dict[str, object] = {"session_id": session_id, "reason": reason}
     try:
-        row = await kill_target(services, Capabilities(services, caller_of(context)), session_id)
+        row = await _killable(services, context, session_id)
     except Refused as exc:
-        await _refused(request, context, exc.status_code, exc.why)
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         form.update(message=str(exc.detail), closed=True)
         return await _live_page(request, context, form, status_code=exc.status_code)
     form["row"] = f"{row.username} on {row.asset} ({row.protocol})"
     try:
         REASON_CHECK.validate_python(reason)
     except ValidationError:
-        await _refused(request, context, 422, "kill reason not printable text within bounds")
+        why = "kill reason not printable text within bounds"
+        await audit_refusal(request, context.session.username, 422, why)
         form["message"] = BAD_REASON
         return await _live_page(request, context, form, status_code=422)
     step: StepUp = await confirm_inline(request, context, code)
@@ -182,7 +175,7 @@ async def kill_from_page(
     try:
         await store_kill(services, row, reason, context.session.username, source_of(request))
     except Refused as exc:
-        await _refused(request, context, exc.status_code, exc.why)
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
         form.update(message=str(exc.detail), closed=True)
         return await _live_page(request, context, form, status_code=exc.status_code)
     form["done"] = f"Kill requested for {form['row']}: it ends within a second."

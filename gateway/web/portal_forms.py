@@ -27,7 +27,7 @@ class NotPermitted(Exception):
 
 async def audit_refusal(request: Request, actor: str, status: int, why: str) -> None:
     await services_of(request).audit.record(
-        actor=actor,
+        actor=actor or "anonymous",
         action="portal.refused",
         result="denied",
         target=request.url.path[:200],

@@ -15,7 +15,10 @@ nothing here decodes); text frames carry small JSON controls (``resize``). Outpu
 for a slow browser pauses reading from the asset above ``SEND_HIGH``. Kill, expiry and
 revoke reach ``BrowserTerminal.kill`` like any live session's kill handle: the terminal
 shows the one line the SSH front end prints, then the socket closes; ``broker.close`` is
-called once however it ends. Does not decide access (the broker does).
+called once however it ends. The terminal belongs to the portal sign-in that opened it:
+when that portal session ends (sign-out, expiry, ended from the account page, user
+disabled) the session ends with reason ``signed_out`` within ``ws_guard.RECHECK_SECONDS``.
+Does not decide access (the broker does).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -39,22 +43,33 @@ from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
 from gateway.vault import DEFAULT_ACCOUNT
-from gateway.web.auth import require_session_csrf, services_of, source_of
+from gateway.web.auth import PortalContext, require_session_csrf, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import NotPermitted, signed_in
-from gateway.web.ws_guard import NOT_FOUND, checked_session, refuse
+from gateway.web.portal_forms import NotPermitted, audit_refusal, signed_in
+from gateway.web.ws_guard import (
+    NOT_FOUND,
+    RECHECK_SECONDS,
+    checked_session,
+    refuse,
+    signed_in_again,
+)
 from rbac.names import NAME_RE
 from rbac.roles import SiteAction, role_allows
 from recordings.terminal import TerminalEvent, resize_payload
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 TICKET_SECONDS = 30.0
 MAX_PENDING = 4096  # tickets asked for and not used yet, in this process
+# ... and per portal session, so one signed-in script cannot use up the process's tickets
+# (a page asks for one per terminal it opens; a few tabs opened at once stay well below).
+MAX_PENDING_PER_SESSION = 8
 MAX_COLS, MAX_ROWS = 1000, 500
 SEND_HIGH = 256 * 1024  # output queued for the browser before the asset is paused
 MAX_CONTROL_CHARS = 256  # a text frame is a small JSON control, nothing more
 TERM_TYPE = "xterm-256color"
+SIGNED_OUT = "signed_out"  # end reason: the portal session that opened the terminal ended
 Name = Annotated[str, Query(max_length=64)]
 
 
@@ -79,6 +94,11 @@ class TerminalTickets:
         self._pending = {t: p for t, p in self._pending.items() if p.expires > now}
         if len(self._pending) >= MAX_PENDING:
             raise ConduitError("too many terminals are being opened; try again", "ticket limit")
+        mine = sum(p.portal_session == grant.portal_session for p in self._pending.values())
+        if mine >= MAX_PENDING_PER_SESSION:
+            raise ConduitError(
+                "too many terminals are being opened; try again", "ticket limit of this session"
+            )
         token = secrets.token_urlsafe(32)
         self._pending[token] = grant
         return token
@@ -120,11 +140,7 @@ async def terminal_page(request: Request, asset: str, account: Name = DEFAULT_AC
 
 
 async def _refused(request: Request, actor: str, status: int, reason: str) -> HTTPException:
-    await services_of(request).audit.record(
-        actor=actor or "anonymous", action="portal.refused", result="denied",
-        target=request.url.path[:200], source=source_of(request),
-        detail={"status": status, "reason": reason},
-    )  # fmt: skip
+    await audit_refusal(request, actor, status, reason)
     return HTTPException(status_code=status, detail=NOT_FOUND if status == 404 else reason)
 
 
@@ -180,7 +196,7 @@ async def terminal_socket(ws: WebSocket) -> None:
     if broker is None:
         await ws.close(code=1011, reason="terminals are not served here")
         return
-    await BrowserTerminal(ws, broker, grant, size, source_of(ws)).run()
+    await BrowserTerminal(ws, broker, grant, size, source_of(ws), context).run()
 
 
 class _Pausable:
@@ -227,8 +243,11 @@ class BrowserTerminal:
         grant: PendingTerminal,
         size: tuple[int, int],
         source: str,
+        portal: PortalContext,
     ) -> None:
         self.ws, self.broker, self.grant, self.size, self.source = ws, broker, grant, size, source
+        self.portal = portal
+        self._typed = False  # input since the last portal-session check
         self.ticket: Ticket | None = None
         self.end_line = ""  # set by a kill: the reason the user sees
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -283,12 +302,32 @@ class BrowserTerminal:
                 return "upstream_failed"
         reason = "client_closed"
         if not self.end_line:
-            reason = await self._both_ways()
+            guard = asyncio.create_task(self._while_signed_in(ticket), name="terminal-portal")
+            try:
+                reason = await self._both_ways()
+            finally:
+                guard.cancel()
+                await asyncio.gather(guard, return_exceptions=True)
         if self.end_line:
             await self._say(f"\r\nconduit: session ended: {self.end_line}\r\n")
             await self._send_end(self.end_line)
             await self._close(1000, "session ended")
         return reason
+
+    async def _while_signed_in(self, ticket: Ticket) -> None:
+        """End the session once the portal session that opened it is over. Typing counts as
+        portal activity (keeps its idle timer); output alone does not."""
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            typed, self._typed = self._typed, False
+            try:
+                valid = await signed_in_again(self.ws, self.portal, touch=typed)
+            except Exception:  # a failed read is asked again next time, not taken as a no
+                log.exception("terminal %s: portal session check failed", ticket.session_id)
+                continue
+            if valid is None:
+                await self.broker.kill(ticket.session_id, SIGNED_OUT)
+                return
 
     async def _open_channel(self, ticket: Ticket) -> None:
         cols, rows = self.size
@@ -379,6 +418,7 @@ class BrowserTerminal:
         if ticket is None or chan is None:
             return
         ticket.live.bytes_up += len(data)
+        self._typed = True
         self.broker.activity(ticket)
         if ticket.record_input:
             record_paced(ticket.writer, TerminalEvent.INPUT, data, self.browser_reads,

@@ -7,7 +7,11 @@ websocket makes the same origin and cookie checks as every portal socket. Openin
 is audited ``session.watched`` once. The watcher first gets a reset terminal of the
 session's current size and the session's recent output (its tap), then the live output and
 resizes, and at the end the session's end line. What a watcher types is ignored: the view
-is read-only. Only sessions relayed by this node can be watched here; for one on another
+is read-only. Every ``ws_guard.RECHECK_SECONDS`` the watch is allowed again from scratch
+(the watcher's portal session still valid, their capability on the asset still held): a
+grant revoked, a role removed or a sign-out mid-watch stops it, audited as
+``portal.refused``. Watching is not the watcher's activity: it does not keep their portal
+session from idling out. Only sessions relayed by this node can be watched here; for one on another
 node the page says which. Does not end or change sessions.
 """
 
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import HTMLResponse, Response
@@ -27,16 +32,28 @@ from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
 from gateway.sessions.store import LiveSessionRow
 from gateway.sessions.tap import Watcher
+from gateway.web import portal_forms
 from gateway.web.api_access import Caller
 from gateway.web.api_sessions import may_watch
 from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import NotPermitted, signed_in
 from gateway.web.terminal import MAX_COLS, MAX_ROWS
-from gateway.web.ws_guard import NOT_FOUND, NOT_FOUND_TEXT, checked_session, refuse
+from gateway.web.ws_guard import (
+    NOT_FOUND,
+    NOT_FOUND_TEXT,
+    RECHECK_SECONDS,
+    audit_refusal,
+    checked_session,
+    refuse,
+    signed_in_again,
+)
 
 router = APIRouter(include_in_schema=False)
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+SIGNED_OUT = "your portal sign-in ended"
+NO_LONGER = "you may no longer watch this session"
+Recheck = Callable[[], Awaitable[str]]  # "" while the watch may go on, else the line shown
 
 
 async def _watchable(
@@ -50,18 +67,9 @@ async def _watchable(
         row = await live_store.get(db, session_id)
     if row is None:
         return None, f"no live session {session_id}"
-    s = context.session
-    caller = Caller(s.username, frozenset(s.roles), s)
-    if not await may_watch(services, caller, row.asset):
+    if not await may_watch(services, Caller.of_session(context.session), row.asset):
         return None, f"session {session_id} on {row.asset}: no watch capability"
     return row, ""
-
-
-async def _audit_refusal(request: Request, user: str, reason: str) -> None:
-    await services_of(request).audit.record(
-        actor=user, action="portal.refused", result="denied", target=request.url.path[:200],
-        source=source_of(request), detail={"status": 404, "reason": reason},
-    )  # fmt: skip
 
 
 @router.get("/sessions/{session_id}/watch", response_class=HTMLResponse)
@@ -71,7 +79,7 @@ async def watch_page(request: Request, session_id: str) -> Response:
         return sign_in_redirect(request)
     row, why = await _watchable(request, context, session_id[:64])
     if row is None:
-        await _audit_refusal(request, context.session.username, why)
+        await portal_forms.audit_refusal(request, context.session.username, 404, why)
         raise NotPermitted(request.url.path)
     values = {
         "mode": "watch",
@@ -117,33 +125,65 @@ async def watch_socket(ws: WebSocket, session_id: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await ws.send_text(json.dumps({"type": "start", "cols": cols, "rows": rows}))
             await ws.send_bytes(screen)
-            await _follow(ws, watcher)
+            await _follow(ws, watcher, _rechecker(ws, context, row))
     finally:
         watcher.close()
 
 
-async def _follow(ws: WebSocket, watcher: Watcher) -> None:
-    """Live output and resizes until the session ends, the watcher leaves or falls behind."""
+def _rechecker(ws: WebSocket, context: PortalContext, row: LiveSessionRow) -> Recheck:
+    """Asks again whether this watch may go on; a stop is audited with the full reason."""
+
+    async def recheck() -> str:
+        user, watched = context.session.username, f"watch of {row.session_id} on {row.asset}"
+        again = await signed_in_again(ws, context, touch=False)
+        if again is None:
+            await audit_refusal(ws, user, f"{watched} stopped: portal session over", NOT_FOUND)
+            return SIGNED_OUT
+        if not await may_watch(services_of(ws), Caller.of_session(again.session), row.asset):
+            await audit_refusal(ws, user, f"{watched} stopped: no watch capability", NOT_FOUND)
+            return NO_LONGER
+        return ""
+
+    return recheck
+
+
+async def _follow(ws: WebSocket, watcher: Watcher, recheck: Recheck) -> None:
+    """Live output and resizes until the session ends, the watcher leaves, falls behind or
+    may no longer watch (asked every ``RECHECK_SECONDS``)."""
+    loop = asyncio.get_running_loop()
     ignore_input = asyncio.create_task(_until_gone(ws), name="watch-in")
+    next_check = loop.time() + RECHECK_SECONDS
     try:
         while True:
             wake = asyncio.create_task(watcher.wake.wait(), name="watch-wake")
-            await asyncio.wait({wake, ignore_input}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({wake, ignore_input}, timeout=max(0.0, next_check - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             wake.cancel()
             if ignore_input.done():
+                return
+            stopped = ""
+            if loop.time() >= next_check:
+                stopped = await recheck()
+                next_check = loop.time() + RECHECK_SECONDS
+            if stopped:
+                await _end(ws, f"watch stopped: {stopped}", stopped)
                 return
             await _send_items(ws, watcher)
             if watcher.ended or watcher.dropped:
                 line = f"session ended: {watcher.ended}" if watcher.ended else watcher.dropped
-                await _say(ws, f"\r\nconduit: {line}\r\n")
-                end = {"type": "end", "reason": watcher.ended or watcher.dropped}
-                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                    await ws.send_text(json.dumps(end))
-                await _close(ws, 1000, "watch ended")
+                await _end(ws, line, watcher.ended or watcher.dropped)
                 return
     finally:
         ignore_input.cancel()
         await asyncio.gather(ignore_input, return_exceptions=True)
+
+
+async def _end(ws: WebSocket, line: str, reason: str) -> None:
+    """The last line on the screen, the reason for the page's status, then the close."""
+    await _say(ws, f"\r\nconduit: {line}\r\n")
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.send_text(json.dumps({"type": "end", "reason": reason}))
+    await _close(ws, 1000, "watch ended")
 
 
 async def _send_items(ws: WebSocket, watcher: Watcher) -> None:

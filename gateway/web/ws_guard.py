@@ -4,8 +4,10 @@ A websocket is accepted only from a page of this portal: its ``Origin`` must be 
 the request itself names (scheme and ``Host``), so another site's page cannot open one with
 the user's cookie; and it must carry a valid portal session cookie. A refusal is audited
 (``portal.refused`` with the reason) and closes the socket with a policy-violation code
-before any session opens. Does not decide access to assets or sessions (the broker and the
-authorizer do).
+before any session opens. While a socket stays open its portal session is checked again
+every ``RECHECK_SECONDS`` (``signed_in_again``): sign-out, expiry, an ended session or a
+disabled user ends what the socket serves. Does not decide access to assets or sessions
+(the broker and the authorizer do).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from gateway.web.auth import PortalContext, current_session, services_of, source
 POLICY_VIOLATION = 1008  # RFC 6455: the message or request violates the server's policy
 NOT_FOUND = 4404  # ARCHITECTURE.md: missing and forbidden alike
 NOT_FOUND_TEXT = "not found or not permitted"
+# How often an open socket asks whether its portal session is still valid: one indexed read
+# per socket per interval (200 terminals: 40 reads a second), and sign-out binds within it.
+RECHECK_SECONDS = 5.0
 
 
 def own_origin(ws: WebSocket) -> str:
@@ -30,10 +35,8 @@ def origin_ok(ws: WebSocket) -> bool:
     return origin is not None and origin.lower() == own_origin(ws)
 
 
-async def refuse(
-    ws: WebSocket, actor: str, reason: str, code: int = POLICY_VIOLATION, shown: str = ""
-) -> None:
-    """Audit ``reason`` and close the socket with ``code`` (and the short ``shown`` text)."""
+async def audit_refusal(ws: WebSocket, actor: str, reason: str, code: int) -> None:
+    """``portal.refused`` for a socket refused or stopped, with the full reason."""
     await services_of(ws).audit.record(
         actor=actor or "anonymous",
         action="portal.refused",
@@ -42,6 +45,13 @@ async def refuse(
         source=source_of(ws),
         detail={"websocket": True, "status": code, "reason": reason[:300]},
     )
+
+
+async def refuse(
+    ws: WebSocket, actor: str, reason: str, code: int = POLICY_VIOLATION, shown: str = ""
+) -> None:
+    """Audit ``reason`` and close the socket with ``code`` (and the short ``shown`` text)."""
+    await audit_refusal(ws, actor, reason, code)
     await ws.accept()
     await ws.close(code=code, reason=(shown or "refused")[:120])
 
@@ -58,3 +68,15 @@ async def checked_session(ws: WebSocket) -> PortalContext | None:
         await refuse(ws, "", "no valid portal session cookie", shown="log in first")
         return None
     return context
+
+
+async def signed_in_again(
+    ws: WebSocket, context: PortalContext, *, touch: bool
+) -> PortalContext | None:
+    """The portal session that opened ``ws``, read again (its roles as they are now), or None
+    when it is over: signed out, expired, ended from the account page, user disabled.
+    ``touch``: count this as the person's activity (they typed since the last check)."""
+    again = await current_session(ws, touch=touch)
+    if again is None or again.session.session_id != context.session.session_id:
+        return None
+    return again

@@ -76,10 +76,10 @@ def _instant(text: str, what: str, errors: list[str]) -> dt.datetime | None:
     try:
         when = dt.datetime.fromisoformat(text)
         return check_instant(when if when.tzinfo else when.replace(tzinfo=dt.UTC), what)
+    except WindowError as exc:  # a ValueError too: caught first
+        errors.append(str(exc))
     except ValueError:
         errors.append(f"{what}: expected a date and time like 2026-11-27T08:00 (UTC)")
-    except WindowError as exc:
-        errors.append(str(exc))
     return None
 
 

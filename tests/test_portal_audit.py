@@ -49,7 +49,14 @@ __all__ = ["browser"]
 pytestmark = pytest.mark.realpeer
 
 ASSET = "plc-audit"
-USERS = [("vendor", "vendor"), ("tech", "vendor"), ("auditor", "auditor"), ("admin", "admin")]
+# Each login uses up a TOTP code (portal and SSH share them): one user per login here.
+USERS = [
+    ("vendor", "vendor"),
+    ("tech", "vendor"),
+    ("outsider", "vendor"),
+    ("auditor", "auditor"),
+    ("admin", "admin"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +220,8 @@ def test_auditor_verifies_downloads_and_reads_the_evidence(
         expect(page.locator("table.audit tbody tr").first).to_be_visible()
         page.get_by_role("button", name="Verify the chain now").click()
         expect(page.locator("#chain")).to_contain_text("intact")
+        page.goto("/evidence/audit")  # from the top: a full-page shot of a page scrolled to
+        # its #chain anchor once came out wider than the viewport
         _both_sizes(page, "auditor-audit-log")
         downloads = page.locator("table.audit tbody tr", has_text="recording.download")
         expect(downloads.first).to_contain_text("auditor")
@@ -227,11 +236,11 @@ def test_auditor_verifies_downloads_and_reads_the_evidence(
         _both_sizes(page, "auditor-transfers")
         assert csp == []
 
-        # A vendor gets 404 on every page here.
+        # A vendor gets 404 on every page here, including this recording's.
         vendor = _context(browser, site)
         try:
             vpage = vendor.new_page()
-            _sign_in(vpage, site, "vendor")
+            _sign_in(vpage, site, "outsider")
             for path in ("/evidence/audit", "/evidence/transfers",
                          f"/evidence/recordings/{recording}/verify",
                          f"/evidence/recordings/{recording}/bundle"):  # fmt: skip

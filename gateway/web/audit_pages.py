@@ -156,11 +156,20 @@ class EventRow:
     session_id: str
 
 
+def exact_instant(instant: dt.datetime) -> dict[str, str]:
+    """What ``_time.html`` renders, to the second: an audit trail needs the exact time."""
+    at = instant.astimezone(dt.UTC)
+    return {
+        "iso": at.isoformat().replace("+00:00", "Z"),
+        "utc": at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
 def event_row(event: AuditEvent, now: dt.datetime) -> EventRow:
     detail = event.detail_object()
     sid = detail.get("session_id")
     shown = event.detail if len(event.detail) <= 400 else event.detail[:399] + "\u2026"
-    return EventRow(event.id, shown_instant(event.time, now), event.actor, event.source,
+    return EventRow(event.id, exact_instant(event.time), event.actor, event.source,
                     event.action, event.target, event.result, shown,
                     sid if isinstance(sid, str) else "")  # fmt: skip
 

@@ -19,10 +19,10 @@ from fastapi.responses import HTMLResponse, Response
 
 from gateway.audit import AuditEvent
 from gateway.audit import query as audit_query
-from gateway.web.audit_pages import PAGE_SIZE, link, parse_query
+from gateway.web.audit_pages import PAGE_SIZE, exact_instant, link, parse_query
 from gateway.web.auth import services_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import shown_instant, signed_in
+from gateway.web.portal_forms import signed_in
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
@@ -54,7 +54,7 @@ def transfer_of(event: AuditEvent, now: dt.datetime) -> Transfer:
     detail = event.detail_object()
     size = detail.get("size")
     return Transfer(
-        id=event.id, time=shown_instant(event.time, now), user=event.actor, asset=event.target,
+        id=event.id, time=exact_instant(event.time), user=event.actor, asset=event.target,
         direction=DIRECTIONS.get(event.action, event.action), path=_text(detail, "path"),
         size=f"{size:,}" if isinstance(size, int) else "", sha256=_text(detail, "sha256"),
         result=event.result, error=_text(detail, "error"),

@@ -106,6 +106,14 @@ async def get_entry(db: AsyncSession, recording_id: str) -> CatalogEntry | None:
     return CatalogEntry.of(row) if row is not None else None
 
 
+async def entry_of_session(db: AsyncSession, session_id: str) -> CatalogEntry | None:
+    """The recording of session ``session_id`` (one per session), if any."""
+    row = await db.scalar(
+        select(RecordingRow).where(RecordingRow.session_id == session_id).limit(1)
+    )
+    return CatalogEntry.of(row) if row is not None else None
+
+
 async def open_on_node(db: AsyncSession, node: str) -> list[CatalogEntry]:
     rows = await db.scalars(
         select(RecordingRow)

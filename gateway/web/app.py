@@ -23,9 +23,11 @@ from gateway.web import (
     api_sessions,
     approvals,
     assets,
+    audit_pages,
     auth,
     connect,
     enrollment,
+    evidence_bundle,
     health,
     live,
     my_sessions,
@@ -33,6 +35,7 @@ from gateway.web import (
     portal,
     portal_forms,
     terminal,
+    transfers,
     watch,
 )
 from gateway.web.security import security_headers
@@ -75,6 +78,9 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_grants.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
+    app.include_router(evidence_bundle.router)
+    app.include_router(audit_pages.router)
+    app.include_router(transfers.router)
     app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)
     app.include_router(api_sessions.router)

@@ -150,9 +150,7 @@ def parse_filter(params: Mapping[str, str], now: dt.datetime) -> HistoryFilter:
     )
 
 
-def history_query(
-    f: HistoryFilter, after: Cursor | None, limit: int
-) -> Select[RecordingRow]:
+def history_query(f: HistoryFilter, after: Cursor | None, limit: int) -> Select[RecordingRow]:
     """Newest first, strictly older than ``after``; at most ``limit`` rows."""
     query = select(RecordingRow)
     if f.user:

@@ -109,12 +109,12 @@ def _instant(name: str, label: str, value: str, now: dt.datetime) -> dt.datetime
     if not value:
         return None
     if len(value) > 25:
-        raise FilterProblem(f"{label}: too long; use YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC).")
+        raise FilterProblem(f"{label}: too long; use YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC).")
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise FilterProblem(
-            f"{label}: not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)."
+            f"{label}: not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)."
         ) from None
     parsed = parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
     latest = now + LATEST_AHEAD

@@ -2,7 +2,8 @@
 
 Calls the recordings service's search (the same as ``conduit recordings search``; it audits
 ``recording.search`` itself) and shows each hit with its recording's user, asset and start,
-the time offset and a snippet; a hit links to the player at that offset. The query is
+the time offset and a snippet; a hit links to the player just after that offset (the
+screen with the line on it). The query is
 bounded (``MAX_QUERY`` characters, at least one word) and refused with a message otherwise;
 results come in pages of ``PAGE``, at most ``MAX_PAGES`` pages. The snippet's highlighting is
 built here as (text, marked) pieces that the template escapes: no stored text is ever
@@ -94,7 +95,8 @@ async def hit_rows(request: Request, hits: list[SearchHit], words: list[str]) ->
         entry = entries.get(hit.recording_id)
         if entry is None:  # deleted by retention between the two queries
             continue
-        at = f"{hit.offset_seconds:.3f}"
+        # A millisecond past the line's time: the player shows the screen after it appeared.
+        at = f"{(hit.offset_us // 1000 + 1) / 1000:.3f}"
         rows.append(
             HitRow(
                 recording_id=hit.recording_id,

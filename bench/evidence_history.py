@@ -27,9 +27,9 @@ import pyotp
 from sqlalchemy import insert
 
 from gateway.identity.accounts import create_user
+from gateway.recorder.history import Cursor
 from gateway.recorder.tables import RecordingRow
 from gateway.web.app import create_app
-from gateway.web.history import Cursor
 from tests.test_identity_helpers import Env, build_env
 
 PASSWORD = "Bench-History-Passphrase-8"  # noqa: S105 - a throwaway benchmark account

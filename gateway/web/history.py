@@ -22,13 +22,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.authz.tables import AssetZone
-from gateway.db.models import User
 from gateway.recorder.catalog import CatalogEntry
-from gateway.recorder.tables import STATE_OPEN, RecordingRow
+from gateway.recorder.history import EARLIEST, LIVE, Cursor, SessionFilter, history_page
+from gateway.recorder.tables import STATE_OPEN
 from gateway.web.auth import services_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.my_sessions import duration_text
@@ -38,9 +35,7 @@ from rbac.roles import SiteAction
 router = APIRouter(include_in_schema=False)
 
 PAGE = 50
-EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST_AHEAD = dt.timedelta(days=1)  # "until" may be a little in the future, no more
-LIVE = "live"  # the end-reason filter for sessions still recording
 # End reasons the gateway writes today; the field accepts any well-formed code.
 KNOWN_END_REASONS = (
     "closed", "client_closed", "killed", "expired", "revoked", "idle", "recording_failed",
@@ -50,7 +45,6 @@ PROTOCOLS = ("ssh", "sftp", "scp", "exec", "tunnel", "vnc", "rdp")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _ORG = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
 _CODE = re.compile(r"[a-z0-9_.:-]{1,64}")
-_CURSOR = re.compile(r"(\d{1,17})-([A-Za-z0-9_-]{1,32})")
 _TEXT_FIELDS = ("user", "org", "asset", "zone", "protocol", "end")
 INTEGRITY_LABELS = {
     "intact": "intact",
@@ -67,35 +61,9 @@ class FilterProblem(ValueError):
 
 
 @dataclass(frozen=True)
-class Cursor:
-    """Where the next page starts: strictly older than this (started_at, id)."""
+class HistoryFilter(SessionFilter):
+    """The catalog filter plus the values as typed."""
 
-    started_at: dt.datetime
-    recording_id: str
-
-    def text(self) -> str:
-        micros = (self.started_at - EARLIEST) // dt.timedelta(microseconds=1)
-        return f"{micros}-{self.recording_id}"
-
-    @classmethod
-    def parse(cls, value: str) -> Cursor:
-        found = _CURSOR.fullmatch(value)
-        if found is None:
-            raise FilterProblem("Page position: not a position this page made; start again.")
-        at = EARLIEST + dt.timedelta(microseconds=int(found.group(1)))
-        return cls(at, found.group(2))
-
-
-@dataclass(frozen=True)
-class HistoryFilter:
-    user: str = ""
-    org: str = ""
-    asset: str = ""
-    zone: str = ""
-    protocol: str = ""
-    end: str = ""
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
     raw: dict[str, str] = field(default_factory=dict)  # as typed, to refill the form
 
     def query_string(self, **extra: str) -> str:
@@ -130,6 +98,15 @@ def _text(raw: Mapping[str, str], name: str, label: str, pattern: re.Pattern[str
     return value
 
 
+def page_position(value: str) -> Cursor | None:
+    if not value:
+        return None
+    try:
+        return Cursor.parse(value[:60])
+    except ValueError:
+        raise FilterProblem("Page position: not a position this page made; start again.") from None
+
+
 def parse_filter(params: Mapping[str, str], now: dt.datetime) -> HistoryFilter:
     """The filter of a query string; ``FilterProblem`` names the first bad field."""
     raw = {name: str(params.get(name, ""))[:200] for name in (*_TEXT_FIELDS, "since", "until")}
@@ -148,54 +125,6 @@ def parse_filter(params: Mapping[str, str], now: dt.datetime) -> HistoryFilter:
         until=until,
         raw=raw,
     )
-
-
-def history_query(f: HistoryFilter, after: Cursor | None, limit: int) -> Select[RecordingRow]:
-    """Newest first, strictly older than ``after``; at most ``limit`` rows."""
-    query = select(RecordingRow)
-    if f.user:
-        query = query.where(RecordingRow.username == f.user)
-    if f.org:
-        members = select(User.username).where(User.organisation == f.org)
-        query = query.where(RecordingRow.username.in_(members))
-    if f.asset:
-        query = query.where(RecordingRow.asset == f.asset)
-    if f.zone:
-        in_zone = select(AssetZone.asset).where(AssetZone.zone == f.zone)
-        query = query.where(RecordingRow.asset.in_(in_zone))
-    if f.protocol:
-        query = query.where(RecordingRow.protocol == f.protocol)
-    if f.end == LIVE:
-        query = query.where(RecordingRow.state == STATE_OPEN)
-    elif f.end:
-        query = query.where(RecordingRow.end_reason == f.end)
-    if f.since is not None:
-        query = query.where(RecordingRow.started_at >= f.since)
-    if f.until is not None:
-        query = query.where(RecordingRow.started_at < f.until)
-    if after is not None:
-        query = query.where(
-            or_(
-                RecordingRow.started_at < after.started_at,
-                and_(
-                    RecordingRow.started_at == after.started_at,
-                    RecordingRow.id < after.recording_id,
-                ),
-            )
-        )
-    order = (RecordingRow.started_at.desc(), RecordingRow.id.desc())
-    return query.order_by(*order).limit(limit)
-
-
-async def history_page(
-    db: AsyncSession, f: HistoryFilter, after: Cursor | None, size: int = PAGE
-) -> tuple[list[CatalogEntry], Cursor | None]:
-    """One page and the cursor of the next (None on the last page): one query."""
-    rows = list(await db.scalars(history_query(f, after, size + 1)))
-    entries = [CatalogEntry.of(row) for row in rows[:size]]
-    more = len(rows) > size and entries
-    nxt = Cursor(entries[-1].started_at, entries[-1].id) if more else None
-    return entries, nxt
 
 
 @dataclass(frozen=True)
@@ -242,13 +171,13 @@ async def load_history(request: Request) -> dict[str, Any]:
     values: dict[str, Any] = {"rows": [], "problem": "", "next_query": "", "first_page": True}
     try:
         f = parse_filter(params, now)
-        after = Cursor.parse(params["after"][:60]) if params.get("after") else None
+        after = page_position(params.get("after", ""))
     except FilterProblem as problem:
         raw = {name: str(params.get(name, ""))[:200] for name in (*_TEXT_FIELDS, "since", "until")}
         values.update(problem=str(problem), filter=replace(HistoryFilter(), raw=raw))
         return values
     async with services.sessions() as db:
-        entries, nxt = await history_page(db, f, after)
+        entries, nxt = await history_page(db, f, after, PAGE)
     values.update(
         filter=f,
         rows=[history_row(entry, now) for entry in entries],

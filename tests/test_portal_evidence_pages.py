@@ -1,381 +1,307 @@
-"""Audit log viewer, file transfers, verify now and the evidence bundle, in process.
+"""Session history, player, cast and search pages in process: filters, pages, 404s, audit.
 
 The app runs over ASGI on SQLite and PostgreSQL with a settable clock (``api`` fixture of
-``test_api_access``); recordings are written by the real recordings service, audit events
-by the real audit log. The bundle is checked by its own ``verify_bundle.py`` in a child
-Python, as an auditor would run it. The browser checks are in ``test_portal_audit``.
+``test_api_access``). Catalog rows are inserted directly for the history's filters and
+pages; the player, cast and search read real recordings written by the recordings service.
+The real-browser acceptance (search, open the hit, the word on the player's screen) is in
+``test_portal_evidence``.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
+import html
 import json
 import re
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
 import pyotp
+from sqlalchemy import update
 
+from gateway.db.models import User as UserRow
 from gateway.identity.accounts import create_user
-from gateway.recorder import SessionInfo
-from gateway.web.audit_pages import PAGE_SIZE, csv_cell
+from gateway.recorder.service import SessionInfo
+from gateway.recorder.tables import RecordingRow
+from gateway.web.history import PAGE
+from gateway.web.replay import typed_text
+from gateway.web.search_pages import pieces_of
 from recordings import Kind
-from recordings.terminal import TerminalEvent
+from recordings.terminal import TerminalEvent, resize_payload
+from recordings.tunnel import TunnelEvent
 from tests.test_api_access import CSRF_RE, Api, User, api
 from tests.test_api_sessions import audit_rows
 from tests.test_identity_helpers import env
 
 __all__ = ["api", "env"]
-SESSION = "5e55105e55105e55105e5510"
 AUDITOR_PASSWORD = "Audrey-Reads-Everything-5"
 AUDITOR_SECRET = pyotp.random_base32()
+EVIL = 'it\'s "done" <script>alert(1)</script>'
 
 
-async def _auditor(api: Api) -> User:
-    """An auditor signed in through the real login form."""
-    services = api.env.services
+async def auditor(api: Api) -> User:
+    services, clock = api.env.services, api.env.clock
     async with services.sessions() as db, db.begin():
         await create_user(
-            db, username="audrey", roles=["auditor"], now=api.env.clock.now,
+            db, username="audrey", roles=["auditor"], now=clock.now,
             master_key=services.keys.master_key, password=AUDITOR_PASSWORD,
             totp_secret=AUDITOR_SECRET, status="active",
         )  # fmt: skip
     client = api.client()
     csrf = CSRF_RE.search((await client.get("/login")).text)
-    assert csrf is not None
+    assert csrf
     body = {"username": "audrey", "password": AUDITOR_PASSWORD, "csrf_token": csrf.group(1)}
     assert (await client.post("/login", data=body)).status_code == 303
     page = await client.get("/login/code")
-    step = int(api.env.clock.now.timestamp()) // 30
-    code = pyotp.TOTP(AUDITOR_SECRET).generate_otp(step)
-    token = CSRF_RE.search(page.text)
-    assert token is not None
-    done = await client.post("/login/code", data={"code": code, "csrf_token": token.group(1)})
-    assert done.status_code == 303, done.text
-    account = CSRF_RE.search((await client.get("/account")).text)
-    assert account is not None
-    return User(client, account.group(1))
+    code = pyotp.TOTP(AUDITOR_SECRET).generate_otp(int(clock.now.timestamp()) // 30)
+    csrf = CSRF_RE.search(page.text)
+    assert csrf
+    done = await client.post("/login/code", data={"code": code, "csrf_token": csrf.group(1)})
+    assert done.status_code == 303
+    return User(client, "")
 
 
-async def _recording(api: Api, session_id: str = SESSION) -> str:
-    """A closed terminal recording of ``session_id`` with its session's audit events."""
-    services = api.env.services
-    audit = services.audit
-    info = SessionInfo(username="alice", asset="plc-1", protocol="ssh", session_id=session_id)
-    failures: list[str] = []
-    writer = await services.recordings.start(info, kind=Kind.TERMINAL, on_failure=failures.append)
-    started = {"session_id": session_id, "recording_id": writer.recording_id}
-    await audit.record(
-        actor="alice", action="session.start", result="success", target="plc-1", detail=started
+def row(rid: str, user: str, started: dt.datetime, **fields: object) -> RecordingRow:
+    values: dict[str, object] = dict(
+        id=rid, kind="terminal", username=user, asset="plc-1", protocol="ssh",
+        session_id=f"s-{rid}", node="n", data_key_id="k", state="closed", started_at=started,
+        ended_at=started + dt.timedelta(minutes=2), end_reason="closed", size_bytes=1,
+        integrity="intact", integrity_detail="", indexed_lines=0,
+    )  # fmt: skip
+    values.update(fields)
+    return RecordingRow(**values)
+
+
+async def add_rows(api: Api, *rows: RecordingRow) -> None:
+    async with api.env.services.sessions() as db, db.begin():
+        db.add_all(rows)
+
+
+async def record_terminal(api: Api, user: str, output: bytes, typed: bytes = b"") -> str:
+    writer = await api.env.services.recordings.start(
+        SessionInfo(user, "plc-1", "ssh", f"sess-{user}"),
+        kind=Kind.TERMINAL,
+        on_failure=lambda reason: None,
     )
-    for line in (b"$ hostname\r\n", b"plc-1\r\n", b"$ cat /etc/motd\r\n", b"evidence-words\r\n"):
-        assert writer.record(TerminalEvent.OUTPUT, line)
-    await services.recordings.close(writer, "closed")
-    await audit.record(actor="alice", action="session.end", result="success", target="plc-1",
-                       detail={"session_id": session_id, "reason": "closed"})  # fmt: skip
-    assert failures == []
+    writer.record(TerminalEvent.RESIZE, resize_payload(100, 30))
+    if typed:
+        writer.record(TerminalEvent.INPUT, typed)
+    writer.record(TerminalEvent.OUTPUT, output)
+    writer.record(TerminalEvent.MARKER, b"killed by bob: wrong asset")
+    await api.env.services.recordings.close(writer, "killed")
     return writer.recording_id
 
 
-def _rows(text: str) -> list[int]:
-    return [int(found) for found in re.findall(r'<tr data-event="(\d+)"', text)]
+def listed(answer_text: str) -> list[str]:
+    return re.findall(r'href="/evidence/recordings/([0-9a-z-]+)"', answer_text)
 
 
-async def test_everyone_without_read_evidence_gets_404_and_it_is_audited(api: Api) -> None:
-    recording = await _recording(api)
-    alice, bob = await api.login("alice"), await api.login("bob")
-    paths = ["/evidence/audit", "/evidence/audit/export?format=csv", "/evidence/transfers",
-             f"/evidence/recordings/{recording}/verify",
-             f"/evidence/recordings/{recording}/bundle"]  # fmt: skip
-    for user in (alice, bob):
+async def test_vendors_and_approvers_get_404_everywhere_and_it_is_audited(api: Api) -> None:
+    real = await record_terminal(api, "alice", b"hello\r\n")
+    guessed = "0" * 32
+    paths = [
+        "/evidence", "/evidence/search?q=hello", f"/evidence/recordings/{real}",
+        f"/evidence/recordings/{real}/cast", f"/evidence/recordings/{guessed}",
+        f"/evidence/recordings/{guessed}/cast",
+    ]  # fmt: skip
+    for name in ("alice", "bob"):
+        person = await api.login(name)
         for path in paths:
-            answer = await user.client.get(path)
-            assert answer.status_code == 404 and "Not found" in answer.text, path
-        posted = await user.client.post(
-            f"/evidence/recordings/{recording}/verify", data={"csrf_token": user.csrf}
-        )
-        assert posted.status_code == 404
-        chain = await user.client.post("/evidence/audit/verify", data={"csrf_token": user.csrf})
-        assert chain.status_code == 404
+            answer = await person.client.get(path)
+            assert answer.status_code == 404, (name, path)
+            assert "hello" not in answer.text and "Not found" in answer.text
     refusals = await audit_rows(api, "portal.refused")
-    assert len(refusals) == 2 * (len(paths) + 2)
+    assert len(refusals) == 2 * len(paths)
     assert {r.actor for r in refusals} == {"alice", "bob"}
-    assert not await audit_rows(api, "recording.download")
-    assert not await audit_rows(api, "recording.verify")
-    # Signed out: the login form, not the page.
-    anonymous = await api.client().get("/evidence/audit")
-    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    assert not await audit_rows(api, "recording.viewed")
+    assert not await audit_rows(api, "recording.search")
 
 
-async def test_filters_and_keyset_paging(api: Api) -> None:
-    audit = api.env.services.audit
-    ids = []
-    for i in range(PAGE_SIZE * 2 + 7):
-        ids.append(await audit.record(
-            actor="pinger" if i % 2 else "ponger", action="test.ping",
-            result="success" if i % 3 else "denied", target=f"plc-{i % 4}",
-        ))  # fmt: skip
-        api.env.clock.advance(60)
-    audrey = await _auditor(api)
-    first = await audrey.client.get("/evidence/audit", params={"action": "test.ping"})
-    assert first.status_code == 200
-    page1 = _rows(first.text)
-    assert page1 == sorted(ids, reverse=True)[:PAGE_SIZE]
-    older = re.search(r'href="/evidence/audit\?([^"]+)" rel="next"', first.text)
-    assert older is not None and "before=" in older.group(1)
-    second = await audrey.client.get("/evidence/audit?" + older.group(1).replace("&amp;", "&"))
-    page2 = _rows(second.text)
-    assert page2 == sorted(ids, reverse=True)[PAGE_SIZE : 2 * PAGE_SIZE]
-    assert ">Newest</a>" in second.text
-    # Each filter narrows to exactly the matching events.
-    cases = {"actor": ("pinger", lambda i: i % 2 == 1),
-             "result": ("denied", lambda i: i % 3 == 0),
-             "target": ("plc-3", lambda i: i % 4 == 3)}  # fmt: skip
-    for name, (value, keep) in cases.items():
-        shown = await audrey.client.get(
-            "/evidence/audit", params={"action": "test.ping", name: value, "before": ids[40]}
-        )
-        expected = [ids[i] for i in range(40) if keep(i)][::-1][:PAGE_SIZE]
-        assert _rows(shown.text) == expected, name
-    # A time range: [from, until) on the event times (one minute apart).
-    since = (api.env.clock.now.replace(second=0) - (len(ids) - 10) * _MINUTE).strftime(FMT)
-    until = (api.env.clock.now.replace(second=0) - (len(ids) - 13) * _MINUTE).strftime(FMT)
-    ranged = await audrey.client.get(
-        "/evidence/audit", params={"action": "test.ping", "since": since, "until": until}
-    )
-    assert _rows(ranged.text) == [ids[12], ids[11], ids[10]]
-
-
-async def test_session_filter_matches_only_that_session(api: Api) -> None:
-    audit = api.env.services.audit
-    await _recording(api)
-    other = SESSION + "ff"  # a longer id starting with the same text
-    await audit.record(actor="alice", action="session.start", result="success",
-                       detail={"session_id": other})  # fmt: skip
-    watched = await audit.record(
-        actor="bob", action="session.watched", result="success", target="plc-1",
-        detail={"session_id": SESSION, "user": "alice"},
-    )  # fmt: skip
-    audrey = await _auditor(api)
-    shown = await audrey.client.get("/evidence/audit", params={"session_id": SESSION})
-    assert shown.status_code == 200
-    actions = re.findall(r"<code>([a-z.]+)</code> <span class=\"tag", shown.text)
-    assert actions == ["session.watched", "session.end", "session.start"]
-    assert watched in _rows(shown.text)
-    # Watches are readable with who and when.
-    watches = await audrey.client.get("/evidence/audit", params={"action": "session.watched"})
-    assert _rows(watches.text) == [watched] and ">bob<" in watches.text
-    assert "<time" in watches.text
-    # Unknown session: bounded to recent days, and said so.
-    unknown = await audrey.client.get("/evidence/audit", params={"session_id": "0" * 24})
-    assert "last 31 days" in unknown.text and "No events match" in unknown.text
-
-
-async def test_bad_filter_values_get_messages_and_no_query(api: Api) -> None:
-    root = await api.login("root")
-    bad = {
-        "since": ("yesterday", "expected a date and time"),
-        "until": ("0001-01-01T00:00", "must be from"),
-        "result": ("maybe", "result: one of"),
-        "action": ("DROP TABLE", "action: lower-case"),
-        "session_id": ('x%"', "session: letters"),
-        "before": ("-3", "before: an event id"),
-    }
-    for name, (value, message) in bad.items():
-        answer = await root.client.get("/evidence/audit", params={name: value})
-        assert answer.status_code == 422, name
-        assert message in answer.text and "<tr data-event" not in answer.text, name
-    swapped = await root.client.get(
-        "/evidence/audit", params={"since": "2026-11-27T12:00", "until": "2026-11-27T11:00"}
-    )
-    assert swapped.status_code == 422 and "from must be before until" in swapped.text
-    export = await root.client.get("/evidence/audit/export", params={"format": "xml"})
-    assert export.status_code == 422 and "format: jsonl, syslog or csv" in export.text
-
-
-async def test_exports_follow_the_filter_and_defuse_formulas(api: Api) -> None:
-    audit = api.env.services.audit
-    evil = {'=HYPERLINK("http://x")': "+1", "@SUM(A1)": "-2"}
-    for actor, target in evil.items():
-        await audit.record(actor=actor, action="test.evil", result="success", target=target,
-                           source="-cmd", detail={"note": "=1+1"})  # fmt: skip
-    await audit.record(actor="other", action="test.other", result="success")
-    root = await api.login("root")
-    base = "/evidence/audit/export"
-    jsonl = await root.client.get(base, params={"action": "test.evil", "format": "jsonl"})
-    assert jsonl.status_code == 200 and "attachment" in jsonl.headers["content-disposition"]
-    events = [json.loads(line) for line in jsonl.text.splitlines()]
-    assert [e["actor"] for e in events] == list(evil)  # oldest first, only the filter's
-    assert all(len(e["hash"]) == 64 and "prev_hash" in e for e in events)
-    syslog = await root.client.get(base, params={"action": "test.evil", "format": "syslog"})
-    lines = syslog.text.splitlines()
-    assert len(lines) == 2
-    # facility 13 (log audit) * 8 + severity 6 (success); structured data with the chain hash
-    assert all(re.match(r"<110>1 \S+Z \S+ conduit - test.evil \[conduit@32473 id=\"\d+\" ", x)
-               for x in lines)  # fmt: skip
-    assert f'hash="{events[0]["hash"]}"' in lines[0]
-    table = await root.client.get(base, params={"action": "test.evil", "format": "csv"})
-    rows = list(csv.reader(io.StringIO(table.text)))
-    assert rows[0][:3] == ["id", "time", "actor"] and len(rows) == 3
-    for row, (actor, target) in zip(rows[1:], evil.items(), strict=True):
-        assert row[2] == "'" + actor and row[5] == "'" + target and row[3] == "'-cmd"
-        assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row)
-    assert [csv_cell(v) for v in ("\tx", "\rx", "ok", "a=b")] == ["'\tx", "'\rx", "ok", "a=b"]
-    exports = await audit_rows(api, "audit.export")
-    assert [json.loads(e.detail)["format"] for e in exports] == ["jsonl", "syslog", "csv"]
-    assert all(e.actor == "root" for e in exports)
-
-
-async def test_transfers_page_lists_files_with_size_and_digest(api: Api) -> None:
-    audit = api.env.services.audit
-    digest = "ab" * 32
-    await audit.record(actor="alice", action="sftp.write", result="success", target="plc-1",
-                       detail={"session_id": SESSION, "path": "/tmp/fw <1>.bin", "size": 1048576,
-                               "sha256": digest, "in_order": True})  # fmt: skip
-    api.env.clock.advance(60)
-    await audit.record(actor="mallory", action="sftp.read", result="failure", target="plc-10",
-                       detail={"session_id": "s2", "path": "/etc/x", "size": 10, "sha256": None,
-                               "in_order": True, "error": "connection lost"})  # fmt: skip
-    await audit.record(actor="alice", action="session.start", result="success", target="plc-1")
-    audrey = await _auditor(api)
-    page = await audrey.client.get("/evidence/transfers")
-    assert page.status_code == 200
-    assert len(_rows(page.text)) == 2
-    assert "/tmp/fw &lt;1&gt;.bin" in page.text and "1,048,576" in page.text
-    assert digest in page.text and "connection lost" in page.text
-    assert "to asset" in page.text and "from asset" in page.text
-    only = await audrey.client.get("/evidence/transfers", params={"user": "alice"})
-    assert len(_rows(only.text)) == 1 and digest in only.text
-    by_asset = await audrey.client.get("/evidence/transfers", params={"asset": "plc-10"})
-    assert len(_rows(by_asset.text)) == 1 and "connection lost" in by_asset.text
-    bad = await audrey.client.get("/evidence/transfers", params={"since": "soon"})
-    assert bad.status_code == 422 and "expected a date and time" in bad.text
-
-
-async def test_verify_now_stores_the_new_verdict_and_is_audited(api: Api) -> None:
-    recording = await _recording(api)
-    audrey = await _auditor(api)
-    path = f"/evidence/recordings/{recording}/verify"
-    page = await audrey.client.get(path)
-    assert page.status_code == 200 and ">intact<" in page.text
-    assert f'hx-post="{path}"' in page.text
-    refused = await audrey.client.post(path, data={})
-    assert refused.status_code == 403
-    # One byte of the first chunk's ciphertext changed on disk.
-    file = _file_of(api, recording)
-    data = bytearray(file.read_bytes())
-    data[_first_chunk_offset(bytes(data)) + 40] ^= 0x01
-    file.write_bytes(bytes(data))
-    fragment = await audrey.client.post(
-        path, data={"csrf_token": audrey.csrf}, headers={"HX-Request": "true"}
-    )
-    assert fragment.status_code == 200 and "<html" not in fragment.text
-    assert ">tampered<" in fragment.text and "chunk 0" in fragment.text
-    entry = await api.env.services.recordings.entry(recording)
-    assert entry.integrity == "tampered"
-    plain = await audrey.client.post(path, data={"csrf_token": audrey.csrf})
-    assert plain.status_code == 200 and "Verified just now" in plain.text
-    runs = await audit_rows(api, "recording.verify")
-    assert [(r.actor, r.result, r.target) for r in runs] == [("audrey", "failure", recording)] * 2
-    missing = await audrey.client.get(f"/evidence/recordings/{'0' * 32}/verify")
-    assert missing.status_code == 404
-    junk = await audrey.client.get("/evidence/recordings/..%2Fetc/verify")
-    assert junk.status_code == 404
-
-
-async def test_chain_check_runs_and_shows_its_result(api: Api) -> None:
-    await api.env.services.audit.record(actor="x", action="test.ping", result="success")
-    root = await api.login("root")
-    before = await root.client.get("/evidence/audit")
-    assert "Not verified since this portal process started" in before.text
-    done = await root.client.post("/evidence/audit/verify", data={"csrf_token": root.csrf})
-    assert done.status_code == 303 and done.headers["location"] == "/evidence/audit#chain"
-    after = await root.client.get("/evidence/audit")
-    assert "tag-integrity-intact" in after.text and "verified by root" in after.text
-    [run] = await audit_rows(api, "audit.verify")
-    assert run.result == "success" and run.actor == "root"
-
-
-async def test_bundle_verifies_offline_and_one_flipped_byte_is_tampered(
-    api: Api, tmp_path: Path
-) -> None:
-    recording = await _recording(api)
-    audrey = await _auditor(api)
-    answer = await audrey.client.get(f"/evidence/recordings/{recording}/bundle")
-    assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
-    assert f"conduit-evidence-{recording}.zip" in answer.headers["content-disposition"]
-    bundle = tmp_path / "bundle.zip"
-    bundle.write_bytes(answer.content)
-    with zipfile.ZipFile(bundle) as z:
-        names = set(z.namelist())
-        stored = z.read(f"{recording}.rec")
-        events = [json.loads(x) for x in z.read("audit-events.jsonl").splitlines()]
-        manifest = json.loads(z.read("manifest.json"))
-    assert names == {f"{recording}.rec", "signing-key.pem", "audit-events.jsonl",
-                     "manifest.json", "README.txt", "verify_bundle.py"}  # fmt: skip
-    assert stored == _file_of(api, recording).read_bytes()
-    assert [e["action"] for e in events] == ["session.start", "session.end"]
-    assert manifest["session_id"] == SESSION and manifest["exported_by"] == "audrey"
-    # No secret: neither the master key nor this recording's data key is in the zip.
+async def test_history_filters_each_field(api: Api) -> None:
+    now = api.env.clock.now
     services = api.env.services
-    entry = await services.recordings.entry(recording)
-    data_key = services.recordings.data_keys.resolve(entry.data_key_id)
-    for secret in (services.keys.master_key, data_key, data_key.hex().encode()):
-        assert secret not in answer.content
-    [download] = await audit_rows(api, "recording.download")
-    assert (download.actor, download.target) == ("audrey", recording)
+    await services.authz.add_zone("cell-3", actor="test")
+    await services.authz.add_asset("hmi-7", "10.0.0.7", 22, "ssh", actor="test", zones=("cell-3",))
+    async with services.sessions() as db, db.begin():
+        await db.execute(
+            update(UserRow).where(UserRow.username == "mallory").values(organisation="Acme")
+        )
+    hour = dt.timedelta(hours=1)
+    await add_rows(
+        api,
+        row("r-alice", "alice", now - 5 * hour),
+        row("r-mallory", "mallory", now - 4 * hour, end_reason="killed"),
+        row("r-hmi", "alice", now - 3 * hour, asset="hmi-7", protocol="sftp"),
+        row("r-live", "alice", now - 2 * hour, state="open", ended_at=None, end_reason=None),
+        row("r-old", "alice", now - 100 * hour, integrity="tampered", integrity_detail=EVIL),
+    )
+    audrey = await auditor(api)
 
-    assert _verify(bundle) == (0, "intact")
-    # The same check on the unpacked directory.
-    unpacked = tmp_path / "unpacked"
-    with zipfile.ZipFile(bundle) as z:
-        z.extractall(unpacked)
-    assert _verify(unpacked) == (0, "intact")
-    # One byte of the recording changed inside the bundle: tampered, and why.
-    flipped = bytearray(stored)
-    flipped[_first_chunk_offset(stored) + 30] ^= 0x80
-    code, out = _verify(_rewritten(bundle, tmp_path / "flipped.zip",
-                                   {f"{recording}.rec": bytes(flipped)}))  # fmt: skip
-    assert code == 1 and out.startswith("tampered: recording:") and "hash chain" in out
-    # An audit event edited inside the bundle: tampered too.
-    edited = "".join(json.dumps({**e, "actor": "mallory"} if i == 0 else e) + "\n"
-                     for i, e in enumerate(events))  # fmt: skip
-    code, out = _verify(_rewritten(bundle, tmp_path / "edited.zip",
-                                   {"audit-events.jsonl": edited.encode()}))  # fmt: skip
-    assert code == 1 and "does not match its hash" in out
+    async def ids(query: str) -> list[str]:
+        answer = await audrey.client.get(f"/evidence?{query}")
+        assert answer.status_code == 200, answer.text
+        return listed(answer.text)
 
-
-_MINUTE = dt.timedelta(minutes=1)
-FMT = "%Y-%m-%dT%H:%M"
-
-
-def _file_of(api: Api, recording: str) -> Path:
-    [path] = list(api.env.services.recordings.store.root.rglob(f"{recording}.rec"))
-    return path
-
-
-def _first_chunk_offset(data: bytes) -> int:
-    """Byte offset of the first chunk frame: after the magic and the header frame."""
-    length = int.from_bytes(data[9:13], "big")
-    return 8 + 9 + length
+    assert await ids("") == ["r-live", "r-hmi", "r-mallory", "r-alice", "r-old"]
+    assert await ids("user=mallory") == ["r-mallory"]
+    assert await ids("org=Acme") == ["r-mallory"]
+    assert await ids("asset=hmi-7") == await ids("zone=cell-3") == ["r-hmi"]
+    assert await ids("protocol=sftp") == ["r-hmi"]
+    assert await ids("end=killed") == ["r-mallory"]
+    assert await ids("end=live") == ["r-live"]
+    since = (now - 4.5 * hour).strftime("%Y-%m-%dT%H:%M")
+    until = (now - 2.5 * hour).strftime("%Y-%m-%dT%H:%M")
+    assert await ids(f"since={since}&until={until}") == ["r-hmi", "r-mallory"]
+    assert await ids("user=alice&end=closed&asset=plc-1") == ["r-alice", "r-old"]
+    page = (await audrey.client.get("/evidence")).text
+    assert 'href="/evidence/audit?session_id=s-r-alice"' in page
+    assert 'class="integrity integrity-tampered"' in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-def _rewritten(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
-        for name in old.namelist():
-            new.writestr(name, replace.get(name, old.read(name)))
-    return target
+async def test_history_refuses_bad_filters_with_a_message(api: Api) -> None:
+    audrey = await auditor(api)
+    cases = {
+        "since=yesterday": "Started from: not a date",
+        "since=1999-12-31": "Started from: must be between 2000-01-01",
+        "until=2999-01-01": "Started before: must be between",
+        "since=2024-02-02&until=2024-02-01": "must be before",
+        "user=" + "x" * 65: "User: not a valid value",
+        "end=KILLED;drop": "End reason: not a valid value",
+        "after=nonsense": "Page position",
+        "after=" + "9" * 40 + "-abc": "Page position",
+    }
+    for query, message in cases.items():
+        answer = await audrey.client.get(f"/evidence?{query}")
+        assert answer.status_code == 422, query
+        assert message in html.unescape(answer.text), query
+        assert 'role="alert"' in answer.text and "/evidence/recordings/" not in answer.text
 
 
-def _verify(path: Path) -> tuple[int, str]:
-    """Run the bundle's own script, from the bundle, in a fresh Python."""
-    script = path.parent / "verify_bundle_copy.py"
-    with zipfile.ZipFile(path if path.is_file() else path.parent / "bundle.zip") as z:
-        script.write_bytes(z.read("verify_bundle.py"))
-    done = subprocess.run([sys.executable, "-I", str(script), str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
-    return done.returncode, done.stdout.strip()
+async def test_history_pages_follow_each_other_without_gaps_or_repeats(api: Api) -> None:
+    now = api.env.clock.now
+    same = now - dt.timedelta(hours=1)  # ties on started_at are ordered by id
+    rows = [row(f"r{i:04d}", "alice", same if i % 3 == 0 else now - dt.timedelta(minutes=i))
+            for i in range(2 * PAGE + 7)]  # fmt: skip
+    await add_rows(api, *rows)
+    audrey = await auditor(api)
+    seen: list[str] = []
+    query = "user=alice"
+    pages = 0
+    while True:
+        answer = await audrey.client.get(f"/evidence?{query}")
+        assert answer.status_code == 200
+        seen += listed(answer.text)
+        pages += 1
+        found = re.search(r'href="/evidence\?([^"]+)" rel="next"', answer.text)
+        if found is None:
+            break
+        query = html.unescape(found.group(1))
+        assert "user=alice" in query
+    assert pages == 3
+    expected = sorted(rows, key=lambda r: (r.started_at, r.id), reverse=True)
+    assert seen == [r.id for r in expected]
+
+
+async def test_player_page_and_cast_are_audited_once_per_view(api: Api) -> None:
+    recording_id = await record_terminal(api, "alice", b"zebra crossing\r\n", typed=b"lx\x7fs -l\r")
+    audrey = await auditor(api)
+    page = await audrey.client.get(f"/evidence/recordings/{recording_id}?t=0.5&hit=1")
+    assert page.status_code == 200, page.text
+    csp = page.headers["content-security-policy"]
+    assert "'wasm-unsafe-eval'" in csp and "'unsafe-eval'" not in csp and "unsafe-inline" not in csp
+    assert 'src="/assets/asciinema-player.min.js"' in page.text
+    cast_url = html.unescape(re.search(r'data-cast="([^"]+)"', page.text).group(1))  # type: ignore[union-attr]
+    assert "hit=0.500000" in cast_url
+    viewed = await audit_rows(api, "recording.viewed")
+    assert [(v.actor, v.target) for v in viewed] == [("audrey", recording_id)]
+    assert json.loads(viewed[0].detail)["session_id"] == "sess-alice"
+    cast = await audrey.client.get(cast_url)
+    assert cast.status_code == 200 and cast.headers["content-type"].startswith(
+        "application/x-asciicast"
+    )
+    lines = [json.loads(line) for line in cast.text.splitlines()]
+    assert lines[0]["version"] == 2 and (lines[0]["width"], lines[0]["height"]) == (100, 30)
+    events = lines[1:]
+    assert any(e[1] == "o" and "zebra crossing" in e[2] for e in events)
+    assert any(e[1] == "i" for e in events)
+    labels = [e[2] for e in events if e[1] == "m"]
+    assert "typed: ls -l" in labels and "search hit" in labels
+    assert "killed by bob: wrong asset" in labels
+    assert len(await audit_rows(api, "recording.viewed")) == 1  # the page's pass covered it
+    again = await audrey.client.get(f"/evidence/recordings/{recording_id}/cast")
+    assert again.status_code == 200 and "zebra" in again.text
+    assert len(await audit_rows(api, "recording.viewed")) == 2  # no pass: its own event
+
+
+async def test_player_offset_is_bounded_and_a_missing_id_is_404(api: Api) -> None:
+    recording_id = await record_terminal(api, "alice", b"hello\r\n")
+    audrey = await auditor(api)
+    for bad in ("-1", "nan", "1e99", "abc"):
+        answer = await audrey.client.get(f"/evidence/recordings/{recording_id}?t={bad}")
+        assert answer.status_code == 200 and 'data-start="0.0"' in answer.text
+        assert "playing from the start" in answer.text
+    for path in ("/evidence/recordings/" + "f" * 32, "/evidence/recordings/../etc",
+                 "/evidence/recordings/" + "f" * 32 + "/cast"):  # fmt: skip
+        assert (await audrey.client.get(path)).status_code == 404
+
+
+async def test_a_tunnel_recording_is_a_table_not_a_player(api: Api) -> None:
+    services = api.env.services
+    writer = await services.recordings.start(
+        SessionInfo("alice", "plc-1", "tunnel", "sess-t"), kind=Kind.TUNNEL,
+        on_failure=lambda reason: None,
+    )  # fmt: skip
+    writer.record(TunnelEvent.MARKER, b"connected 10.0.0.1:502")
+    for payload in (b"ab", b"cde"):
+        writer.record(TunnelEvent.TO_ASSET, payload)
+    writer.record(TunnelEvent.FROM_ASSET, b"xyz1")
+    writer.record(TunnelEvent.MARKER, EVIL.encode())
+    await services.recordings.close(writer, "closed")
+    audrey = await auditor(api)
+    page = await audrey.client.get(f"/evidence/recordings/{writer.recording_id}")
+    assert page.status_code == 200
+    assert "asciinema" not in page.text and "wasm" not in page.headers["content-security-policy"]
+    cells = [
+        (a, html.unescape(b))
+        for a, b in re.findall(r"<td>([^<]*)</td><td>([^<]*)</td></tr>", page.text)
+    ]
+    assert cells == [
+        ("marker", "connected 10.0.0.1:502"), ("to asset", "5 bytes"),
+        ("from asset", "4 bytes"), ("marker", EVIL),
+    ]  # fmt: skip
+    assert len(await audit_rows(api, "recording.viewed")) == 1
+    cast = await audrey.client.get(f"/evidence/recordings/{writer.recording_id}/cast")
+    assert cast.status_code == 404
+
+
+async def test_search_shows_hits_escaped_and_links_to_the_offset(api: Api) -> None:
+    recording_id = await record_terminal(api, "alice", f"{EVIL} quokka7 here\r\n".encode())
+    audrey = await auditor(api)
+    answer = await audrey.client.get("/evidence/search?q=quokka7")
+    assert answer.status_code == 200
+    assert "<mark>quokka7</mark>" in answer.text and "<script>alert" not in answer.text
+    link = re.search(
+        rf'href="(/evidence/recordings/{recording_id}\?t=[0-9.]+&amp;hit=1)"', answer.text
+    )
+    assert link is not None
+    assert "<td>alice</td><td>plc-1</td>" in answer.text
+    [searched] = await audit_rows(api, "recording.search")
+    assert searched.actor == "audrey" and "quokka7" in searched.detail
+    nothing = await audrey.client.get("/evidence/search?q=zzzunseen")
+    assert nothing.status_code == 200 and "No results" in nothing.text
+    for query, message in (("x" * 201, "too long"), ("!!! ---", "at least one word"),
+                           (" ".join(["w"] * 17), "Too many words")):  # fmt: skip
+        refused = await audrey.client.get("/evidence/search", params={"q": query})
+        assert refused.status_code == 422 and message in refused.text
+    assert len(await audit_rows(api, "recording.search")) == 2  # refused queries never ran
+
+
+def test_snippet_pieces_and_typed_lines() -> None:
+    assert pieces_of("a [Word] [b] c", ["word"]) == [
+        ("a ", False),
+        ("Word", True),
+        (" [b] c", False),
+    ]
+    assert pieces_of("<b>", []) == [("<b>", False)]
+    assert typed_text("lx\x7fs -l") == "ls -l"
+    assert typed_text("\x1b[Aup\x1bOB") == "up"
+    assert len(typed_text("y" * 500)) == 80

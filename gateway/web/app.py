@@ -29,11 +29,14 @@ from gateway.web import (
     enrollment,
     evidence_bundle,
     health,
+    history,
     live,
     my_sessions,
     pages,
+    player,
     portal,
     portal_forms,
+    search_pages,
     terminal,
     transfers,
     watch,
@@ -68,6 +71,9 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(portal.router)
     app.include_router(connect.router)
     app.include_router(my_sessions.router)
+    app.include_router(history.router)
+    app.include_router(search_pages.router)
+    app.include_router(player.router)
     app.include_router(live.router)
     app.include_router(access_pages.router)
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's

@@ -22,6 +22,8 @@ FILES: dict[str, str] = {
     "xterm.js": "@xterm/xterm/lib/xterm.js",
     "xterm.css": "@xterm/xterm/css/xterm.css",
     "addon-fit.js": "@xterm/addon-fit/lib/addon-fit.js",
+    "asciinema-player.min.js": "asciinema-player/dist/bundle/asciinema-player.min.js",
+    "asciinema-player.css": "asciinema-player/dist/bundle/asciinema-player.css",
 }
 
 

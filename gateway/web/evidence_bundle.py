@@ -4,7 +4,7 @@
 ``POST`` to the same path (CSRF) runs ``RecordingService.verify`` (file read in a worker
 thread), which stores the new verdict in the catalog; the run is audited
 ``recording.verify`` like the CLI's. An htmx post gets the verdict fragment
-(``_integrity.html``) to swap in place; a plain post gets the page. ``GET .../bundle``
+(``_integrity_state.html``) to swap in place; a plain post gets the page. ``GET .../bundle``
 downloads a zip (``bundle_files``): the recording file as stored, the signing public key,
 the session's audit events as JSON lines, a manifest, a README and ``verify_bundle.py``,
 which checks it all offline with Python and ``cryptography`` only. Opening the file for the
@@ -78,7 +78,7 @@ async def _entry(request: Request, context: PortalContext, recording_id: str) ->
 
 
 def integrity_view(entry: CatalogEntry, now: dt.datetime) -> dict[str, Any]:
-    """What ``_integrity.html`` shows: the badge word, its detail and when it was judged."""
+    """What ``_integrity_state.html`` shows: the badge word, its detail and when it was judged."""
     state = entry.integrity
     if state == "incomplete" and entry.state == "open":
         label = "being recorded"
@@ -134,7 +134,7 @@ async def verify_now(request: Request, recording_id: str) -> Response:
     entry = await services.recordings.entry(entry.id)
     values = _values(entry, services.clock())
     if request.headers.get("HX-Request") == "true":
-        return render(request, "_integrity.html", values)
+        return render(request, "_integrity_state.html", values)
     values["verified_now"] = True
     return await page(request, context, "recording_integrity.html", values, current="evidence")
 

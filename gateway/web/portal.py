@@ -1,11 +1,12 @@
-"""Signed-in portal pages: the home page per role, the pending-request count badge (refreshed
-by htmx), and what an auditor can do.
+"""Signed-in portal pages: the home page per role and the pending-request count badge (refreshed
+by htmx).
 
 A page needs a valid session (else a redirect to the login form, coming back afterwards) and,
 for a role's page, the site-wide capability ``rbac.roles`` gives that role (else 404, like a
 page that does not exist). Reads only: requesting (``access_pages``), the request queue and
 approving (``approvals``), connecting (``connect``) and the session pages (``my_sessions``,
-``live``, ``terminal``) live in their own modules. Does not decide access to assets.
+``live``, ``terminal``) and the auditor's pages (``history``, ``player``, ``search_pages``)
+live in their own modules. Does not decide access to assets.
 """
 
 from __future__ import annotations
@@ -59,11 +60,3 @@ async def pending_badge(request: Request) -> Response:
     return render(
         request, "pending_badge.html", {"pending_count": await pending_count(request, context)}
     )
-
-
-@router.get("/evidence", response_class=HTMLResponse)
-async def evidence(request: Request) -> Response:
-    context = await signed_in(request, SiteAction.READ_EVIDENCE)
-    if context is None:
-        return sign_in_redirect(request)
-    return await page(request, context, "evidence.html", {}, current="evidence")

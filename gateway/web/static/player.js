@@ -1,0 +1,51 @@
+// The recording player page (templates/player.html), as an ES module. asciinema-player is
+// loaded first as a classic script (global AsciinemaPlayer). The cast comes from our own
+// /cast URL with the page's view pass; changing the speed rebuilds the player at the same
+// time with the same URL (no second audit event: the pass covers this page view).
+// The player sets its sizes through element.style (the CSSOM), which the CSP allows; it
+// needs no inline style or script. Its terminal emulator is WebAssembly, hence the page's
+// 'wasm-unsafe-eval'.
+
+const box = document.getElementById("player");
+const speedChoice = document.getElementById("speed");
+const status = document.getElementById("player-status");
+let player = null;
+
+function build(at, speed, play) {
+  if (player !== null) player.dispose();
+  box.replaceChildren();
+  player = AsciinemaPlayer.create({ url: box.dataset.cast, parser: "asciicast" }, box, {
+    startAt: at,
+    poster: `npt:${at}`,
+    preload: true,
+    autoPlay: play,
+    speed,
+    fit: "width",
+    controls: true,
+    keystrokeOverlay: true,
+    terminalFontFamily: 'ui-monospace, "DejaVu Sans Mono", monospace',
+  });
+  player.addEventListener("marker", (event) => {
+    status.textContent = `Marker at ${event.time.toFixed(1)} s: ${event.label}`;
+  });
+  player.addEventListener("ended", () => {
+    status.textContent = "End of the recording.";
+  });
+}
+
+function start() {
+  const at = Number.parseFloat(box.dataset.start || "0");
+  build(Number.isFinite(at) ? at : 0, 1, false);
+  speedChoice.addEventListener("change", () => {
+    const speed = Number.parseFloat(speedChoice.value);
+    build(player.getCurrentTime(), Number.isFinite(speed) ? speed : 1, true);
+  });
+  document.getElementById("prev-marker").addEventListener("click", () => player.seek({ marker: "prev" }));
+  document.getElementById("next-marker").addEventListener("click", () => player.seek({ marker: "next" }));
+}
+
+if (typeof AsciinemaPlayer === "undefined") {
+  status.textContent = "The player did not load (its files are missing on the server).";
+} else {
+  start();
+}

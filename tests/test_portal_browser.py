@@ -106,6 +106,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     _cli(data_dir, "asset", "add", ASSET, "--host", "127.0.0.1", "--port", "22",
          "--protocol", "ssh", "--zone", "line-1")  # fmt: skip
     _cli(data_dir, "grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "ssh")
+    _cli(data_dir, "grant", "add", "--role", "vendor", "--asset", ASSET, "--action", "request")
     # Approvers decide requests on line-1: the queue and badge show what they may decide.
     _cli(data_dir, "grant", "add", "--role", "approver", "--zone", "line-1", "--action", "approve")
     with serving(data_dir) as (server, _ssh_port):

@@ -210,11 +210,18 @@ def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Pat
     }
     assets = conduit("asset", "list", "--data-dir", str(data_dir))
     assert assets.returncode == 0, assets.stderr
-    assert sum("demo-plc" in line for line in assets.stdout.splitlines()) == 1
+    names = [line.split()[0] for line in assets.stdout.splitlines()[1:] if line.strip()]
+    assert sorted(names) == ["demo-plc", "demo-plc-maint"], assets.stdout  # once each
     grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
-    mine = sorted(line.split()[4] for line in grants if "asset:demo-plc" in line)
-    expected = ["ssh", "sftp-read", "sftp-write", "request", "approve", "watch", "kill"]
-    assert mine == sorted(expected), grants
+    standing = sorted(line.split()[4] for line in grants if "asset:demo-plc " in line + " ")
+    expected = ["ssh", "sftp-read", "sftp-write", "approve", "watch", "kill"]
+    assert standing == sorted(expected), grants
+    # The second asset only: the vendor may ask for it, the approver decides.
+    maint = sorted(
+        (line.split()[2], line.split()[4]) for line in grants if "asset:demo-plc-maint" in line
+    )
+    assert maint == sorted([("user:vendor", "request"), ("user:approver", "approve"),
+                            ("user:approver", "watch"), ("user:approver", "kill")]), grants
 
 
 def test_demo_refuses_ssh_off_loopback(tmp_path: Path) -> None:

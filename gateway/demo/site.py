@@ -43,15 +43,26 @@ DEMO_USERS = (
 CREDENTIALS_FILE = "demo-credentials.json"
 DEMO_ASSET = demo_target.DEVICE_NAME
 DEVICE_DIR = "demo-target"
-DEMO_GRANTS = (
-    ("vendor", "ssh"),
-    ("vendor", "sftp-read"),
-    ("vendor", "sftp-write"),
-    ("vendor", "request"),  # the portal's request form offers demo-plc
-    ("approver", "approve"),
-    ("approver", "watch"),
-    ("approver", "kill"),
-)
+# The same simulated device as a second asset in its own zone, which the vendor may only ask
+# for: the portal's request -> approve -> "available now until HH:MM" flow, end to end.
+DEMO_REQUEST_ASSET = f"{DEMO_ASSET}-maint"
+DEMO_ZONE = "demo-line"
+DEMO_GRANTS = {
+    DEMO_ASSET: (
+        ("vendor", "ssh"),
+        ("vendor", "sftp-read"),
+        ("vendor", "sftp-write"),
+        ("approver", "approve"),
+        ("approver", "watch"),
+        ("approver", "kill"),
+    ),
+    DEMO_REQUEST_ASSET: (
+        ("vendor", "request"),
+        ("approver", "approve"),
+        ("approver", "watch"),
+        ("approver", "kill"),
+    ),
+}
 
 
 async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
@@ -105,6 +116,9 @@ def print_logins(
         print(f"    ssh -p {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
         print("  and fetch or upload files (uploads/ takes new ones):")
         print(f"    sftp -P {ssh.port} vendor+{DEMO_ASSET}@{ssh.host}")
+        print(f"  {DEMO_REQUEST_ASSET}: the same device, for approved requests only: as the")
+        print("  vendor, My access -> Request access; as the approver, Requests -> Approve;")
+        print("  then the vendor's Connect page offers it until the approved window ends")
     fingerprints = keys.ssh_host_fingerprints()
     if fingerprints:
         print("  the gateway's SSH host key (compare when ssh asks whether to trust it):")
@@ -140,50 +154,58 @@ async def start_device(
 
 
 async def seed_device(services: Services, directory: Path, host: str, port: int) -> None:
-    """Register ``demo-plc`` at host:port, pin its host key, vault its key, grant the demo."""
+    """Register ``demo-plc`` and ``demo-plc-maint`` (zone ``demo-line``) at host:port, pin the
+    device's host key, vault its key for both, grant the demo users."""
     authz, now, actor = services.authz, services.clock(), "demo"
-    previous = await _asset_address(services)
-    if previous is None:
-        await authz.add_asset(DEMO_ASSET, host, port, "ssh", actor=actor)
-    elif previous != (host, port):
-        async with services.sessions() as db, db.begin():
-            asset = await authz.asset(db, DEMO_ASSET)
-            assert asset is not None  # noqa: S101 - read just above; demo data is ours
-            asset.host, asset.port = host, port
-        await services.audit.record(
-            actor=actor,
-            action="asset.updated",
-            result="success",
-            target=DEMO_ASSET,
-            detail={"host": host, "port": port},
-        )
+    if DEMO_ZONE not in {z.name for z in await authz.list_zones()}:
+        await authz.add_zone(DEMO_ZONE, actor=actor)
+    for name in DEMO_GRANTS:
+        zones = (DEMO_ZONE,) if name == DEMO_REQUEST_ASSET else ()
+        await _place(services, name, host, port, zones)
     async with services.sessions() as db, db.begin():
         key = demo_target.host_key_public(directory)
-        await hostkeys.pin(db, DEMO_ASSET, key, actor=actor, now=now)
         public = None
-        if not demo_target.has_client_key(directory) or not await accounts(db, DEMO_ASSET):
+        vaulted = [bool(await accounts(db, name)) for name in DEMO_GRANTS]
+        if not demo_target.has_client_key(directory) or not all(vaulted):
             private, public = demo_target.new_client_key()
-            await set_credential(
-                db,
-                services.keys.master_key,
-                asset=DEMO_ASSET,
-                username=demo_target.MAINT_USER,
-                private_key=private,
-                now=now,
-            )
+        for name in DEMO_GRANTS:
+            await hostkeys.pin(db, name, key, actor=actor, now=now)
+            if public is not None:
+                await set_credential(
+                    db, services.keys.master_key, asset=name,
+                    username=demo_target.MAINT_USER, private_key=private, now=now,
+                )  # fmt: skip
     if public is not None:  # trusted only once the vault holds the private half
         demo_target.trust_client_key(directory, public)
     granted = {(g.subject, g.object, g.action) for g in await authz.list_grants()}
-    for user, action in DEMO_GRANTS:
-        if (f"user:{user}", f"asset:{DEMO_ASSET}", action) not in granted:
-            await authz.add_grant(
-                subject_kind="user",
-                subject=user,
-                object_kind="asset",
-                obj=DEMO_ASSET,
-                action=action,
-                actor=actor,
-            )
+    for name, grants in DEMO_GRANTS.items():
+        for user, action in grants:
+            if (f"user:{user}", f"asset:{name}", action) not in granted:
+                await authz.add_grant(
+                    subject_kind="user", subject=user, object_kind="asset", obj=name,
+                    action=action, actor=actor,
+                )  # fmt: skip
+
+
+async def _place(
+    services: Services, name: str, host: str, port: int, zones: tuple[str, ...]
+) -> None:
+    """The asset at host:port: added the first time, moved when the device's port changed."""
+    authz, actor = services.authz, "demo"
+    async with services.sessions() as db:
+        asset = await authz.asset(db, name)
+        previous = (asset.host, asset.port) if asset is not None else None
+    if previous is None:
+        await authz.add_asset(name, host, port, "ssh", actor=actor, zones=zones)
+    elif previous != (host, port):
+        async with services.sessions() as db, db.begin():
+            asset = await authz.asset(db, name)
+            assert asset is not None  # noqa: S101 - read just above; demo data is ours
+            asset.host, asset.port = host, port
+        await services.audit.record(
+            actor=actor, action="asset.updated", result="success", target=name,
+            detail={"host": host, "port": port},
+        )  # fmt: skip
 
 
 async def run(

@@ -277,14 +277,17 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
     assert "pending" in _state(site, FILED[PLC])  # nothing decided without the code
     _shot(approver, "approver-request-step-up")
     code.fill("000000" if _next_code(site, "approver") != "000000" else "111111")
-    approver.get_by_role("button", name="Approve").click()
+    approver.get_by_role("button", name="Confirm: approve").click()
     expect(approver.get_by_text("That code was not accepted")).to_be_visible()
     assert "pending" in _state(site, FILED[PLC])
     approver.get_by_role("textbox", name=re.compile("Code from your authenticator")).fill(
         _next_code(site, "approver")
     )
-    approver.get_by_role("button", name="Approve").click()
-    expect(approver).to_have_url(re.compile(rf"/requests/{FILED[PLC]}$"))
+    # The code form carries the decision chosen (approve) and nothing else.
+    expect(approver.get_by_role("button", name="Deny")).to_have_count(0)
+    approver.get_by_role("button", name="Confirm: approve").click()
+    expect(approver).to_have_url(re.compile(rf"/requests/{FILED[PLC]}\?done=approved$"))
+    expect(approver.get_by_role("status")).to_have_text("Approved.")
     expect(approver.locator(".tag")).to_have_text("approved")
     expect(approver.get_by_text("1 of 1")).to_be_visible()
     _shot(approver, "approver-request-approved")

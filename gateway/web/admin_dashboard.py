@@ -98,6 +98,7 @@ async def dashboard_values(
         "section": "dashboard",
         "counts": await _counts(request, context, services),
         "days": DAYS,
+        "limit": RECENT,
         "since": since.date().isoformat(),
         "activity": activity,
         "per_day_rows": list(zip(activity.days, activity.per_day, strict=True)),

@@ -18,18 +18,22 @@ function short(label, size) {
   return label.length > size ? `${label.slice(0, size - 1)}\u2026` : label;
 }
 
-// Categories 0..n-1 on x; a label under every ``step``-th one so labels never overlap.
-function categoryAxis(labels, minSpace, size) {
+// Categories 0..n-1 on x; a label under every ``step``-th one so labels never overlap, cut
+// to what fits under its bar (the table below the chart has every name in full).
+function categoryAxis(labels, minSpace) {
+  let chars = 8;
   return {
     space: minSpace,
     splits: (u) => {
-      const fits = Math.max(1, Math.floor(u.bbox.width / devicePixelRatio / minSpace));
+      const width = u.bbox.width / devicePixelRatio;
+      const fits = Math.max(1, Math.floor(width / minSpace));
       const step = Math.max(1, Math.ceil(labels.length / fits));
+      chars = Math.max(5, Math.floor((width / labels.length) * step / 7.5));
       const out = [];
       for (let i = labels.length - 1; i >= 0; i -= step) out.unshift(i);
       return out;
     },
-    values: (u, splits) => splits.map((i) => short(labels[i] ?? "", size)),
+    values: (u, splits) => splits.map((i) => short(labels[i] ?? "", chars)),
     grid: { show: false },
   };
 }
@@ -44,14 +48,14 @@ function barChart(box, labels, counts, axis) {
   const options = {
     width: box.clientWidth,
     height: HEIGHT,
-    legend: { show: true },
-    cursor: { drag: { x: false, y: false }, points: { show: false } },
+    legend: { show: false }, // the numbers are in the tables beside the chart
+    cursor: { show: false },
     scales: {
       x: { time: false, range: [-0.5, labels.length - 0.5] },
       y: { range: (u, min, max) => [0, Math.max(1, max)] },
     },
     series: [
-      { label: "", value: (u, i) => (i == null ? "" : labels[i]) },
+      {},
       {
         label: "Sessions",
         stroke: accent,
@@ -59,7 +63,6 @@ function barChart(box, labels, counts, axis) {
         width: 0,
         paths: uPlot.paths.bars({ size: [0.7, 48] }),
         points: { show: false },
-        value: (u, v) => (v == null ? "" : String(v)),
       },
     ],
     axes: [axis, countAxis()],
@@ -76,13 +79,13 @@ function draw() {
   const perDay = document.getElementById("chart-per-day");
   if (perDay) {
     const days = data.days.map((d) => d.slice(5)); // MM-DD; the table has the full date
-    barChart(perDay, days, data.per_day, categoryAxis(days, 48, 5));
+    barChart(perDay, days, data.per_day, categoryAxis(days, 48));
     perDay.dataset.drawn = "true";
   }
   const perOrg = document.getElementById("chart-per-org");
   if (perOrg && data.orgs.length) {
     const orgs = data.orgs.slice(0, MAX_ORGS);
-    barChart(perOrg, orgs, data.per_org.slice(0, MAX_ORGS), categoryAxis(orgs, 90, 14));
+    barChart(perOrg, orgs, data.per_org.slice(0, MAX_ORGS), categoryAxis(orgs, 90));
     perOrg.dataset.drawn = "true";
   }
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sqlalchemy import BigInteger, String, bindparam, delete, select, update
+from sqlalchemy import BigInteger, String, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -67,6 +67,11 @@ async def listing(db: AsyncSession) -> list[LiveSessionRow]:
     return list(
         (await db.execute(select(LiveSessionRow).order_by(LiveSessionRow.started_at))).scalars()
     )
+
+
+async def count(db: AsyncSession) -> int:
+    """How many sessions are live now, on every node (one COUNT)."""
+    return int(await db.scalar(select(func.count()).select_from(LiveSessionRow)) or 0)
 
 
 async def listing_with_org(db: AsyncSession) -> list[tuple[LiveSessionRow, str]]:

@@ -16,6 +16,7 @@ from gateway.web import (
     access_pages,
     account,
     admin_assets,
+    admin_dashboard,
     admin_grants,
     admin_users,
     admin_zones,
@@ -82,6 +83,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_assets.router)
     app.include_router(admin_users.router)
     app.include_router(admin_grants.router)
+    app.include_router(admin_dashboard.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
     app.include_router(evidence_bundle.router)

@@ -24,6 +24,8 @@ FILES: dict[str, str] = {
     "addon-fit.js": "@xterm/addon-fit/lib/addon-fit.js",
     "asciinema-player.min.js": "asciinema-player/dist/bundle/asciinema-player.min.js",
     "asciinema-player.css": "asciinema-player/dist/bundle/asciinema-player.css",
+    "uPlot.esm.js": "uplot/dist/uPlot.esm.js",
+    "uPlot.min.css": "uplot/dist/uPlot.min.css",
 }
 
 

@@ -244,15 +244,53 @@ def test_acceptance_1_from_conduit_init_to_a_vendor_ssh_session(
     page.set_viewport_size(TABLET)
     _shot(page, "grants-preview-tablet")
     page.set_viewport_size(LAPTOP)
-    _submit(page, "Save grant", admin)
+    page.get_by_label("Schedule").press("Enter")  # Enter saves, it does not preview again
+    page.wait_for_load_state()
+    if page.locator(".stepup input[name=code]").count():
+        page.locator(".stepup input[name=code]").fill(admin.code())
+        page.locator(".stepup input[name=code]").press("Enter")
     expect(page.locator("table")).to_contain_text("user:vera")
     _shot(page, "grants")
-    context.close()
 
     # The vendor's native ssh session to the asset.
     done = _askpass_ssh(site, "vera+plc-7", VENDOR_PASSWORD, vendor.code())
     assert done.returncode == 0, done.stderr + "".join(site.server._err_lines[-30:])
     assert done.stdout.strip() == socket.gethostname()
+
+    _tokens_of_every_user(page, site, admin)
+    # A rebuilt (or impersonated) asset: the next session is refused and raises an alert.
+    sshd.rotate_host_key()
+    refused = _askpass_ssh(site, "vera+plc-7", VENDOR_PASSWORD, vendor.code())
+    assert refused.returncode != 0
+    page.goto("/admin/alerts")
+    row = page.locator("table tbody tr").first
+    expect(row).to_contain_text("hostkey_mismatch")
+    expect(row).to_contain_text("vera")
+    _shot(page, "alerts")
+    page.set_viewport_size(TABLET)
+    _shot(page, "alerts-tablet")
+    context.close()
+
+
+def _tokens_of_every_user(page: Page, site: Site, admin: Authenticator) -> None:
+    """The admin makes a token on their account page, uses it once, sees it listed with
+    its last use, and revokes it; the token stops working."""
+    page.goto("/account")
+    page.get_by_label("Scopes").fill("read")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator(".new-secret code").inner_text().strip()
+    with site.server.client() as client:
+        used = client.get("/api/v1/access/now", headers={"Authorization": f"Bearer {token}"})
+        assert used.status_code == 200
+        page.goto("/admin/tokens")
+        row = page.locator("table tbody tr", has_text="ada")
+        expect(row).to_contain_text("read")
+        expect(row.locator("td").nth(4)).not_to_contain_text("never")
+        _shot(page, "tokens")
+        _submit(page, "Revoke", admin)
+        expect(page.get_by_text("No API tokens in use.")).to_be_visible()
+        gone = client.get("/api/v1/access/now", headers={"Authorization": f"Bearer {token}"})
+        assert gone.status_code == 401
 
 
 def _fingerprint(public_key: Path) -> str:

@@ -15,8 +15,10 @@ from gateway.sessions.broker import Broker
 from gateway.web import (
     access_pages,
     account,
+    admin_alerts,
     admin_assets,
     admin_grants,
+    admin_tokens,
     admin_users,
     admin_zones,
     api_access,
@@ -82,6 +84,8 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_assets.router)
     app.include_router(admin_users.router)
     app.include_router(admin_grants.router)
+    app.include_router(admin_tokens.router)
+    app.include_router(admin_alerts.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
     app.include_router(evidence_bundle.router)

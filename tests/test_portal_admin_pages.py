@@ -15,7 +15,7 @@ import asyncssh
 
 from gateway import vault
 from gateway.authz import hostkeys
-from gateway.identity import onboarding
+from gateway.identity import onboarding, tokens
 from gateway.identity.accounts import create_user
 from tests.test_api_access import PASSWORDS_ALL, SECRETS_ALL, Api, User, api
 from tests.test_api_sessions import audit_rows
@@ -365,13 +365,19 @@ async def test_invite_shows_the_link_once_and_it_enrols(api: Api) -> None:
     stale(api)
     body = {"username": "vera", "roles": "vendor", "organisation": "Acme <GmbH>",
             "csrf_token": root.csrf}  # fmt: skip
+    # An organisation is a policy name (grants say org:<name>): one the policy cannot hold
+    # would stop it from loading, and every session with it.
+    bad = await root.client.post("/admin/users", data=body)
+    assert bad.status_code == 422 and 'id="err-organisation"' in bad.text
+    assert "Acme &lt;GmbH&gt;" in bad.text and 'value="vera"' in bad.text
+    body["organisation"] = "acme-gmbh"
     asked = await root.client.post("/admin/users", data=body)
     assert asked.status_code == 200 and 'name="code"' in asked.text and "/enroll/" not in asked.text
     done = await root.client.post("/admin/users", data={**body, "code": api.code("root")})
     assert done.status_code == 200 and done.headers["cache-control"] == "no-store"
     found = re.search(r'value="(https?://[^"]*/enroll/([^"]+))"', done.text)
     assert found is not None
-    assert "Acme &lt;GmbH&gt;" in done.text and "invited" in done.text
+    assert "acme-gmbh" in done.text and "invited" in done.text
     again = (await root.client.get("/admin/users")).text
     assert found[2] not in again  # shown once
     enrol = await api.client().get(f"/enroll/{found[2]}")
@@ -379,7 +385,7 @@ async def test_invite_shows_the_link_once_and_it_enrols(api: Api) -> None:
     [change] = await changes(api)
     assert change["after"] == {
         "roles": ["vendor"],
-        "organisation": "Acme <GmbH>",
+        "organisation": "acme-gmbh",
         "status": "invited",
     }
     assert found[2] not in json.dumps(change)
@@ -504,3 +510,110 @@ async def test_a_deny_and_a_revoke(api: Api) -> None:
     assert (made[-1]["before"]["revoked"], made[-1]["after"]["revoked"]) == (False, True)
     again = await root.client.post(path, data={"csrf_token": root.csrf})
     assert again.status_code == 404
+
+
+async def test_enter_in_the_grant_form_saves_and_the_preview_is_the_second_button(
+    api: Api,
+) -> None:
+    root = await api.login("root")
+    page = (await root.client.get("/admin/grants")).text
+    form = page.split('action="/admin/grants" novalidate>')[1].split("</form>")[0]
+    buttons = re.findall(r"<button[^>]*>([^<]*)</button>", form)
+    # A browser's Enter presses the form's first submit button (HTML "implicit submission").
+    assert buttons == ["Save grant", "Preview windows"]
+    assert "Enter saves" in form
+
+
+# -- API tokens of every user ------------------------------------------------------------
+async def _token(api: Api, username: str, scopes: list[str]) -> tuple[int, str]:
+    services = api.env.services
+    async with services.sessions() as db, db.begin():
+        user_id = (await onboarding.find_user(db, username)).id
+        new = await tokens.create_token(db, user_id, scopes, 30, api.env.clock.now)
+    return new.token_id, new.token
+
+
+async def test_tokens_of_every_user_listed_with_last_use_and_revoked_with_step_up(
+    api: Api,
+) -> None:
+    alice_id, alice_token = await _token(api, "alice", ["read", "requests"])
+    bob_id, _ = await _token(api, "bob", ["read"])
+    used = await api.client().get(
+        "/api/v1/access/now", headers={"Authorization": f"Bearer {alice_token}"}
+    )
+    assert used.status_code == 200
+    root = await api.login("root")
+    listed = (await root.client.get("/admin/tokens")).text
+    rows = re.findall(r"<tr><td>(\d+)</td>(.*?)</tr>", listed, re.S)
+    assert [int(i) for i, _ in rows] == [bob_id, alice_id]  # newest first
+    alice_row = dict(rows)[str(alice_id)]
+    assert "alice" in alice_row and "<code>read</code> <code>requests</code>" in alice_row
+    assert "never" not in alice_row and "never" in dict(rows)[str(bob_id)]
+    assert alice_token not in listed
+    stale(api)
+    path = f"/admin/tokens/{alice_id}/revoke"
+    asked = await root.client.post(path, data={"csrf_token": root.csrf})
+    assert asked.status_code == 200 and 'name="code"' in asked.text
+    done = await root.client.post(path, data={"csrf_token": root.csrf, "code": api.code("root")})
+    assert done.status_code == 303
+    gone = await api.client().get(
+        "/api/v1/access/now", headers={"Authorization": f"Bearer {alice_token}"}
+    )
+    assert gone.status_code == 401
+    [change] = await changes(api)
+    assert (change["actor"], change["target"], change["what"]) == (
+        "root",
+        f"token:{alice_id}",
+        "token",
+    )
+    assert change["before"]["revoked"] is False and change["after"]["revoked"] is True
+    assert change["after"]["owner"] == "alice" and alice_token not in json.dumps(change)
+    # Revoked, unknown and malformed ids: not found, audited; nothing else changes.
+    for bad in (str(alice_id), "999999", "1e3", "9" * 40):
+        answer = await root.client.post(
+            f"/admin/tokens/{bad}/revoke", data={"csrf_token": root.csrf}
+        )
+        assert answer.status_code == 404, bad
+    assert len(await refusals(api)) == 4
+    assert (await root.client.post(f"/admin/tokens/{bob_id}/revoke", data={})).status_code == 403
+
+
+async def test_non_admins_get_404_for_token_and_alert_pages(api: Api) -> None:
+    bob_id, _ = await _token(api, "bob", ["read"])
+    for user in (await api.login("alice"), await auditor(api)):
+        for path in ("/admin/tokens", "/admin/alerts"):
+            assert (await user.client.get(path)).status_code == 404, path
+        body = {"csrf_token": user.csrf}
+        revoke = await user.client.post(f"/admin/tokens/{bob_id}/revoke", data=body)
+        assert revoke.status_code == 404
+    assert len(await refusals(api)) == 6
+    root = await api.login("root")
+    assert f"<td>{bob_id}</td>" in (await root.client.get("/admin/tokens")).text
+
+
+# -- security alerts ---------------------------------------------------------------------
+async def test_alerts_are_the_audit_events_that_raised_them(api: Api) -> None:
+    audit = api.env.services.audit
+    events = (
+        ("upstream.hostkey_mismatch", "failure", "alice",
+         {"session_id": "s1", "reason": "host key of plc-1 changed " + EVIL}),
+        ("session.end", "success", "bob", {"session_id": "s2", "reason": "closed"}),
+        ("session.end", "success", "bob",
+         {"session_id": "s3", "reason": "client_integrity_failure"}),
+        ("login.failure", "failure", "mallory", {"reason": "bad-password"}),
+        ("login.failure", "failure", "mallory",
+         {"reason": "certificate-not-in-register", "channel": "ssh"}),
+    )  # fmt: skip
+    for action, result, actor, detail in events:
+        await audit.record(actor=actor, action=action, result=result, target="plc-1",
+                           source="test", detail=detail)  # fmt: skip
+    root = await api.login("root")
+    page = await root.client.get("/admin/alerts")
+    assert page.status_code == 200
+    body = page.text.split('id="list"')[1]
+    kinds = re.findall(r'<span class="tag tag-denied">([a-z_]+)</span>', body)
+    assert kinds == ["certificate_outside_register", "client_integrity_failure", "hostkey_mismatch"]
+    assert "bad-password" not in body and '"s2"' not in body  # ordinary outcomes are no alerts
+    assert "&lt;script&gt;" in body and "<script>alert" not in body
+    for kind in ("hostkey_mismatch", "client_integrity_failure", "certificate_outside_register"):
+        assert f"<code>{kind}</code>" in page.text  # each kind the counter knows is explained

@@ -39,6 +39,17 @@ def check_username(username: str) -> str:
     return username
 
 
+def check_organisation(organisation: str) -> str:
+    """Empty (none) or a name the policy can hold as ``org:<name>``: one stored name it
+    cannot hold would stop the whole policy from loading, and with it every session."""
+    if organisation and not USERNAME_RE.fullmatch(organisation):
+        raise AccountError(
+            "organisation must be 1-64 characters: a-z, 0-9, '.', '_', '-', starting with a "
+            "letter or digit (grants name it as org:<name>)"
+        )
+    return organisation
+
+
 async def create_user(
     db: AsyncSession,
     *,
@@ -54,6 +65,7 @@ async def create_user(
     organisation: str = "",
 ) -> User:
     check_username(username)
+    check_organisation(organisation)
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
         raise AccountError(f"roles must be among {', '.join(ROLES)}; got {', '.join(unknown)}")

@@ -26,6 +26,8 @@ PREFIX = "cdt_"
 SCOPE_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,47}")
 MAX_LIFETIME_DAYS = 366
 MAX_TOKEN_LENGTH = 100
+# "Last used" is kept to the minute: a busy automation does not write on every request.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class TokenError(ConduitError):
@@ -76,7 +78,8 @@ async def create_token(
 async def authenticate_token(
     db: AsyncSession, token: str, now: dt.datetime
 ) -> TokenIdentity | None:
-    """The identity behind ``token`` if it is usable now; None for any failure."""
+    """The identity behind ``token`` if it is usable now; None for any failure. A usable
+    token's ``last_used_at`` is moved to ``now`` (at most once a minute): callers commit."""
     if not token.startswith(PREFIX) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         return None
     row = (
@@ -96,6 +99,9 @@ async def authenticate_token(
         or is_locked(user, now)
     ):
         return None
+    last = api_token.last_used_at
+    if last is None or now - last >= LAST_USED_RESOLUTION:
+        api_token.last_used_at = now
     return TokenIdentity(
         api_token.id,
         user.id,
@@ -122,3 +128,34 @@ async def list_tokens(db: AsyncSession, user_id: int) -> list[ApiToken]:
         select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)
     )
     return list(rows)
+
+
+@dataclass(frozen=True)
+class OwnedToken:
+    """A token with its owner's name, for the admins' list of every token."""
+
+    token: ApiToken
+    owner: str
+
+
+async def list_all_tokens(db: AsyncSession) -> list[OwnedToken]:
+    """Every token of every user that is not revoked, newest first."""
+    rows = await db.execute(
+        select(ApiToken, User.username)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.revoked_at.is_(None))
+        .order_by(ApiToken.id.desc())
+    )
+    return [OwnedToken(token, owner) for token, owner in rows.all()]
+
+
+async def find_token(db: AsyncSession, token_id: int) -> OwnedToken | None:
+    """One unrevoked token with its owner, or None."""
+    row = (
+        await db.execute(
+            select(ApiToken, User.username)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        )
+    ).first()
+    return OwnedToken(row[0], row[1]) if row is not None else None

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from gateway.db.models import ROLES, User
 from gateway.errors import ConduitError
 from gateway.identity import onboarding
-from gateway.identity.accounts import check_username, list_users
+from gateway.identity.accounts import check_organisation, check_username, list_users
 from gateway.web.admin_common import (
     NAME_MAX,
     Checked,
@@ -39,7 +39,7 @@ from gateway.web.stepup import StepUp
 
 router = APIRouter(include_in_schema=False)
 
-ORG_MAX = 100
+ORG_MAX = 64
 NO_STORE = {"Cache-Control": "no-store"}  # pages carrying a one-time link
 
 
@@ -103,6 +103,11 @@ async def invite(request: Request) -> Response:
         except ConduitError as exc:
             checked.fail("username", exc.message)
     organisation = checked.text("organisation", ORG_MAX, required=False)
+    if organisation and "organisation" not in checked.errors:
+        try:
+            check_organisation(organisation)
+        except ConduitError as exc:
+            checked.fail("organisation", exc.message)
     roles = _roles(checked)
     if checked.errors:
         await refused_input(request, context, checked, "user invite")

@@ -183,7 +183,7 @@ def authenticated(scope: str) -> Callable[[Request], Awaitable[Caller]]:
             kind, _, token = header.partition(" ")
             found = None
             if kind.lower() == "bearer" and token.strip():
-                async with services.sessions() as db:
+                async with services.sessions() as db, db.begin():  # it notes the use
                     found = await authenticate_token(db, token.strip(), services.clock())
             if found is None:
                 raise Refused(

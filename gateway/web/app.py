@@ -15,9 +15,11 @@ from gateway.sessions.broker import Broker
 from gateway.web import (
     access_pages,
     account,
+    admin_alerts,
     admin_assets,
     admin_dashboard,
     admin_grants,
+    admin_tokens,
     admin_users,
     admin_zones,
     api_access,
@@ -84,6 +86,8 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_users.router)
     app.include_router(admin_grants.router)
     app.include_router(admin_dashboard.router)
+    app.include_router(admin_tokens.router)
+    app.include_router(admin_alerts.router)
     app.include_router(terminal.router)
     app.include_router(watch.router)
     app.include_router(evidence_bundle.router)

@@ -273,7 +273,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[TokenIdentity]]:
         services = services_of(request)
         found: TokenIdentity | None = None
         if kind.lower() == "bearer" and token:
-            async with services.sessions() as db:
+            async with services.sessions() as db, db.begin():  # it notes the use
                 found = await authenticate_token(db, token.strip(), services.clock())
         if found is None:
             raise HTTPException(

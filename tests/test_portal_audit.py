@@ -30,9 +30,9 @@ from gateway.audit import AuditLog
 from gateway.config import Overrides, load_settings
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.keys import load_keyring
+from tests.browser_support import ARTIFACTS, LAPTOP, TABLET, shot, watch_csp
 from tests.sshd_target import SSHDTarget
 from tests.support import init_data_dir, serving
-from tests.test_portal_browser import ARTIFACTS, LAPTOP, TABLET, _shot, _watch_csp
 from tests.test_portal_terminal import (
     Site,
     _cli,
@@ -162,9 +162,9 @@ def _verify(path: Path) -> tuple[int, str]:
 
 
 def _both_sizes(page: Page, name: str) -> None:
-    _shot(page, name)
+    shot(page, name)
     page.set_viewport_size(TABLET)
-    _shot(page, f"{name}-tablet")
+    shot(page, f"{name}-tablet")
     page.set_viewport_size(LAPTOP)
 
 
@@ -177,7 +177,7 @@ def test_auditor_verifies_downloads_and_reads_the_evidence(
     context = _context(browser, site)
     try:
         page = context.new_page()
-        csp = _watch_csp(page)
+        csp = watch_csp(page)
         _sign_in(page, site, "auditor")
 
         # Verify now, in place (htmx), then the result page.

@@ -15,28 +15,15 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
 from tests.support import Served, conduit, init_data_dir, serving
 
 pytestmark = pytest.mark.realpeer
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts" / "portal"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 PASSWORD = "Copper-Meadow-Signal-7"
 ASSET = "plc-line1"
-LAPTOP = {"width": 1280, "height": 800}
-TABLET = {"width": 820, "height": 1180}
 MENU = {
     "vendor": ["Home", "My access", "Connect", "Sessions", "Account"],
     "approver": ["Home", "Requests", "Live sessions", "Account"],
@@ -115,12 +102,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -133,33 +116,18 @@ def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
         made.close()
 
 
-def _watch_csp(page: Page) -> list[str]:
-    """Console messages about the CSP: the pages and htmx must never trip it."""
-    seen: list[str] = []
-    page.on(
-        "console",
-        lambda msg: seen.append(msg.text) if "Content Security Policy" in msg.text else None,
-    )
-    return seen
-
-
-def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name.lower().replace(' ', '-')}.png"), full_page=True)
-
-
 def _sign_in(page: Page, site: Site, user: str, shots: str = "") -> None:
     """Password, then the current TOTP code, from the login form ``page`` is on."""
     page.get_by_label("Username").fill(user)
     page.get_by_label("Password").fill(PASSWORD)
     if shots:
-        _shot(page, f"{shots}-login")
+        shot(page, f"{shots}-login")
     page.get_by_role("button", name="Continue").click()
     page.get_by_label(re.compile("Code from your authenticator")).fill(
         pyotp.TOTP(site.secrets[user]).now()
     )
     if shots:
-        _shot(page, f"{shots}-login-code")
+        shot(page, f"{shots}-login-code")
     page.get_by_role("button", name="Sign in").click()
 
 
@@ -184,7 +152,7 @@ def test_signed_out_start_page_shows_sign_in_and_a_strict_csp(
     context: BrowserContext, site: Site
 ) -> None:
     page = context.new_page()
-    csp_errors = _watch_csp(page)
+    csp_errors = watch_csp(page)
     response = page.goto("/")
     assert response is not None and response.status == 200
     csp = response.headers["content-security-policy"]
@@ -193,7 +161,7 @@ def test_signed_out_start_page_shows_sign_in_and_a_strict_csp(
     expect(page.get_by_role("link", name="Sign in")).to_be_visible()
     expect(page.locator("nav[aria-label=Main]")).to_have_count(0)
     assert "<script" not in page.content()  # script only once signed in
-    _shot(page, "signed-out-start")
+    shot(page, "signed-out-start")
     page.get_by_role("link", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/login$"))
     # A page for signed-in users sends the visitor to the login form and back afterwards.
@@ -209,7 +177,7 @@ def test_each_role_signs_in_to_its_home_and_menu_then_signs_out(
 ) -> None:
     role = user
     page = context.new_page()
-    csp_errors = _watch_csp(page)
+    csp_errors = watch_csp(page)
     page.goto("/home")
     expect(page).to_have_url(re.compile(r"/login\?next=/home$"))
     _sign_in(page, site, user, shots=role)
@@ -224,23 +192,23 @@ def test_each_role_signs_in_to_its_home_and_menu_then_signs_out(
     assert page.evaluate("typeof htmx") == "object"  # served from our origin, pinned
     if role == "vendor":
         expect(page.get_by_role("cell", name=ASSET, exact=True)).to_be_visible()  # "my access"
-    _shot(page, f"{role}-home")
+    shot(page, f"{role}-home")
     page.set_viewport_size(TABLET)
-    _shot(page, f"{role}-home-tablet")
+    shot(page, f"{role}-home-tablet")
     page.set_viewport_size(LAPTOP)
 
     # Every menu entry opens its page; the keyboard reaches the menu with visible focus.
     for label in MENU[role]:
         page.locator("nav[aria-label=Main]").get_by_role("link", name=label).first.click()
         expect(page.locator("[aria-current=page]")).to_contain_text(label)
-        _shot(page, f"{role}-{label.lower()}")
+        shot(page, f"{role}-{label.lower()}")
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Account {user}")
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     expect(page.locator("nav[aria-label=Main] a").first).to_be_focused()
-    _shot(page, f"{role}-keyboard-focus")
+    shot(page, f"{role}-keyboard-focus")
 
     # Sign-out without the session's CSRF token is refused and leaves the session alive.
     refused = page.request.post("/logout", form={"csrf_token": "forged"}, max_redirects=0)
@@ -267,7 +235,7 @@ def test_vendor_gets_404_on_approver_pages_and_the_badge_refreshes_in_place(
     ]
     try:
         vendor, approver = (c.new_page() for c in contexts)
-        csp_errors = _watch_csp(approver)
+        csp_errors = watch_csp(approver)
         approver.goto("/login")
         _sign_in(approver, site, "approver-b")
         badge = approver.locator("#pending-badge")
@@ -279,7 +247,7 @@ def test_vendor_gets_404_on_approver_pages_and_the_badge_refreshes_in_place(
             response = vendor.goto(path)
             assert response is not None and response.status == 404, path
         expect(vendor.get_by_role("heading", level=1)).to_have_text("Not found")
-        _shot(vendor, "vendor-404-requests")
+        shot(vendor, "vendor-404-requests")
         refused = [e for e in _audit_actions(site)
                    if e["action"] == "portal.refused" and e["actor"] == "vendor-b"]  # fmt: skip
         assert sorted(str(e["target"]) for e in refused) == [
@@ -304,10 +272,10 @@ def test_vendor_gets_404_on_approver_pages_and_the_badge_refreshes_in_place(
         approver.evaluate("htmx.trigger('#pending-badge', 'refresh')")
         expect(badge).to_have_text(re.compile(r"^1\b"))
         assert approver.evaluate("window.conduitMarker") == 1  # same document: no navigation
-        _shot(approver, "approver-badge-refreshed")
+        shot(approver, "approver-badge-refreshed")
         approver.locator("nav[aria-label=Main]").get_by_role("link", name="Requests").click()
         expect(approver.get_by_role("cell", name="replace the line 1 firmware")).to_be_visible()
-        _shot(approver, "approver-requests-one-pending")
+        shot(approver, "approver-requests-one-pending")
         assert csp_errors == []
     finally:
         for c in contexts:

@@ -20,21 +20,14 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from gateway.config import Overrides, load_settings
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.recorder.tables import STATE_CLOSED, RecordingRow
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
 from tests.support import conduit, init_data_dir, serving
-from tests.test_portal_browser import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAPTOP,
-    PASSWORD,
-    TABLET,
-    _watch_csp,
-)
+from tests.test_portal_browser import PASSWORD
 
 pytestmark = pytest.mark.realpeer
 # (user, days ago, sessions that day): 6 for vera (Acme), 3 for otto (Bolt), 1 for the admin.
@@ -85,17 +78,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"admin-dashboard-{name}.png"), full_page=True)
+    with chromium() as launched:
+        yield launched
 
 
 # Pixels of the bars' colour (portal.css --accent, #0b63a8) on a chart's canvas.
@@ -121,7 +105,7 @@ def test_the_dashboard_draws_its_charts_under_the_csp(
     base, secret = site
     context = browser.new_context(base_url=base, ignore_https_errors=True, viewport=LAPTOP)
     page = context.new_page()
-    csp = _watch_csp(page)
+    csp = watch_csp(page)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     # A refusal for the dashboard to list: an admin form post without a session (401, audited).
@@ -145,12 +129,12 @@ def test_the_dashboard_draws_its_charts_under_the_csp(
     expect(page.locator("table.refusals")).to_contain_text("portal.refused")
     page.get_by_text("Sessions per day as a table").click()
     expect(page.locator("table.per-day tbody tr")).to_have_count(30)
-    _shot(page, "laptop")
+    shot(page, "admin-dashboard-laptop")
     page.set_viewport_size(TABLET)
     page.wait_for_function(
         "() => document.querySelector('#chart-per-day canvas').clientWidth < 800"
     )
     assert _bars(page, "#chart-per-day") > 100
-    _shot(page, "tablet")
+    shot(page, "admin-dashboard-tablet")
     assert csp == [] and errors == []
     context.close()

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
 from tests.sshd_target import SSHDTarget
 from tests.support import Served, conduit, init_data_dir, serving
-from tests.test_portal_browser import CHROMIUM, CHROMIUM_ARGS, LAPTOP, TABLET, _shot, _watch_csp
 from tests.test_ssh_jump import PASSWORD, Gateway
 
 pytestmark = pytest.mark.realpeer
@@ -77,12 +77,8 @@ def site(sshd: SSHDTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _sign_in(page: Page, site: Site, user: str) -> None:
@@ -120,21 +116,21 @@ def test_an_auditor_finds_the_word_and_the_player_shows_it(browser: Browser, sit
         base_url=site.server.base, ignore_https_errors=True, viewport=LAPTOP
     )
     page = context.new_page()
-    csp = _watch_csp(page)
+    csp = watch_csp(page)
     _sign_in(page, site, "audrey")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Evidence").click()
     expect(page).to_have_url(re.compile(r"/evidence$"))
     expect(page.locator("table.history tbody tr")).to_have_count(1)
     expect(page.locator("table.history")).to_contain_text("vendor")
     expect(page.locator("table.history .integrity")).to_have_text("intact")
-    _shot(page, "evidence-history-laptop")
+    shot(page, "evidence-history-laptop")
     page.get_by_role("navigation", name="Evidence").get_by_role("link", name="Search").click()
     page.get_by_label(re.compile("Words")).fill(WORD)
     page.get_by_role("button", name="Search").click()
     hit = page.locator("table.hits tbody tr")
     expect(hit).to_have_count(1)
     expect(hit.locator("mark")).to_have_text(WORD)
-    _shot(page, "evidence-search-laptop")
+    shot(page, "evidence-search-laptop")
     offset = float(hit.get_by_role("link").inner_text().split()[0])
     assert 0.5 < offset < 5  # printed about a second after the session started
     hit.get_by_role("link").click()
@@ -142,11 +138,11 @@ def test_an_auditor_finds_the_word_and_the_player_shows_it(browser: Browser, sit
     expect(page.locator("#player .ap-term")).to_contain_text(WORD, timeout=15_000)
     screen = _screen_text(page)
     assert "last line" not in screen  # the screen at the hit, not the end of the recording
-    _shot(page, "evidence-player-laptop")
+    shot(page, "evidence-player-laptop")
     page.set_viewport_size(TABLET)
-    _shot(page, "evidence-player-tablet")
+    shot(page, "evidence-player-tablet")
     page.goto("/evidence")
-    _shot(page, "evidence-history-tablet")
+    shot(page, "evidence-history-tablet")
     assert csp == []
     viewed = [e for e in site.audit() if e["action"] == "recording.viewed"]
     assert viewed and all(e["actor"] == "audrey" for e in viewed)

@@ -20,22 +20,11 @@ from collections.abc import Iterator
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
 from tests.support import conduit, init_data_dir, serving
-from tests.test_portal_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAPTOP,
-    PASSWORD,
-    TABLET,
-    Site,
-    _audit_actions,
-    _cli,
-    _shot,
-    _sign_in,
-    _watch_csp,
-)
+from tests.test_portal_browser import PASSWORD, Site, _audit_actions, _cli, _sign_in
 
 pytestmark = pytest.mark.realpeer
 
@@ -80,12 +69,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 class People:
@@ -184,7 +169,7 @@ FILED: dict[str, str] = {}
 
 def test_vendor_files_a_request_and_the_form_refuses_bad_input(people: People) -> None:
     vendor = people("vendor")
-    csp_errors = _watch_csp(vendor)
+    csp_errors = watch_csp(vendor)
     vendor.get_by_role("navigation", name="Main").get_by_role("link", name="My access").click()
     expect(vendor).to_have_url(re.compile(r"/access$"))
     expect(_row(vendor, PLC)).to_contain_text("requestable")
@@ -192,16 +177,16 @@ def test_vendor_files_a_request_and_the_form_refuses_bad_input(people: People) -
     hmi = _row(vendor, HMI)
     expect(hmi).to_contain_text(re.compile(r"next window \w{3} 07:00 UTC"))
     expect(hmi.locator(".local")).to_contain_text("your time")
-    _shot(vendor, "vendor-access")
+    shot(vendor, "vendor-access")
 
     vendor.get_by_role("link", name=f"Request access to {PLC}").click()
     expect(vendor.get_by_role("checkbox", name=re.compile(PLC))).to_be_checked()
     expect(
         vendor.get_by_text("zone line-1, ssh, at most 2 hours")
     ).to_be_visible()  # the policy's maximum
-    _shot(vendor, "vendor-request-form")
+    shot(vendor, "vendor-request-form")
     vendor.set_viewport_size(TABLET)
-    _shot(vendor, "vendor-request-form-tablet")
+    shot(vendor, "vendor-request-form-tablet")
     vendor.set_viewport_size(LAPTOP)
 
     # Empty reason: refused beside the field, and what was typed stays.
@@ -211,7 +196,7 @@ def test_vendor_files_a_request_and_the_form_refuses_bad_input(people: People) -
     expect(vendor.locator("#err-reason")).to_have_text(re.compile("Say why you need access"))
     expect(vendor.get_by_label("Duration in minutes")).to_have_value("30")
     expect(vendor.get_by_role("checkbox", name="ssh", exact=True)).to_be_checked()
-    _shot(vendor, "vendor-request-empty-reason")
+    shot(vendor, "vendor-request-empty-reason")
 
     # A window past the policy's maximum (2 hours in zone line-1).
     vendor.get_by_label("Reason").fill("replace the line 1 firmware")
@@ -220,7 +205,7 @@ def test_vendor_files_a_request_and_the_form_refuses_bad_input(people: People) -
     expect(vendor.locator("#err-duration")).to_have_text(re.compile("at most 120 minutes"))
     expect(vendor.get_by_label("Reason")).to_have_value("replace the line 1 firmware")
     vendor.set_viewport_size(TABLET)
-    _shot(vendor, "vendor-request-too-long-tablet")
+    shot(vendor, "vendor-request-too-long-tablet")
     vendor.set_viewport_size(LAPTOP)
 
     # A start in the past.
@@ -240,7 +225,7 @@ def test_vendor_files_a_request_and_the_form_refuses_bad_input(people: People) -
 
     _file(vendor, SIS, "ssh", "30", "calibrate the safety loop")
     FILED[SIS] = _request_id(vendor)
-    _shot(vendor, "vendor-my-requests")
+    shot(vendor, "vendor-my-requests")
     vendor.goto("/access")
     expect(_row(vendor, PLC)).to_contain_text("request pending")
 
@@ -255,15 +240,15 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
 ) -> None:
     site = people.site
     approver = people("approver")
-    csp_errors = _watch_csp(approver)
+    csp_errors = watch_csp(approver)
     expect(approver.locator("#pending-badge")).to_have_text(re.compile(r"^2\b"))
     approver.get_by_role("navigation", name="Main").get_by_role("link", name="Requests").click()
     expect(approver.get_by_role("cell", name="replace the line 1 firmware")).to_be_visible()
-    _shot(approver, "approver-queue")
+    shot(approver, "approver-queue")
     approver.get_by_role("link", name=re.compile(f"Open request of vendor for {PLC}")).click()
     expect(approver.get_by_text("acme")).to_be_visible()  # the vendor organisation
     expect(approver.get_by_text("0 of 1")).to_be_visible()
-    _shot(approver, "approver-request")
+    shot(approver, "approver-request")
 
     # The second factor is older than the limit: the same form asks for a code.
     _age_second_factor(site, "approver")
@@ -275,7 +260,7 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
         "ok, call the shift lead first"
     )
     assert "pending" in _state(site, FILED[PLC])  # nothing decided without the code
-    _shot(approver, "approver-request-step-up")
+    shot(approver, "approver-request-step-up")
     code.fill("000000" if _next_code(site, "approver") != "000000" else "111111")
     approver.get_by_role("button", name="Confirm: approve").click()
     expect(approver.get_by_text("That code was not accepted")).to_be_visible()
@@ -290,7 +275,7 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
     expect(approver.get_by_role("status")).to_have_text("Approved.")
     expect(approver.locator(".tag")).to_have_text("approved")
     expect(approver.get_by_text("1 of 1")).to_be_visible()
-    _shot(approver, "approver-request-approved")
+    shot(approver, "approver-request-approved")
 
     # The safety zone needs two approvers: the first leaves it pending at 1 of 2.
     approver.goto(f"/requests/{FILED[SIS]}")
@@ -300,7 +285,7 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
     expect(approver.get_by_role("button", name="Approve")).to_have_count(1)
     approver.get_by_role("button", name="Approve").click()  # a second yes from the same person
     expect(approver.get_by_role("alert")).to_contain_text("already approved")
-    _shot(approver, "approver-request-one-of-two")
+    shot(approver, "approver-request-one-of-two")
     second = people("approver-2")
     expect(second.locator("#pending-badge")).to_have_text(re.compile(r"^1\b"))
     second.goto(f"/requests/{FILED[SIS]}")
@@ -317,13 +302,13 @@ def test_approvers_decide_with_inline_step_up_and_two_for_the_safety_zone(
         row = _row(vendor, asset)
         expect(row).to_contain_text(re.compile(r"available now until (\w{3} )?\d\d:\d\d UTC"))
         expect(row.locator(".local")).to_contain_text("your time")
-    _shot(vendor, "vendor-access-approved")
+    shot(vendor, "vendor-access-approved")
     vendor.goto("/access/requests")
     expect(vendor.locator(f"#req-{FILED[PLC]}")).to_contain_text("ok, call the shift lead first")
-    _shot(vendor, "vendor-my-requests-approved")
+    shot(vendor, "vendor-my-requests-approved")
     vendor.goto("/home")
     expect(_row(vendor, PLC)).to_contain_text("available now")
-    _shot(vendor, "vendor-home-access")
+    shot(vendor, "vendor-home-access")
 
 
 def test_requester_cannot_approve_their_own_request(people: People) -> None:
@@ -336,7 +321,7 @@ def test_requester_cannot_approve_their_own_request(people: People) -> None:
     expect(lead.get_by_text("This is your own request")).to_be_visible()
     expect(lead.get_by_role("button", name="Approve")).to_have_count(0)
     expect(lead.get_by_role("button", name="Deny")).to_have_count(0)
-    _shot(lead, "lead-own-request")
+    shot(lead, "lead-own-request")
     posted = lead.request.post(
         f"/requests/{own}/approve", form={"csrf_token": _csrf(lead)}, max_redirects=0
     )
@@ -366,7 +351,7 @@ def test_other_vendors_requests_answer_not_found_and_posts_need_csrf(people: Peo
     for path in ("/requests", f"/requests/{theirs}", "/requests/badge"):
         response = other.goto(path)
         assert response is not None and response.status == 404, path
-    _shot(other, "vendor-b-404-request")
+    shot(other, "vendor-b-404-request")
 
     # A post without the session's CSRF token is refused, and nothing is filed.
     forged = other.request.post(
@@ -385,7 +370,7 @@ def test_other_vendors_requests_answer_not_found_and_posts_need_csrf(people: Peo
     other.locator(f"#req-{mine}").get_by_role("button", name=re.compile("Cancel")).click()
     expect(other.locator(f"#req-{mine}")).to_contain_text("cancelled")
     expect(other.locator(f"#req-{mine}").get_by_role("button")).to_have_count(0)
-    _shot(other, "vendor-b-cancelled")
+    shot(other, "vendor-b-cancelled")
 
     refused = [e for e in _audit_actions(site)
                if e["action"] == "portal.refused" and e["actor"] == "vendor-b"]  # fmt: skip

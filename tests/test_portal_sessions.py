@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from sqlalchemy import select, update
 
 from gateway.config import Overrides, load_settings
@@ -31,10 +31,10 @@ from gateway.db.models import User
 from gateway.identity.models import PortalSession
 from gateway.keys import load_keyring
 from gateway.services import Services
+from tests.browser_support import LAPTOP, TABLET, chromium, shot
 from tests.ssh_gateway import running_gateway
 from tests.sshd_target import SSHDTarget
 from tests.support import conduit
-from tests.test_portal_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LAPTOP, TABLET
 from tests.test_ssh_jump import PASSWORD, Gateway
 
 pytestmark = pytest.mark.realpeer
@@ -66,12 +66,8 @@ def site(sshd: SSHDTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="module")
 def browser(site: Site) -> Iterator[Browser]:
     # After ``site``: the gateway's set-up runs its own event loop, which Playwright's would block.
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -83,11 +79,6 @@ def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
         yield made
     finally:
         made.close()
-
-
-def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def _sign_in(page: Page, user: str, password: str, secret: str, path: str) -> None:
@@ -186,9 +177,9 @@ def test_the_shown_ssh_command_logs_in_with_the_code_at_the_first_prompt(
         timeout=30, check=True,
     ).stdout.split()  # fmt: skip
     expect(page.locator("ul.fingerprints")).to_contain_text(listed[1])
-    _shot(page, "connect-with-code")
+    shot(page, "connect-with-code")
     page.set_viewport_size(TABLET)
-    _shot(page, "connect-with-code-tablet")
+    shot(page, "connect-with-code-tablet")
 
     out, prompts = _run_shown_command(gateway.work, shown, code)
     assert out.strip() == socket.gethostname()
@@ -202,7 +193,7 @@ def test_the_shown_ssh_command_logs_in_with_the_code_at_the_first_prompt(
     expect(page.get_by_role("heading", level=1)).to_have_text("My sessions")
     expect(page.locator("tbody tr").first).to_contain_text("target")
     page.set_viewport_size(LAPTOP)
-    _shot(page, "my-sessions")
+    shot(page, "my-sessions")
     response = page.goto("/live")
     assert response is not None and response.status == 404  # a vendor: like a missing page
     _no_unsafe_inline(page.goto("/sessions"))
@@ -242,9 +233,9 @@ def test_live_table_shows_a_real_session_and_kills_it_with_the_reason(
         expect(row.get_by_role("link", name="Watch")).to_have_attribute(
             "href", re.compile(r"^/sessions/[A-Za-z0-9_-]+/watch$")
         )
-        _shot(page, "live-table")
+        shot(page, "live-table")
         page.set_viewport_size(TABLET)
-        _shot(page, "live-table-tablet")
+        shot(page, "live-table-tablet")
         page.set_viewport_size(LAPTOP)
 
         row.get_by_role("link", name="Kill").click()
@@ -264,7 +255,7 @@ def test_live_table_shows_a_real_session_and_kills_it_with_the_reason(
         page.get_by_role("button", name="Kill session").click()
         expect(page.get_by_role("alert")).to_contain_text("needs a fresh code")
         expect(page.get_by_label(re.compile("^Reason"))).to_have_value(REASON)
-        _shot(page, "live-kill-stepup")
+        shot(page, "live-kill-stepup")
         next_code = pyotp.TOTP(site.approver_secret).at(time.time() + 30)
         page.get_by_role("textbox", name="Code from your authenticator app").fill(next_code)
         page.get_by_role("button", name="Kill session").click()

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
 from tests.sshd_target import SSHDTarget
 from tests.support import Served, conduit, init_data_dir, serving
-from tests.test_portal_browser import CHROMIUM, CHROMIUM_ARGS, LAPTOP, TABLET, _shot, _watch_csp
 from tests.test_ssh_jump import PASSWORD, Gateway
 
 pytestmark = pytest.mark.realpeer
@@ -104,12 +104,8 @@ def site(sshd: SSHDTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _context(browser: Browser, site: Site) -> BrowserContext:
@@ -191,7 +187,7 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
     vendor_ctx, approver_ctx = _context(browser, site), _context(browser, site)
     try:
         vendor = vendor_ctx.new_page()
-        csp_errors = _watch_csp(vendor)
+        csp_errors = watch_csp(vendor)
         sockets: list[str] = []
         vendor.on("websocket", lambda ws: sockets.append(ws.url))
         _sign_in(vendor, site, "vendor")
@@ -212,7 +208,7 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         assert r >= 150 and g < 80 and b < 80, color  # xterm's palette red, #cd0000
         first_rows, first_cols = _stty_size(vendor, "SZ1")
         assert first_rows == vendor.locator(".xterm-rows > div").count()
-        _shot(vendor, "vendor-terminal")
+        shot(vendor, "vendor-terminal")
 
         vendor.set_viewport_size(TABLET)
         end = time.monotonic() + 10
@@ -222,11 +218,11 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
             time.sleep(0.2)  # the fit addon resizes on the next frame
         rows, cols = size
         assert cols < first_cols and rows == vendor.locator(".xterm-rows > div").count()
-        _shot(vendor, "vendor-terminal-tablet")
+        shot(vendor, "vendor-terminal-tablet")
         vendor.set_viewport_size(LAPTOP)
 
         approver = approver_ctx.new_page()
-        approver_csp = _watch_csp(approver)
+        approver_csp = watch_csp(approver)
         _sign_in(approver, site, "approver")
         # The live table lists the browser session; its Watch link opens the watch view.
         approver.goto("/live")
@@ -242,9 +238,9 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         vendor.locator("#term .xterm").click()
         _type(vendor, "echo after-the-watch-$((6*7))")
         _wait_row(approver, "after-the-watch-42")  # followed live
-        _shot(approver, "approver-watch")
+        shot(approver, "approver-watch")
         approver.set_viewport_size(TABLET)
-        _shot(approver, "approver-watch-tablet")
+        shot(approver, "approver-watch-tablet")
         watched = site.audit_until("session.watched", session_id)
         assert (watched["actor"], _detail(watched)["user"]) == ("approver", "vendor")
 
@@ -267,7 +263,7 @@ def test_vendor_terminal_watch_and_kill(browser: Browser, site: Site) -> None:
         expect(vendor.locator("#term-status")).to_have_text(f"Session ended: killed: {KILL_NOTE}")
         _wait_row(approver, re.escape(ended), deadline_s=5)
         expect(approver.locator("#term-status")).to_have_text(f"Watch ended: killed: {KILL_NOTE}")
-        _shot(vendor, "vendor-terminal-killed")
+        shot(vendor, "vendor-terminal-killed")
 
         end_event = site.audit_until("session.end", session_id)
         assert _detail(end_event)["reason"] == "killed"

@@ -82,7 +82,9 @@ async def server_cast(client: httpx.AsyncClient, recording_id: str) -> dict[str,
             "last_bytes_s": rnd(time.perf_counter() - began), "cast_bytes": size}  # fmt: skip
 
 
-def browser_first_text(base: str, cookie: tuple[str, str], path: str, timeout_s: float) -> dict[str, Any]:
+def browser_first_text(
+    base: str, cookie: tuple[str, str], path: str, timeout_s: float
+) -> dict[str, Any]:
     """Chromium opens the player page; seconds to the first text on the player's screen and
     to the end of the cast's download (None when either did not happen in time)."""
     from playwright.sync_api import Error, sync_playwright
@@ -94,8 +96,10 @@ def browser_first_text(base: str, cookie: tuple[str, str], path: str, timeout_s:
         )
         try:
             context = browser.new_context(ignore_https_errors=True)
-            context.add_cookies([{"name": cookie[0], "value": cookie[1], "url": base,
-                                  "secure": True, "httpOnly": True, "sameSite": "Strict"}])  # fmt: skip
+            name, value = cookie
+            context.add_cookies(
+                [{"name": name, "value": value, "url": base, "secure": True, "httpOnly": True}]
+            )
             page = context.new_page()
             began = time.perf_counter()
 
@@ -130,8 +134,12 @@ async def bench_frame(root: Path, size: int, browser: bool, timeout_s: float) ->
         recording_id = await site.record("vendor", "plc-big", big_output(size))
         written = time.perf_counter() - began
         entry = await site.services.recordings.entry(recording_id)
-        out: dict[str, Any] = {"output_bytes": size, "file_bytes": entry.size_bytes,
-                               "write_and_verify_s": rnd(written), "integrity": entry.integrity}  # fmt: skip
+        out: dict[str, Any] = {
+            "output_bytes": size,
+            "file_bytes": entry.size_bytes,
+            "write_and_verify_s": rnd(written),
+            "integrity": entry.integrity,
+        }
         cookie = await site.auditor_cookie()
         with serving(site.data_dir) as (served, _ssh):
             async with portal_client(site, served, cookie) as client:

@@ -89,7 +89,7 @@ async def test_a_later_part_starts_with_the_screen_before_its_offset(
     before = [e[2] for e in events if e[1] == "o" and e[0] < at]
     after = [e[2] for e in events if e[1] == "o" and e[0] >= at]
     assert (lines[0]["width"], lines[0]["height"]) == (100, 30)  # the last resize before
-    assert lines[1][0] == round(at, 6) and lines[1][1] == "o"
+    assert lines[1][0] == round(at - 1e-6, 6) and lines[1][1] == "o"  # shown at the offset
     assert lines[1][2].endswith(before[-1]) and after[0] not in lines[1][2]  # the screen
     assert len(lines[1][2]) <= TAIL_BYTES
     assert lines[2][2] == after[0]  # then the recording from the offset on
@@ -107,7 +107,7 @@ def test_starting_at_keeps_only_the_last_resize_and_a_bounded_tail() -> None:
     ]
     out = list(starting_at(events, 5))
     assert [(e.offset_us, e.type) for e in out] == [
-        (5, TerminalEvent.RESIZE), (5, TerminalEvent.OUTPUT), (5, TerminalEvent.OUTPUT)
+        (4, TerminalEvent.RESIZE), (4, TerminalEvent.OUTPUT), (5, TerminalEvent.OUTPUT)
     ]  # fmt: skip
     assert out[0].payload == resize_payload(120, 40)
     assert len(out[1].payload) == TAIL_BYTES and out[1].payload.endswith(b"xtail end")

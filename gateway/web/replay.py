@@ -100,7 +100,7 @@ def _line_end(text: str) -> int:
 
 def starting_at(events: Iterable[Event], from_us: int) -> Iterator[Event]:
     """The events from ``from_us`` on. Before it only the last resize and the last
-    ``TAIL_BYTES`` of output are kept, and replayed at ``from_us``: for scrolling output that
+    ``TAIL_BYTES`` of output are kept, and replayed 1 µs before ``from_us``: for scrolling output that
     is the screen there; a full-screen program's older drawing is not (no screen snapshot)."""
     stream = iter(events)
     size: bytes | None = None
@@ -116,10 +116,12 @@ def starting_at(events: Iterable[Event], from_us: int) -> Iterator[Event]:
             tail += event.payload
             if len(tail) > TAIL_BYTES:
                 del tail[:-TAIL_BYTES]
+    # Just before ``from_us``: the player's screen at an offset shows events before it only.
+    at = max(0, from_us - 1)
     if size is not None:
-        yield Event(from_us, TerminalEvent.RESIZE, size)
+        yield Event(at, TerminalEvent.RESIZE, size)
     if tail:
-        yield Event(from_us, TerminalEvent.OUTPUT, bytes(tail))
+        yield Event(at, TerminalEvent.OUTPUT, bytes(tail))
     yield from later
     yield from stream
 

@@ -100,8 +100,9 @@ def _line_end(text: str) -> int:
 
 def starting_at(events: Iterable[Event], from_us: int) -> Iterator[Event]:
     """The events from ``from_us`` on. Before it only the last resize and the last
-    ``TAIL_BYTES`` of output are kept, and replayed 1 µs before ``from_us``: for scrolling output that
-    is the screen there; a full-screen program's older drawing is not (no screen snapshot)."""
+    ``TAIL_BYTES`` of output are kept, and replayed 1 µs before ``from_us``: for scrolling
+    output that is the screen there; a full-screen program's older drawing is not (no screen
+    snapshot)."""
     stream = iter(events)
     size: bytes | None = None
     tail = bytearray()

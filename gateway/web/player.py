@@ -2,7 +2,10 @@
 
 A terminal recording plays in asciinema-player, fed from ``/cast``: decrypted here, streamed
 as asciicast v2 from the start of the file (``replay``) and only to a signed-in person whose
-roles carry READ_EVIDENCE. A tunnel (or desktop) recording is shown as its metadata and an
+roles carry READ_EVIDENCE. The player downloads a cast whole before its first frame, so a
+recording whose file is over ``PART_FILE_BYTES`` plays in parts (``/cast?part=1&from=S``:
+about 8 MiB of cast from the page's offset; the page links the next part).
+A tunnel (or desktop) recording is shown as its metadata and an
 event table instead. Anyone else, and any id that is not in the catalog, gets "not found"
 (audited as ``portal.refused``), the same for a guessed id as for a real one.
 
@@ -35,7 +38,13 @@ from gateway.web.auth import PortalContext, current_session, services_of, source
 from gateway.web.history import INTEGRITY_LABELS, history_row
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import NotPermitted, audit_refusal, shown_instant, signed_in
-from gateway.web.replay import TABLE_ROWS, Unreadable, cast_batches, tunnel_table
+from gateway.web.replay import (
+    PART_CAST_BYTES,
+    TABLE_ROWS,
+    Unreadable,
+    cast_batches,
+    tunnel_table,
+)
 from gateway.web.security import CSP
 from rbac.roles import SiteAction
 from recordings import RecordingNotFound
@@ -45,6 +54,7 @@ router = APIRouter(include_in_schema=False)
 PASS_SECONDS = 30 * 60
 MAX_PASSES = 10_000  # passes kept per process; the oldest go first
 MAX_OFFSET = 10_000_000.0  # seconds (about 115 days): the longest offset ``?t=`` accepts
+PART_FILE_BYTES = 32 << 20  # a recording file larger than this plays in parts
 PLAYER_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'")
 
 
@@ -134,6 +144,9 @@ async def player_page(request: Request, recording_id: str) -> Response:
         query = f"pass={passes_of(request).issue(who, entry.id)}"
         if start and request.query_params.get("hit") == "1":
             query += f"&hit={start:.6f}"
+        if entry.size_bytes > PART_FILE_BYTES:
+            query += f"&part=1&from={start:.6f}"
+            values["part_mib"] = max(1, PART_CAST_BYTES >> 20)
         values["cast_url"] = f"/evidence/recordings/{entry.id}/cast?{query}"
         answer = await page(request, context, "player.html", values, current="evidence")
         answer.headers["Content-Security-Policy"] = PLAYER_CSP
@@ -175,8 +188,11 @@ async def cast(request: Request, recording_id: str) -> Response:
         stream = await asyncio.to_thread(services_of(request).recordings.store.open_read, entry.id)
     except (RecordingNotFound, OSError):
         return Response("recording file missing", status_code=410, media_type="text/plain")
+    start, _ = offset_of(request.query_params.get("from"))
+    part = request.query_params.get("part") == "1"
     batches = cast_batches(stream, services_of(request).recordings.reader(stream),
-                           round(hit * 1_000_000) if hit else None)  # fmt: skip
+                           round(hit * 1_000_000) if hit else None, from_us=round(start * 1e6),
+                           budget=PART_CAST_BYTES if part else None)  # fmt: skip
     try:
         first = await asyncio.to_thread(next, batches, b"")
     except Unreadable:

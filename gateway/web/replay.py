@@ -5,14 +5,19 @@ through the verifying reader: only chunks that authenticated become output, and 
 stops at the first one that does not. A terminal recording becomes asciicast v2 lines from
 the start of the file as they are decrypted, so the first frames can leave before the rest
 is read. The container has no seek index (each chunk's associated data is the hash chain
-over every frame before it), so a late offset is reached by reading up to it; the player
-gets the whole cast and seeks inside it. Typed input stays ``"i"`` events and also becomes
+over every frame before it), so a late offset is reached by reading up to it. An ordinary
+recording's player gets the whole cast and seeks inside it; asciinema-player downloads and
+parses a cast whole before its first frame, so a large recording is sent in *parts*: about
+``PART_CAST_BYTES`` of cast from a given offset, the screen there approximated by replaying
+the last ``TAIL_BYTES`` of output before it (and the last resize) at that offset, and a
+``part ends here`` marker last. Typed input stays ``"i"`` events and also becomes
 a ``typed: ...`` marker per line, so the time line shows where it was typed; a search hit
 becomes a ``search hit`` marker. Does not check who may read (``player``) and does not audit.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +30,9 @@ from recordings.terminal import TerminalEvent, asciicast_lines
 from recordings.tunnel import TunnelEvent
 
 BATCH_BYTES = 64 << 10  # cast text handed to the response per worker-thread hop
+PART_CAST_BYTES = 8 << 20  # cast text in one part (parsed in < 1 s); well over TAIL_BYTES
+TAIL_BYTES = 64 << 10  # output before a part's start replayed at it: the screen there
+PART_END = "part ends here: the player's Next part link continues"
 TYPED_CHARS = 80  # a typed line longer than this is cut in its marker label
 TABLE_ROWS = 500  # a tunnel's event table shows at most this many rows
 _KEY_SEQUENCE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|O.|.)?")
@@ -90,28 +98,77 @@ def _line_end(text: str) -> int:
     return min(ends) if ends else -1
 
 
-def cast_batches(stream: BinaryIO, reader: RecordingReader, hit_us: int | None) -> Iterator[bytes]:
+def starting_at(events: Iterable[Event], from_us: int) -> Iterator[Event]:
+    """The events from ``from_us`` on. Before it only the last resize and the last
+    ``TAIL_BYTES`` of output are kept, and replayed 1 µs before ``from_us``: for scrolling
+    output that is the screen there; a full-screen program's older drawing is not (no screen
+    snapshot)."""
+    stream = iter(events)
+    size: bytes | None = None
+    tail = bytearray()
+    later: list[Event] = []
+    for event in stream:
+        if event.offset_us >= from_us:
+            later.append(event)
+            break
+        if event.type == TerminalEvent.RESIZE:
+            size = event.payload
+        elif event.type == TerminalEvent.OUTPUT:
+            tail += event.payload
+            if len(tail) > TAIL_BYTES:
+                del tail[:-TAIL_BYTES]
+    # Just before ``from_us``: the player's screen at an offset shows events before it only.
+    at = max(0, from_us - 1)
+    if size is not None:
+        yield Event(at, TerminalEvent.RESIZE, size)
+    if tail:
+        yield Event(at, TerminalEvent.OUTPUT, bytes(tail))
+    yield from later
+    yield from stream
+
+
+def cast_batches(
+    stream: BinaryIO,
+    reader: RecordingReader,
+    hit_us: int | None,
+    *,
+    from_us: int = 0,
+    budget: int | None = None,
+) -> Iterator[bytes]:
     """The asciicast document in batches of about ``BATCH_BYTES``; the first batch leaves
-    as soon as the header authenticated and the first chunk decrypted."""
+    as soon as the header authenticated and the first chunk decrypted. With ``budget`` (a
+    part), the events start at ``from_us`` and stop once ``budget`` bytes of cast are out,
+    with a ``PART_END`` marker at the last event's time."""
     header = peek_header(stream)
     events = iter(reader.events())
     first = next(events, None)  # authenticates the header before anything is sent
     if first is None and (reader.result is None or reader.result.header is None):
         raise Unreadable(reader.result.detail if reader.result is not None else "unreadable")
     leading = [first] if first is not None else []
-    lines = asciicast_lines(
-        header, with_markers(_chain(leading, events), hit_us), include_input=True
-    )
+    chosen: Iterable[Event] = _chain(leading, events)
+    if budget is not None:
+        chosen = starting_at(chosen, from_us)
+    lines = asciicast_lines(header, with_markers(chosen, hit_us), include_input=True)
     batch: list[str] = []
-    size = 0
+    size = total = 0
     for line in lines:
         batch.append(line)
         size += len(line)
+        if budget is not None and total + size >= budget:
+            batch.append(json.dumps([_time_of(line), "m", PART_END]) + "\n")
+            break
         if size >= BATCH_BYTES:
             yield "".join(batch).encode()
-            batch, size = [], 0
+            batch, size, total = [], 0, total + size
     if batch:
         yield "".join(batch).encode()
+
+
+def _time_of(line: str) -> float:
+    """An event line's time (the header line, the first, counts as 0)."""
+    if not line.startswith("["):
+        return 0.0
+    return float(line[1 : line.index(",")])
 
 
 def _chain(first: list[Event], rest: Iterator[Event]) -> Iterator[Event]:

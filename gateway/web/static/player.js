@@ -9,7 +9,24 @@
 const box = document.getElementById("player");
 const speedChoice = document.getElementById("speed");
 const status = document.getElementById("player-status");
+const nextPart = document.getElementById("next-part");
 let player = null;
+
+// A long recording comes in parts: once this part is loaded its duration is where the next
+// part starts (a new page view at that offset).
+function linkNextPart() {
+  if (nextPart === null) return;
+  const timer = setInterval(() => {
+    const end = player === null ? undefined : player.getDuration();
+    if (end === undefined || end === null) return;
+    clearInterval(timer);
+    const url = new URL(window.location.href);
+    url.searchParams.set("t", end.toFixed(6));
+    url.searchParams.delete("hit");
+    nextPart.href = url.pathname + url.search;
+    nextPart.hidden = false;
+  }, 250);
+}
 
 function build(at, speed, play) {
   if (player !== null) player.dispose();
@@ -36,6 +53,7 @@ function build(at, speed, play) {
 function start() {
   const at = Number.parseFloat(box.dataset.start || "0");
   build(Number.isFinite(at) ? at : 0, 1, false);
+  linkNextPart();
   speedChoice.addEventListener("change", () => {
     const speed = Number.parseFloat(speedChoice.value);
     build(player.getCurrentTime(), Number.isFinite(speed) ? speed : 1, true);

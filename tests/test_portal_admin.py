@@ -23,11 +23,12 @@ from zoneinfo import ZoneInfo
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser_support import LAPTOP, TABLET, chromium, shot
 from tests.sshd_target import SSHDTarget
 from tests.support import Served, init_data_dir, serving
-from tests.test_portal_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LAPTOP, PASSWORD, TABLET
+from tests.test_portal_browser import PASSWORD
 
 pytestmark = pytest.mark.realpeer
 VENDOR_PASSWORD = "Vendor-Lantern-Orbit-42"
@@ -66,17 +67,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser(site: Site) -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"admin-{name}.png"), full_page=True)
+    shot(page, f"admin-{name}")
 
 
 def _context(browser: Browser, site: Site) -> BrowserContext:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.audit import AuditLog
@@ -20,6 +20,7 @@ from gateway.authz.tables import Grant
 from gateway.config import Overrides, load_settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.db.models import User
 from gateway.identity.accounts import create_user
 from gateway.identity.onboarding import set_status
 from gateway.sessions.events import Change, ChangeBus
@@ -320,3 +321,28 @@ async def test_refusals_and_changes_are_audited(world: World) -> None:
     assert "request.created" in actions and "request.refused" in actions
     assert "grant.added" in actions and "zone.added" in actions
     assert (await world.audit.verify()).ok
+
+
+async def test_a_stored_membership_the_policy_cannot_hold_breaks_nobody_else(
+    world: World,
+) -> None:
+    """A user row whose organisation is no valid policy name, stored before names were checked
+    at the edge or written by hand: that one membership is left out (it grants nothing); the
+    policy still loads and everyone else keeps their access. (Roles have a CHECK constraint.)"""
+    await world.authz.add_grant(
+        subject_kind="org", subject="acme", object_kind="asset", obj="plc-1", action="ssh",
+        actor="root",
+    )  # fmt: skip
+    async with world.sessions() as db, db.begin():
+        await create_user(
+            db, username="odd", roles=["vendor"], now=T0, master_key=KEY, status="active",
+            organisation="acme",
+        )  # fmt: skip
+        # As such a row may be stored: written before the edge checked it, or by hand.
+        await db.execute(
+            update(User).where(User.username == "odd").values(organisation="Acme <GmbH>")
+        )
+    await world.authz.refresh(force=True)
+    assert (await world.authz.authorize("alice", "plc-1", "ssh")).allowed
+    assert not (await world.authz.authorize("odd", "plc-1", "ssh")).allowed
+    assert await world.authz.organisations_of("odd") == []

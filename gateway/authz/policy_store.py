@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import rbac
 from gateway.authz.tables import Grant, PolicyVersion
 from gateway.db.models import User
+from rbac.errors import PolicyNameError
 from rbac.policy import PolicyIndex, Rule
 from rbac.windows import AbsoluteWindow, parse_schedule
 
@@ -116,8 +117,15 @@ async def load_index(db: AsyncSession) -> tuple[PolicyIndex, frozenset[str], int
         if user.status != "active":
             continue  # inactive accounts belong to no role, so no grant reaches them
         active.add(user.username)
-        for role in user.role_names:
-            index.add_member(f"user:{user.username}", f"role:{role}")
+        groups = [f"role:{role}" for role in user.role_names]
         if user.organisation:
-            index.add_member(f"user:{user.username}", f"org:{user.organisation}")
+            groups.append(f"org:{user.organisation}")
+        for group in groups:
+            try:
+                index.add_member(f"user:{user.username}", group)
+            except PolicyNameError:
+                # A stored name the policy cannot hold (written before names were checked at
+                # the edge, or by hand): this membership grants nothing; nobody else loses
+                # access because of it (the whole policy failing would lock everyone out).
+                log.error("user %s: %s is no valid policy name; left out", user.username, group)
     return index, frozenset(active), version

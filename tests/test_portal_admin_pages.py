@@ -469,7 +469,11 @@ async def test_grant_preview_lists_the_next_three_windows_then_saving_rechecks(a
         "Mon 2026-11-30 07:00 - 17:00 Europe/Berlin",
         "Tue 2026-12-01 07:00 - 17:00 Europe/Berlin",
     ]
-    assert "open now" in shown.text and "06:00-16:00 UTC" in shown.text
+    assert "open now" in shown.text and "(06:00-16:00 UTC)" in shown.text
+    # Across midnight in UTC, the UTC part names its days.
+    overnight = {**body, "schedule": "Mon-Sun 00:00-23:59 Europe/Berlin", "preview": "1"}
+    night = await root.client.post("/admin/grants", data=overnight)
+    assert "(Sat 2026-11-28 23:00-Sun 2026-11-29 22:59 UTC)" in night.text, night.text
     assert len(await services.authz.list_grants()) == before  # a preview stores nothing
     stale(api)
     asked = await root.client.post("/admin/grants", data=body)

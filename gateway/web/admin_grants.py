@@ -56,6 +56,17 @@ def _facts(grant: Grant) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _utc_span(start: dt.datetime, end: dt.datetime | None, local_day: dt.date) -> str:
+    """The window in UTC: times alone when the day is the local one, else with the day
+    (Berlin 00:00-23:59 is 23:00 the day before to 22:59 in UTC)."""
+    start, day = start.astimezone(dt.UTC), "%a %Y-%m-%d "
+    text = start.strftime(("" if start.date() == local_day else day) + "%H:%M")
+    if end is not None:
+        end = end.astimezone(dt.UTC)
+        text += "-" + end.strftime(("" if end.date() == start.date() else day) + "%H:%M")
+    return text + " UTC"
+
+
 def _preview(schedule: Schedule, now: dt.datetime) -> list[dict[str, str]]:
     """The next windows in the schedule's own time zone, with UTC beside them."""
     tz = schedule.timezone
@@ -67,9 +78,7 @@ def _preview(schedule: Schedule, now: dt.datetime) -> list[dict[str, str]]:
                 "local": local_start.strftime("%a %Y-%m-%d %H:%M")
                 + (f" - {end.astimezone(tz).strftime('%H:%M')}" if end else " onwards")
                 + f" {tz.key}",
-                "utc": start.strftime("%H:%M")
-                + (f"-{end.strftime('%H:%M')}" if end else "")
-                + " UTC",
+                "utc": _utc_span(start, end, local_start.date()),
                 "now": "open now" if start == now else "",
             }
         )

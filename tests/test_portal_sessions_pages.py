@@ -208,6 +208,8 @@ async def test_my_sessions_lists_own_sessions_and_survives_a_broken_row(api: Api
     assert shown is not None and html.unescape(shown.group(1)) == EVIL
     assert "<script>alert" not in page.text
     assert "unknown" in page.text  # the broken row's duration and end reason
+    # End reasons in words, the code beside them.
+    assert 'ended by an operator <code class="note">killed</code>' in page.text
     assert (await (await api.login("bob")).client.get("/sessions")).status_code == 404
 
 

@@ -31,6 +31,25 @@ LIMIT = 100  # the newest sessions shown; older ones are in the evidence export
 NOTES_SCANNED = 4 * LIMIT  # session.end events read for notes (one per session, and slack)
 
 
+# What each end reason (a fixed code: recordings/FORMAT.md, the broker, the front ends) means
+# to the person whose session it was; an unknown code is shown as it is.
+END_WORDS = {
+    "closed": "ended normally",
+    "client_closed": "you disconnected",
+    "killed": "ended by an operator",
+    "expired": "your access window ended",
+    "revoked": "your access was revoked",
+    "idle": "ended after being idle",
+    "max_duration": "reached the longest session allowed",
+    "signed_out": "you signed out of the portal",
+    "shutdown": "the gateway was stopped",
+    "recording_failed": "ended because it could not be recorded",
+    "upstream_failed": "the asset could not be reached",
+    "client_integrity_failure": "ended: your connection was tampered with",
+    "refused": "refused before it started",
+}
+
+
 @dataclass(frozen=True)
 class PastSession:
     asset: str
@@ -39,6 +58,10 @@ class PastSession:
     duration: str
     state: str  # "live" or the end reason code
     note: str
+
+    @property
+    def state_words(self) -> str:
+        return END_WORDS.get(self.state, self.state)
 
 
 def duration_text(seconds: float) -> str:

@@ -24,6 +24,7 @@ from gateway import vault
 from gateway.authz import hostkeys
 from gateway.authz.service import MAX_REQUEST_HOURS, PolicyError
 from gateway.authz.tables import PROTOCOLS, Asset
+from gateway.services import Services
 from gateway.web.admin_common import (
     NAME_MAX,
     Checked,
@@ -50,6 +51,11 @@ PASSWORD_MAX = 4096
 KEY_MAX = 16384
 MAX_ZONES = 20
 SECRET_FIELDS = ("password", "private_key")
+
+
+def redacted(username: str, kind: str) -> dict[str, str]:
+    """A credential as its audit event shows it: never the secret."""
+    return {"username": username, "kind": kind, "value": "(redacted)"}
 
 
 def _asset_fields(checked: Checked, zones_known: set[str]) -> dict[str, Any]:
@@ -232,7 +238,7 @@ async def change_asset(request: Request, name: str) -> Response:
     return RedirectResponse(f"/admin/assets/{name}", status_code=303)
 
 
-async def _scan(asset: Asset) -> list[asyncssh.SSHKey]:
+async def scan_keys(asset: Asset) -> list[asyncssh.SSHKey]:
     try:
         async with asyncio.timeout(SCAN_SECONDS):
             return await hostkeys.scan_all(asset.host, asset.port)
@@ -252,7 +258,7 @@ async def scan(request: Request, name: str) -> Response:
             request, context, name, scan_error="Only SSH assets have host keys to pin."
         )
     try:
-        keys = await _scan(asset)
+        keys = await scan_keys(asset)
     except hostkeys.HostKeyError as exc:
         await audit_refusal(request, context.session.username, 502, exc.detail)
         return await _asset_page(
@@ -261,6 +267,26 @@ async def scan(request: Request, name: str) -> Response:
             "the asset is reachable from the gateway.",
         )  # fmt: skip
     return await _asset_page(request, context, name, scanned=keys)
+
+
+async def store_pins(
+    services: Services,
+    name: str,
+    offered: dict[str, asyncssh.SSHKey],
+    confirmed: list[str],
+    *,
+    replace: bool,
+    actor: str,
+) -> tuple[list[str], list[str]]:
+    """Pin the ``confirmed`` fingerprints (each in ``offered``, the fresh scan), replacing
+    the old pins or adding to them; the fingerprints pinned (before, after)."""
+    async with services.sessions() as db, db.begin():
+        before = [p.fingerprint for p in await hostkeys.pins(db, name)]
+        if replace:
+            await hostkeys.unpin_all(db, name)
+        for fingerprint in confirmed:
+            await hostkeys.pin(db, name, offered[fingerprint], actor=actor, now=services.clock())
+    return before, sorted(set(confirmed) | (set() if replace else set(before)))
 
 
 @router.post("/admin/assets/{name}/hostkeys", response_class=HTMLResponse)
@@ -277,7 +303,7 @@ async def pin_keys(request: Request, name: str) -> Response:
             request, context, name, pin_error="Tick the keys you confirm.", status_code=422
         )
     try:
-        keys = {k.get_fingerprint("sha256"): k for k in await _scan(asset)}
+        keys = {k.get_fingerprint("sha256"): k for k in await scan_keys(asset)}
     except hostkeys.HostKeyError as exc:
         await audit_refusal(request, context.session.username, 502, exc.detail)
         return await _asset_page(
@@ -299,15 +325,9 @@ async def pin_keys(request: Request, name: str) -> Response:
         return await _asset_page(
             request, context, name, scanned=list(keys.values()), step=step, step_for="pin"
         )
-    async with services.sessions() as db, db.begin():
-        before = [p.fingerprint for p in await hostkeys.pins(db, name)]
-        if replace:
-            await hostkeys.unpin_all(db, name)
-        for fingerprint in confirmed:
-            await hostkeys.pin(
-                db, name, keys[fingerprint], actor=context.session.username, now=services.clock()
-            )
-    after = sorted(set(confirmed) | (set() if replace else set(before)))
+    before, after = await store_pins(
+        services, name, keys, confirmed, replace=replace, actor=context.session.username
+    )
     await audit_change(request, context, "hostkeys", name, {"pinned": before}, {"pinned": after})
     return RedirectResponse(f"/admin/assets/{name}#hostkeys", status_code=303)
 
@@ -363,11 +383,7 @@ async def set_credential(request: Request, name: str) -> Response:
             checked.fail("secret", exc.message)
             await refused_input(request, context, checked, f"credential {name}")
             return await _asset_page(request, context, name, credential=checked, status_code=422)
-    shown_before = (
-        {"username": before.username, "kind": before.kind, "value": "(redacted)"}
-        if before
-        else None
-    )
-    after = {"username": username, "kind": kind, "value": "(redacted)"}
+    shown_before = redacted(before.username, before.kind) if before else None
+    after = redacted(username, kind)
     await audit_change(request, context, "credential", f"{name}/{account}", shown_before, after)
     return RedirectResponse(f"/admin/assets/{name}#credentials", status_code=303)

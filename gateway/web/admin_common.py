@@ -104,8 +104,20 @@ async def audit_change(
     after: dict[str, Any] | None,
 ) -> None:
     """``admin.changed``: who changed ``what`` (zone, asset, credential...), from, to."""
+    await record_change(request, context.session.username, what, target, before, after)
+
+
+async def record_change(
+    request: Request,
+    actor: str,
+    what: str,
+    target: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """``admin.changed`` by ``actor`` (a page's session or an API caller)."""
     await services_of(request).audit.record(
-        actor=context.session.username,
+        actor=actor,
         action="admin.changed",
         result="success",
         target=target[:200],

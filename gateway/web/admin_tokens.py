@@ -35,7 +35,7 @@ router = APIRouter(include_in_schema=False)
 TOKEN_ID_MAX = 2**63 - 1
 
 
-def _facts(owned: tokens.OwnedToken) -> dict[str, Any]:
+def token_facts(owned: tokens.OwnedToken) -> dict[str, Any]:
     t = owned.token
     return {
         "owner": owned.owner, "scopes": t.scopes.split(),
@@ -89,7 +89,7 @@ async def revoke(request: Request, token_id: str) -> Response:
     step = await step_up(request, context, form)
     if not step.ok:
         return await _tokens_page(request, context, step=step, step_for=found.token.id)
-    before = _facts(found)
+    before = token_facts(found)
     async with services.sessions() as db, db.begin():
         await tokens.revoke_token(db, found.token.id, services.clock())
     after = {**before, "revoked": True}

@@ -47,6 +47,27 @@ def facts(user: User) -> dict[str, Any]:
     return {"roles": user.role_names, "organisation": user.organisation, "status": user.status}
 
 
+def own_account_problem(
+    actor: str,
+    name: str,
+    *,
+    roles: list[str] | None = None,
+    status: str = "",
+    reset_mfa: bool = False,
+) -> str:
+    """Why ``actor`` may not make this change to their own account ("" when they may): the
+    site must keep a way back in."""
+    if actor != name:
+        return ""
+    if roles is not None and "admin" not in roles:
+        return "You cannot drop your own admin role."
+    if status == "disabled":
+        return "You cannot disable your own account."
+    if reset_mfa:
+        return "Reset your own factors from another admin's account."
+    return ""
+
+
 def _roles(checked: Checked) -> list[str]:
     roles = list_field(checked.form, "roles", len(ROLES), item_limit=16)
     checked.values["roles"] = roles
@@ -192,8 +213,8 @@ async def change_roles(request: Request, name: str) -> Response:
     if checked.errors:
         await refused_input(request, context, checked, f"user {name} roles")
         return await _user_page(request, context, user, checked=checked, status_code=422)
-    if name == context.session.username and "admin" not in roles:
-        return await _refuse(request, context, user, 409, "You cannot drop your own admin role.")
+    if problem := own_account_problem(context.session.username, name, roles=roles):
+        return await _refuse(request, context, user, 409, problem)
     step = await step_up(request, context, form)
     if not step.ok:
         return await _user_page(
@@ -212,8 +233,8 @@ async def change_status(request: Request, name: str) -> Response:
     services = services_of(request)
     user = await _user(request, context, name)
     wanted = "disabled" if form.get("to") == "disabled" else "active"
-    if name == context.session.username and wanted == "disabled":
-        return await _refuse(request, context, user, 409, "You cannot disable your own account.")
+    if problem := own_account_problem(context.session.username, name, status=wanted):
+        return await _refuse(request, context, user, 409, problem)
     step = await step_up(request, context, form)
     if not step.ok:
         return await _user_page(request, context, user, step=step, step_for=f"status-{wanted}")
@@ -232,10 +253,8 @@ async def reset_mfa(request: Request, name: str) -> Response:
     context, form = await admin_post(request)
     services = services_of(request)
     user = await _user(request, context, name)
-    if name == context.session.username:
-        return await _refuse(
-            request, context, user, 409, "Reset your own factors from another admin's account."
-        )
+    if problem := own_account_problem(context.session.username, name, reset_mfa=True):
+        return await _refuse(request, context, user, 409, problem)
     step = await step_up(request, context, form)
     if not step.ok:
         return await _user_page(request, context, user, step=step, step_for="reset")

@@ -23,7 +23,11 @@ from gateway.web import (
     admin_users,
     admin_zones,
     api_access,
+    api_admin,
+    api_assets,
+    api_evidence,
     api_sessions,
+    api_users,
     approvals,
     assets,
     audit_pages,
@@ -96,5 +100,11 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.add_exception_handler(portal_forms.NotPermitted, portal.not_found_page)
     app.include_router(api_access.router)
     app.include_router(api_sessions.router)
+    for api_router in (
+        api_users.router, api_assets.router, api_admin.zones_router, api_admin.tokens_router,
+        api_admin.alerts_router, api_evidence.recordings_router, api_evidence.search_router,
+        api_evidence.audit_router, api_evidence.transfers_router,
+    ):  # fmt: skip
+        app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app

@@ -112,18 +112,16 @@ async def integrity_page(request: Request, recording_id: str) -> Response:
     return await page(request, context, "recording_integrity.html", values, current="evidence")
 
 
-@router.post("/evidence/recordings/{recording_id}/verify", response_class=HTMLResponse)
-async def verify_now(request: Request, recording_id: str) -> Response:
-    context = await signed_in_post(request)
-    await require_capability(request, context, SiteAction.READ_EVIDENCE)
-    entry = await _entry(request, context, recording_id)
+async def verify_recording(request: Request, actor: str, entry: CatalogEntry) -> CatalogEntry:
+    """Verify the file now (the catalog keeps the verdict), audit ``recording.verify`` as
+    the CLI does, and return the entry with its new verdict."""
     services = services_of(request)
     try:
         result: VerifyResult | None = await services.recordings.verify(entry.id)
     except RecordingMissing:
         result = None
     await services.audit.record(
-        actor=context.session.username,
+        actor=actor,
         action="recording.verify",
         result="success" if result is not None and result.ok else "failure",
         target=entry.id,
@@ -131,7 +129,16 @@ async def verify_now(request: Request, recording_id: str) -> Response:
         detail={"status": str(result.status) if result is not None else "missing",
                 "session_id": entry.session_id},
     )  # fmt: skip
-    entry = await services.recordings.entry(entry.id)
+    return await services.recordings.entry(entry.id)
+
+
+@router.post("/evidence/recordings/{recording_id}/verify", response_class=HTMLResponse)
+async def verify_now(request: Request, recording_id: str) -> Response:
+    context = await signed_in_post(request)
+    await require_capability(request, context, SiteAction.READ_EVIDENCE)
+    entry = await _entry(request, context, recording_id)
+    services = services_of(request)
+    entry = await verify_recording(request, context.session.username, entry)
     values = _values(entry, services.clock())
     if request.headers.get("HX-Request") == "true":
         return render(request, "_integrity_state.html", values)
@@ -238,25 +245,29 @@ async def bundle(request: Request, recording_id: str) -> Response:
     if context is None:
         return sign_in_redirect(request)
     entry = await _entry(request, context, recording_id)
+    try:
+        return await bundle_download(request, context.session.username, entry)
+    except RecordingMissing:
+        await audit_refusal(request, context.session.username, 404, "recording file missing")
+        raise NotPermitted(request.url.path) from None
+
+
+async def bundle_download(request: Request, actor: str, entry: CatalogEntry) -> Response:
+    """The evidence zip of ``entry`` for ``actor`` (opening the file is audited
+    ``recording.download``); ``RecordingMissing`` when the file is gone."""
     services = services_of(request)
     public = services.keys.signing_key.public_key()
     pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     events = await session_events(request, entry)
-    exported = {"exported_by": context.session.username,
-                "exported_at": services.clock().isoformat()}  # fmt: skip
+    exported = {"exported_by": actor, "exported_at": services.clock().isoformat()}
     spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the streaming generator
     try:
         async with services.recordings.open_for_reading(
-            entry.id, actor=context.session.username, source=source_of(request),
-            purpose="download",
-        ) as (_, stream):  # fmt: skip
+            entry.id, actor=actor, source=source_of(request), purpose="download"
+        ) as (_, stream):
             await asyncio.to_thread(
                 bundle_files, spool, entry, stream, pem, signing_key_id(public), events, exported
             )
-    except RecordingMissing:
-        spool.close()
-        await audit_refusal(request, context.session.username, 404, "recording file missing")
-        raise NotPermitted(request.url.path) from None
     except BaseException:
         spool.close()
         raise

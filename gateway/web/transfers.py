@@ -62,6 +62,13 @@ def transfer_of(event: AuditEvent, now: dt.datetime) -> Transfer:
     )  # fmt: skip
 
 
+def only_transfers(f: audit_query.AuditFilter) -> audit_query.AuditFilter:
+    """The file transfers among the events ``f`` (user, asset, time) selects."""
+    return audit_query.AuditFilter(
+        actor=f.actor, target=f.target, since=f.since, until=f.until, actions=tuple(DIRECTIONS)
+    )
+
+
 @router.get("/evidence/transfers", response_class=HTMLResponse)
 async def transfers_page(request: Request) -> Response:
     context = await signed_in(request, SiteAction.READ_EVIDENCE)
@@ -75,9 +82,7 @@ async def transfers_page(request: Request) -> Response:
     older = ""
     services = services_of(request)
     if q.filter is not None:
-        f = q.filter
-        only = audit_query.AuditFilter(actor=f.actor, target=f.target, since=f.since,
-                                       until=f.until, actions=tuple(DIRECTIONS))  # fmt: skip
+        only = only_transfers(q.filter)
         events = await audit_query.page(services.sessions, only, before=q.before,
                                         limit=PAGE_SIZE + 1)  # fmt: skip
         now = services.clock()

@@ -62,7 +62,7 @@ class LinkOut(Out):
 class InviteIn(Strict):
     username: Name
     roles: list[Role] = Field(min_length=1, max_length=len(ROLES))
-    organisation: str = Field(default="", max_length=100)
+    organisation: str = Field(default="", max_length=64)
 
 
 class RolesIn(Strict):

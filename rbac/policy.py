@@ -166,6 +166,10 @@ class PolicyIndex:
     def memberships(self) -> Iterable[tuple[str, str]]:
         return ((m, g) for m, groups in self._member_of.items() for g in groups)
 
+    def groups_of(self, member: str) -> frozenset[str]:
+        """Every role and organisation ``member`` belongs to, nested roles included."""
+        return frozenset(_closure(member, self._member_of)[1:])
+
     def containments(self) -> Iterable[tuple[str, str]]:
         return ((i, z) for i, zones in self._inside.items() for z in zones)
 

@@ -199,15 +199,17 @@ def approve(
     *,
     eligible: Collection[str],
     comment: str = "",
+    ineligible_reason: str = "",
 ) -> AccessRequest:
     """Record ``approver``'s approval; the request becomes approved at the N-th distinct one.
 
-    ``eligible`` are the people holding ``approve`` on every asset of the request. Raises
-    ``ApprovalError`` for the requester, someone not eligible, or a second approval by the
-    same person (each person counts once); ``TransitionError`` unless pending and not due
-    to expire.
+    ``eligible`` are the people holding ``approve`` on every asset of the request (and in
+    the approver group of each of its zones, when a zone names one). Raises
+    ``ApprovalError`` for the requester, someone not eligible (with ``ineligible_reason`` as
+    its message when given), or a second approval by the same person (each person counts
+    once); ``TransitionError`` unless pending and not due to expire.
     """
-    _check_answerable(request, approver, now, eligible, "approve")
+    _check_answerable(request, approver, now, eligible, "approve", ineligible_reason)
     if approver in request.approvers:
         raise ApprovalError("you have already approved this request", _who(request, approver))
     approvals = (*request.approvals, Approval(approver, _aware(now, "now"), _comment(comment)))
@@ -224,9 +226,10 @@ def deny(
     *,
     eligible: Collection[str],
     comment: str = "",
+    ineligible_reason: str = "",
 ) -> AccessRequest:
     """Deny the request; one eligible approver's no is enough, whatever N is."""
-    _check_answerable(request, approver, now, eligible, "deny")
+    _check_answerable(request, approver, now, eligible, "deny", ineligible_reason)
     return _move(request, RequestState.DENIED, now, approver, comment)
 
 
@@ -282,7 +285,12 @@ def grant_window(request: AccessRequest) -> AbsoluteWindow | None:
 
 
 def _check_answerable(
-    request: AccessRequest, approver: str, now: datetime, eligible: Collection[str], verb: str
+    request: AccessRequest,
+    approver: str,
+    now: datetime,
+    eligible: Collection[str],
+    verb: str,
+    ineligible_reason: str = "",
 ) -> None:
     # State first, so that answering a closed request says so rather than "not eligible".
     _check_allowed(request, RequestState.DENIED if verb == "deny" else RequestState.APPROVED)
@@ -298,7 +306,9 @@ def _check_answerable(
         raise TypeError("eligible must be a collection of user names, not one string")
     if approver not in eligible:
         raise ApprovalError(
-            f"you may not {verb} this request", f"{_who(request, approver)} is not eligible"
+            ineligible_reason or f"you may not {verb} this request",
+            f"{_who(request, approver)} is not eligible"
+            + (f": {ineligible_reason}" if ineligible_reason else ""),
         )
 
 

@@ -115,9 +115,11 @@ async def test_zone_add_as_a_tree_with_rules_step_up_and_audit(api: Api) -> None
     assert "2 approvals, requests up to 4 h" in listed
     made = await changes(api)
     assert [(c["target"], c["before"], c["after"]) for c in made] == [
-        ("site", {}, {"parent": "", "required_approvals": 1, "max_request_hours": None}),
-        ("level-2", {}, {"parent": "site", "required_approvals": 2, "max_request_hours": 4}),
-    ]
+        ("site", {}, {"parent": "", "required_approvals": 1, "max_request_hours": None,
+                      "approver_group": ""}),
+        ("level-2", {}, {"parent": "site", "required_approvals": 2, "max_request_hours": 4,
+                         "approver_group": ""}),
+    ]  # fmt: skip
     assert all(c["actor"] == "root" for c in made)
 
 

@@ -5,7 +5,9 @@ transition and stores it with a conditional UPDATE on its version, so two approv
 on the same request cannot both move it: exactly one wins and makes the grants, the other
 gets ``RequestConflict``. Approval creates one time-bounded grant per asset and action in
 the same transaction. Eligibility (``approve`` on every asset of the request, right now) is
-asked of the authorization service, never decided here.
+asked of the authorization service, never decided here; a zone that names an approver group
+(a role or organisation) further limits who may decide requests for its assets to that
+group's members, and an approver outside it is refused with a sentence naming the group.
 """
 
 from __future__ import annotations
@@ -146,22 +148,43 @@ class RequestService:
             raise PolicyError("not found or not permitted", f"unknown assets {missing}")
         hours = [a.max_request_hours for a in rows.values()]
         approvals = [1]
+        for zone in await self._zones_over(db, assets):
+            approvals.append(zone.required_approvals)
+            if zone.max_request_hours is not None:
+                hours.append(zone.max_request_hours)
+        return dt.timedelta(hours=min(hours)), max(approvals)
+
+    @staticmethod
+    async def _zones_over(db: AsyncSession, assets: Sequence[str]) -> list[Zone]:
+        """The zones ``assets`` are placed in and every zone above those, each once."""
         zones = {z.name: z for z in (await db.execute(select(Zone))).scalars()}
         placed = (
-            await db.execute(
-                select(AssetZone.asset, AssetZone.zone).where(AssetZone.asset.in_(list(assets)))
-            )
-        ).all()
-        for _, zone_name in placed:
-            seen: set[str] = set()
+            await db.execute(select(AssetZone.zone).where(AssetZone.asset.in_(list(assets))))
+        ).scalars()
+        found: dict[str, Zone] = {}
+        for zone_name in placed:
             zone = zones.get(zone_name)
-            while zone is not None and zone.name not in seen:  # zones nest; cycles tolerated
-                seen.add(zone.name)
-                approvals.append(zone.required_approvals)
-                if zone.max_request_hours is not None:
-                    hours.append(zone.max_request_hours)
+            while zone is not None and zone.name not in found:  # zones nest; cycles tolerated
+                found[zone.name] = zone
                 zone = zones.get(zone.parent) if zone.parent else None
-        return dt.timedelta(hours=min(hours)), max(approvals)
+        return list(found.values())
+
+    async def approver_groups(self, assets: Sequence[str]) -> dict[str, str]:
+        """zone -> group, for the zones over ``assets`` that name an approver group: whoever
+        decides a request for these assets must be in every one of those groups."""
+        async with self._sessions() as db:
+            zones = await self._zones_over(db, assets)
+        return {z.name: z.approver_group for z in zones if z.approver_group}
+
+    async def deciders(self, assets: Sequence[str]) -> list[str]:
+        """The people who may decide a request for ``assets``: ``approve`` on every asset
+        and membership of every zone's approver group."""
+        groups = set((await self.approver_groups(assets)).values())
+        return [
+            person
+            for person in await self._authz.approvers_of(assets)
+            if all([await self._authz.in_group(person, g) for g in groups])
+        ]
 
     async def limits(self, assets: Sequence[str]) -> tuple[dt.timedelta, int]:
         """The longest window and the approvals a request for ``assets`` would get."""
@@ -264,18 +287,30 @@ class RequestService:
             history=tuple(history),
         )
 
-    async def _eligible(self, request: rq.AccessRequest, person: str) -> set[str]:
+    async def _eligible(self, request: rq.AccessRequest, person: str) -> tuple[set[str], str]:
+        """({person}) when ``person`` may decide ``request``, else (set(), why not: "" for
+        the policy's plain refusal, a sentence naming the zone's group otherwise)."""
         for asset in request.assets:
             if not (await self._authz.authorize(person, asset, "approve")).allowed:
-                return set()
-        return {person}
+                return set(), ""
+        for zone, group in sorted((await self.approver_groups(request.assets)).items()):
+            if not await self._authz.in_group(person, group):
+                kind, _, name = group.partition(":")
+                what = "role" if kind == "role" else "organisation"
+                return set(), (
+                    f"only members of the {what} {name} may decide requests in zone {zone}"
+                )
+        return {person}, ""
 
     async def approve(
         self, request_id: str, approver: str, comment: str = "", *, source: str = ""
     ) -> rq.AccessRequest:
         async def step(request: rq.AccessRequest) -> rq.AccessRequest:
-            eligible = await self._eligible(request, approver)
-            return rq.approve(request, approver, self._clock(), eligible=eligible, comment=comment)
+            eligible, why = await self._eligible(request, approver)
+            return rq.approve(
+                request, approver, self._clock(), eligible=eligible, comment=comment,
+                ineligible_reason=why,
+            )  # fmt: skip
 
         return await self._transition(request_id, approver, step, source)
 
@@ -283,8 +318,11 @@ class RequestService:
         self, request_id: str, approver: str, comment: str = "", *, source: str = ""
     ) -> rq.AccessRequest:
         async def step(request: rq.AccessRequest) -> rq.AccessRequest:
-            eligible = await self._eligible(request, approver)
-            return rq.deny(request, approver, self._clock(), eligible=eligible, comment=comment)
+            eligible, why = await self._eligible(request, approver)
+            return rq.deny(
+                request, approver, self._clock(), eligible=eligible, comment=comment,
+                ineligible_reason=why,
+            )  # fmt: skip
 
         return await self._transition(request_id, approver, step, source)
 

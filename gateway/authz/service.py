@@ -22,11 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.audit.sink import AuditSink
 from gateway.authz import policy_store
 from gateway.authz.tables import PROTOCOLS, Asset, AssetZone, Grant, Zone
+from gateway.db.models import ROLES
 from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
 from rbac.availability import AssetAccess, asset_access
-from rbac.errors import WindowError
-from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, term
+from rbac.errors import RbacError, WindowError
+from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, split_term, term
 from rbac.policy import Decision, PolicyIndex
 from rbac.windows import check_instant, parse_schedule
 
@@ -50,6 +51,19 @@ def _instant(value: dt.datetime | None, what: str) -> dt.datetime | None:
         return check_instant(value, what)
     except WindowError as exc:
         raise PolicyError(exc.message, exc.detail) from None
+
+
+def approver_group(value: str | None) -> str | None:
+    """A zone's approver group as stored (``role:NAME`` / ``org:NAME``), or ``PolicyError``."""
+    if not value:
+        return None
+    try:
+        kind, _ = split_term(value)
+    except RbacError as exc:
+        raise PolicyError(f"approver group {value[:80]!r} is not role:NAME or org:NAME") from exc
+    if kind not in ("role", "org"):
+        raise PolicyError(f"approver group {value[:80]!r} is not role:NAME or org:NAME")
+    return value
 
 
 def _request_hours(value: int | None) -> None:
@@ -207,6 +221,19 @@ class AuthzService:
             if who == member and group.startswith("org:")
         )
 
+    async def in_group(self, username: str, group: str) -> bool:
+        """Does policy place ``username`` in ``group`` (``role:...``/``org:...``, nested
+        roles included)?"""
+        await self.refresh()
+        return group in self._index.groups_of(f"user:{username}")
+
+    async def groups(self) -> list[str]:
+        """The groups a zone may name as its approvers: every site role (``role:NAME``) and
+        every organisation someone belongs to (``org:NAME``)."""
+        await self.refresh()
+        orgs = {g for _, g in self._index.memberships() if g.startswith("org:")}
+        return [f"role:{r}" for r in ROLES] + sorted(orgs)
+
     # -- changes -------------------------------------------------------------------------
     async def _changed(self, change: Change, actor: str, detail: dict[str, Any]) -> None:
         await self.refresh()
@@ -271,11 +298,13 @@ class AuthzService:
         parent: str | None = None,
         required_approvals: int = 1,
         max_request_hours: int | None = None,
+        approvers: str | None = None,
     ) -> None:
         check_name(name, "zone")
         if not 1 <= required_approvals <= MAX_APPROVALS:
             raise PolicyError(f"required approvals must be 1-{MAX_APPROVALS}")
         _request_hours(max_request_hours)
+        approvers = approver_group(approvers)
         async with self._sessions() as db, db.begin():
             if (await db.execute(select(Zone.id).where(Zone.name == name))).first():
                 raise PolicyError(f"zone {name} already exists")
@@ -285,6 +314,7 @@ class AuthzService:
                     parent=parent,
                     required_approvals=required_approvals,
                     max_request_hours=max_request_hours,
+                    approver_group=approvers,
                     created_at=self._clock(),
                 )
             )
@@ -292,7 +322,11 @@ class AuthzService:
             if parent is not None:
                 await self._place(db, f"zone:{name}", parent)
             await policy_store.bump_version(db)
-        await self._changed(Change("zone.added", (name,)), actor, {"parent": parent or ""})
+        await self._changed(
+            Change("zone.added", (name,)),
+            actor,
+            {"parent": parent or "", "approver_group": approvers or ""},
+        )
 
     async def place(self, asset: str, zone: str, *, actor: str) -> None:
         async with self._sessions() as db, db.begin():
@@ -397,11 +431,14 @@ class AuthzService:
         actor: str,
         required_approvals: int,
         max_request_hours: int | None,
+        approvers: str | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Change a zone's approval rules; (before, after) for the caller's audit event."""
+        """Change a zone's approval rules (``approvers``: the group whose members may
+        approve, None: anyone holding ``approve``); (before, after) for the caller's audit."""
         if not 1 <= required_approvals <= MAX_APPROVALS:
             raise PolicyError(f"required approvals must be 1-{MAX_APPROVALS}")
         _request_hours(max_request_hours)
+        approvers = approver_group(approvers)
         async with self._sessions() as db, db.begin():
             zone = (await db.execute(select(Zone).where(Zone.name == name))).scalar_one_or_none()
             if zone is None:
@@ -409,6 +446,7 @@ class AuthzService:
             before = zone_facts(zone)
             zone.required_approvals = required_approvals
             zone.max_request_hours = max_request_hours
+            zone.approver_group = approvers
             after = zone_facts(zone)
             await policy_store.bump_version(db)
         await self._changed(
@@ -476,6 +514,7 @@ def zone_facts(zone: Zone) -> dict[str, Any]:
         "parent": zone.parent or "",
         "required_approvals": zone.required_approvals,
         "max_request_hours": zone.max_request_hours,
+        "approver_group": zone.approver_group or "",
     }
 
 

@@ -38,6 +38,9 @@ class Zone(Base):
     parent: Mapped[str | None] = mapped_column(String(64), default=None)
     required_approvals: Mapped[int] = mapped_column(Integer, default=1)
     max_request_hours: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Whose members may approve here: ``role:NAME`` or ``org:NAME``; None: anyone holding
+    # ``approve`` on the assets (the policy alone decides).
+    approver_group: Mapped[str | None] = mapped_column(String(72), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 

@@ -1,6 +1,7 @@
 """Admin pages for the site's overview (``/admin``) and zones (``/admin/zones``): the zones
-as a tree (Purdue levels under their parents), add a zone with its approval rules, and
-change a zone's rules.
+as a tree (Purdue levels under their parents), add a zone with its approval rules (how many
+approvals, the longest request, and optionally the role or organisation whose members may
+approve there), and change a zone's rules.
 
 Every change goes through ``AuthzService`` (as ``conduit zone add`` does), needs a fresh
 second factor, and is audited with before and after. The parent is chosen when a zone is
@@ -78,6 +79,7 @@ async def _zones_page(
     values = {
         "tree": zone_tree(zones),
         "names": [z.name for z in zones],
+        "groups": await services_of(request).authz.groups(),
         "draft": checked.values if checked else {"required_approvals": "1"},
         "errors": checked.errors if checked else {},
         "max_approvals": MAX_APPROVALS,
@@ -96,12 +98,22 @@ async def zones(request: Request) -> Response:
     return await _zones_page(request, context)
 
 
-def _rules(checked: Checked) -> tuple[int, int | None]:
+@dataclass(frozen=True)
+class Rules:
+    approvals: int
+    hours: int | None
+    approvers: str | None  # role:NAME / org:NAME, None: anyone holding approve
+
+
+def _rules(checked: Checked, groups: list[str]) -> Rules:
     approvals = checked.number("required_approvals", 1, MAX_APPROVALS, what="number of approvals")
     if approvals is None:
         checked.fail("required_approvals", f"Give a number of approvals from 1 to {MAX_APPROVALS}.")
     hours = checked.number("max_request_hours", 1, MAX_REQUEST_HOURS, what="longest request")
-    return approvals or 1, hours
+    approvers = checked.text("approver_group", NAME_MAX + 8, required=False) or None
+    if approvers is not None and approvers not in groups:
+        checked.fail("approver_group", "Choose an approver group from the list.")
+    return Rules(approvals or 1, hours, approvers)
 
 
 @router.post("/admin/zones", response_class=HTMLResponse)
@@ -121,7 +133,7 @@ async def add_zone(request: Request) -> Response:
         checked.fail("name", f"A zone named {name} already exists.")
     if parent is not None and parent not in known:
         checked.fail("parent", "Choose a parent from the list.")
-    approvals, hours = _rules(checked)
+    rules = _rules(checked, await services.authz.groups())
     if checked.errors:
         await refused_input(request, context, checked, "zone add")
         return await _zones_page(request, context, checked, status_code=422)
@@ -131,13 +143,17 @@ async def add_zone(request: Request) -> Response:
     try:
         await services.authz.add_zone(
             name, actor=context.session.username, parent=parent,
-            required_approvals=approvals, max_request_hours=hours,
+            required_approvals=rules.approvals, max_request_hours=rules.hours,
+            approvers=rules.approvers,
         )  # fmt: skip
     except (PolicyError, RbacError) as exc:
         checked.fail("name", exc.message)
         await refused_input(request, context, checked, "zone add")
         return await _zones_page(request, context, checked, status_code=422)
-    after = {"parent": parent or "", "required_approvals": approvals, "max_request_hours": hours}
+    after = {
+        "parent": parent or "", "required_approvals": rules.approvals,
+        "max_request_hours": rules.hours, "approver_group": rules.approvers or "",
+    }  # fmt: skip
     await audit_change(request, context, "zone", name, None, after)
     return RedirectResponse("/admin/zones?added=" + name, status_code=303)
 
@@ -156,9 +172,14 @@ async def _zone_page(
     draft = checked.values if checked else {
         "required_approvals": str(zone.required_approvals),
         "max_request_hours": "" if zone.max_request_hours is None else str(zone.max_request_hours),
+        "approver_group": zone.approver_group or "",
     }  # fmt: skip
+    groups = await services_of(request).authz.groups()
+    if zone.approver_group and zone.approver_group not in groups:
+        groups.append(zone.approver_group)  # a group nobody is in now still shows as chosen
     values = {
         "zone": zone,
+        "groups": groups,
         "draft": draft,
         "errors": checked.errors if checked else {},
         "max_approvals": MAX_APPROVALS,
@@ -182,7 +203,8 @@ async def change_zone(request: Request, name: str) -> Response:
     context, form = await admin_post(request)
     zone = await _zone(request, context, name)
     checked = Checked(form)
-    approvals, hours = _rules(checked)
+    known = await services_of(request).authz.groups()
+    rules = _rules(checked, [*known, *([zone.approver_group] if zone.approver_group else [])])
     if checked.errors:
         await refused_input(request, context, checked, f"zone {name} change")
         return await _zone_page(request, context, zone, checked, status_code=422)
@@ -190,8 +212,8 @@ async def change_zone(request: Request, name: str) -> Response:
     if not step.ok:
         return await _zone_page(request, context, zone, checked, step=step)
     before, after = await services_of(request).authz.update_zone(
-        name, actor=context.session.username, required_approvals=approvals,
-        max_request_hours=hours,
+        name, actor=context.session.username, required_approvals=rules.approvals,
+        max_request_hours=rules.hours, approvers=rules.approvers,
     )  # fmt: skip
     await audit_change(request, context, "zone", name, before, after)
     return RedirectResponse("/admin/zones?changed=" + name, status_code=303)

@@ -1,8 +1,9 @@
 """The approver's pages: the queue of requests this person may decide, one request with the
 policy's view of it, and approve / deny with a comment behind an inline step-up.
 
-Who may decide is the policy's: ``approve`` on every asset of the request (administrators
-see every pending request; the request service still decides each answer). The requester
+Who may decide is the policy's: ``approve`` on every asset of the request, and membership of
+the approver group of every zone over them that names one (administrators see every pending
+request; the request service still decides each answer). The requester
 never gets the buttons, and the request service refuses their post too. A decision needs a
 second factor within the step-up limit: the same page comes back with a code field
 (``stepup.confirm_inline``) and nothing is decided until a good code is given. Every refusal
@@ -91,7 +92,8 @@ async def _detail_page(
 ) -> Response:
     services = services_of(request)
     me = context.session.username
-    eligible = await services.authz.approvers_of(found.assets)
+    eligible = await services.requests.deciders(found.assets)
+    groups = await services.requests.approver_groups(found.assets)
     zones = {a.name: z for a, z in await services.authz.list_assets()}
     own = found.requester == me
     values: dict[str, Any] = {
@@ -99,6 +101,7 @@ async def _detail_page(
         "orgs": ", ".join(await services.authz.organisations_of(found.requester)) or "-",
         "zones": {a: ", ".join(zones.get(a, [])) or "-" for a in found.assets},
         "eligible": [p for p in eligible if p != found.requester],
+        "groups": sorted(groups.items()),
         "own": own,
         "may_decide": found.state is rq.RequestState.PENDING and not own and me in eligible,
         "comment": comment,

@@ -43,6 +43,7 @@ from gateway.web.replay import (
     TABLE_ROWS,
     Unreadable,
     cast_batches,
+    first_output_seconds,
     tunnel_table,
 )
 from gateway.web.security import CSP
@@ -148,11 +149,26 @@ async def player_page(request: Request, recording_id: str) -> Response:
             query += f"&part=1&from={start:.6f}"
             values["part_mib"] = max(1, PART_CAST_BYTES >> 20)
         values["cast_url"] = f"/evidence/recordings/{entry.id}/cast?{query}"
+        values["first_frame"] = await _first_frame(request, entry) if not start else None
         answer = await page(request, context, "player.html", values, current="evidence")
         answer.headers["Content-Security-Policy"] = PLAYER_CSP
         return answer
     values.update(await _tunnel_values(request, entry))
     return await page(request, context, "player_table.html", values, current="evidence")
+
+
+async def _first_frame(request: Request, entry: CatalogEntry) -> float | None:
+    """The first output's offset (reads the recording's first chunk), for the poster."""
+    recordings = services_of(request).recordings
+
+    def read() -> float | None:
+        with recordings.store.open_read(entry.id) as stream:
+            return first_output_seconds(recordings.reader(stream))
+
+    try:
+        return await asyncio.to_thread(read)
+    except (RecordingNotFound, OSError):
+        return None
 
 
 async def _tunnel_values(request: Request, entry: CatalogEntry) -> dict[str, Any]:

@@ -59,6 +59,25 @@ def peek_header(stream: BinaryIO) -> Header:
         stream.seek(0)
 
 
+FIRST_FRAME_EVENTS = 1000  # events read at most looking for the first output
+
+
+def first_output_seconds(reader: RecordingReader) -> float | None:
+    """When the first output was recorded (None: none among the first
+    ``FIRST_FRAME_EVENTS`` events, or unreadable): a poster at 0 s would show a blank
+    terminal, so the page opens a recording played from its start on its first frame."""
+    events = iter(reader.events())
+    try:
+        for _, event in zip(range(FIRST_FRAME_EVENTS), events, strict=False):
+            if event.type == TerminalEvent.OUTPUT:
+                return event.offset_seconds
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    return None
+
+
 def typed_text(buffer: str) -> str:
     """A typed line as a person would read it: key sequences dropped, backspaces applied."""
     out: list[str] = []

@@ -28,12 +28,20 @@ function linkNextPart() {
   }, 250);
 }
 
+// Opened at the start, the poster is the first frame (the server says when the first output
+// was recorded; the screen at a time shows what came before it, hence the millisecond after):
+// at 0 s the terminal is still blank.
+function posterTime(at) {
+  const first = Number.parseFloat(box.dataset.firstFrame || "");
+  return at === 0 && Number.isFinite(first) ? first + 0.001 : at;
+}
+
 function build(at, speed, play) {
   if (player !== null) player.dispose();
   box.replaceChildren();
   player = AsciinemaPlayer.create({ url: box.dataset.cast, parser: "asciicast" }, box, {
     startAt: at,
-    poster: `npt:${at}`,
+    poster: `npt:${posterTime(at)}`,
     preload: true,
     autoPlay: play,
     speed,

@@ -66,7 +66,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         str(secret_file), "--data-dir", str(data_dir), stdin=PASSWORD + "\n",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
-    for name, org in (("vera", "Acme Automation"), ("otto", "Bolt Controls")):
+    for name, org in (("vera", "acme-automation"), ("otto", "bolt-controls")):
         invited = conduit("user", "invite", name, "--role", "vendor", "--org", org,
                           "--data-dir", str(data_dir))  # fmt: skip
         assert invited.returncode == 0, invited.stderr
@@ -123,7 +123,7 @@ def test_the_dashboard_draws_its_charts_under_the_csp(
     for chart in ("#chart-per-day", "#chart-per-org"):
         expect(page.locator(f"{chart}[data-drawn=true] canvas")).to_have_count(1)
         assert _bars(page, chart) > 100, chart
-    expect(page.locator("table.per-org")).to_contain_text("Bolt Controls")
+    expect(page.locator("table.per-org")).to_contain_text("bolt-controls")
     expect(page.locator("#live-count")).to_have_text("0")
     expect(page.get_by_text("10 sessions started in these 30 days.")).to_be_visible()
     expect(page.locator("table.refusals")).to_contain_text("portal.refused")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
@@ -45,6 +46,9 @@ def parse_resize(payload: bytes) -> tuple[int, int]:
     return int(cols), int(rows)
 
 
+_LONE_LF = re.compile(r"(?<!\r)\n")
+
+
 def _size_from_metadata(header: Header) -> tuple[int, int]:
     try:
         return int(header.metadata["cols"]), int(header.metadata["rows"])
@@ -66,14 +70,18 @@ def asciicast_lines(
     character split across two events is still one character. The first resize before any
     output or input (markers and the command may come first) sets the initial size, else
     metadata ``cols``/``rows``, else 80x24; later resizes become ``"r"`` events, markers
-    ``"m"`` events, and the command an ``"m"`` event ``command: ...``.
+    ``"m"`` events, and the command an ``"m"`` event ``command: ...``. A session without a
+    pty (no size recorded before its output: ``ssh host cmd``) sends bare line feeds; its
+    output gets a carriage return before each, so a terminal draws lines, not a staircase.
     """
     stream = iter(events)
     width, height = _size_from_metadata(header)
     leading: list[Event] = []  # what comes before the first output/input, at most a few
+    pty = False  # a pty's size is recorded before any output; a session without one has none
     for event in stream:
         if event.type == TerminalEvent.RESIZE:
             width, height = parse_resize(event.payload)
+            pty = True
             break
         leading.append(event)
         leads = event.type in (TerminalEvent.MARKER, TerminalEvent.COMMAND)
@@ -93,6 +101,7 @@ def asciicast_lines(
     }
     codes = {TerminalEvent.OUTPUT: "o", TerminalEvent.INPUT: "i"}
     last_offset = 0
+    after_cr = False
     for event in itertools.chain(leading, stream):
         last_offset = event.offset_us
         if event.type == TerminalEvent.OUTPUT or (
@@ -100,6 +109,12 @@ def asciicast_lines(
         ):
             kind = TerminalEvent(event.type)
             text = decoders[kind].decode(event.payload)
+            if not pty and kind == TerminalEvent.OUTPUT and text:
+                # No pty: a terminal (the player) needs a \r before each line feed. Where the
+                # last chunk ended in \r, this one's leading \n already has it.
+                head = "\n" if after_cr and text[0] == "\n" else ""
+                text = head + _LONE_LF.sub("\r\n", text[len(head) :])
+                after_cr = text.endswith("\r")
             if text:
                 yield _line(event.offset_us, codes[kind], text)
         elif event.type == TerminalEvent.RESIZE:

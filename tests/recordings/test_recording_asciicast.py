@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -83,8 +84,15 @@ def test_invalid_utf8_becomes_replacement_characters_and_a_cut_tail_is_kept() ->
 @given(st.binary(max_size=300), st.integers(1, 7))
 def test_any_bytes_split_anywhere_export_like_one_decode(data: bytes, step: int) -> None:
     events = [Event(i, TerminalEvent.OUTPUT, data[i : i + step]) for i in range(0, len(data), step)]
+    with_pty = [Event(0, TerminalEvent.RESIZE, resize_payload(80, 24)), *events]
+    _, lines = _parse("".join(asciicast_lines(_header(), with_pty)))
+    assert "".join(str(line[2]) for line in lines if line[1] == "o") == data.decode(
+        "utf-8", "replace"
+    )
+    # Without a pty, every line feed gets its carriage return, wherever the chunks split.
     _, lines = _parse("".join(asciicast_lines(_header(), events)))
-    assert "".join(str(line[2]) for line in lines) == data.decode("utf-8", "replace")
+    whole = re.sub(r"(?<!\r)\n", "\r\n", data.decode("utf-8", "replace"))
+    assert "".join(str(line[2]) for line in lines) == whole
 
 
 @given(
@@ -136,3 +144,16 @@ def test_a_resize_before_any_output_sizes_the_header_even_after_a_marker() -> No
     header, lines = _parse("".join(asciicast_lines(_header(), events)))
     assert (header["width"], header["height"]) == (100, 30)
     assert [line[1:] for line in lines] == [["m", "command: top"], ["o", "x"], ["r", "120x40"]]
+
+
+def test_output_without_a_pty_gets_carriage_returns_and_with_a_pty_stays_exact() -> None:
+    """``ssh host cmd`` (no pty) sends bare line feeds, which a terminal (the player) draws
+    as a staircase; a session with a pty (its size recorded first) is exported byte-exact."""
+    raw = b"first line\nsecond\r\nthird\n"
+    no_pty = [Event(0, TerminalEvent.COMMAND, b"cat notes"), Event(5, TerminalEvent.OUTPUT, raw)]
+    _, lines = _parse("".join(asciicast_lines(_header(), no_pty)))
+    assert "".join(str(x[2]) for x in lines if x[1] == "o") == "first line\r\nsecond\r\nthird\r\n"
+    pty = [Event(0, TerminalEvent.RESIZE, resize_payload(100, 30)),
+           Event(5, TerminalEvent.OUTPUT, raw)]  # fmt: skip
+    _, lines = _parse("".join(asciicast_lines(_header(), pty)))
+    assert "".join(str(x[2]) for x in lines if x[1] == "o") == raw.decode()

@@ -118,3 +118,36 @@ async def test_audit_events_filter_and_keyset(api: Api) -> None:
         assert answer.status_code == 422, bad
     transfers = await audrey.client.get("/api/v1/transfers")
     assert transfers.status_code == 200 and transfers.json()["events"] == []
+
+
+async def test_audit_export_and_chain_verify_over_the_api(api: Api) -> None:
+    await api.env.services.audit.record(
+        actor="alice", action="portal.refused", result="denied", target="=cmd|' /C calc'!A0",
+        detail={"status": 404},
+    )  # fmt: skip
+    audrey = await auditor(api)
+    bot_headers = await api.token("audrey", ["read"])
+    async with api.client() as bot:
+        csv_out = await bot.get(
+            "/api/v1/audit/export", params={"format": "csv", "action": "portal.refused"},
+            headers=bot_headers,
+        )  # fmt: skip
+        assert csv_out.status_code == 200, csv_out.text
+        assert csv_out.headers["content-type"].startswith("text/csv")
+        assert "'=cmd|" in csv_out.text and ",=cmd" not in csv_out.text  # formula guarded
+        lines = await bot.get(
+            "/api/v1/audit/export", params={"format": "jsonl"}, headers=bot_headers
+        )
+        events = [json.loads(x) for x in lines.text.splitlines()]
+        assert any(e["action"] == "portal.refused" for e in events)
+        bad = await bot.get("/api/v1/audit/export", params={"format": "xml"}, headers=bot_headers)
+        assert bad.status_code == 422
+        checked = await bot.post("/api/v1/audit/verify", headers=bot_headers)
+        assert checked.status_code == 200, checked.text
+        assert checked.json()["ok"] is True and checked.json()["checked"] >= len(events)
+    alice = await api.login("alice")
+    refused = await alice.client.get("/api/v1/audit/export", params={"format": "csv"})
+    assert refused.status_code == 404
+    actions = [json.loads(x)["action"] for x in (await audrey.client.get(
+        "/api/v1/audit/export", params={"format": "jsonl"})).text.splitlines()]  # fmt: skip
+    assert "audit.export" in actions and "audit.verify" in actions

@@ -16,7 +16,7 @@ an auditor (``rbac.roles``).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
@@ -255,6 +255,50 @@ async def audit_events(
     await audit_pages.bound_session_scan(request, q)
     assert q.filter is not None  # noqa: S101 - parse_query sets it when there are no errors
     return await _event_page(request, q, q.filter, limit)
+
+
+class ChainOut(Out):
+    ok: bool
+    checked: int
+    checkpoints: int
+    problems: list[str]
+    first_bad_id: int | None
+
+
+@audit_router.get("/audit/export", response_class=Response)
+async def audit_export(
+    request: Request,
+    caller: Reader,
+    format: Annotated[Literal["jsonl", "syslog", "csv"], Query()],  # noqa: A002 - the API's word
+    actor: Text = "",
+    action: Text = "",
+    target: Annotated[str, Query(max_length=500)] = "",
+    result: Text = "",
+    since: Text = "",
+    until: Text = "",
+    session_id: Text = "",
+) -> Response:
+    """The filtered events, oldest first, as JSON lines, RFC 5424 syslog or CSV (formula
+    cells guarded), streamed; audited ``audit.export``."""
+    require_evidence(caller)
+    q = _audit_query({"actor": actor, "action": action, "target": target, "result": result,
+                      "since": since, "until": until, "session_id": session_id})  # fmt: skip
+    await audit_pages.bound_session_scan(request, q)
+    if q.errors:
+        raise Refused(422, "; ".join(q.errors), "audit export: " + "; ".join(q.errors))
+    return await audit_pages.export_response(request, q, format, caller.username)
+
+
+@audit_router.post("/audit/verify", response_model=ChainOut)
+async def audit_verify(request: Request, caller: Reader) -> ChainOut:
+    """Verify every event's hash and link and the signed checkpoints (``conduit audit
+    verify``); audited ``audit.verify``."""
+    require_evidence(caller)
+    state = await audit_pages.check_chain(request, caller.username)
+    return ChainOut(
+        ok=state["ok"], checked=state["checked"], checkpoints=state["checkpoints"],
+        problems=list(state["problems"]), first_bad_id=state["first_bad_id"],
+    )  # fmt: skip
 
 
 @transfers_router.get("/transfers", response_model=EventPage)

@@ -270,10 +270,15 @@ async def audit_export(request: Request) -> Response:
     await bound_session_scan(request, q)
     if q.errors or q.filter is None:
         return Response("\n".join(q.errors) + "\n", status_code=422, media_type="text/plain")
+    return await export_response(request, q, fmt, context.session.username)
+
+
+async def export_response(request: Request, q: Query, fmt: str, actor: str) -> Response:
+    """The filtered events as a download (page and API alike), audited ``audit.export``."""
+    assert q.filter is not None  # noqa: S101 - callers answer 422 for a query with errors
     services = services_of(request)
     await services.audit.record(
-        actor=context.session.username, action="audit.export", result="success",
-        source=source_of(request),
+        actor=actor, action="audit.export", result="success", source=source_of(request),
         detail={"format": fmt, "filter": {k: v for k, v in q.raw.items() if v}},
     )  # fmt: skip
     media, suffix = FORMATS[fmt]
@@ -289,18 +294,26 @@ async def audit_export(request: Request) -> Response:
 async def verify_chain(request: Request) -> Response:
     context = await signed_in_post(request)
     await require_capability(request, context, SiteAction.READ_EVIDENCE)
+    await check_chain(request, context.session.username)
+    return RedirectResponse("/evidence/audit#chain", status_code=303)
+
+
+async def check_chain(request: Request, actor: str) -> dict[str, Any]:
+    """Verify the whole audit chain (what ``conduit audit verify`` runs), off the event loop;
+    kept as this process's last result for the page; audited ``audit.verify``."""
     services = services_of(request)
     result = await audit_query.verify_elsewhere(
         services.settings, services.keys.signing_key, services.clock
     )
-    request.app.state.audit_chain = {
+    state: dict[str, Any] = {
         "ok": result.ok, "checked": result.checked, "checkpoints": result.checkpoints,
         "problems": result.problems[:20], "first_bad_id": result.first_bad_id,
-        "by": context.session.username, "at": shown_instant(services.clock()),
+        "by": actor, "at": shown_instant(services.clock()),
     }  # fmt: skip
+    request.app.state.audit_chain = state
     await services.audit.record(
-        actor=context.session.username, action="audit.verify",
-        result="success" if result.ok else "failure", source=source_of(request),
+        actor=actor, action="audit.verify", result="success" if result.ok else "failure",
+        source=source_of(request),
         detail={"checked": result.checked, "first_bad_id": result.first_bad_id},
     )  # fmt: skip
-    return RedirectResponse("/evidence/audit#chain", status_code=303)
+    return state

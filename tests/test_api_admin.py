@@ -156,3 +156,26 @@ async def test_tokens_of_every_user_listed_and_revoked(api: Api) -> None:
     again = await root.client.post(f"/api/v1/tokens/{mine['id']}/revoke", headers=root.headers())
     assert again.status_code == 404
     assert (await root.client.get("/api/v1/alerts")).status_code == 200
+
+
+async def test_grant_schedule_preview_over_the_api(api: Api) -> None:
+    root = await api.login("root")
+    # The fixture's clock is a Friday 12:00 UTC: the Berlin window is open now.
+    shown = await root.client.post(
+        "/api/v1/grants/preview", json={"schedule": "Mon-Fri 07:00-17:00 Europe/Berlin"},
+        headers=root.headers(),
+    )  # fmt: skip
+    assert shown.status_code == 200, shown.text
+    windows = shown.json()
+    assert len(windows) == 3 and windows[0]["open_now"] is True
+    assert [w["utc"] for w in windows[1:]] == ["06:00-16:00 UTC", "06:00-16:00 UTC"]
+    bad = await root.client.post(
+        "/api/v1/grants/preview", json={"schedule": "sometimes"}, headers=root.headers()
+    )
+    assert bad.status_code == 422
+    alice = await api.login("alice")
+    refused = await alice.client.post(
+        "/api/v1/grants/preview", json={"schedule": "Mon-Fri 07:00-17:00 UTC"},
+        headers=alice.headers(),
+    )  # fmt: skip
+    assert refused.status_code == 403

@@ -67,7 +67,7 @@ def _utc_span(start: dt.datetime, end: dt.datetime | None, local_day: dt.date) -
     return text + " UTC"
 
 
-def _preview(schedule: Schedule, now: dt.datetime) -> list[dict[str, str]]:
+def preview_windows(schedule: Schedule, now: dt.datetime) -> list[dict[str, str]]:
     """The next windows in the schedule's own time zone, with UTC beside them."""
     tz = schedule.timezone
     rows = []
@@ -172,7 +172,7 @@ async def add_grant(request: Request) -> Response:
     if checked.errors:
         await refused_input(request, context, checked, "grant add")
         return await _grants_page(request, context, checked, status_code=422)
-    preview = _preview(schedule, services.clock()) if schedule is not None else None
+    preview = preview_windows(schedule, services.clock()) if schedule is not None else None
     if form.get("preview") is not None:
         return await _grants_page(request, context, checked, preview=preview)
     step = await step_up(request, context, form)

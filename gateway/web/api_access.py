@@ -38,11 +38,12 @@ from gateway.authz.tables import Grant
 from gateway.errors import ConduitError
 from gateway.identity.portal_sessions import ActiveSession, StepUpRequired, require_recent_mfa
 from gateway.identity.tokens import authenticate_token
+from gateway.web.admin_grants import preview_windows
 from gateway.web.auth import check_csrf, current_session, services_of, source_of
 from rbac import requests as rq
 from rbac.errors import ApprovalError, RbacError, TransitionError, WindowError
 from rbac.roles import SiteAction, role_allows
-from rbac.windows import check_instant
+from rbac.windows import check_instant, parse_schedule
 
 NOT_FOUND = "not found or not permitted"
 MAX_BODY = 64 * 1024  # the largest valid body is a few kB; refuse bigger before parsing
@@ -489,6 +490,33 @@ async def list_grants(
     require_admin(caller)
     grants = await services_of(request).authz.list_grants(include_revoked=include_revoked)
     return [GrantOut.of(g) for g in grants]
+
+
+class PreviewIn(Strict):
+    schedule: str = Field(min_length=1, max_length=500)
+
+
+class WindowOut(Out):
+    local: str
+    utc: str
+    open_now: bool
+
+
+@router.post("/grants/preview", response_model=list[WindowOut])
+async def preview_grant_windows(
+    request: Request, body: PreviewIn, caller: Admin
+) -> list[WindowOut]:
+    """The next three windows of a schedule (``Mon-Fri 07:00-17:00 Europe/Berlin``) in its own
+    time zone and in UTC, as the authorizer will apply it; stores nothing."""
+    require_admin(caller)
+    try:
+        schedule = parse_schedule(body.schedule)
+    except RbacError as exc:
+        raise Refused(422, exc.message, f"schedule preview: {exc.detail}") from None
+    return [
+        WindowOut(local=w["local"], utc=w["utc"], open_now=bool(w["now"]))
+        for w in preview_windows(schedule, services_of(request).clock())
+    ]
 
 
 @router.post("/grants", status_code=201, response_model=GrantOut)

@@ -154,6 +154,10 @@ async def test_history_filters_each_field(api: Api) -> None:
     page = (await audrey.client.get("/evidence")).text
     assert 'href="/evidence/audit?session_id=s-r-alice"' in page
     assert 'class="integrity integrity-tampered"' in page
+    # End reasons in words beside their code; a code without words is shown as it is.
+    assert 'ended by an operator <code class="note">killed</code>' in page
+    assert "ended normally <code" in page
+    assert "<code>killed</code>" not in page
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 

@@ -27,6 +27,7 @@ from gateway.recorder.catalog import CatalogEntry
 from gateway.recorder.history import EARLIEST, LIVE, Cursor, SessionFilter, history_page
 from gateway.recorder.tables import STATE_OPEN
 from gateway.web.auth import services_of
+from gateway.web.end_reasons import END_REASONS, staff_words
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.my_sessions import duration_text
 from gateway.web.portal_forms import shown_instant, signed_in
@@ -36,11 +37,8 @@ router = APIRouter(include_in_schema=False)
 
 PAGE = 50
 LATEST_AHEAD = dt.timedelta(days=1)  # "until" may be a little in the future, no more
-# End reasons the gateway writes today; the field accepts any well-formed code.
-KNOWN_END_REASONS = (
-    "closed", "client_closed", "killed", "expired", "revoked", "idle", "recording_failed",
-    "shutdown", "incomplete", LIVE,
-)  # fmt: skip
+# End reasons the gateway writes, offered in the filter; the field accepts any well-formed code.
+KNOWN_END_REASONS = (*END_REASONS, LIVE)
 PROTOCOLS = ("ssh", "sftp", "scp", "exec", "tunnel", "vnc", "rdp")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _ORG = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
@@ -141,6 +139,10 @@ class HistoryRow:
     integrity: str
     integrity_label: str
     integrity_detail: str
+
+    @property
+    def state_words(self) -> str:
+        return staff_words(self.state)
 
 
 def history_row(entry: CatalogEntry, now: dt.datetime) -> HistoryRow:

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from gateway.recorder import catalog
 from gateway.recorder.catalog import CatalogEntry
 from gateway.web.auth import services_of
+from gateway.web.end_reasons import own_words
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import signed_in
 from rbac.roles import SiteAction
@@ -29,25 +30,6 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 LIMIT = 100  # the newest sessions shown; older ones are in the evidence export
 NOTES_SCANNED = 4 * LIMIT  # session.end events read for notes (one per session, and slack)
-
-
-# What each end reason (a fixed code: recordings/FORMAT.md, the broker, the front ends) means
-# to the person whose session it was; an unknown code is shown as it is.
-END_WORDS = {
-    "closed": "ended normally",
-    "client_closed": "you disconnected",
-    "killed": "ended by an operator",
-    "expired": "your access window ended",
-    "revoked": "your access was revoked",
-    "idle": "ended after being idle",
-    "max_duration": "reached the longest session allowed",
-    "signed_out": "you signed out of the portal",
-    "shutdown": "the gateway was stopped",
-    "recording_failed": "ended because it could not be recorded",
-    "upstream_failed": "the asset could not be reached",
-    "client_integrity_failure": "ended: your connection was tampered with",
-    "refused": "refused before it started",
-}
 
 
 @dataclass(frozen=True)
@@ -61,7 +43,7 @@ class PastSession:
 
     @property
     def state_words(self) -> str:
-        return END_WORDS.get(self.state, self.state)
+        return own_words(self.state)
 
 
 def duration_text(seconds: float) -> str:

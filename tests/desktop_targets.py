@@ -10,6 +10,7 @@ their own module.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import os
 import shutil
 import socket
@@ -202,3 +203,28 @@ def start_x11vnc(directory: Path, display: XvncTarget, password: str) -> X11vncT
         )  # fmt: skip
     _wait_listening(proc, port, log, "x11vnc")
     return X11vncTarget(port, proc)
+
+
+# -- transcripts: both directions of one real RFB connection, in order -------------------------
+TRANSCRIPT_MAGIC = b"RFB-TRANSCRIPT-1\n"
+
+
+def save_transcript(path: Path, chunks: list[tuple[str, bytes]]) -> None:
+    """``chunks`` as (``"S"`` from the server / ``"C"`` from the client, bytes), in order,
+    gzipped (a solid screen in Raw is mostly one repeated pixel)."""
+    parts = [TRANSCRIPT_MAGIC]
+    for direction, data in chunks:
+        parts.append(direction.encode() + len(data).to_bytes(4, "big") + data)
+    path.write_bytes(gzip.compress(b"".join(parts), mtime=0))
+
+
+def load_transcript(path: Path) -> list[tuple[str, bytes]]:
+    blob = gzip.decompress(path.read_bytes())
+    if not blob.startswith(TRANSCRIPT_MAGIC):
+        raise ValueError(f"{path} is not an RFB transcript")
+    chunks, pos = [], len(TRANSCRIPT_MAGIC)
+    while pos < len(blob):
+        direction, length = chr(blob[pos]), int.from_bytes(blob[pos + 1 : pos + 5], "big")
+        chunks.append((direction, blob[pos + 5 : pos + 5 + length]))
+        pos += 5 + length
+    return chunks

@@ -1,0 +1,1 @@
+"""Desktop sessions (VNC, and RDP through a private renderer): everything speaks RFB here."""

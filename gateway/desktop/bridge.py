@@ -173,8 +173,10 @@ class DesktopRelay:
         record_input: bool,
         grants: frozenset[str],
         on_activity: Callable[[], None],
+        keyframe_seconds: float = KEYFRAME_SECONDS,
     ) -> None:
         init = upstream.server_init
+        self.keyframe_seconds = keyframe_seconds
         self.upstream = upstream
         self.writer = writer
         self.name = name
@@ -323,7 +325,7 @@ class DesktopRelay:
 
     async def _keyframes(self) -> None:
         while True:
-            await asyncio.sleep(KEYFRAME_SECONDS)
+            await asyncio.sleep(self.keyframe_seconds)
             await self.full_update(keyframe=True)
 
     # -- watchers ------------------------------------------------------------------------------

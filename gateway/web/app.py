@@ -33,6 +33,7 @@ from gateway.web import (
     audit_pages,
     auth,
     connect,
+    desktop,
     enrollment,
     evidence_bundle,
     health,
@@ -59,6 +60,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.state.services = services
     app.state.broker = broker
     app.state.terminal_tickets = terminal.TerminalTickets()
+    app.state.desktops = desktop.Desktops(services.settings.desktop.max_sessions)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.middleware("http")(security_headers)
 
@@ -93,6 +95,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_tokens.router)
     app.include_router(admin_alerts.router)
     app.include_router(terminal.router)
+    app.include_router(desktop.router)
     app.include_router(watch.router)
     app.include_router(evidence_bundle.router)
     app.include_router(audit_pages.router)

@@ -82,6 +82,7 @@ class PendingTerminal:
     asset: str
     account: str
     expires: float  # event-loop time
+    purpose: str = "terminal"  # or "desktop": a ticket opens only the socket it was asked for
 
 
 class TerminalTickets:
@@ -184,6 +185,8 @@ async def terminal_socket(ws: WebSocket) -> None:
     token = ws.query_params.get("ticket", "")[:100]
     now = asyncio.get_running_loop().time()
     grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
+    if grant is not None and grant.purpose != "terminal":
+        grant, why = None, f"{grant.purpose} ticket presented to the terminal socket"
     if grant is None:
         await refuse(ws, user, why, shown="this terminal has ended or its link expired")
         return

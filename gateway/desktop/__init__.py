@@ -1,0 +1,1 @@
+"""Desktop sessions: RDP and VNC assets as RFB inside the gateway (see ARCHITECTURE.md)."""

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.desktop import freerdp
 from gateway.desktop.freerdp import RenderRequest
+from gateway.desktop.rdpcert import CertificateScanError, scan_certificate
 from gateway.desktop.renderer import (
     RENDER_USER,
     RDPCertificateMismatch,
@@ -167,6 +168,15 @@ async def test_renderer_draws_the_desktop_into_an_rfb_socket_as_an_unprivileged_
     assert not directory.exists()
     assert group_members(set(pids.values())) == []
     assert secret not in end.detail.encode()
+
+
+async def test_scan_learns_the_fingerprint_the_renderer_then_accepts(
+    rdp_target: RDPTarget,
+) -> None:
+    learned = await scan_certificate("127.0.0.1", rdp_target.port)
+    assert learned == rdp_target.fingerprint
+    with pytest.raises(CertificateScanError):
+        await scan_certificate("127.0.0.1", free_port())
 
 
 async def test_wrong_password_ends_with_auth_failed(rdp_target: RDPTarget) -> None:

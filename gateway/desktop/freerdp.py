@@ -53,8 +53,9 @@ LOG_FILTERS = "com.freerdp.core.connection:DEBUG,com.freerdp.core.update:TRACE"
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 _FINGERPRINT = re.compile(r"^(?:sha256:)?([0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31})$")
-# "[07:24:55:785] [26908:26917] [ERROR][com.freerdp.crypto] - message"
-_LINE = re.compile(r"^\[[0-9:]+\] \[[0-9]+:[0-9]+\] \[([A-Z]+)\]\[([A-Za-z0-9._-]+)\] - (.*)$")
+# "[07:24:55:785] [26908:26917] [ERROR][com.freerdp.crypto] - message"; the first line may
+# follow the unterminated "Password: " prompt, so the leftmost match (the real prefix) counts.
+_LINE = re.compile(r"\[[0-9:]+\] \[[0-9]+:[0-9]+\] \[([A-Z]+)\]\[([A-Za-z0-9._-]+)\] - (.*)$")
 
 _CERT_REFUSALS = (
     "certificate not trusted, aborting",
@@ -211,7 +212,7 @@ class LogState:
     lines: list[str] = field(default_factory=list)
 
     def feed(self, raw: str) -> None:
-        match = _LINE.match(raw.strip())
+        match = _LINE.search(raw.strip())
         if match is None:
             return
         level, tag, message = match.groups()

@@ -96,7 +96,7 @@ def _set(text: str, key: str, value: str, section: str | None = None) -> str:
 
 def _configure(directory: Path, port: int, sesman_port: int) -> None:
     for item in Path("/etc/xrdp").iterdir():
-        if item.is_file() and item.suffix == ".ini":
+        if item.is_file() and item.suffix in (".ini", ".sh"):
             shutil.copy(item, directory / item.name)
     xrdp = (directory / "xrdp.ini").read_text()
     for key, value in {
@@ -121,6 +121,7 @@ def _configure(directory: Path, port: int, sesman_port: int) -> None:
         "DefaultWindowManager": str(directory / "startwm.sh"),
         "AllowRootLogin": "false",
         "KillDisconnected": "true",
+        "Policy": "UBDC",  # a new desktop per connection: renderers never share one
         "LogFile": str(directory / "sesman.log"),
         "EnableSyslog": "false",
     }.items():
@@ -128,6 +129,7 @@ def _configure(directory: Path, port: int, sesman_port: int) -> None:
     sesman = sesman.replace("param=xrdp/xorg.conf", "param=/etc/X11/xrdp/xorg.conf")
     (directory / "sesman.ini").write_text(sesman)
     startwm = directory / "startwm.sh"
+    startwm.unlink()
     startwm.write_text(STARTWM)
     startwm.chmod(0o755)
     directory.chmod(0o755)  # sesman runs startwm.sh as the test user

@@ -13,6 +13,7 @@ by PID. Needs root and the xrdp, xorgxrdp and util-linux packages.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import secrets
@@ -56,21 +57,46 @@ def free_port() -> int:
         return port
 
 
-def write_certificate(directory: Path, common_name: str = "conduit-rdp-target") -> str:
-    """A fresh self-signed RSA certificate and key in ``directory``; its SHA-256 fingerprint."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _builder(subject: str, issuer: str, key: rsa.RSAPrivateKey) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=2))
-        .sign(key, hashes.SHA256())
     )
+
+
+def write_certificate(
+    directory: Path, common_name: str = "conduit-rdp-target", *, ca: bool = False
+) -> str:
+    """A fresh RSA certificate and key in ``directory``; its SHA-256 fingerprint. Self-signed,
+    or with ``ca`` issued for 127.0.0.1 by a new CA whose certificate is left in ca.pem (a
+    certificate any client trusting that CA would accept for the asset's address)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if ca:
+        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ca_cert = (
+            _builder("Conduit test CA", "Conduit test CA", ca_key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        address = ipaddress.ip_address("127.0.0.1")
+        cert = (
+            _builder("127.0.0.1", "Conduit test CA", key)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+    else:
+        cert = _builder(common_name, common_name, key).sign(key, hashes.SHA256())
     key_path = directory / "key.pem"
     key_path.write_bytes(
         key.private_bytes(
@@ -178,10 +204,11 @@ class RDPTarget:
             proc.terminate()
             proc.wait(timeout=10)
 
-    def rotate_certificate(self) -> str:
-        """Simulate a replaced or spoofed asset: a new certificate, xrdp restarted."""
+    def rotate_certificate(self, *, ca: bool = False) -> str:
+        """Simulate a replaced or spoofed asset: a new certificate (``ca``: CA-issued for
+        127.0.0.1, the CA in ``directory / "ca.pem"``), xrdp restarted."""
         self.stop_xrdp()
-        self.fingerprint = write_certificate(self.directory)
+        self.fingerprint = write_certificate(self.directory, ca=ca)
         self.start_xrdp()
         return self.fingerprint
 

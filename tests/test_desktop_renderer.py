@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import signal
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,7 @@ from gateway.errors import HostKeyMismatch
 from tests.rdp_target import RDPTarget, free_port
 
 pytestmark = pytest.mark.realpeer
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -236,3 +239,51 @@ async def test_a_changed_certificate_refuses_with_cert_mismatch(rdp_target: RDPT
     # the new certificate, pinned, is accepted
     async with RDPRenderer(request(rdp_target)) as renderer:
         assert renderer.socket_path.is_socket()
+
+
+async def test_a_ca_issued_certificate_for_the_address_is_refused_if_not_pinned(
+    rdp_target: RDPTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured: xfreerdp with ``/cert:deny,fingerprint:...`` still accepts any certificate
+    that verifies against a trusted CA for the right name. The renderer empties xfreerdp's
+    CA store, so a CA the gateway's own environment trusts does not stand in for the pin."""
+    pinned = rdp_target.fingerprint
+    rdp_target.rotate_certificate(ca=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(rdp_target.directory / "ca.pem"))
+    renderer = RDPRenderer(request(rdp_target, fingerprint=pinned))
+    with pytest.raises(RDPCertificateMismatch):
+        await renderer.start()
+
+
+CHILD = """
+import asyncio, os, sys
+from gateway.desktop.freerdp import RenderRequest
+from gateway.desktop.renderer import RDPRenderer
+
+async def main():
+    renderer = RDPRenderer(RenderRequest("127.0.0.1", int(sys.argv[1]), sys.argv[2],
+                                         sys.stdin.readline().rstrip("\\n"), sys.argv[3]))
+    await renderer.start()
+    print(renderer.directory, *renderer.pids.values(), flush=True)
+    os._exit(0)  # the gateway dies without stopping anything
+
+asyncio.run(main())
+"""
+
+
+async def test_a_gateway_that_dies_takes_its_renderer_along(rdp_target: RDPTarget) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(rdp_target.port), rdp_target.username,
+        rdp_target.fingerprint, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(child.communicate(rdp_target.password.encode() + b"\n"), 30)
+    directory, *numbers = out.decode().split()
+    pids = {int(pid) for pid in numbers}
+    assert len(pids) == 2
+    try:
+        async with asyncio.timeout(10):
+            while group_members(pids):  # noqa: ASYNC110 - polling /proc, nothing to wait on
+                await asyncio.sleep(0.05)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # nobody was left to remove it

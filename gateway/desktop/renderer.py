@@ -34,6 +34,7 @@ from gateway.errors import HostKeyMismatch, UpstreamError
 
 XVNC = "/usr/bin/Xvnc"
 PRLIMIT = "/usr/bin/prlimit"
+SETPRIV = "/usr/bin/setpriv"  # --pdeathsig: a gateway that dies takes its renderers along
 STDBUF = "/usr/bin/stdbuf"  # xfreerdp's DEBUG lines go to stdout, block-buffered into a pipe
 RENDER_USER = "conduit-render"
 STOPPED = "stopped"
@@ -240,6 +241,7 @@ class RDPRenderer:
     def _limited(self, argv: list[str]) -> list[str]:
         lim = self.limits
         return [
+            SETPRIV, "--pdeathsig", "KILL", "--",
             PRLIMIT, f"--as={lim.address_space}", f"--cpu={lim.cpu_seconds}",
             f"--nofile={lim.open_files}", "--core=0", "--", *argv,
         ]  # fmt: skip

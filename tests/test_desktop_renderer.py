@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import struct
@@ -80,6 +81,40 @@ async def rfb_server_init(path: Path) -> tuple[int, int, int]:
             return width, height, message_type
     finally:
         writer.close()
+
+
+async def rfb_type(path: Path, text: str) -> None:
+    """Handshake, put the pointer over the target's xterm (at 10,10 on its desktop), type
+    ``text`` and Return as RFB KeyEvents (keysyms: Latin-1 as is, Return 0xff0d)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        await reader.readexactly(12)
+        writer.write(b"RFB 003.008\n")
+        await reader.readexactly((await reader.readexactly(1))[0])
+        writer.write(b"\x01")
+        await reader.readexactly(4)
+        writer.write(b"\x01")
+        await reader.readexactly(20)
+        await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+        writer.write(struct.pack(">BBHH", 5, 0, 100, 100))  # PointerEvent
+        for keysym in [*map(ord, text), 0xFF0D]:
+            writer.write(struct.pack(">BBxxI", 4, 1, keysym) + struct.pack(">BBxxI", 4, 0, keysym))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+    finally:
+        writer.close()
+
+
+def owner_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except FileNotFoundError:
+        return None
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def proc_text(pid: int, name: str) -> bytes:
@@ -180,6 +215,19 @@ async def test_scan_learns_the_fingerprint_the_renderer_then_accepts(
     assert learned == rdp_target.fingerprint
     with pytest.raises(CertificateScanError):
         await scan_certificate("127.0.0.1", free_port())
+
+
+async def test_keys_typed_over_rfb_reach_the_target_desktop(rdp_target: RDPTarget) -> None:
+    marker = Path(f"/tmp/conduit-typed-{secrets.token_hex(6)}")  # noqa: S108 - the target's /tmp
+    async with RDPRenderer(request(rdp_target)) as renderer:
+        await rfb_type(renderer.socket_path, f"touch {marker}")
+        try:
+            async with asyncio.timeout(15):
+                while owner_of(marker) is None:  # noqa: ASYNC110 - the target's file system
+                    await asyncio.sleep(0.05)
+            assert owner_of(marker) == rdp_target.uid  # made by the target user's xterm
+        finally:
+            remove(marker)
 
 
 async def test_wrong_password_ends_with_auth_failed(rdp_target: RDPTarget) -> None:

@@ -106,6 +106,18 @@ async def rfb_type(path: Path, text: str) -> None:
         writer.close()
 
 
+async def x11_setup_without_cookie(display: int) -> tuple[int, bytes]:
+    """X11 connection setup with no authorization: (status, reason). Status 0 is Failed."""
+    reader, writer = await asyncio.open_unix_connection(f"/tmp/.X11-unix/X{display}")
+    try:
+        writer.write(struct.pack("<cxHHHHxx", b"l", 11, 0, 0, 0))
+        status, reason_length = struct.unpack("<BB", await reader.readexactly(2))
+        await reader.readexactly(6)
+        return status, await reader.readexactly(reason_length)
+    finally:
+        writer.close()
+
+
 def owner_of(path: Path) -> int | None:
     try:
         return path.stat().st_uid
@@ -196,8 +208,17 @@ async def test_renderer_draws_the_desktop_into_an_rfb_socket_as_an_unprivileged_
             assert f"Max address space         {1536 << 20}" in limits_text
             assert "Max cpu time              3600" in limits_text
             assert "Max core file size        0" in limits_text
+            assert "NoNewPrivs:\t1" in status
+            assert "CapEff:\t0000000000000000" in status
+            assert "CapAmb:\t0000000000000000" in status
             assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # own session and group
         assert not socket_inodes(pids["Xvnc"]) & listening_inodes()  # no TCP listener
+        assert renderer.display is not None  # and its X display wants the private cookie
+        status, reason = await x11_setup_without_cookie(renderer.display)
+        assert (status, reason) == (
+            0,
+            b"Authorization required, but no authorization protocol specified\n",
+        )
         assert renderer.rss_bytes() > 10 << 20
         assert not renderer.ended.done()
     finally:

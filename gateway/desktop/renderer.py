@@ -100,10 +100,22 @@ class _Proc:
     tail: list[str] = field(default_factory=list)
 
 
+def can_switch_user() -> bool:
+    """Root, or a gateway given CAP_SETUID and CAP_SETGID (e.g. systemd AmbientCapabilities)."""
+    if os.geteuid() == 0:
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                effective = int(line.split()[1], 16)
+                return bool(effective & (1 << 7)) and bool(effective & (1 << 6))
+    return False
+
+
 def render_account(user: str = RENDER_USER) -> tuple[int, int] | None:
-    """(uid, gid) to run renderers as: ``user`` when running as root (it must exist: see
-    ``ensure_render_account``), None (the current user) otherwise."""
-    if os.geteuid() != 0:
+    """(uid, gid) to run renderers as: ``user`` when the gateway can switch users (it must
+    exist: see ``ensure_render_account``), None (the gateway's own user) otherwise."""
+    if not can_switch_user():
         return None
     try:
         entry = pwd.getpwnam(user)
@@ -241,7 +253,9 @@ class RDPRenderer:
     def _limited(self, argv: list[str]) -> list[str]:
         lim = self.limits
         return [
-            SETPRIV, "--pdeathsig", "KILL", "--",
+            # no privilege gained by exec (setuid programs) and no capability carried over
+            SETPRIV, "--pdeathsig", "KILL", "--no-new-privs", "--inh-caps", "-all",
+            "--ambient-caps", "-all", "--",
             PRLIMIT, f"--as={lim.address_space}", f"--cpu={lim.cpu_seconds}",
             f"--nofile={lim.open_files}", "--core=0", "--", *argv,
         ]  # fmt: skip

@@ -199,6 +199,13 @@ async def test_renderer_draws_the_desktop_into_an_rfb_socket_as_an_unprivileged_
 
         pids = renderer.pids
         assert set(pids) == {"Xvnc", "xfreerdp"}
+        xvnc_argv = proc_text(pids["Xvnc"], "cmdline").split(b"\0")
+        for off in (b"-AcceptCutText=0", b"-SendCutText=0", b"-SecurityTypes", b"-rfbport"):
+            assert off in xvnc_argv  # no clipboard either way without a grant
+        assert xvnc_argv[xvnc_argv.index(b"-rfbport") + 1] == b"-1"
+        xfreerdp_argv = proc_text(pids["xfreerdp"], "cmdline").split(b"\0")
+        assert b"-clipboard" in xfreerdp_argv
+        assert not any(a.startswith((b"/drive", b"/cert:ignore", b"/p:")) for a in xfreerdp_argv)
         expected_uid = pwd.getpwnam(RENDER_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
         for pid in pids.values():
             status = proc_text(pid, "status").decode()
@@ -356,3 +363,16 @@ async def test_a_gateway_that_dies_takes_its_renderer_along(rdp_target: RDPTarge
                 await asyncio.sleep(0.05)
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # nobody was left to remove it
+
+
+async def test_grants_open_only_their_channels(rdp_target: RDPTarget) -> None:
+    grants = frozenset({"clipboard-in", "file-transfer"})
+    async with RDPRenderer(request(rdp_target, grants=grants)) as renderer:
+        transfer = renderer.transfer_dir
+        assert transfer is not None and transfer.is_dir()
+        xvnc_argv = proc_text(renderer.pids["Xvnc"], "cmdline").split(b"\0")
+        assert b"-AcceptCutText=1" in xvnc_argv and b"-SendCutText=0" in xvnc_argv
+        xfreerdp_argv = proc_text(renderer.pids["xfreerdp"], "cmdline").split(b"\0")
+        assert b"+clipboard" in xfreerdp_argv
+        assert f"/drive:conduit,{transfer}".encode() in xfreerdp_argv
+    assert not transfer.exists()

@@ -183,6 +183,14 @@ class RDPRenderer:
         return self.directory / "rfb.sock"
 
     @property
+    def transfer_dir(self) -> Path | None:
+        """The folder the RDP session sees as drive "conduit" (``file-transfer`` granted only).
+        It is removed with the renderer: whoever keeps files takes them before ``stop``."""
+        if self.directory is None or "file-transfer" not in self.request.grants:
+            return None
+        return self.directory / "transfer"
+
+    @property
     def ended(self) -> asyncio.Future[RendererEnd]:
         """Resolves once with the renderer's end (never raises)."""
         if self._ended is None:
@@ -319,7 +327,7 @@ class RDPRenderer:
         self, account: tuple[int, int] | None, directory: Path, xauth: Path
     ) -> None:
         req = self.request
-        transfer = directory / "transfer" if "file-transfer" in req.grants else None
+        transfer = self.transfer_dir
         timeout_ms = int(self.limits.start_timeout * 1000)
         env = {
             "PATH": "/usr/bin:/bin",

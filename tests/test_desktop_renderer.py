@@ -376,3 +376,20 @@ async def test_grants_open_only_their_channels(rdp_target: RDPTarget) -> None:
         assert b"+clipboard" in xfreerdp_argv
         assert f"/drive:conduit,{transfer}".encode() in xfreerdp_argv
     assert not transfer.exists()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.2, 0.6])
+async def test_stopping_while_it_starts_ends_it_with_that_reason(
+    rdp_target: RDPTarget, delay: float
+) -> None:
+    renderer = RDPRenderer(request(rdp_target))
+    starting = asyncio.ensure_future(renderer.start())
+    await asyncio.sleep(delay)  # before Xvnc, while it comes up, while xfreerdp connects
+    end = await renderer.stop("killed")
+    assert end.reason == "killed"
+    with pytest.raises(RendererFailed) as caught:
+        await starting
+    assert caught.value.end.reason == "killed"
+    await asyncio.sleep(0.5)  # anything spawned late would show up by now
+    assert group_members(set(renderer.pids.values())) == []
+    assert renderer.directory is None or not renderer.directory.exists()

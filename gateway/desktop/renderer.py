@@ -225,6 +225,10 @@ class RDPRenderer:
         first frame. Raises ``RDPCertificateMismatch`` or ``RendererFailed`` (everything is
         stopped and removed by then)."""
         ended = self.ended
+        if self.timings.started:
+            raise RuntimeError("a renderer starts once")
+        if ended.done():  # stopped before it started
+            raise RendererFailed(ended.result())
         self.timings.started = time.monotonic()
         try:
             async with asyncio.timeout(self.limits.start_timeout):
@@ -321,7 +325,8 @@ class RDPRenderer:
             return
         self.display = number
         self.timings.socket_ready = time.monotonic()
-        await self._spawn_xfreerdp(account, directory, xauth)
+        if self._stopping is None:  # not stopped while Xvnc came up
+            await self._spawn_xfreerdp(account, directory, xauth)
 
     async def _spawn_xfreerdp(
         self, account: tuple[int, int] | None, directory: Path, xauth: Path
@@ -347,6 +352,11 @@ class RDPRenderer:
             limit=1 << 16, **self._spawn_kwargs(account),  # type: ignore[arg-type]
         )  # fmt: skip
         self._xfreerdp = _Proc(proc, "xfreerdp")
+        if self.ended.done():  # stopped while it was being spawned: _finish did not see it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return
         if proc.stdin is None:  # pragma: no cover - stdin=PIPE always gives one
             raise RuntimeError("no stdin pipe")
         proc.stdin.write(freerdp.stdin_secret(req))

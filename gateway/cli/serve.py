@@ -23,6 +23,7 @@ import uvicorn
 
 from gateway.config import ListenAddress, Settings
 from gateway.db.migrate import require_current
+from gateway.desktop import upstream as desktop_upstream
 from gateway.errors import ConduitError
 from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstrap
 from gateway.keys import load_keyring
@@ -231,7 +232,9 @@ async def _serve_until(
 ) -> int:
     settings = services.settings
 
-    broker = Broker(services, ssh_connector=upstream.connect)
+    broker = Broker(
+        services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
+    )
     async with services.sessions() as db, db.begin():
         await live_store.remove_node(db, services.node)  # left by a previous run of this node
     # Bind both listeners before serving anything, so a busy or forbidden address is one

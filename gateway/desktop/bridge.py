@@ -23,7 +23,6 @@ forwarded. Does not decide access, open the session or talk HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -319,7 +318,7 @@ class DesktopRelay:
         """Ask the target for the whole screen (a keyframe also writes a start point)."""
         if keyframe:
             self.writer.record(DesktopEvent.START, self.start_point().payload())
-        request = rfb.framebuffer_update_request(False, 0, 0, self.width, self.height)
+        request = rfb.framebuffer_update_request(0, 0, self.width, self.height, incremental=False)
         async with self._send_lock:
             await self.upstream.send(request)
 
@@ -366,10 +365,7 @@ async def watch(relay: DesktopRelay, viewer: Viewer, name: str) -> str:
     tasks = [asyncio.create_task(send()), asyncio.create_task(drain())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        first = next(iter(done))
-        with contextlib.suppress(Exception):
-            return str(first.result())
-        return "left"
+        return str(next(iter(done)).result())  # an error is the caller's to report
     finally:
         for task in tasks:
             task.cancel()

@@ -57,7 +57,9 @@ SSHConnector = Callable[
 # How a front end reaches an asset's desktop (VNC, or RDP through a renderer) once the broker
 # has checked the ticket: gateway.desktop.upstream.connect, registered by ``conduit serve``.
 # The credential is None when the asset has none vaulted (a VNC target without a password).
-DesktopConnector = Callable[[Ticket, Credential | None, frozenset[str]], Awaitable[Any]]
+DesktopConnector = Callable[
+    [Ticket, Credential | None, frozenset[str], tuple[int, int] | None], Awaitable[Any]
+]
 
 log = logging.getLogger(__name__)
 # What a client may name as the destination of a tunnel to asset A: every one means A itself
@@ -417,8 +419,11 @@ class Broker:
                 granted.append(grant)
         return ticket, frozenset(granted)
 
-    async def connect_desktop(self, ticket: Ticket, grants: frozenset[str]) -> Any:
-        """Reach the ticket's desktop with the vaulted password (if the asset has one)."""
+    async def connect_desktop(
+        self, ticket: Ticket, grants: frozenset[str], size: tuple[int, int] | None = None
+    ) -> Any:
+        """Reach the ticket's desktop with the vaulted password (if the asset has one);
+        ``size`` is the viewer's screen (an RDP desktop is drawn at it)."""
         s = self._s
         if self._desktop_connector is None:
             raise ConduitError("desktops are not served here", "no desktop connector registered")
@@ -431,7 +436,7 @@ class Broker:
             except NotFoundOrForbidden:
                 credential = None  # no password vaulted: the target must need none
         try:
-            return await self._desktop_connector(ticket, credential, grants)
+            return await self._desktop_connector(ticket, credential, grants, size)
         except UpstreamError as exc:
             await self._upstream_failed(ticket, exc)
             raise

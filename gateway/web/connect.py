@@ -25,7 +25,7 @@ from gateway.identity import ssh_access
 from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import signed_in, signed_in_post
-from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, TUNNEL_RE, account_of
+from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, DESKTOP_ACTIONS, TUNNEL_RE, account_of
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
@@ -47,6 +47,7 @@ class AssetCommands:
     logs_in: bool = False
     files: bool = False
     tunnels: list[int] = field(default_factory=list)
+    desktop: str = ""  # "vnc" or "rdp": the desktop opens in the browser only
     accounts: list[str] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (label, command line)
 
@@ -73,7 +74,9 @@ def _gather(found: Iterable[tuple[str, str, object]]) -> dict[str, AssetCommands
             entry.files = True
         elif tunnel is not None:
             entry.tunnels.append(int(tunnel.group(1)))
-    return {a: e for a, e in out.items() if e.logs_in or e.files or e.tunnels}
+        elif kind in DESKTOP_ACTIONS:
+            entry.desktop = kind
+    return {a: e for a, e in out.items() if e.logs_in or e.files or e.tunnels or e.desktop}
 
 
 def command_lines(entry: AssetCommands, user: str, host: str, port: int) -> list[tuple[str, str]]:

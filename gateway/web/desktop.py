@@ -35,6 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.desktop import rfb
 from gateway.desktop.bridge import DesktopRelay, ViewerRefused, watch
+from gateway.desktop.upstream import renderer_end_words
 from gateway.errors import ConduitError, NotFoundOrForbidden, UpstreamError
 from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
@@ -252,7 +253,7 @@ class BrowserDesktop:
 
     async def _session(self, ticket: Ticket, grants: frozenset[str]) -> str:
         try:
-            self.upstream = await self.broker.connect_desktop(ticket, grants)
+            self.upstream = await self.broker.connect_desktop(ticket, grants, self.size)
         except (ConduitError, OSError) as exc:
             message = exc.message if isinstance(exc, ConduitError) else "the asset is not reachable"
             if not self.end_line:
@@ -301,31 +302,32 @@ class BrowserDesktop:
             asyncio.create_task(self._ended.wait(), name="desktop-killed"): "killed",
             asyncio.create_task(self._while_signed_in(ticket), name="desktop-portal"): "portal",
         }
-        ended = getattr(self.upstream, "ended", None)
-        if ended is not None:  # an RDP renderer: its end is the session's
-            tasks[asyncio.ensure_future(ended())] = "renderer"
+        renderer_end = getattr(self.upstream, "renderer_end", None)
+        if renderer_end is not None:  # an RDP renderer: its end is the session's
+            tasks[renderer_end] = "renderer"
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+            if tasks[task] != "renderer":
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in pending if tasks[t] != "renderer"), return_exceptions=True
+        )
         first = next(iter(done))
         what = tasks[first]
-        if what == "relay" and first.exception() is None:
-            reason = str(first.result())
-            if not self.end_line:
-                shown = {
-                    "client_closed": "",
-                    "closed": "the desktop closed the connection",
-                    "protocol_error": "the desktop sent something malformed; session ended",
-                }.get(reason, reason)
-                if shown:
-                    await self._end_page(shown, 1000)
+        if what == "renderer" and not self.end_line:
+            reason, shown = renderer_end_words(first.result())
+            await self._end_page(f"session ended: {shown}", 1000)
             return reason
-        if what == "renderer" and first.exception() is None:
-            end = first.result()
-            reason = getattr(end, "reason", "upstream_failed")
-            await self._end_page(f"session ended: {getattr(end, 'shown', reason)}", 1000)
-            return str(reason)
+        if what == "relay" and first.exception() is None and not self.end_line:
+            reason = str(first.result())
+            shown = {
+                "client_closed": "",
+                "closed": "the desktop closed the connection",
+                "protocol_error": "the desktop sent something malformed; session ended",
+            }.get(reason, reason)
+            if shown:
+                await self._end_page(f"session ended: {shown}", 1000)
+            return reason
         if self.end_line:
             await self._end_page(f"session ended: {self.end_line}", 1000)
         return "closed" if what != "relay" else "upstream_failed"
@@ -397,8 +399,15 @@ async def watch_desktop_socket(ws: WebSocket, session_id: str) -> None:
         line = f"watch stopped: {checking.result()}"
     elif watching in done and watching.exception() is None and watching.result() == "left":
         return
-    elif watching in done and isinstance(watching.exception(), (ViewerRefused, UpstreamError)):
-        line = f"watch refused: {watching.exception()}"
+    elif watching in done and watching.exception() is not None:
+        error = watching.exception()
+        if isinstance(error, (ViewerRefused, UpstreamError)):
+            line = f"watch refused: {error}"
+        elif isinstance(error, (rfb.RFBError, TimeoutError, ConnectionError)):
+            line = "the watch ended: the viewer broke off"
+        else:
+            log.error("desktop watch of %s failed", row.session_id, exc_info=error)
+            line = "the watch failed; see the gateway's log"
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await ws.send_text(json.dumps({"type": "end", "reason": line}))
     await _close(ws, 1000, "watch ended")

@@ -105,9 +105,6 @@ class VncConnection:
     _writer: asyncio.StreamWriter = field(repr=False)
     _parser: rfb.ServerStreamParser = field(repr=False)
     _pending: list[rfb.ServerMessage] = field(default_factory=list, repr=False)
-    _client_parser: rfb.ClientStreamParser = field(
-        default_factory=lambda: rfb.ClientStreamParser(handshake=False), repr=False
-    )
     _requested: bool = False
 
     @property
@@ -122,9 +119,13 @@ class VncConnection:
             out, self._pending = self._pending, []
             return out
         while True:
+            # An error found behind the last messages returned is raised here, before waiting.
+            messages = self._parser.feed(b"")
+            if messages:
+                return messages
             data = await self._reader.read(READ_CHUNK_BYTES)
             if not data:
-                self._parser.feed(b"")  # raises an error held back with the last messages
+                self._parser.feed(b"")
                 if self._parser.buffered:
                     raise rfb.RFBError("the target's stream ended inside a message")
                 return []
@@ -138,9 +139,10 @@ class VncConnection:
         before the first FramebufferUpdateRequest: later, updates already on the way would be
         framed under the wrong one."""
         if isinstance(message, bytes | bytearray | memoryview):
-            messages = self._client_parser.feed(message)
-            if self._client_parser.buffered:
-                self._client_parser = rfb.ClientStreamParser(handshake=False)
+            parser = rfb.ClientStreamParser(handshake=False)
+            messages = parser.feed(message)
+            messages += parser.feed(b"")  # an error behind the messages is raised here
+            if parser.buffered:
                 raise rfb.RFBError("send: not a whole number of client messages")
         else:
             messages = [message]
@@ -152,6 +154,12 @@ class VncConnection:
             self._parser.note_client(item)
             self._writer.write(item.raw)
         await self._writer.drain()
+
+    async def __aenter__(self) -> VncConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         self._writer.close()

@@ -348,3 +348,36 @@ def test_pins_are_normalized() -> None:
     assert vnc.normalize_pin(f"sha256:{hexpin}") == "ab" * 32
     with pytest.raises(ValueError, match="64 hex"):
         vnc.normalize_pin("SHA256:q83vEjRWeJA=")
+
+
+def vencrypt_until_tls(after_ack: bytes = b"") -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(rfb.protocol_version(8))
+        await reader.readexactly(12)
+        writer.write(rfb.security_types([19]))
+        await reader.readexactly(1)
+        writer.write(b"\x00\x02")
+        await reader.readexactly(2)
+        writer.write(b"\x00\x01" + struct.pack(">I", rfb.VENCRYPT_X509_VNC))
+        await reader.readexactly(4)
+        writer.write(b"\x01" + after_ack)
+        await reader.read(1)  # the ClientHello (when it comes)
+        writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        await reader.read()
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "after_ack,error,message",
+    [(b"", UpstreamError, "TLS with the asset failed"),
+     (b"\x07" * 20, rfb.RFBError, "data before TLS")],
+    ids=["not TLS", "plaintext glued to the ack"],
+)  # fmt: skip
+async def test_vencrypt_server_that_does_not_speak_tls_fails_cleanly(
+    after_ack: bytes, error: type[Exception], message: str
+) -> None:
+    async with serving(vencrypt_until_tls(after_ack)) as target:
+        pinned = vnc.VncTarget(target.host, target.port, certificate_pins=("ab" * 32,))
+        with pytest.raises(error, match=message):
+            await vnc.open_vnc(pinned, PASSWORD, handshake_seconds=5)

@@ -180,8 +180,9 @@ async def open_vnc(
     only for an asset with ``no_auth``). Raises ``UpstreamError`` (unreachable, timed out,
     closed, no usable security type), ``VncAuthFailed``, ``CertificateMismatch`` or
     ``rfb.RFBError`` (malformed handshake); the connection is closed on every failure."""
+    deadline = asyncio.get_running_loop().time() + handshake_seconds  # connect included
     try:
-        async with asyncio.timeout(handshake_seconds):
+        async with asyncio.timeout_at(deadline):
             if target.unix_path:
                 reader, writer = await asyncio.open_unix_connection(target.unix_path)
             else:
@@ -197,14 +198,19 @@ async def open_vnc(
         ) from None
     handshake = _Handshake(target, reader, writer, max_rect_bytes, max_update_bytes)
     try:
-        async with asyncio.timeout(handshake_seconds):
+        async with asyncio.timeout_at(deadline):
             return await handshake.run(password, shared)
     except TimeoutError:
         writer.close()
         raise UpstreamError(
             "the asset did not answer in time", f"{target.where}: handshake timed out"
         ) from None
-    except (OSError, ssl.SSLError, EOFError) as exc:
+    except ssl.SSLError as exc:
+        writer.close()
+        raise UpstreamError(
+            "TLS with the asset failed", f"{target.where}: TLS: {exc.reason or type(exc).__name__}"
+        ) from None
+    except (OSError, EOFError) as exc:
         writer.close()
         raise UpstreamError(
             "the asset closed the connection", f"{target.where}: handshake: {type(exc).__name__}"
@@ -366,6 +372,8 @@ class _Handshake:
         self.client.note_server(accepted)
         if not accepted.accepted:
             raise self.fail(f"VeNCrypt subtype {chosen[0]} refused")
+        if self.pending or self.parser.buffered:  # it would be read as plaintext: refuse
+            raise rfb.RFBError("the target sent data before TLS started")
         fingerprint = await self._tls(pins)
         if password is not None and chosen[0] == rfb.VENCRYPT_X509_VNC:
             await self._vnc_auth(password)

@@ -35,6 +35,24 @@ _Need = Generator[None, None, bytes]
 _C = TypeVar("_C")
 
 
+def _hextile_tile_end(buf: bytearray, pos: int, raw_size: int, bpp: int) -> int:
+    """Where a Hextile tile starting at ``pos`` ends, or -1 if it is not all in ``buf``."""
+    size = len(buf)
+    if pos >= size:
+        return -1
+    flags = buf[pos]
+    pos += 1
+    if flags & 1:
+        pos += raw_size
+    else:
+        pos += bpp * (bool(flags & 2) + bool(flags & 4))
+        if flags & 8:
+            if pos >= size:
+                return -1
+            pos += 1 + buf[pos] * ((bpp if flags & 16 else 0) + 2)
+    return pos if pos <= size else -1
+
+
 class _StreamParser:
     """Shared machinery: a buffer and a generator that parses from it, pausing for bytes."""
 
@@ -358,6 +376,10 @@ class ServerStreamParser(_StreamParser):
             for tx in range(0, width, HEXTILE_SIZE):
                 tw = min(HEXTILE_SIZE, width - tx)
                 _check(self._pos <= self.max_update_bytes, "framebuffer update is over the limit")
+                end = _hextile_tile_end(self._buf, self._pos, tw * th * bpp, bpp)
+                if end >= 0:  # the whole tile is here: no pausing (most tiles, most of the time)
+                    self._pos = end
+                    continue
                 (flags,) = yield from self._need(1)
                 if flags & 1:  # Raw tile; the other bits do not count
                     yield from self._skip(tw * th * bpp)

@@ -107,6 +107,7 @@ async def test_xvnc_x509vnc_pinned_certificate(tmp_path: Path) -> None:
                       certificate=(cert, key))  # fmt: skip
     try:
         plain = vnc.VncTarget("127.0.0.1", xvnc.port, label="asset:hmi")
+        assert await vnc.scan_certificate(plain) == fingerprint
         with pytest.raises(HostKeyMismatch, match="could not be verified") as caught:
             await vnc.open_vnc(plain, PASSWORD)
         assert "no certificate is pinned" in caught.value.detail
@@ -133,6 +134,9 @@ async def test_pinned_asset_whose_target_stopped_offering_tls_is_refused(xvnc: X
     with pytest.raises(vnc.CertificateMismatch, match="could not be verified") as caught:
         await vnc.open_vnc(pinned, PASSWORD)
     assert "offers no TLS" in caught.value.detail
+    with pytest.raises(vnc.UpstreamError, match="no security type") as scan:
+        await vnc.scan_certificate(pinned)
+    assert "no TLS (VeNCrypt)" in scan.value.detail
 
 
 async def test_x11vnc_sharing_an_xvnc_display(tmp_path: Path) -> None:

@@ -609,3 +609,37 @@ def test_supported_encodings_with_random_payloads(
     assert outcome(ServerStreamParser(PF), [data]) == outcome(
         ServerStreamParser(PF), fragments(data, cuts)
     )
+
+
+# Valid starts of each handshake path: (server chunks, client chunks), alternated by
+# run_handshake; the fuzz below appends random bytes to one side.
+HANDSHAKE_STARTS = {
+    "3.8 none": ([rfb.protocol_version(8), rfb.security_types([1])],
+                 [rfb.protocol_version(8), rfb.security_choice(1), rfb.client_init(True)]),
+    "3.8 vnc auth": ([rfb.protocol_version(8), rfb.security_types([2, 19])],
+                     [rfb.protocol_version(8), rfb.security_choice(2), b"R" * 16]),
+    "3.3": ([rfb.protocol_version(3)], [rfb.protocol_version(3), b"R" * 16]),
+    "vencrypt": ([rfb.protocol_version(8), rfb.security_types([19]), b"\x00\x02", b"\x00"],
+                 [rfb.protocol_version(8), rfb.security_choice(19), rfb.vencrypt_version(),
+                  rfb.vencrypt_subtype(261), b"R" * 16]),
+}  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.sampled_from(sorted(HANDSHAKE_STARTS)),
+    junk=st.binary(max_size=200),
+    server_side=st.booleans(),
+)
+def test_random_bytes_inside_a_handshake_raise_only_rfberror(
+    start: str, junk: bytes, server_side: bool
+) -> None:
+    server_chunks, client_chunks = HANDSHAKE_STARTS[start]
+    if server_side:
+        server_chunks = [*server_chunks, junk]
+    else:
+        client_chunks = [*client_chunks, junk]
+    try:
+        run_handshake(list(server_chunks), list(client_chunks))
+    except RFBError:
+        pass

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.desktop import rfb
 from tests.sshd_target import free_port
 
 XVNC = "/usr/bin/Xvnc"
@@ -242,3 +243,23 @@ def load_transcript(path: Path) -> list[tuple[str, bytes]]:
         chunks.append((direction, blob[pos + 5 : pos + 5 + length]))
         pos += 5 + length
     return chunks
+
+
+def replay(chunks: list[tuple[str, bytes]]) -> tuple[list[rfb.ServerMessage], list[object]]:
+    """Parse a transcript in order, each parser told what the other side sent; checks that
+    nothing is left over."""
+    sp, cp = rfb.ServerStreamParser(), rfb.ClientStreamParser()
+    seen_s: list[rfb.ServerMessage] = []
+    seen_c: list[object] = []
+    for direction, data in chunks:
+        if direction == "S":
+            for message in sp.feed(data):
+                seen_s.append(message)
+                seen_c += cp.note_server(message)
+        else:
+            for cmessage in cp.feed(data):
+                seen_c.append(cmessage)
+                seen_s += sp.note_client(cmessage)
+    if sp.buffered or cp.buffered:
+        raise ValueError("the transcript ends inside a message")
+    return seen_s, seen_c

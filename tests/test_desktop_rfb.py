@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.desktop import rfb
 from gateway.desktop.rfb import ClientStreamParser, RFBError, ServerStreamParser
-from tests.desktop_targets import load_transcript
+from tests.desktop_targets import load_transcript, replay
 
 PF = rfb.PIXEL_FORMAT_BGRX
 PF16 = rfb.PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
@@ -445,23 +445,6 @@ def test_gateway_serializers_for_the_browser_side() -> None:
 
 
 # -- a real Xvnc session ------------------------------------------------------------------------
-def replay(chunks: list[tuple[str, bytes]]) -> tuple[list[rfb.ServerMessage], list[object]]:
-    sp, cp = ServerStreamParser(), ClientStreamParser()
-    seen_s: list[rfb.ServerMessage] = []
-    seen_c: list[object] = []
-    for direction, data in chunks:
-        if direction == "S":
-            for message in sp.feed(data):
-                seen_s.append(message)
-                seen_c += cp.note_server(message)
-        else:
-            for cmessage in cp.feed(data):
-                seen_c.append(cmessage)
-                seen_s += sp.note_client(cmessage)
-    assert sp.buffered == 0 and cp.buffered == 0
-    return seen_s, seen_c
-
-
 def test_real_xvnc_transcript_parses_byte_exact_in_every_encoding() -> None:
     chunks = load_transcript(TRANSCRIPT)
     s, c = replay(chunks)

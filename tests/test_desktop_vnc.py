@@ -17,10 +17,10 @@ from tests.desktop_targets import (
     XvncTarget,
     make_certificate,
     missing_reason,
+    replay,
     start_x11vnc,
     start_xvnc,
 )
-from tests.test_desktop_rfb import replay
 
 PASSWORD = "Vx7!pw#q"
 REASON = missing_reason("xsetroot", "xterm", "xdotool", "x11vnc")

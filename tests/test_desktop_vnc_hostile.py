@@ -381,3 +381,12 @@ async def test_vencrypt_server_that_does_not_speak_tls_fails_cleanly(
         pinned = vnc.VncTarget(target.host, target.port, certificate_pins=("ab" * 32,))
         with pytest.raises(error, match=message):
             await vnc.open_vnc(pinned, PASSWORD, handshake_seconds=5)
+
+
+@pytest.mark.parametrize("target", [vnc.VncTarget(), vnc.VncTarget("127.0.0.1", 0),
+                                    vnc.VncTarget("127.0.0.1", 70000)])  # fmt: skip
+async def test_a_target_without_a_usable_address_is_refused_before_connecting(
+    target: vnc.VncTarget,
+) -> None:
+    with pytest.raises(UpstreamError, match="no usable address"):
+        await vnc.open_vnc(target, PASSWORD)

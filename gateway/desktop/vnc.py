@@ -215,6 +215,8 @@ async def _handshaking(
 ) -> _T:
     """Connect, run ``body`` on a fresh handshake within one deadline, map failures to our
     errors; the connection stays open only for ``keep`` and success."""
+    if not target.unix_path and not (target.host and 0 < target.port < 65536):
+        raise UpstreamError("the asset has no usable address", f"{target.where}: no address")
     deadline = asyncio.get_running_loop().time() + handshake_seconds  # connect included
     try:
         async with asyncio.timeout_at(deadline):

@@ -291,7 +291,7 @@ class _Handshake:
             self.pending += self.parser.feed(data)
         return self.pending.pop(0)
 
-    async def expect(self, kind: type[rfb._C]) -> rfb._C:
+    async def expect(self, kind: type[_T]) -> _T:
         message = await self.next()
         if isinstance(message, rfb.ConnectionFailed):
             raise UpstreamError(

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.desktop import rfb
 from tests.sshd_target import free_port
 
 XVNC = "/usr/bin/Xvnc"
@@ -90,14 +91,21 @@ def make_certificate(directory: Path, name: str = "vnc-target") -> tuple[Path, P
     return cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, what: str) -> None:
+def _wait_listening(proc: subprocess.Popen[bytes], port: int | str, log: Path, what: str) -> None:
+    """Until ``port`` (or the unix socket at that path) accepts a connection."""
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+            if isinstance(port, str):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(1)
+                    sock.connect(port)
+            else:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+            return
         except OSError:
             time.sleep(0.05)
     stop(proc)
@@ -119,8 +127,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class XvncTarget:
     directory: Path
     display: int
-    port: int
+    port: int  # 0 when it listens on a unix socket only
     proc: subprocess.Popen[bytes]
+    unix_path: str = ""
 
     @property
     def display_name(self) -> str:
@@ -147,8 +156,12 @@ def start_xvnc(
     password: str | None = None,
     certificate: tuple[Path, Path] | None = None,
     geometry: str = "640x480",
+    unix_socket: bool = False,
 ) -> XvncTarget:
-    """Xvnc on 127.0.0.1 only, with ``security`` (TigerVNC's -SecurityTypes list)."""
+    """Xvnc on 127.0.0.1 only, with ``security`` (TigerVNC's -SecurityTypes list); with
+    ``unix_socket``, on a unix socket in ``directory`` and no TCP port at all (TigerVNC 1.12
+    needs ``-rfbport -1`` for that: ``-rfbport 0`` listens on 5900+display on every
+    interface)."""
     directory.mkdir(parents=True, exist_ok=True)
     args = ["-SecurityTypes", security, "-geometry", geometry, "-depth", "24"]
     if password is not None:
@@ -158,16 +171,18 @@ def start_xvnc(
         args += ["-X509Cert", str(certificate[0]), "-X509Key", str(certificate[1])]
     failure = ""
     for display in free_displays()[:5]:
-        port = free_port()
+        port = 0 if unix_socket else free_port()
+        unix_path = str(directory / f"rfb-{display}.sock") if unix_socket else ""
+        listen = ["-rfbunixpath", unix_path, "-rfbport", "-1"] if unix_socket else [
+            "-rfbport", str(port), "-localhost"]  # fmt: skip
         log = directory / f"xvnc-{display}.log"
         with log.open("ab") as sink:
             proc = subprocess.Popen(
-                [XVNC, f":{display}", "-rfbport", str(port), "-localhost", "-nolisten", "tcp",
-                 "-AlwaysShared", *args],
+                [XVNC, f":{display}", *listen, "-nolisten", "tcp", "-AlwaysShared", *args],
                 stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             )  # fmt: skip
         try:
-            _wait_listening(proc, port, log, "Xvnc")
+            _wait_listening(proc, unix_path or port, log, "Xvnc")
         except RuntimeError as exc:  # most likely the display was taken meanwhile: next one
             stop(proc)
             failure = str(exc)
@@ -175,7 +190,7 @@ def start_xvnc(
         deadline = time.monotonic() + START_SECONDS
         while not Path(f"/tmp/.X11-unix/X{display}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return XvncTarget(directory, display, port, proc)
+        return XvncTarget(directory, display, port, proc, unix_path)
     raise RuntimeError(f"could not start Xvnc: {failure}")
 
 
@@ -228,3 +243,23 @@ def load_transcript(path: Path) -> list[tuple[str, bytes]]:
         chunks.append((direction, blob[pos + 5 : pos + 5 + length]))
         pos += 5 + length
     return chunks
+
+
+def replay(chunks: list[tuple[str, bytes]]) -> tuple[list[rfb.ServerMessage], list[object]]:
+    """Parse a transcript in order, each parser told what the other side sent; checks that
+    nothing is left over."""
+    sp, cp = rfb.ServerStreamParser(), rfb.ClientStreamParser()
+    seen_s: list[rfb.ServerMessage] = []
+    seen_c: list[object] = []
+    for direction, data in chunks:
+        if direction == "S":
+            for message in sp.feed(data):
+                seen_s.append(message)
+                seen_c += cp.note_server(message)
+        else:
+            for cmessage in cp.feed(data):
+                seen_c.append(cmessage)
+                seen_s += sp.note_client(cmessage)
+    if sp.buffered or cp.buffered:
+        raise ValueError("the transcript ends inside a message")
+    return seen_s, seen_c

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.desktop import rfb
 from gateway.desktop.rfb import ClientStreamParser, RFBError, ServerStreamParser
-from tests.desktop_targets import load_transcript
+from tests.desktop_targets import load_transcript, replay
 
 PF = rfb.PIXEL_FORMAT_BGRX
 PF16 = rfb.PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
@@ -445,23 +445,6 @@ def test_gateway_serializers_for_the_browser_side() -> None:
 
 
 # -- a real Xvnc session ------------------------------------------------------------------------
-def replay(chunks: list[tuple[str, bytes]]) -> tuple[list[rfb.ServerMessage], list[object]]:
-    sp, cp = ServerStreamParser(), ClientStreamParser()
-    seen_s: list[rfb.ServerMessage] = []
-    seen_c: list[object] = []
-    for direction, data in chunks:
-        if direction == "S":
-            for message in sp.feed(data):
-                seen_s.append(message)
-                seen_c += cp.note_server(message)
-        else:
-            for cmessage in cp.feed(data):
-                seen_c.append(cmessage)
-                seen_s += sp.note_client(cmessage)
-    assert sp.buffered == 0 and cp.buffered == 0
-    return seen_s, seen_c
-
-
 def test_real_xvnc_transcript_parses_byte_exact_in_every_encoding() -> None:
     chunks = load_transcript(TRANSCRIPT)
     s, c = replay(chunks)
@@ -609,3 +592,37 @@ def test_supported_encodings_with_random_payloads(
     assert outcome(ServerStreamParser(PF), [data]) == outcome(
         ServerStreamParser(PF), fragments(data, cuts)
     )
+
+
+# Valid starts of each handshake path: (server chunks, client chunks), alternated by
+# run_handshake; the fuzz below appends random bytes to one side.
+HANDSHAKE_STARTS = {
+    "3.8 none": ([rfb.protocol_version(8), rfb.security_types([1])],
+                 [rfb.protocol_version(8), rfb.security_choice(1), rfb.client_init(True)]),
+    "3.8 vnc auth": ([rfb.protocol_version(8), rfb.security_types([2, 19])],
+                     [rfb.protocol_version(8), rfb.security_choice(2), b"R" * 16]),
+    "3.3": ([rfb.protocol_version(3)], [rfb.protocol_version(3), b"R" * 16]),
+    "vencrypt": ([rfb.protocol_version(8), rfb.security_types([19]), b"\x00\x02", b"\x00"],
+                 [rfb.protocol_version(8), rfb.security_choice(19), rfb.vencrypt_version(),
+                  rfb.vencrypt_subtype(261), b"R" * 16]),
+}  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.sampled_from(sorted(HANDSHAKE_STARTS)),
+    junk=st.binary(max_size=200),
+    server_side=st.booleans(),
+)
+def test_random_bytes_inside_a_handshake_raise_only_rfberror(
+    start: str, junk: bytes, server_side: bool
+) -> None:
+    server_chunks, client_chunks = HANDSHAKE_STARTS[start]
+    if server_side:
+        server_chunks = [*server_chunks, junk]
+    else:
+        client_chunks = [*client_chunks, junk]
+    try:
+        run_handshake(list(server_chunks), list(client_chunks))
+    except RFBError:
+        pass

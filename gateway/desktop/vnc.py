@@ -10,6 +10,7 @@ with an X.509 subtype is accepted and the certificate's SHA-256 must match a pin
 for SSH host keys); a target that stops offering TLS while pinned is refused the same way.
 Without a pin: VNC authentication, or security None only if the asset says it has no
 password. Anonymous TLS (TLSVnc, TLSNone) is never used: it cannot be verified.
+``scan_certificate`` reads a target's certificate fingerprint for a person to pin.
 
 The password, the challenge and the response stay in ``_vnc_auth_response``'s frame: they
 are in no log, exception or returned value. Does not decide access, record or log anything.
@@ -23,7 +24,9 @@ import hashlib
 import hmac
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -105,9 +108,6 @@ class VncConnection:
     _writer: asyncio.StreamWriter = field(repr=False)
     _parser: rfb.ServerStreamParser = field(repr=False)
     _pending: list[rfb.ServerMessage] = field(default_factory=list, repr=False)
-    _client_parser: rfb.ClientStreamParser = field(
-        default_factory=lambda: rfb.ClientStreamParser(handshake=False), repr=False
-    )
     _requested: bool = False
 
     @property
@@ -122,9 +122,13 @@ class VncConnection:
             out, self._pending = self._pending, []
             return out
         while True:
+            # An error found behind the last messages returned is raised here, before waiting.
+            messages = self._parser.feed(b"")
+            if messages:
+                return messages
             data = await self._reader.read(READ_CHUNK_BYTES)
             if not data:
-                self._parser.feed(b"")  # raises an error held back with the last messages
+                self._parser.feed(b"")
                 if self._parser.buffered:
                     raise rfb.RFBError("the target's stream ended inside a message")
                 return []
@@ -138,9 +142,10 @@ class VncConnection:
         before the first FramebufferUpdateRequest: later, updates already on the way would be
         framed under the wrong one."""
         if isinstance(message, bytes | bytearray | memoryview):
-            messages = self._client_parser.feed(message)
-            if self._client_parser.buffered:
-                self._client_parser = rfb.ClientStreamParser(handshake=False)
+            parser = rfb.ClientStreamParser(handshake=False)
+            messages = parser.feed(message)
+            messages += parser.feed(b"")  # an error behind the messages is raised here
+            if parser.buffered:
                 raise rfb.RFBError("send: not a whole number of client messages")
         else:
             messages = [message]
@@ -152,6 +157,12 @@ class VncConnection:
             self._parser.note_client(item)
             self._writer.write(item.raw)
         await self._writer.drain()
+
+    async def __aenter__(self) -> VncConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         self._writer.close()
@@ -170,10 +181,45 @@ async def open_vnc(
 ) -> VncConnection:
     """Connect to ``target`` and authenticate with ``password`` (the vaulted one; ``None``
     only for an asset with ``no_auth``). Raises ``UpstreamError`` (unreachable, timed out,
-    closed, no usable security type), ``VncAuthFailed``, ``CertificateMismatch`` or
-    ``rfb.RFBError`` (malformed handshake); the connection is closed on every failure."""
+    closed, TLS failed, no usable security type), ``VncAuthFailed``, ``CertificateMismatch``
+    or ``rfb.RFBError`` (malformed handshake); the connection is closed on every failure."""
+    return await _handshaking(
+        target, handshake_seconds, max_rect_bytes, max_update_bytes,
+        lambda handshake: handshake.run(password, shared), keep=True,
+    )  # fmt: skip
+
+
+async def scan_certificate(
+    target: VncTarget, *, handshake_seconds: float = HANDSHAKE_TIMEOUT_SECONDS
+) -> str:
+    """The SHA-256 (hex) of the certificate the target presents in VeNCrypt X.509, read
+    without authenticating, for a person to pin (trust on first use: the caller audits it).
+    ``UpstreamError`` when the target offers no X.509 VeNCrypt, or as ``open_vnc``."""
+    return await _handshaking(
+        target, handshake_seconds, rfb.MAX_RECT_BYTES, rfb.MAX_UPDATE_BYTES,
+        lambda handshake: handshake.scan(), keep=False,
+    )  # fmt: skip
+
+
+_T = TypeVar("_T")
+
+
+async def _handshaking(
+    target: VncTarget,
+    handshake_seconds: float,
+    max_rect_bytes: int,
+    max_update_bytes: int,
+    body: Callable[[_Handshake], Awaitable[_T]],
+    *,
+    keep: bool,
+) -> _T:
+    """Connect, run ``body`` on a fresh handshake within one deadline, map failures to our
+    errors; the connection stays open only for ``keep`` and success."""
+    if not target.unix_path and not (target.host and 0 < target.port < 65536):
+        raise UpstreamError("the asset has no usable address", f"{target.where}: no address")
+    deadline = asyncio.get_running_loop().time() + handshake_seconds  # connect included
     try:
-        async with asyncio.timeout(handshake_seconds):
+        async with asyncio.timeout_at(deadline):
             if target.unix_path:
                 reader, writer = await asyncio.open_unix_connection(target.unix_path)
             else:
@@ -189,14 +235,19 @@ async def open_vnc(
         ) from None
     handshake = _Handshake(target, reader, writer, max_rect_bytes, max_update_bytes)
     try:
-        async with asyncio.timeout(handshake_seconds):
-            return await handshake.run(password, shared)
+        async with asyncio.timeout_at(deadline):
+            result = await body(handshake)
     except TimeoutError:
         writer.close()
         raise UpstreamError(
             "the asset did not answer in time", f"{target.where}: handshake timed out"
         ) from None
-    except (OSError, ssl.SSLError, EOFError) as exc:
+    except ssl.SSLError as exc:
+        writer.close()
+        raise UpstreamError(
+            "TLS with the asset failed", f"{target.where}: TLS: {exc.reason or type(exc).__name__}"
+        ) from None
+    except (OSError, EOFError) as exc:
         writer.close()
         raise UpstreamError(
             "the asset closed the connection", f"{target.where}: handshake: {type(exc).__name__}"
@@ -204,6 +255,11 @@ async def open_vnc(
     except BaseException:
         writer.close()
         raise
+    if not keep:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return result
 
 
 class _Handshake:
@@ -235,7 +291,7 @@ class _Handshake:
             self.pending += self.parser.feed(data)
         return self.pending.pop(0)
 
-    async def expect(self, kind: type[rfb._C]) -> rfb._C:
+    async def expect(self, kind: type[_T]) -> _T:
         message = await self.next()
         if isinstance(message, rfb.ConnectionFailed):
             raise UpstreamError(
@@ -335,6 +391,22 @@ class _Handshake:
             )
 
     async def _vencrypt(self, pins: tuple[str, ...], password: str | None) -> tuple[str, str]:
+        wanted = []
+        if password is not None:
+            wanted.append(rfb.VENCRYPT_X509_VNC)
+        if self.target.no_auth:
+            wanted.append(rfb.VENCRYPT_X509_NONE)
+        subtype = await self._vencrypt_until_tls(wanted)
+        fingerprint = await self._tls(pins)
+        if password is not None and subtype == rfb.VENCRYPT_X509_VNC:
+            await self._vnc_auth(password)
+            return "x509-vnc", fingerprint
+        await self._result()
+        return "x509-none", fingerprint
+
+    async def _vencrypt_until_tls(self, wanted: list[int]) -> int:
+        """VeNCrypt 0.2 up to the point where TLS starts, with the first of ``wanted`` that
+        the target offers; returns that subtype."""
         self.send(rfb.security_choice(rfb.SEC_VENCRYPT))
         version = await self.expect(rfb.VeNCryptVersion)
         if (version.major, version.minor) < (0, 2):
@@ -345,28 +417,32 @@ class _Handshake:
         if ack.status != 0:
             raise self.fail("VeNCrypt 0.2 refused")
         offered = (await self.expect(rfb.VeNCryptSubtypes)).subtypes
-        wanted = []
-        if password is not None:
-            wanted.append((rfb.VENCRYPT_X509_VNC, "x509-vnc"))
-        if self.target.no_auth:
-            wanted.append((rfb.VENCRYPT_X509_NONE, "x509-none"))
-        chosen = next(((sub, name) for sub, name in wanted if sub in offered), None)
+        chosen = next((sub for sub in wanted if sub in offered), None)
         if chosen is None:
             raise self.fail(f"VeNCrypt subtypes offered {list(offered)}")
-        self.send(rfb.vencrypt_subtype(chosen[0]))
+        self.send(rfb.vencrypt_subtype(chosen))
         accepted = await self.expect(rfb.VeNCryptSubtypeAck)
         self.client.note_server(accepted)
         if not accepted.accepted:
-            raise self.fail(f"VeNCrypt subtype {chosen[0]} refused")
-        fingerprint = await self._tls(pins)
-        if password is not None and chosen[0] == rfb.VENCRYPT_X509_VNC:
-            await self._vnc_auth(password)
-        else:
-            await self._result()
-        return chosen[1], fingerprint
+            raise self.fail(f"VeNCrypt subtype {chosen} refused")
+        if self.pending or self.parser.buffered:  # it would be read as plaintext: refuse
+            raise rfb.RFBError("the target sent data before TLS started")
+        return chosen
 
-    async def _tls(self, pins: tuple[str, ...]) -> str:
-        """TLS on the connection; the certificate must match a pin (not a CA, not a name)."""
+    async def scan(self) -> str:
+        """Up to the target's TLS certificate, without authenticating: its SHA-256."""
+        version = await self.expect(rfb.ProtocolVersion)
+        self.send(rfb.protocol_version(min(version.effective_minor, 8)))
+        offer = await self.expect(rfb.SecurityTypes)
+        if rfb.SEC_VENCRYPT not in offer.types or offer.chosen_by_server:
+            raise self.fail(f"no TLS (VeNCrypt) among security types {list(offer.types)}")
+        x509 = [rfb.VENCRYPT_X509_NONE, rfb.VENCRYPT_X509_VNC, rfb.VENCRYPT_X509_PLAIN]
+        await self._vencrypt_until_tls(x509)
+        return await self._tls(None)
+
+    async def _tls(self, pins: tuple[str, ...] | None) -> str:
+        """TLS on the connection; the certificate must match a pin (not a CA, not a name).
+        ``pins=None`` only for ``scan``, which reads the certificate for a person to pin."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = False
@@ -381,7 +457,7 @@ class _Handshake:
                 f"{self.target.where}: the target presented no certificate",
             )
         fingerprint = certificate_fingerprint(der)
-        if not any(hmac.compare_digest(fingerprint, pin) for pin in pins):
+        if pins is not None and not any(hmac.compare_digest(fingerprint, pin) for pin in pins):
             raise CertificateMismatch(
                 "the asset's identity could not be verified",
                 f"{self.target.where}: certificate sha256:{fingerprint} is not pinned",

@@ -180,8 +180,9 @@ def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
         site.cli("sessions", "kill", session_id, "--reason", "wrong machine")
         banner = vendor.locator("#desk-end")
         expect(banner).to_be_visible(timeout=10000)
-        expect(banner).to_contain_text("session ended")
-        expect(vendor.locator("#desk-status")).to_contain_text("session ended")
+        expect(banner).to_have_text("Session ended: killed: wrong machine")
+        expect(vendor.locator("#desk-status")).to_have_text("Session ended: killed: wrong machine")
+        expect(vendor.locator("#desk img.desk-last")).to_be_attached()
         shot(vendor, "desktop-killed")
         assert violations == []
     finally:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from gateway import vault
-from gateway.authz import hostkeys
+from gateway.authz import certificates, hostkeys
 from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
@@ -89,6 +89,13 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     how.add_argument("--key", metavar="LINE", help="a public key or known_hosts line")
     p.add_argument("--replace", action="store_true", help="drop the keys pinned before")
     p.set_defaults(handler=cmd_asset_pin_hostkey)
+    p = asset.add_parser(
+        "pin-cert", parents=[common], help="pin a desktop (RDP, VNC) target's TLS certificate"
+    )
+    p.add_argument("name")
+    p.add_argument("--fingerprint", required=True, help="SHA-256 of the certificate, hex")
+    p.add_argument("--replace", action="store_true", help="drop the certificates pinned before")
+    p.set_defaults(handler=cmd_asset_pin_cert)
 
     zone = sub.add_parser("zone", help="zones").add_subparsers(
         dest="zone_command", metavar="ACTION", required=True
@@ -215,6 +222,31 @@ def cmd_asset_credential(args: argparse.Namespace) -> int:
             detail={"account": args.account, "target_user": args.username},
         )
         print(f"credential for {args.name} ({args.account}) stored")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_asset_pin_cert(args: argparse.Namespace) -> int:
+    async def work(services: Services) -> int:
+        async with services.sessions() as db:
+            row = await services.authz.asset(db, args.name)
+        if row is None:
+            raise ConduitError(f"asset {args.name} does not exist")
+        async with services.sessions() as db, db.begin():
+            if args.replace:
+                await certificates.unpin_all(db, args.name)
+            fingerprint = await certificates.pin(
+                db, args.name, args.fingerprint, actor=_actor(), now=services.clock()
+            )
+        await services.audit.record(
+            actor=_actor(),
+            action="certificate.pinned",
+            result="success",
+            target=args.name,
+            detail={"sha256": fingerprint, "replace": args.replace},
+        )
+        print(f"pinned certificate sha256 {fingerprint} for {args.name}")
         return 0
 
     return _run(args, work)

@@ -257,16 +257,20 @@ class RDPRenderer:
     # -- starting ------------------------------------------------------------------------
 
     def _spawn_kwargs(self, account: tuple[int, int] | None) -> dict[str, object]:
-        kwargs: dict[str, object] = {"start_new_session": True, "cwd": str(self.directory)}
-        if account is not None:
-            kwargs.update(user=account[0], group=account[1], extra_groups=[])
-        return kwargs
+        # The user switch is setpriv's (``_limited``): uvloop, which ``conduit serve`` runs
+        # on, refuses subprocess ``user``/``group`` arguments.
+        return {"start_new_session": True, "cwd": str(self.directory)}
 
-    def _limited(self, argv: list[str]) -> list[str]:
+    def _limited(self, argv: list[str], account: tuple[int, int] | None = None) -> list[str]:
         lim = self.limits
+        switch = (
+            ["--reuid", str(account[0]), "--regid", str(account[1]), "--clear-groups"]
+            if account is not None
+            else []
+        )
         return [
             # no privilege gained by exec (setuid programs) and no capability carried over
-            SETPRIV, "--pdeathsig", "KILL", "--no-new-privs", "--inh-caps", "-all",
+            SETPRIV, *switch, "--pdeathsig", "KILL", "--no-new-privs", "--inh-caps", "-all",
             "--ambient-caps", "-all", "--",
             PRLIMIT, f"--as={lim.address_space}", f"--cpu={lim.cpu_seconds}",
             f"--nofile={lim.open_files}", "--core=0", "--", *argv,
@@ -307,7 +311,7 @@ class RDPRenderer:
                     f"-AcceptCutText={int('clipboard-in' in req.grants)}",
                     f"-SendCutText={int('clipboard-out' in req.grants)}",
                     "-SetPrimary=0", "-SendPrimary=0", "-AcceptSetDesktopSize=0",
-                ]),
+                ], account),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=(write_fd,), env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
                 **self._spawn_kwargs(account),  # type: ignore[arg-type]
@@ -347,7 +351,7 @@ class RDPRenderer:
         }
         args = freerdp.xfreerdp_args(req, transfer_dir=transfer, timeout_ms=timeout_ms)
         proc = await asyncio.create_subprocess_exec(
-            *self._limited([STDBUF, "-oL", freerdp.XFREERDP, *args]),
+            *self._limited([STDBUF, "-oL", freerdp.XFREERDP, *args], account),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             limit=1 << 16, **self._spawn_kwargs(account),  # type: ignore[arg-type]
         )  # fmt: skip

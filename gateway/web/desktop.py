@@ -260,7 +260,7 @@ class BrowserDesktop:
                 await self._end_page(message, 1011)
             return "upstream_failed"
         if self.end_line:
-            await self._end_page(f"session ended: {self.end_line}", 1000)
+            await self._end_page(self.end_line, 1000)
             return "closed"
         relay = DesktopRelay(
             self.upstream.connection,
@@ -279,7 +279,7 @@ class BrowserDesktop:
         if not greeting.done():
             greeting.cancel()
             await asyncio.gather(greeting, return_exceptions=True)
-            await self._end_page(f"session ended: {self.end_line}", 1000)
+            await self._end_page(self.end_line, 1000)
             return "closed"
         error = greeting.exception()
         if error is not None:
@@ -316,7 +316,7 @@ class BrowserDesktop:
         what = tasks[first]
         if what == "renderer" and not self.end_line:
             reason, shown = renderer_end_words(first.result())
-            await self._end_page(f"session ended: {shown}", 1000)
+            await self._end_page(shown, 1000)
             return reason
         if what == "relay" and first.exception() is None and not self.end_line:
             reason = str(first.result())
@@ -326,10 +326,10 @@ class BrowserDesktop:
                 "protocol_error": "the desktop sent something malformed; session ended",
             }.get(reason, reason)
             if shown:
-                await self._end_page(f"session ended: {shown}", 1000)
+                await self._end_page(shown, 1000)
             return reason
         if self.end_line:
-            await self._end_page(f"session ended: {self.end_line}", 1000)
+            await self._end_page(self.end_line, 1000)
         return "closed" if what != "relay" else "upstream_failed"
 
     async def _while_signed_in(self, ticket: Ticket) -> None:

@@ -56,6 +56,21 @@ class Channel {
   close() { this._socket.close(); }
 }
 
+// The last frame stays on the page, dimmed, under the reason (noVNC removes its canvas when
+// the connection closes).
+function keepLastFrame(box, rfb) {
+  if (!rfb || box.querySelector(".desk-last")) return;
+  try {
+    const picture = document.createElement("img");
+    picture.className = "desk-last";
+    picture.alt = "The desktop as it was when the session ended";
+    picture.src = rfb.toDataURL("image/png");
+    box.prepend(picture);
+  } catch (_error) {
+    // no frame yet: the banner alone
+  }
+}
+
 function ended(box, text) {
   const banner = box.querySelector(".desk-end");
   if (banner) {
@@ -66,19 +81,23 @@ function ended(box, text) {
 
 function connectView(box, status, url, what, viewOnly) {
   let reason = "";
+  let rfb = null;
   const channel = new Channel(
     url,
     (control) => {
-      if (control.type === "end") reason = `${what} ended: ${control.reason}`;
-      else if (control.type === "start") show(status, control.text);
+      if (control.type === "end") {
+        reason = `${what} ended: ${control.reason}`;
+        keepLastFrame(box, rfb);
+      }
     },
     (event) => {
       const text = reason || closedText(event, what);
+      keepLastFrame(box, rfb);
       show(status, text, true);
       ended(box, text);
     },
   );
-  const rfb = new RFB(box, channel, { shared: true });
+  rfb = new RFB(box, channel, { shared: true });
   rfb.viewOnly = viewOnly;
   rfb.scaleViewport = true;
   rfb.resizeSession = false;

@@ -3,7 +3,7 @@
 Pure: builds the argument list from a checked ``RenderRequest`` and reads xfreerdp's log
 lines and exit status into readiness and one end reason. Starts nothing (see renderer.py).
 
-Measured here against xrdp 0.9.21 with FreeRDP 2.11 (docs/decisions/0017-rdp-renderer.md):
+Measured here against xrdp 0.9.21 with FreeRDP 2.11 (docs/decisions/0020-rdp-renderer.md):
 - ``/from-stdin:force`` reads the password from stdin before connecting; the username
   stays on the command line (FreeRDP 2 prompts only for what is missing, and with no ``/u:``
   it asked for the password alone).

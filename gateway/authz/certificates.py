@@ -71,6 +71,15 @@ async def unpin_all(db: AsyncSession, asset: str) -> None:
     await db.execute(delete(AssetCertificate).where(AssetCertificate.asset == asset))
 
 
+async def pin_rows(db: AsyncSession, asset: str) -> list[AssetCertificate]:
+    rows = await db.execute(
+        select(AssetCertificate)
+        .where(AssetCertificate.asset == asset)
+        .order_by(AssetCertificate.id)
+    )
+    return list(rows.scalars())
+
+
 async def pinned(db: AsyncSession, asset: str) -> tuple[str, ...]:
     rows = await db.execute(
         select(AssetCertificate.sha256)

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -121,6 +129,25 @@ class DatabaseSettings(_Section):
     connect_timeout_seconds: Annotated[int, Field(ge=1, le=120)] = 5
 
 
+class ClusterSettings(_Section):
+    """Membership and cross-node control (PostgreSQL; on SQLite there is one node)."""
+
+    # Seconds between this node's heartbeats; also how often it looks for dead nodes.
+    heartbeat_seconds: Annotated[float, Field(ge=0.2, le=60)] = 5.0
+    # A node whose last heartbeat is older than this is dead: its sessions end (node_lost).
+    dead_after_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+    # Kill requests and policy changes arrive by NOTIFY; this poll catches any missed one.
+    poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 0.5
+
+    @model_validator(mode="after")
+    def _dead_after_spans_heartbeats(self) -> ClusterSettings:
+        if self.dead_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                "cluster.dead_after_seconds must be at least 3 x cluster.heartbeat_seconds"
+            )
+        return self
+
+
 class RecordingsSettings(_Section):
     dir: OptionalPath = None  # empty: <data_dir>/recordings
     retention_days: Annotated[int, Field(ge=0)] = 0  # 0: keep forever
@@ -162,6 +189,7 @@ class Settings(_Section):
     portal: PortalSettings = PortalSettings()
     ssh: SSHSettings = SSHSettings()
     database: DatabaseSettings = DatabaseSettings()
+    cluster: ClusterSettings = ClusterSettings()
     recordings: RecordingsSettings = RecordingsSettings()
     keys: KeysSettings = KeysSettings()
     sessions: SessionSettings = SessionSettings()

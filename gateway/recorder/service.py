@@ -260,10 +260,11 @@ class RecordingService:
         reason = outcome.end_reason if outcome.footer_written else "recording_failed"
         return await self._finish(writer.recording_id, reason, kind=str(writer.header.kind))
 
-    async def recover_open(self) -> list[tuple[str, VerifyResult | None]]:
-        """Close every recording the catalog says this node left open (crash recovery)."""
+    async def recover_open(self, node: str | None = None) -> list[tuple[str, VerifyResult | None]]:
+        """Close every recording the catalog says this node (or ``node``, a dead one whose
+        recordings this node can reach on the shared store) left open (crash recovery)."""
         async with self.sessions() as db:
-            entries = await catalog.open_on_node(db, self.node)
+            entries = await catalog.open_on_node(db, node or self.node)
         done: list[tuple[str, VerifyResult | None]] = []
         for entry in entries:
             try:

@@ -24,10 +24,13 @@ from gateway.audit.tables import AuditEventRow
 from gateway.config import ClusterSettings, Overrides, load_settings
 from gateway.db import migrate
 from gateway.keys import init_key_material, load_keyring
+from gateway.recorder import SessionInfo
 from gateway.services import Services
 from gateway.sessions import cluster, notify
 from gateway.sessions import store as live_store
 from gateway.sessions.live import LiveSession
+from recordings import Kind
+from recordings.terminal import TerminalEvent
 
 
 async def _never(reason: str) -> None:
@@ -155,6 +158,35 @@ async def test_a_node_that_answers_again_is_not_reaped(pair: tuple[Services, Ser
     assert await cluster.reap_dead(a) == []
     async with a.sessions() as db:
         assert await live_store.get(db, session) is not None
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_a_dead_nodes_recordings_are_recovered_only_where_they_can_be_read(
+    pair: tuple[Services, Services], tmp_path: Path, database_url: str, shared: bool
+) -> None:
+    """On a shared recordings store the survivor closes the dead node's recording as
+    incomplete; one it cannot see stays open for that node's own next start."""
+    a, _ = pair
+    c = build(database_url, tmp_path / ("data" if shared else "data-c"), "node-c")
+    try:
+        await cluster.join(a)
+        await cluster.join(c)
+        session = await add_session(c, "alice", "node-c")
+        info = SessionInfo(username="alice", asset="plc-1", protocol="ssh", session_id=session)
+        writer = await c.recordings.start(info, kind=Kind.TERMINAL, on_failure=lambda _: None)
+        writer.record(TerminalEvent.OUTPUT, b"hello")
+        await make_stale(a, "node-c", 3600)  # c "dies": its writer is never closed
+
+        assert await cluster.reap_dead(a) == [("node-c", 0, 1)]
+        [end] = await audit_of(a, "session.end")
+        assert end.detail["recording_id"] == writer.recording_id
+        entry = await a.recordings.entry(writer.recording_id)
+        if shared:
+            assert (entry.state, entry.end_reason) == ("closed", "incomplete")
+        else:
+            assert entry.state == "open"
+    finally:
+        await c.close()
 
 
 async def test_restart_with_the_same_name_ends_what_the_last_run_left(

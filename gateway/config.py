@@ -81,6 +81,22 @@ def _empty_is_none(value: object) -> object:
 
 
 Listen = Annotated[str, AfterValidator(_check_listen)]
+MAX_BALANCERS = 64
+
+
+def _check_networks(values: list[str]) -> list[str]:
+    """Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/64``), at most 64."""
+    if len(values) > MAX_BALANCERS:
+        raise ValueError(f"at most {MAX_BALANCERS} addresses or networks")
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network") from None
+    return values
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
 # TOML has no null: an empty string means "the default location inside the data directory".
 OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none)]
 Seconds = Annotated[int, Field(ge=1, le=366 * 86400)]
@@ -121,6 +137,12 @@ class SSHSettings(_Section):
     banner: str = ""  # empty: portal.banner
     # Lifetime of the user certificates the gateway's SSH user CA issues after MFA.
     certificate_hours: Annotated[int, Field(ge=1, le=168)] = 8
+    # Load balancers that send a PROXY protocol v2 header (HAProxy send-proxy-v2); a
+    # connection from elsewhere that sends one is refused. Empty: PROXY is never accepted.
+    proxy_protocol_from: Networks = []
+
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(v, strict=False) for v in self.proxy_protocol_from]
 
 
 class DatabaseSettings(_Section):

@@ -260,10 +260,13 @@ class RecordingService:
         reason = outcome.end_reason if outcome.footer_written else "recording_failed"
         return await self._finish(writer.recording_id, reason, kind=str(writer.header.kind))
 
-    async def recover_open(self) -> list[tuple[str, VerifyResult | None]]:
-        """Close every recording the catalog says this node left open (crash recovery)."""
+    async def recover_open(self, node: str | None = None) -> list[tuple[str, VerifyResult | None]]:
+        """Close every recording the catalog says this node left open (crash recovery).
+
+        With ``node`` (a dead one), the recordings it left open that this node can read on
+        the shared store; one it cannot see stays open for that node's own next start."""
         async with self.sessions() as db:
-            entries = await catalog.open_on_node(db, self.node)
+            entries = await catalog.open_on_node(db, node or self.node)
         done: list[tuple[str, VerifyResult | None]] = []
         for entry in entries:
             try:
@@ -276,6 +279,8 @@ class RecordingService:
                     self.verify_keys,
                 )
             except RecordingNotFound:
+                if node is not None:  # not on a store we share: its own node's next start
+                    continue
                 result = None
             except Exception as exc:  # leave it open: the next start tries again
                 log.warning("cannot recover recording %s: %s", entry.id, exc)

@@ -152,6 +152,7 @@ class Broker:
         live = LiveSession(
             session_id=session_id,
             node=self._s.node,
+            worker=self._s.worker,
             username=username,
             asset=asset,
             protocol=protocol,
@@ -442,14 +443,17 @@ class Broker:
     def activity(self, ticket: Ticket) -> None:
         ticket.last_activity = asyncio.get_running_loop().time()
 
-    async def serve_kill_requests(self) -> None:
-        """End this node's sessions that someone marked for killing (CLI, API, other node)."""
+    async def serve_kill_requests(self) -> int:
+        """End this process's sessions that someone marked for killing (CLI, API, other
+        node); returns how many it ended."""
         async with self._s.sessions() as db:
-            requests = await live_store.kill_requests(db, self._s.node)
+            requests = await live_store.kill_requests(db, self._s.node, self._s.worker)
+        served = 0
         for session_id, note, actor in requests:
             ticket = self._tickets.get(session_id)
-            if ticket is None:
+            if ticket is None or ticket.end_reason:  # gone, or already ending
                 continue
+            served += 1
             await self._s.audit.record(
                 actor=actor or "system",
                 action="session.kill",
@@ -458,6 +462,7 @@ class Broker:
                 detail={"session_id": session_id, "reason": KILLED, "note": note},
             )
             await self.kill(session_id, KILLED, note=note, by=actor)
+        return served
 
     async def kill(self, session_id: str, reason: str, *, note: str = "", by: str = "") -> bool:
         """End a live session with ``reason``, a fixed code (``killed``, ``revoked``,

@@ -38,6 +38,9 @@ END_REASONS: dict[str, EndWords] = {
         "ended: your connection was tampered with",
     ),
     "refused": EndWords("refused before it started", "refused before it started"),
+    "node_lost": EndWords(
+        "its gateway node stopped answering", "the gateway node serving it stopped answering"
+    ),
     "incomplete": EndWords("cut off (gateway crash)", "cut off when the gateway stopped"),
 }
 

@@ -1,5 +1,5 @@
 """``conduit nodes list``: the gateway processes sharing this database, with their heartbeat
-age and live sessions (docs/decisions/0018). Reads the ``nodes`` table; changes nothing.
+age and live sessions (docs/decisions/0017). Reads the ``nodes`` table; changes nothing.
 """
 
 from __future__ import annotations

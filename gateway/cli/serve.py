@@ -145,7 +145,7 @@ async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.
 
 def start_control(services: Services, broker: Broker) -> None:
     """Kill requests, policy changes and membership: the loops, and on PostgreSQL the
-    LISTEN connection that wakes them (docs/decisions/0018)."""
+    LISTEN connection that wakes them (docs/decisions/0017)."""
     kill_wake, policy_wake = asyncio.Event(), asyncio.Event()
 
     def kill_for(node: str) -> None:

@@ -8,7 +8,7 @@ handler trusts: it only says "look now"; the loops read the database for what to
 they also poll (``cluster.poll_seconds``), so a notification that is lost (listener
 reconnecting, payload dropped) delays an action by at most one poll. On SQLite nothing is
 sent or heard: one process, the poll alone. Does not decide or end anything itself
-(docs/decisions/0018).
+(docs/decisions/0017).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Cluster membership: a row per serving process (node and worker) with its heartbeat, and
 the worker that owns each live session.
 
-Revision ID: 0015_nodes
+Revision ID: 0014_nodes
 Revises: 0013_zone_approver_group
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 from gateway.db.types import UTCDateTime
 
-revision = "0015_nodes"
+revision = "0014_nodes"
 down_revision = "0013_zone_approver_group"
 branch_labels = None
 depends_on = None

@@ -27,6 +27,7 @@ from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
 from rbac.availability import AssetAccess, asset_access
 from rbac.errors import RbacError, WindowError
+from rbac.modbus import is_modbus_action
 from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, split_term, term
 from rbac.policy import Decision, PolicyIndex
 from rbac.windows import check_instant, parse_schedule
@@ -200,6 +201,34 @@ class AuthzService:
             if self._index.authorize(subject, f"asset:{a}", "approve", now).allowed
         )  # fmt: skip
 
+    async def modbus_grants(self, username: str, asset: str) -> list[tuple[str, Decision]]:
+        """Every Modbus action (``rbac.modbus``) ``username`` holds on ``asset`` right now,
+        with its decision, by name: what a protocol-aware tunnel's requests are judged by."""
+        await self.refresh()
+        actions = sorted({r.action for r in self._index.rules() if is_modbus_action(r.action)})
+        out = []
+        for action in actions:
+            decision = await self.authorize(username, asset, action)
+            if decision.allowed:
+                out.append((action, decision))
+        return out
+
+    async def record_inventory(
+        self, asset: str, identity: dict[str, str], seen_at: dt.datetime
+    ) -> bool:
+        """Store what a device said about itself (vendor, product, revision) on ``asset``
+        with the time seen; True when anything changed (the time alone is not a change).
+        Not a policy change: no version bump, no change event."""
+        async with self._sessions() as db, db.begin():
+            row = await self.asset(db, asset)
+            if row is None:
+                return False
+            new = (identity.get("vendor"), identity.get("product"), identity.get("revision"))
+            changed = new != (row.ot_vendor, row.ot_product, row.ot_revision)
+            row.ot_vendor, row.ot_product, row.ot_revision = new
+            row.ot_seen_at = seen_at
+        return changed
+
     async def approvers_of(self, assets: Iterable[str]) -> list[str]:
         """Active people holding ``approve`` on every one of ``assets`` right now."""
         await self.refresh()
@@ -257,12 +286,15 @@ class AuthzService:
         zones: tuple[str, ...] = (),
         max_request_hours: int = 8,
         record_input: bool = True,
+        modbus_port: int | None = None,
     ) -> Asset:
         check_name(name, "asset")
         if protocol not in PROTOCOLS:
             raise PolicyError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if not 1 <= port <= 65535:
             raise PolicyError("port must be 1-65535")
+        if modbus_port is not None and (protocol == "modbus" or not 1 <= modbus_port <= 65535):
+            raise PolicyError("modbus port must be 1-65535, on an asset of another protocol")
         if not host or len(host) > 255 or any(c.isspace() for c in host):
             raise PolicyError("host must be a host name or address")
         _request_hours(max_request_hours)
@@ -276,6 +308,7 @@ class AuthzService:
                 protocol=protocol,
                 max_request_hours=max_request_hours,
                 record_input=record_input,
+                modbus_port=modbus_port,
                 created_at=self._clock(),
             )
             db.add(asset)

@@ -1,0 +1,263 @@
+"""The Modbus guard of one tunnelled connection: what may pass, what the gateway answers
+itself, and the evidence of what happened.
+
+``from_client(data)`` cuts the vendor's bytes into frames (``gateway.ot.modbus``) and judges
+each request against the session's Modbus grants and write window (``rbac.modbus.judge``):
+an allowed frame is forwarded to the PLC, a refused one is answered by the gateway with the
+Modbus exception a server would give (01 Illegal Function, 02 Illegal Data Address, 03
+Illegal Data Value for a malformed body) and never reaches the PLC. ``from_asset(data)``
+matches each response to its request by transaction id (several in flight: pipelining) and
+forwards it. A framing error on either side (a bad MBAP header) ends this connection only
+(``Verdicts.close``): after it no frame boundary can be trusted.
+
+Evidence: every write with its unit, function, addresses, values and result; every refusal;
+the device identification a vendor's own 43/14 read returned; and, at the end, reads counted
+per unit, function code and address range (no event per read). Sans-io: the caller (the SSH
+tunnel) moves the bytes, records and audits; the grants and the write window come in
+through callables; the clock is passed in. Never builds a request of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.ot.modbus import (
+    ExceptionCode,
+    Frame,
+    FrameReader,
+    FramingError,
+    PduError,
+    Request,
+    decode_request,
+    decode_response,
+    device_identity,
+    exception_frame,
+)
+from rbac.modbus import READ, WRITE, Access, ModbusScope, judge, parse_modbus_action
+
+Clock = Callable[[], dt.datetime]
+# (action, valid_until) pairs the broker keeps current for the session.
+Grants = tuple[tuple[str, dt.datetime | None], ...]
+# More requests than this awaiting answers on one connection is not a Modbus client: the
+# connection ends (a client waits for answers; pymodbus keeps one or a few in flight).
+MAX_PENDING = 256
+MAX_READ_RANGES = 1000  # distinct (unit, function, range) counted; the rest count as "other"
+MAX_VALUES_SHOWN = 123  # a write's values in its evidence (function 16 writes at most 123)
+
+
+@dataclass
+class Evidence:
+    """One thing to audit and record: ``kind`` is write, refused, identity or reads."""
+
+    kind: str
+    detail: dict[str, Any]
+
+
+@dataclass
+class Verdicts:
+    """What to do with one batch of bytes."""
+
+    forward: bytes = b""  # whole frames for the other side, in order
+    reply: bytes = b""  # the gateway's own answers to the client (refusals)
+    evidence: list[Evidence] = field(default_factory=list)
+    close: str = ""  # non-empty: end this connection, for this reason
+
+
+def accesses_of(unit: int, request: Request) -> list[Access]:
+    """The reads and writes a request makes, as policy judges them (none: by number only)."""
+    fc = request.function
+    if request.is_device_identification:
+        return [Access(READ, unit)]
+    if fc in (1, 2, 3, 4):
+        return [Access(READ, unit, request.space, request.address, request.last)]
+    if fc == 23:
+        last_read = request.read_address + request.read_quantity - 1
+        return [
+            Access(READ, unit, "hr", request.read_address, last_read),
+            Access(WRITE, unit, "hr", request.address, request.last),
+        ]
+    if request.is_write:
+        return [Access(WRITE, unit, request.space, request.address, request.last)]
+    return []
+
+
+def describe(unit: int, request: Request) -> dict[str, Any]:
+    """A request as evidence shows it: unit, function, addresses, values."""
+    out: dict[str, Any] = {"unit": unit, "function": request.function}
+    if request.space:
+        out.update(space=request.space, address=request.address, quantity=request.quantity)
+    if request.function == 22:
+        out.update(and_mask=request.values[0], or_mask=request.values[1])
+    elif request.is_write:
+        out["values"] = list(request.values[:MAX_VALUES_SHOWN])
+    if request.function == 23:
+        out.update(read_address=request.read_address, read_quantity=request.read_quantity)
+    return out
+
+
+@dataclass
+class _Pending:
+    frame: Frame
+    request: Request
+
+
+class ModbusGuard:
+    """One tunnelled connection's Modbus state (see the module docstring)."""
+
+    def __init__(
+        self, grants: Callable[[], Grants], write_until: Callable[[], dt.datetime | None],
+        clock: Clock,
+    ) -> None:  # fmt: skip
+        self._grants = grants
+        self._write_until = write_until
+        self._clock = clock
+        self._client = FrameReader()
+        self._asset = FrameReader()
+        self._pending: dict[int, deque[_Pending]] = {}
+        self._in_flight = 0
+        self._parsed_from: Grants | None = None
+        self._parsed: list[tuple[ModbusScope, dt.datetime | None]] = []
+        self.reads: dict[tuple[int, int, str, int, int], int] = {}
+        self.refused = 0
+
+    # -- client -> PLC ---------------------------------------------------------------------
+    def from_client(self, data: bytes) -> Verdicts:
+        out = Verdicts()
+        try:
+            frames = self._client.feed(data)
+        except FramingError as exc:
+            out.close = f"malformed request: {exc}"
+            out.evidence.append(Evidence("refused", {"reason": out.close}))
+            return out
+        forward: list[bytes] = []
+        reply: list[bytes] = []
+        now: dt.datetime | None = None
+        for frame in frames:
+            try:
+                request = decode_request(frame.pdu)
+            except PduError as exc:
+                reply.append(exception_frame(frame, exc.code))
+                self._refuse(out, frame, None, int(exc.code), f"malformed: {exc}")
+                continue
+            now = now or self._clock()
+            verdict = judge(
+                self._scopes(now), request.function, accesses_of(frame.unit, request),
+                self._window_open(now),
+            )  # fmt: skip
+            if not verdict.allowed:
+                reply.append(exception_frame(frame, ExceptionCode(verdict.exception)))
+                self._refuse(out, frame, request, verdict.exception, verdict.reason)
+                continue
+            if self._in_flight >= MAX_PENDING:
+                out.close = f"more than {MAX_PENDING} requests awaiting answers"
+                out.evidence.append(Evidence("refused", {"reason": out.close}))
+                break
+            self._pending.setdefault(frame.transaction_id, deque()).append(_Pending(frame, request))
+            self._in_flight += 1
+            if request.is_read and not request.is_write:
+                self._count_read(frame.unit, request)
+            forward.append(frame.encode())
+        out.forward, out.reply = b"".join(forward), b"".join(reply)
+        return out
+
+    def _scopes(self, now: dt.datetime) -> list[ModbusScope]:
+        grants = self._grants()
+        if grants is not self._parsed_from:
+            self._parsed = [(parse_modbus_action(a), until) for a, until in grants]
+            self._parsed_from = grants
+        return [s for s, until in self._parsed if until is None or now < until]
+
+    def _window_open(self, now: dt.datetime) -> bool:
+        until = self._write_until()
+        return until is not None and now < until
+
+    def _refuse(
+        self, out: Verdicts, frame: Frame, request: Request | None, code: int, reason: str
+    ) -> None:
+        self.refused += 1
+        detail: dict[str, Any] = (
+            describe(frame.unit, request) if request is not None
+            else {"unit": frame.unit, "function": frame.function}
+        )  # fmt: skip
+        detail.update(transaction_id=frame.transaction_id, result=f"exception {code:02d}",
+                      reason=reason, by="gateway")  # fmt: skip
+        kind = "write" if request is not None and request.is_write else "refused"
+        out.evidence.append(Evidence(kind, detail))
+
+    def _count_read(self, unit: int, request: Request) -> None:
+        key = (unit, request.function, request.space, request.address, request.last)
+        if key not in self.reads and len(self.reads) >= MAX_READ_RANGES:
+            key = (unit, request.function, "other", 0, 0)
+        self.reads[key] = self.reads.get(key, 0) + 1
+
+    # -- PLC -> client ---------------------------------------------------------------------
+    def from_asset(self, data: bytes) -> Verdicts:
+        out = Verdicts()
+        try:
+            frames = self._asset.feed(data)
+        except FramingError as exc:
+            out.close = f"malformed response: {exc}"
+            out.evidence.append(Evidence("refused", {"reason": out.close, "by": "asset"}))
+            return out
+        forward: list[bytes] = []
+        for frame in frames:
+            waiting = self._pending.get(frame.transaction_id)
+            if not waiting:  # answers nothing asked: the client would drop it too
+                out.evidence.append(Evidence("refused", {
+                    "reason": "response to no pending request", "by": "asset",
+                    "transaction_id": frame.transaction_id, "unit": frame.unit,
+                }))  # fmt: skip
+                continue
+            pending = waiting.popleft()
+            if not waiting:
+                del self._pending[frame.transaction_id]
+            self._in_flight -= 1
+            forward.append(frame.encode())
+            self._answered(out, pending, frame)
+        out.forward = b"".join(forward)
+        return out
+
+    def _answered(self, out: Verdicts, pending: _Pending, frame: Frame) -> None:
+        request = pending.request
+        if not (request.is_write or request.is_device_identification):
+            return
+        try:
+            response = decode_response(frame.pdu, request)
+            result = "ok" if response.ok else f"exception {response.exception:02d}"
+        except PduError as exc:
+            response, result = None, f"malformed response: {exc}"
+        if request.is_write:
+            detail = describe(pending.frame.unit, request)
+            detail.update(transaction_id=frame.transaction_id, result=result, by="asset")
+            out.evidence.append(Evidence("write", detail))
+        elif response is not None and response.ok:
+            identity = device_identity(response)
+            if identity:
+                out.evidence.append(Evidence("identity", identity))
+
+    # -- end -------------------------------------------------------------------------------
+    def finish(self) -> list[Evidence]:
+        """At the end of the connection: writes that got no answer, and the read counts."""
+        out = []
+        for waiting in self._pending.values():
+            for pending in waiting:
+                if pending.request.is_write:
+                    detail = describe(pending.frame.unit, pending.request)
+                    detail.update(transaction_id=pending.frame.transaction_id,
+                                  result="no response", by="asset")  # fmt: skip
+                    out.append(Evidence("write", detail))
+        self._pending.clear()
+        if self.reads or self.refused:
+            ranges = [
+                {"unit": u, "function": f, "space": s, "first": a, "last": b, "count": n}
+                for (u, f, s, a, b), n in sorted(self.reads.items(), key=lambda kv: -kv[1])
+            ]
+            out.append(Evidence("reads", {
+                "requests": sum(self.reads.values()), "refused": self.refused,
+                "ranges": ranges[:100], "ranges_total": len(ranges),
+            }))  # fmt: skip
+        return out

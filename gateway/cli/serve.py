@@ -111,7 +111,8 @@ async def watch_policy(services: Services) -> None:
 
 
 async def watch_kill_requests(broker: Broker, services: Services) -> None:
-    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s.
+    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s, and
+    so do Modbus write windows armed or closed anywhere.
 
     Each round also publishes this process's byte counts that changed since the last one,
     so ``sessions list`` anywhere shows them at most one round old.
@@ -123,6 +124,10 @@ async def watch_kill_requests(broker: Broker, services: Services) -> None:
             await broker.serve_kill_requests()
         except Exception:  # retried next round
             log.exception("serving kill requests failed")
+        try:
+            await broker.serve_write_windows()
+        except Exception:  # retried next round; a window not yet seen keeps writes refused
+            log.exception("serving write windows failed")
         try:
             published = await publish_byte_counts(services, published)
         except Exception:  # retried next round: ``published`` is unchanged

@@ -27,6 +27,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ot_product", sa.String(64), nullable=True))
         batch.add_column(sa.Column("ot_revision", sa.String(64), nullable=True))
         batch.add_column(sa.Column("ot_seen_at", UTCDateTime(), nullable=True))
+        batch.drop_constraint("ck_assets_protocol", type_="check")
+        batch.create_check_constraint(
+            "ck_assets_protocol", "protocol in ('ssh', 'vnc', 'rdp', 'modbus')"
+        )
+        batch.create_check_constraint(
+            "ck_assets_modbus_port", "modbus_port is null or modbus_port between 1 and 65535"
+        )
     with op.batch_alter_table("grants") as batch:
         # modbus-write:unit=1:co=0-15:hr=100-119:always and the like
         batch.alter_column("action", type_=sa.String(96), existing_type=sa.String(32),
@@ -51,5 +58,8 @@ def downgrade() -> None:
         batch.alter_column("action", type_=sa.String(32), existing_type=sa.String(96),
                            existing_nullable=False)  # fmt: skip
     with op.batch_alter_table("assets") as batch:
+        batch.drop_constraint("ck_assets_modbus_port", type_="check")
+        batch.drop_constraint("ck_assets_protocol", type_="check")
+        batch.create_check_constraint("ck_assets_protocol", "protocol in ('ssh', 'vnc', 'rdp')")
         for column in ("ot_seen_at", "ot_revision", "ot_product", "ot_vendor", "modbus_port"):
             batch.drop_column(column)

@@ -81,23 +81,44 @@ def test_always_grant_needs_no_window_and_an_ended_grant_covers_nothing() -> Non
     assert exception_of(s.guard.from_client(write).reply) == 1
 
 
-def test_pipelined_and_byte_by_byte_requests_are_matched_by_transaction_id() -> None:
+def test_pipelined_and_byte_by_byte_requests_go_to_the_plc_one_at_a_time() -> None:
     s = Session("modbus-read")
-    requests = b"".join(
+    frames = [
         wire(regs.ReadHoldingRegistersRequest(address=i, count=1, dev_id=1, transaction_id=i))
         for i in range(20)
-    )
-    forwarded = b""
+    ]
+    requests = b"".join(frames)
+    to_plc = b""
     for i in range(len(requests)):
-        forwarded += s.guard.from_client(requests[i : i + 1]).forward
-    assert forwarded == requests
-    answers = b"".join(
-        wire(regs.ReadHoldingRegistersResponse(registers=[i], dev_id=1, transaction_id=i))
-        for i in reversed(range(20))
-    )
-    assert s.guard.from_asset(answers).forward == answers
+        to_plc += s.guard.from_client(requests[i : i + 1]).forward
+    assert to_plc == frames[0]  # the rest wait for the PLC's answer
+    to_client = b""
+    for i in range(20):
+        out = s.guard.from_asset(
+            wire(regs.ReadHoldingRegistersResponse(registers=[i], dev_id=1, transaction_id=i))
+        )
+        to_client += out.forward
+        assert out.to_asset == (frames[i + 1] if i < 19 else b"")
+    assert [f.transaction_id for f in FrameReader().feed(to_client)] == list(range(20))
     (reads,) = s.guard.finish()
     assert (reads.kind, reads.detail["requests"], reads.detail["ranges_total"]) == ("reads", 20, 20)
+
+
+def test_overdue_request_is_given_up_and_the_next_one_sent() -> None:
+    s = Session("modbus-write:always")
+    first = wire(regs.WriteSingleRegisterRequest(address=1, registers=[5], dev_id=9,
+                                                 transaction_id=1))  # fmt: skip
+    second = wire(regs.WriteSingleRegisterRequest(address=2, registers=[6], dev_id=1,
+                                                  transaction_id=2))  # fmt: skip
+    assert s.guard.from_client(first + second).forward == first
+    assert s.guard.overdue(s.guard.sent + 1).to_asset == b""  # not that one: nothing happens
+    out = s.guard.overdue(1)
+    assert out.to_asset == second
+    (write,) = out.evidence
+    assert (write.detail["unit"], write.detail["result"]) == (9, "no response")
+    late = s.guard.from_asset(wire(regs.WriteSingleRegisterResponse(
+        address=1, registers=[5], dev_id=9, transaction_id=1)))  # fmt: skip
+    assert late.forward == b"" and late.evidence[0].kind == "refused"  # given up: dropped
 
 
 def test_malformed_body_gets_03_unknown_function_01_bad_header_closes() -> None:

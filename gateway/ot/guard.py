@@ -6,8 +6,15 @@ each request against the session's Modbus grants and write window (``rbac.modbus
 an allowed frame is forwarded to the PLC, a refused one is answered by the gateway with the
 Modbus exception a server would give (01 Illegal Function, 02 Illegal Data Address, 03
 Illegal Data Value for a malformed body) and never reaches the PLC. ``from_asset(data)``
-matches each response to its request by transaction id (several in flight: pipelining) and
-forwards it. A framing error on either side (a bad MBAP header) ends this connection only
+matches each response to its request by transaction id and forwards it.
+
+Pipelining: a client may send many requests without waiting; the guard passes them to the
+PLC ``ASSET_WINDOW`` at a time (one), sending the next when the answer comes or when the
+tunnel says it is overdue (``overdue``). Many PLC stacks serve only the first frame of a
+TCP segment (pymodbus's server does: measured here, 1 answer to 20 coalesced requests), so
+the gateway keeps a pipelining client working with them; docs/decisions/0017.
+
+A framing error on either side (a bad MBAP header) ends this connection only
 (``Verdicts.close``): after it no frame boundary can be trusted.
 
 Evidence: every write with its unit, function, addresses, values and result; every refusal;
@@ -45,6 +52,7 @@ Grants = tuple[tuple[str, dt.datetime | None], ...]
 # More requests than this awaiting answers on one connection is not a Modbus client: the
 # connection ends (a client waits for answers; pymodbus keeps one or a few in flight).
 MAX_PENDING = 256
+ASSET_WINDOW = 1  # requests forwarded to the PLC and not yet answered
 MAX_READ_RANGES = 1000  # distinct (unit, function, range) counted; the rest count as "other"
 MAX_VALUES_SHOWN = 123  # a write's values in its evidence (function 16 writes at most 123)
 
@@ -62,6 +70,7 @@ class Verdicts:
     """What to do with one batch of bytes."""
 
     forward: bytes = b""  # whole frames for the other side, in order
+    to_asset: bytes = b""  # from ``from_asset``/``overdue``: queued requests now sent on
     reply: bytes = b""  # the gateway's own answers to the client (refusals)
     evidence: list[Evidence] = field(default_factory=list)
     close: str = ""  # non-empty: end this connection, for this reason
@@ -118,7 +127,10 @@ class ModbusGuard:
         self._client = FrameReader()
         self._asset = FrameReader()
         self._pending: dict[int, deque[_Pending]] = {}
-        self._in_flight = 0
+        self._in_flight = 0  # accepted, not yet answered (queued or at the PLC)
+        self._queued: deque[_Pending] = deque()  # accepted, waiting for the PLC's window
+        self._at_asset: deque[_Pending] = deque()  # sent to the PLC, not yet answered
+        self.sent = 0  # requests sent to the PLC (the tunnel's overdue timer follows it)
         self._parsed_from: Grants | None = None
         self._parsed: list[tuple[ModbusScope, dt.datetime | None]] = []
         self.reads: dict[tuple[int, int, str, int, int], int] = {}
@@ -156,13 +168,54 @@ class ModbusGuard:
                 out.close = f"more than {MAX_PENDING} requests awaiting answers"
                 out.evidence.append(Evidence("refused", {"reason": out.close}))
                 break
-            self._pending.setdefault(frame.transaction_id, deque()).append(_Pending(frame, request))
+            pending = _Pending(frame, request)
+            self._pending.setdefault(frame.transaction_id, deque()).append(pending)
             self._in_flight += 1
             if request.is_read and not request.is_write:
                 self._count_read(frame.unit, request)
-            forward.append(frame.encode())
+            self._queued.append(pending)
+        forward += self._release()
         out.forward, out.reply = b"".join(forward), b"".join(reply)
         return out
+
+    def _release(self) -> list[bytes]:
+        """Queued requests the PLC's window has room for, now sent."""
+        sent = []
+        while self._queued and len(self._at_asset) < ASSET_WINDOW:
+            pending = self._queued.popleft()
+            self._at_asset.append(pending)
+            self.sent += 1
+            sent.append(pending.frame.encode())
+        return sent
+
+    def overdue(self, sent: int) -> Verdicts:
+        """The tunnel's timer: if request number ``sent`` (``self.sent`` when it went) is
+        still the oldest unanswered at the PLC, give it up (a write among them is evidence
+        with result "no response") and send what waits behind it."""
+        out = Verdicts()
+        if not self._at_asset or self.sent - len(self._at_asset) + 1 != sent:
+            return out
+        pending = self._at_asset.popleft()
+        self._forget(pending)
+        if pending.request.is_write:
+            out.evidence.append(self._unanswered(pending))
+        out.to_asset = b"".join(self._release())
+        return out
+
+    def _forget(self, pending: _Pending) -> None:
+        waiting = self._pending.get(pending.frame.transaction_id)
+        if waiting is not None and pending in waiting:
+            waiting.remove(pending)
+            if not waiting:
+                del self._pending[pending.frame.transaction_id]
+        self._in_flight -= 1
+
+    @staticmethod
+    def _unanswered(pending: _Pending) -> Evidence:
+        detail = describe(pending.frame.unit, pending.request)
+        detail.update(transaction_id=pending.frame.transaction_id, result="no response",
+                      by="asset")  # fmt: skip
+        return Evidence("write", detail)
 
     def _scopes(self, now: dt.datetime) -> list[ModbusScope]:
         grants = self._grants()
@@ -205,20 +258,22 @@ class ModbusGuard:
             return out
         forward: list[bytes] = []
         for frame in frames:
-            waiting = self._pending.get(frame.transaction_id)
-            if not waiting:  # answers nothing asked: the client would drop it too
+            pending = next(
+                (p for p in self._at_asset if p.frame.transaction_id == frame.transaction_id),
+                None,
+            )
+            if pending is None:  # answers nothing asked: the client would drop it too
                 out.evidence.append(Evidence("refused", {
                     "reason": "response to no pending request", "by": "asset",
                     "transaction_id": frame.transaction_id, "unit": frame.unit,
                 }))  # fmt: skip
                 continue
-            pending = waiting.popleft()
-            if not waiting:
-                del self._pending[frame.transaction_id]
-            self._in_flight -= 1
+            self._at_asset.remove(pending)
+            self._forget(pending)
             forward.append(frame.encode())
             self._answered(out, pending, frame)
         out.forward = b"".join(forward)
+        out.to_asset = b"".join(self._release())
         return out
 
     def _answered(self, out: Verdicts, pending: _Pending, frame: Frame) -> None:
@@ -242,15 +297,15 @@ class ModbusGuard:
     # -- end -------------------------------------------------------------------------------
     def finish(self) -> list[Evidence]:
         """At the end of the connection: writes that got no answer, and the read counts."""
-        out = []
-        for waiting in self._pending.values():
-            for pending in waiting:
-                if pending.request.is_write:
-                    detail = describe(pending.frame.unit, pending.request)
-                    detail.update(transaction_id=pending.frame.transaction_id,
-                                  result="no response", by="asset")  # fmt: skip
-                    out.append(Evidence("write", detail))
+        out = [
+            self._unanswered(pending)
+            for waiting in self._pending.values()
+            for pending in waiting
+            if pending.request.is_write
+        ]
         self._pending.clear()
+        self._queued.clear()
+        self._at_asset.clear()
         if self.reads or self.refused:
             ranges = [
                 {"unit": u, "function": f, "space": s, "first": a, "last": b, "count": n}

@@ -39,6 +39,9 @@ from gateway.ssh.relay import client_end_reason
 from recordings.tunnel import TunnelEvent
 
 log = logging.getLogger(__name__)
+# A request forwarded to a PLC and not answered within this long is given up, so the ones a
+# pipelining client queued behind it go on (gateway.ot.guard.ModbusGuard.overdue).
+MODBUS_ANSWER_SECONDS = 10.0
 
 
 class AssetSide(asyncio.Protocol):
@@ -82,6 +85,7 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         self._asset_reads.hold("starting")  # until the channel is open (session_started)
         self._guard: ModbusGuard | None = None
         self._evidence: EvidenceSink | None = None
+        self._overdue: asyncio.TimerHandle | None = None
 
     def attach(self, transport: asyncio.Transport) -> None:
         ticket = self.ticket
@@ -150,6 +154,7 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         if self._guard is not None:
             verdicts = self._guard.from_asset(data)
             data = verdicts.forward
+            self._to_asset(ticket, verdicts.to_asset)
             self._handle(verdicts)
             if not data:
                 return
@@ -163,13 +168,34 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         if ticket is None or asset is None:
             return
         verdicts = guard.from_client(data)
-        if verdicts.forward:
-            if ticket.record_input:
-                record_paced(ticket.writer, TunnelEvent.TO_ASSET, verdicts.forward,
-                             self._client_reads, self.broker.tasks)  # fmt: skip
-            asset.write(verdicts.forward)
+        self._to_asset(ticket, verdicts.forward)
         if verdicts.reply and chan is not None:
             chan.write(verdicts.reply)  # the gateway's own answer: recorded as evidence
+        self._handle(verdicts)
+
+    def _to_asset(self, ticket: Ticket, data: bytes) -> None:
+        """Requests the guard sends on to the PLC; the last one sent gets a deadline."""
+        if not data or self._asset is None or self._guard is None:
+            return
+        if ticket.record_input:
+            record_paced(ticket.writer, TunnelEvent.TO_ASSET, data, self._client_reads,
+                         self.broker.tasks)  # fmt: skip
+        self._asset.write(data)
+        if self._overdue is not None:
+            self._overdue.cancel()
+        self._overdue = asyncio.get_running_loop().call_later(
+            MODBUS_ANSWER_SECONDS, self._answer_overdue, self._guard.sent
+        )
+
+    def _answer_overdue(self, sent: int) -> None:
+        ticket, guard = self.ticket, self._guard
+        self._overdue = None
+        if ticket is None or guard is None:
+            return
+        verdicts = guard.overdue(sent)
+        if verdicts.to_asset or verdicts.evidence:
+            self._marker(f"no answer from the asset in {MODBUS_ANSWER_SECONDS:g} s")
+        self._to_asset(ticket, verdicts.to_asset)
         self._handle(verdicts)
 
     def _handle(self, verdicts: Verdicts) -> None:
@@ -210,6 +236,8 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         if ticket is None:
             return
         guard, sink = self._guard, self._evidence
+        if self._overdue is not None:
+            self._overdue.cancel()
         if guard is not None and sink is not None:
             sink.add(guard.finish())  # recorded now, before the recording closes
             self.broker.tasks.start(

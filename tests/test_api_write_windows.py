@@ -102,3 +102,35 @@ async def test_window_bounds_are_checked_at_the_edge(api: Api, body: object) -> 
     )
     assert sent.status_code == 422, sent.text
     assert await open_until(api, session_id) is None
+
+
+async def test_live_page_offers_arm_writes_for_modbus_sessions_only(api: Api) -> None:
+    ssh = await add_session(api, "alice", "plc-1")
+    session_id = await modbus_session(api)
+    root = await api.login("root")
+    table = (await root.client.get("/live/table")).text
+    assert f'href="/live?arm={session_id}#arm"' in table
+    assert f'href="/live?arm={ssh.session_id}#arm"' not in table
+    form = await root.client.get(f"/live?arm={session_id}")
+    assert f'action="/live/{session_id}/write-window"' in form.text
+    path = f"/live/{session_id}/write-window"
+    bad = await root.client.post(
+        path, data={"csrf_token": root.csrf, "minutes": "999", "reason": "x"}
+    )
+    assert bad.status_code == 422 and "Nothing was changed" in bad.text
+    no_csrf = await root.client.post(path, data={"minutes": "5", "reason": "calibration"})
+    assert no_csrf.status_code in (400, 403)
+    assert await open_until(api, session_id) is None
+    done = await root.client.post(
+        path, data={"csrf_token": root.csrf, "minutes": "5", "reason": "calibration <b>"}
+    )
+    assert done.status_code == 200, done.text
+    assert "Writes armed for alice on plc-1" in done.text
+    assert await open_until(api, session_id) is not None
+    [audited] = await audit_rows(api, "modbus.window_armed")
+    assert json.loads(audited.detail)["reason"] == "calibration <b>"
+    refused = await root.client.post(
+        f"/live/{ssh.session_id}/write-window",
+        data={"csrf_token": root.csrf, "minutes": "5", "reason": "x"},
+    )
+    assert refused.status_code == 404

@@ -152,13 +152,15 @@ class AuthzService:
 
     async def reachable_over_ssh(self, username: str, asset: str) -> Decision:
         """May ``username`` use ``asset`` through the SSH jump host now: a shell, files or a
-        tunnel? (Whether to make a connect code; the broker still decides every session.)
+        tunnel (a Modbus action is a tunnel to the asset's Modbus port)? (Whether to make a
+        connect code; the broker still decides every session.)
         A refusal's reason says whether the asset is missing or not granted."""
         decision = await self.authorize(username, asset, "ssh")
         if decision.allowed:
             return decision
         for name, action, other in await self.reachable_now(username):
-            if name == asset and (logs_in(action) or TUNNEL_RE.fullmatch(action) is not None):
+            tunnels = TUNNEL_RE.fullmatch(action) is not None or is_modbus_action(action)
+            if name == asset and (logs_in(action) or tunnels):
                 return other
         return decision
 

@@ -504,8 +504,8 @@ class Broker:
         match = TUNNEL_RE.fullmatch(ticket.proof.action)
         if match is not None:
             port = int(match.group(1))
-        elif is_modbus_action(ticket.proof.action) and ticket.target.modbus:
-            port = ticket.target.port  # read from the asset's row when the session opened
+        elif is_modbus_action(ticket.proof.action):
+            port = ticket.target.port  # from the asset's row; _check: it is the Modbus port
         else:
             raise ConduitError(
                 "not a tunnel session", f"{ticket.proof.action} is not tunnel:<port>"

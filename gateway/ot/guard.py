@@ -133,6 +133,8 @@ class ModbusGuard:
         self.sent = 0  # requests sent to the PLC (the tunnel's overdue timer follows it)
         self._parsed_from: Grants | None = None
         self._parsed: list[tuple[ModbusScope, dt.datetime | None]] = []
+        self._in_force: list[ModbusScope] = []
+        self._next_end: dt.datetime | None = None  # when _in_force must be filtered again
         self.reads: dict[tuple[int, int, str, int, int], int] = {}
         self.refused = 0
 
@@ -218,11 +220,19 @@ class ModbusGuard:
         return Evidence("write", detail)
 
     def _scopes(self, now: dt.datetime) -> list[ModbusScope]:
+        """The scopes in force at ``now``: parsed once per grants tuple, filtered again only
+        when ``now`` passes the earliest end among them."""
         grants = self._grants()
-        if grants is not self._parsed_from:
-            self._parsed = [(parse_modbus_action(a), until) for a, until in grants]
-            self._parsed_from = grants
-        return [s for s, until in self._parsed if until is None or now < until]
+        if grants is not self._parsed_from or (
+            self._next_end is not None and now >= self._next_end
+        ):
+            if grants is not self._parsed_from:
+                self._parsed = [(parse_modbus_action(a), until) for a, until in grants]
+                self._parsed_from = grants
+            self._in_force = [s for s, until in self._parsed if until is None or now < until]
+            ends = [until for _, until in self._parsed if until is not None and now < until]
+            self._next_end = min(ends) if ends else None
+        return self._in_force
 
     def _window_open(self, now: dt.datetime) -> bool:
         until = self._write_until()

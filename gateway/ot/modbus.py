@@ -92,13 +92,14 @@ class Frame:
     transaction_id: int
     unit: int
     pdu: bytes
+    wire: bytes = b""  # the frame as received (FrameReader), forwarded unchanged
 
     @property
     def function(self) -> int:
         return self.pdu[0]
 
     def encode(self) -> bytes:
-        return encode_frame(self.transaction_id, self.unit, self.pdu)
+        return self.wire or encode_frame(self.transaction_id, self.unit, self.pdu)
 
 
 def encode_frame(transaction_id: int, unit: int, pdu: bytes) -> bytes:
@@ -134,7 +135,8 @@ class FrameReader:
             end = pos + 6 + length
             if end > size:
                 break
-            frames.append(Frame(tid, buffer[pos + 6], bytes(buffer[pos + 7 : end])))
+            wire = bytes(buffer[pos:end])
+            frames.append(Frame(tid, wire[6], wire[7:], wire))
             pos = end
         if pos:
             del buffer[:pos]

@@ -169,3 +169,19 @@ def test_write_without_answer_is_evidence_at_the_end() -> None:
                                                          transaction_id=4)))  # fmt: skip
     (write,) = s.guard.finish()  # no reads, no refusals: no summary
     assert (write.detail["values"], write.detail["result"]) == ([1], "no response")
+
+
+def test_a_remembered_read_verdict_follows_a_grant_change() -> None:
+    s = Session("modbus-read:hr=0-9")
+    read = wire(regs.ReadHoldingRegistersRequest(address=0, count=10, dev_id=1, transaction_id=1))
+    assert s.guard.from_client(read).forward == read
+    s.guard.from_asset(wire(regs.ReadHoldingRegistersResponse(registers=[0] * 10, dev_id=1,
+                                                               transaction_id=1)))  # fmt: skip
+    s.grants = (("modbus-read:hr=100-109", None),)  # a new tuple: the broker re-read policy
+    assert exception_of(s.guard.from_client(read).reply) == 2
+    s.grants = (("modbus-read", T0 + dt.timedelta(minutes=1)),)
+    assert s.guard.from_client(read).forward == read
+    s.guard.from_asset(wire(regs.ReadHoldingRegistersResponse(registers=[0] * 10, dev_id=1,
+                                                               transaction_id=1)))  # fmt: skip
+    s.now = T0 + dt.timedelta(minutes=1)  # that grant ended: nothing covers the read now
+    assert exception_of(s.guard.from_client(read).reply) == 1

@@ -44,7 +44,7 @@ from gateway.ot.modbus import (
     device_identity,
     exception_frame,
 )
-from rbac.modbus import READ, WRITE, Access, ModbusScope, judge, parse_modbus_action
+from rbac.modbus import READ, WRITE, Access, ModbusScope, Verdict, judge, parse_modbus_action
 
 Clock = Callable[[], dt.datetime]
 # (action, valid_until) pairs the broker keeps current for the session.
@@ -54,6 +54,7 @@ Grants = tuple[tuple[str, dt.datetime | None], ...]
 MAX_PENDING = 256
 ASSET_WINDOW = 1  # requests forwarded to the PLC and not yet answered
 MAX_READ_RANGES = 1000  # distinct (unit, function, range) counted; the rest count as "other"
+MAX_JUDGED = 1024  # verdicts remembered per connection (reads; writes are judged every time)
 MAX_VALUES_SHOWN = 123  # a write's values in its evidence (function 16 writes at most 123)
 
 
@@ -134,6 +135,9 @@ class ModbusGuard:
         self._parsed_from: Grants | None = None
         self._parsed: list[tuple[ModbusScope, dt.datetime | None]] = []
         self._in_force: list[ModbusScope] = []
+        # Verdicts on requests that write nothing, by (unit, PDU), under the scopes in force:
+        # an HMI or a diagnosis tool asks the same few reads over and over.
+        self._judged: dict[tuple[int, bytes], tuple[Request, Verdict]] = {}
         self._next_end: dt.datetime | None = None  # when _in_force must be filtered again
         self.reads: dict[tuple[int, int, str, int, int], int] = {}
         self.refused = 0
@@ -151,17 +155,24 @@ class ModbusGuard:
         reply: list[bytes] = []
         now: dt.datetime | None = None
         for frame in frames:
-            try:
-                request = decode_request(frame.pdu)
-            except PduError as exc:
-                reply.append(exception_frame(frame, exc.code))
-                self._refuse(out, frame, None, int(exc.code), f"malformed: {exc}")
-                continue
             now = now or self._clock()
-            verdict = judge(
-                self._scopes(now), request.function, accesses_of(frame.unit, request),
-                self._window_open(now),
-            )  # fmt: skip
+            scopes = self._scopes(now)
+            known = self._judged.get((frame.unit, frame.pdu))
+            if known is not None:  # a read asked before under the same grants
+                request, verdict = known
+            else:
+                try:
+                    request = decode_request(frame.pdu)
+                except PduError as exc:
+                    reply.append(exception_frame(frame, exc.code))
+                    self._refuse(out, frame, None, int(exc.code), f"malformed: {exc}")
+                    continue
+                verdict = judge(
+                    scopes, request.function, accesses_of(frame.unit, request),
+                    self._window_open(now),
+                )  # fmt: skip
+                if not request.is_write and len(self._judged) < MAX_JUDGED:
+                    self._judged[(frame.unit, frame.pdu)] = (request, verdict)
             if not verdict.allowed:
                 reply.append(exception_frame(frame, ExceptionCode(verdict.exception)))
                 self._refuse(out, frame, request, verdict.exception, verdict.reason)
@@ -230,6 +241,7 @@ class ModbusGuard:
                 self._parsed = [(parse_modbus_action(a), until) for a, until in grants]
                 self._parsed_from = grants
             self._in_force = [s for s, until in self._parsed if until is None or now < until]
+            self._judged.clear()
             ends = [until for _, until in self._parsed if until is not None and now < until]
             self._next_end = min(ends) if ends else None
         return self._in_force

@@ -134,3 +134,15 @@ async def test_live_page_offers_arm_writes_for_modbus_sessions_only(api: Api) ->
         data={"csrf_token": root.csrf, "minutes": "5", "reason": "x"},
     )
     assert refused.status_code == 404
+
+
+async def test_arming_a_session_that_is_not_modbus_is_refused_and_audited(api: Api) -> None:
+    ssh = await add_session(api, "alice", "plc-1")
+    services = api.env.services
+    with pytest.raises(write_windows.WindowRefused):
+        await write_windows.arm_window(
+            services, ssh.session_id, minutes=5, reason="x", actor="cli:ops"
+        )
+    [refused] = await audit_rows(api, "modbus.window_armed")
+    assert (refused.actor, refused.result) == ("cli:ops", "denied")
+    assert await open_until(api, ssh.session_id) is None

@@ -117,15 +117,19 @@ async def arm_window(
     now = services.clock()
     async with services.sessions() as db, db.begin():
         live = await live_store.get(db, session_id)
-        if live is None or live.protocol != "modbus":
-            raise WindowRefused(
-                "not found or not a live Modbus session",
-                f"write window for {session_id}: no live Modbus session",
-            )
-        row = await arm(
-            db, session_id=session_id, asset=live.asset, username=live.username,
-            armed_by=actor, reason=reason, minutes=minutes, now=now,
+        if live is not None and live.protocol == "modbus":
+            row = await arm(
+                db, session_id=session_id, asset=live.asset, username=live.username,
+                armed_by=actor, reason=reason, minutes=minutes, now=now,
+            )  # fmt: skip
+    if live is None or live.protocol != "modbus":
+        detail = f"write window for {session_id}: no live Modbus session"
+        await services.audit.record(
+            actor=actor, action="modbus.window_armed", result="denied", target=session_id,
+            source=source, detail={"session_id": session_id, "reason": reason,
+                                   "refused": detail},
         )  # fmt: skip
+        raise WindowRefused("not found or not a live Modbus session", detail)
     await services.audit.record(
         actor=actor, action="modbus.window_armed", result="success", target=row.asset,
         source=source, detail={

@@ -19,3 +19,5 @@ def test_modbus_grant_gives_one_tunnel_line_to_the_modbus_port() -> None:
         "Modbus/TCP to port 502, checked by the gateway (then use 127.0.0.1:15502)"
     ]
     assert lines[0][1].endswith("-N -L 127.0.0.1:15502:localhost:502 alice+plc@gw.example")
+    # a blind tunnel grant on a Modbus port opens nothing (the broker refuses it): no line
+    assert _gather([("plc", "tunnel:502", None)], {"plc": 502}) == {}

@@ -77,8 +77,8 @@ def _gather(
                 entry.accounts.append(account)
         elif kind in ("sftp-read", "sftp-write"):
             entry.files = True
-        elif tunnel is not None:
-            entry.tunnels.append(int(tunnel.group(1)))
+        elif tunnel is not None and int(tunnel.group(1)) != (modbus_ports or {}).get(asset):
+            entry.tunnels.append(int(tunnel.group(1)))  # a Modbus port needs a Modbus grant
         elif is_modbus_action(action) and (modbus_ports or {}).get(asset):
             entry.modbus_port = (modbus_ports or {})[asset]
     return {a: e for a, e in out.items() if e.logs_in or e.files or e.tunnels or e.modbus_port}

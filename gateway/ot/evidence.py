@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from gateway.ot.guard import Evidence
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.sessions.ticket import Ticket
 
 MAX_AUDITED_REFUSALS = 100
+log = logging.getLogger(__name__)
 
 
 def recorded(evidence: Evidence) -> bytes:
@@ -55,7 +57,11 @@ class EvidenceSink:
 
     async def _drain(self) -> None:
         while (evidence := await self._queue.get()) is not None:
-            await self._broker.modbus_event(self._ticket, evidence.kind, evidence.detail)
+            try:
+                await self._broker.modbus_event(self._ticket, evidence.kind, evidence.detail)
+            except Exception:  # the recording has it; the next events still get their turn
+                log.exception("auditing Modbus %s of %s failed", evidence.kind,
+                              self._ticket.session_id)  # fmt: skip
 
     async def flushed(self) -> None:
         """Wait until everything added so far is audited (then the sink takes no more)."""

@@ -24,6 +24,7 @@ from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
+from gateway.ot.export import jsonl_lines
 from gateway.recorder import (
     RecordingMissing,
     RecordingService,
@@ -57,9 +58,10 @@ def add_recordings_commands(
     p.add_argument("recording_id", metavar="ID")
     p.add_argument(
         "--format",
-        choices=("asciicast", "raw"),
+        choices=("asciicast", "raw", "jsonl"),
         default="asciicast",
-        help="asciicast v2 .cast (terminal) or the raw recorded output bytes",
+        help="asciicast v2 .cast (terminal), the raw recorded output bytes, or JSON lines "
+        "(a tunnel: the decoded Modbus request/response stream and the gateway's decisions)",
     )
     p.add_argument("--output", default="-", metavar="FILE", help="file or - for stdout")
     p.set_defaults(handler=recordings_export)
@@ -209,6 +211,10 @@ def _export(service: RecordingService, stream: BinaryIO, fmt: str, out: IO[Any])
         if header.kind != "terminal":
             raise ConduitError(f"a {header.kind} recording cannot be exported as asciicast")
         out.writelines(asciicast_lines(header, reader.events()))
+    elif fmt == "jsonl":
+        if header.kind != "tunnel":
+            raise ConduitError(f"a {header.kind} recording cannot be exported as jsonl")
+        out.writelines(jsonl_lines(header.metadata.get("protocol", ""), reader.events()))
     else:
         terminal = header.kind == "terminal"
         for event in reader.events():

@@ -123,7 +123,8 @@ async def watch_policy(services: Services, wake: asyncio.Event) -> None:
 
 async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.Event) -> None:
     """Kills asked for by other processes (``conduit sessions kill``, another node's API):
-    at once when notified (PostgreSQL), else within ``cluster.poll_seconds``.
+    at once when notified (PostgreSQL), else within ``cluster.poll_seconds``; Modbus write
+    windows armed or closed anywhere land in the same round.
 
     Each round also publishes this process's byte counts that changed since the last one,
     so ``sessions list`` anywhere shows them at most one round old.
@@ -137,6 +138,10 @@ async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.
                 services.metrics.kill_requests_served.labels(via).inc(served)
         except Exception:  # retried next round
             log.exception("serving kill requests failed")
+        try:
+            await broker.serve_write_windows()
+        except Exception:  # retried next round; a window not yet seen keeps writes refused
+            log.exception("serving write windows failed")
         try:
             published = await publish_byte_counts(services, published)
         except Exception:  # retried next round: ``published`` is unchanged

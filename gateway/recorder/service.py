@@ -57,6 +57,7 @@ from recordings import (
 )
 from recordings.screen import TextLine, screen_lines
 from recordings.terminal import DEFAULT_SIZE
+from recordings.tunnel import decoded_lines
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,8 @@ class RecordingService:
             return size, None
         if kind == str(Kind.TERMINAL):
             return size, self._read_text(recording_id, *DEFAULT_SIZE)
+        if kind == str(Kind.TUNNEL):
+            return size, self._read_decoded(recording_id)
         return size, (self._verify_file(recording_id), [])
 
     async def _store_check(
@@ -409,12 +412,23 @@ class RecordingService:
         assert reader.result is not None  # noqa: S101 - events() exhausted sets it
         return reader.result, lines
 
+    def _read_decoded(self, recording_id: str) -> tuple[VerifyResult, list[TextLine]]:
+        """A tunnel recording's verdict and the lines of what the gateway decoded in it
+        (Modbus writes, refusals, device identity: ``recordings.tunnel.decoded_lines``)."""
+        with self.store.open_read(recording_id) as stream:
+            reader = RecordingReader(stream, self.data_keys.resolve, self.verify_keys)
+            lines = list(decoded_lines(reader.events()))
+        assert reader.result is not None  # noqa: S101 - events() exhausted sets it
+        return reader.result, lines
+
     async def _verify_and_index(self, recording_id: str) -> None:
         entry = await self.entry(recording_id)
         if entry.kind == str(Kind.TERMINAL) and entry.size_bytes > INLINE_INDEX_BYTES:
             result, lines = await self._read_text_elsewhere(recording_id)
         elif entry.kind == str(Kind.TERMINAL):
             result, lines = await asyncio.to_thread(self._read_text, recording_id, *DEFAULT_SIZE)
+        elif entry.kind == str(Kind.TUNNEL):
+            result, lines = await asyncio.to_thread(self._read_decoded, recording_id)
         else:
             result, lines = await asyncio.to_thread(self._verify_file, recording_id), []
         async with self.sessions() as db, db.begin():

@@ -133,8 +133,9 @@ class Header:
             version = doc["format_version"]
             if type(version) is not int or version not in FORMAT_VERSIONS:
                 raise FormatError(f"unsupported format version {str(version)[:16]!r}")
-            if doc.get("hash") != CHAIN_HASH[version] or doc.get("compression") != (
-                COMPRESSION[version]
+            if (
+                doc.get("hash") != CHAIN_HASH[version]
+                or doc.get("compression") != (COMPRESSION[version])
             ):
                 raise FormatError(f"hash or compression do not match format version {version}")
             metadata = doc["metadata"]

@@ -1,8 +1,8 @@
 """Child process for the crash test: records output events until it is SIGKILLed.
 
-Usage: python recording_crash_child.py ROOT VERSION (the container format, 1 or 2). Prints ``ready <id>`` then, after each event is
-handed to the writer, ``<seq> <time.monotonic()>`` (monotonic is system-wide on Linux, so the
-parent can compare it with its own clock).
+Usage: python recording_crash_child.py ROOT VERSION (the container format, 1 or 2). Prints
+``ready <id>`` then, after each event is handed to the writer, ``<seq> <time.monotonic()>``
+(monotonic is system-wide on Linux, so the parent can compare it with its own clock).
 """
 
 from __future__ import annotations

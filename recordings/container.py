@@ -386,11 +386,12 @@ def open_chunk_v2(
     if encoding == ENCODING_RAW:
         plaintext = stored
     else:
-        size = zstandard.frame_content_size(stored) if len(stored) >= 18 else -1
-        if size > plain_len:
-            raise FormatError("chunk claims more plaintext than its length")
         try:
-            # Bounded by the authenticated length: a hostile frame cannot expand further.
+            # The frame's own content size, if it states one, must fit the authenticated
+            # length; then the output is bounded by it, so a hostile frame cannot expand.
+            size = zstandard.frame_content_size(stored)
+            if size > plain_len:
+                raise FormatError("chunk claims more plaintext than its length")
             plaintext = zstandard.ZstdDecompressor().decompress(
                 stored, max_output_size=max(plain_len, 1)
             )

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+import sqlalchemy.exc
 
 from bench.ssh_relay_rig import (
     ASSET,
@@ -233,6 +234,19 @@ def bulk_once(argv: Argv, env: Env | None, size: int, limit_s: float) -> tuple[f
 PAYLOADS = ("random", "text")
 
 
+async def connect_codes(rig: Rig, n: int) -> list[str]:
+    """``rig.connect_codes``, retried while the gateway's SQLite is busy (it indexes the
+    recording of a relay run that just ended); bounded at 60 tries."""
+    for _ in range(60):
+        try:
+            return await rig.connect_codes(n)
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            await asyncio.sleep(1)
+    return await rig.connect_codes(n)
+
+
 def make_payloads(work: Path, size: int) -> dict[str, Path]:
     """Two files of ``size`` bytes the asset streams with ``cat``: incompressible random
     bytes, and realistic terminal text (``ls -lR /usr`` output of this machine, repeated),
@@ -266,13 +280,20 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     """Each path streams each payload; the figures per payload, as before per path."""
     size = size_mib * MIB
     files = await asyncio.to_thread(make_payloads, rig.work, size)
+    # All codes first: after a relay run the gateway indexes the recording, and SQLite may
+    # be busy with it while we would be issuing the next payload's codes.
+    codes = await connect_codes(rig, repeat * len(PAYLOADS))
     out: dict[str, Any] = {"size_mib": size_mib, "repeat": repeat, "cipher": CIPHER}
-    for payload in PAYLOADS:
-        out[payload] = await bench_bulk_payload(rig, f"cat {files[payload]}", size_mib, repeat)
+    for n, payload in enumerate(PAYLOADS):
+        out[payload] = await bench_bulk_payload(
+            rig, f"cat {files[payload]}", size_mib, codes[n * repeat : (n + 1) * repeat]
+        )
     return out
 
 
-async def bench_bulk_payload(rig: Rig, command: str, size_mib: int, repeat: int) -> dict[str, Any]:
+async def bench_bulk_payload(
+    rig: Rig, command: str, size_mib: int, codes: list[str]
+) -> dict[str, Any]:
     size = size_mib * MIB
     limit = max(60.0, size_mib / 5)  # a path slower than 5 MiB/s is broken, not slow
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -282,7 +303,7 @@ async def bench_bulk_payload(rig: Rig, command: str, size_mib: int, repeat: int)
     close_cpu_s: list[float] = []
     stored_ratio: list[float] = []
     bare_cpu: dict[str, list[float]] = {"bare": [], "bare_fastpath": []}
-    codes = await rig.connect_codes(repeat)
+    repeat = len(codes)
     for i in range(repeat):
         paths: list[tuple[str, Argv, Env | None]] = [
             ("direct", rig.direct(command), None),
@@ -496,7 +517,7 @@ async def bench_keys(rig: Rig, keystrokes: int) -> dict[str, Any]:
         "proxyjump": await connect_direct(rig, tunnel=jump),
         "bare": await connect_bare(rig, "bare"),
         "bare_fastpath": await connect_bare(rig, "bare_fastpath"),
-        "relay": await connect_relay(rig, (await rig.connect_codes(1))[0]),
+        "relay": await connect_relay(rig, (await connect_codes(rig, 1))[0]),
     }
     sessions: dict[str, tuple[asyncssh.SSHClientChannel[bytes], EchoSession]] = {}
     samples: dict[str, list[float]] = {name: [] for name in (*conns, "relay_while_other_closes")}

@@ -62,11 +62,12 @@ def text_corpus() -> bytes:
 
 def payloads(event_bytes: int, total_mib: int, kind: str, corpus: bytes) -> list[bytes]:
     """Events adding up to ``total_mib``; generation stays out of timing. Random: a pool of
-    64 distinct payloads reused round-robin (64 x 32 KiB exceeds zstd's level-1 window, so
-    reuse does not make it compressible). Text: consecutive slices of the corpus."""
+    distinct payloads (at least 64, and 1 MiB of them) reused round-robin, so no chunk
+    (64 KiB, compressed on its own) ever holds a payload twice. Text: consecutive slices of
+    the corpus."""
     count = (total_mib << 20) // event_bytes
     if kind == "random":
-        pool = [os.urandom(event_bytes) for _ in range(64)]
+        pool = [os.urandom(event_bytes) for _ in range(max(64, (1 << 20) // event_bytes))]
         return [pool[i % len(pool)] for i in range(count)]
     slices = max(1, len(corpus) // event_bytes)
     return [

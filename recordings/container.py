@@ -315,8 +315,6 @@ class ChunkSealerV2:
         self._next_pause = 1
         self.index = 0
         self.last_hash = start_hash
-        self.plain_bytes = 0  # event bytes sealed, and what they took on disk: for tests/bench
-        self.stored_bytes = 0
 
     def _encode(self, plaintext: bytes | bytearray) -> tuple[int, bytes | bytearray]:
         if self._pause:
@@ -354,8 +352,6 @@ class ChunkSealerV2:
         digest.update(out)  # == chain(last_hash, frame, 2)
         self.last_hash = digest.digest()
         self.index += 1
-        self.plain_bytes += len(plaintext)
-        self.stored_bytes += len(out)
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 
@@ -86,3 +87,14 @@ def test_offline_check_names_format_and_hash_and_catches_swaps(
     ):
         with pytest.raises(expected):
             verify_bundle.verify(_bundle(tmp_path / name, damaged))
+
+
+def test_without_blake3_format_1_still_checks_and_format_2_says_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v2 = _v2(tmp_path / "w")
+    monkeypatch.setitem(sys.modules, "blake3", None)  # import blake3 -> ImportError
+    assert verify_bundle.main(["verify_bundle.py", str(_bundle(tmp_path / "v1", _v1()))]) == 0
+    assert capsys.readouterr().out == "intact\n"
+    assert verify_bundle.main(["verify_bundle.py", str(_bundle(tmp_path / "v2", v2))]) == 3
+    assert capsys.readouterr().out.startswith("cannot check: a format-2 recording needs")

@@ -1,7 +1,7 @@
 """Recorded output bytes of a recording, beside its stored size (format 2 compresses).
 
 Revision ID: 0016_recording_output_bytes
-Revises: 0013_zone_approver_group
+Revises: 0015_modbus
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016_recording_output_bytes"
-down_revision = "0013_zone_approver_group"
+down_revision = "0015_modbus"
 branch_labels = None
 depends_on = None
 

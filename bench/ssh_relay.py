@@ -12,9 +12,13 @@ A real OpenSSH sshd on 127.0.0.1 is the asset and, for the baselines, the jump h
   ``relay`` vs ``bare_fastpath`` is what the product's own work costs.
 
 Parts (``--only``; default all):
-* ``bulk``: OpenSSH client, aes128-gcm, ``head -c N /dev/zero`` read to EOF by this process;
-  MiB/s from the first byte to EOF (``mib_s``) and including connect (``wall_mib_s``);
-  medians over ``--repeat``, paths interleaved. Gateway CPU ms per MiB from /proc.
+* ``bulk``: OpenSSH client, aes128-gcm, ``cat PAYLOAD`` read to EOF by this process, for two
+  payloads of ``--size-mib`` made at start: ``random`` (os.urandom: incompressible) and
+  ``text`` (this machine's ``ls -lR /usr`` with CRLF line ends, repeated: realistic terminal
+  output), so compression in the recording cannot flatter a figure; MiB/s from the first byte
+  to EOF (``mib_s``) and including connect (``wall_mib_s``); medians over ``--repeat``,
+  paths interleaved. Gateway CPU ms per MiB from /proc; the relay's recording file size
+  over the output (``stored_vs_output``).
 * ``connect``: OpenSSH ``ssh ... true`` from spawn to exit, 3 x ``--repeat`` sequential
   samples per path, then ``--parallel`` at once per path (per-connect median, wall, conn/s).
   OpenSSH 9.2 negotiates post-quantum sntrup761x25519 with sshd but asyncssh (the gateway)
@@ -69,6 +73,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+import sqlalchemy.exc
 
 from bench.ssh_relay_rig import (
     ASSET,
@@ -93,8 +98,11 @@ MIB = 1 << 20
 CLOSE_MIB = 64  # output of the session that ends while keys are measured (the index cap)
 PARTS = ("bulk", "connect", "keys", "idle", "end")
 TARGETS = {
-    "bulk_relay_vs_proxyjump_min": 1.2,
-    "bulk_relay_vs_nested_min": 0.9,
+    "bulk_random_relay_vs_proxyjump_min": 1.0,
+    "bulk_random_relay_cpu_vs_bare_fastpath_max": 1.5,
+    "bulk_random_relay_vs_nested_min": 0.9,
+    "bulk_text_relay_vs_proxyjump_min": 1.2,
+    "bulk_text_stored_vs_output_max": 0.2,
     "connect_relay_vs_proxyjump_max": 0.5,
     "keys_p50_relay_vs_proxyjump_max": 1.2,
     "keys_p99_relay_us_max": 1500,
@@ -223,17 +231,79 @@ def bulk_once(argv: Argv, env: Env | None, size: int, limit_s: float) -> tuple[f
     return (got - first_len) / MIB / data_s, got / MIB / (end - start)
 
 
+PAYLOADS = ("random", "text")
+
+
+async def connect_codes(rig: Rig, n: int) -> list[str]:
+    """``rig.connect_codes``, retried while the gateway's SQLite is busy (it indexes the
+    recording of a relay run that just ended); bounded at 60 tries."""
+    for _ in range(60):
+        try:
+            return await rig.connect_codes(n)
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            await asyncio.sleep(1)
+    return await rig.connect_codes(n)
+
+
+def make_payloads(work: Path, size: int) -> dict[str, Path]:
+    """Two files of ``size`` bytes the asset streams with ``cat``: incompressible random
+    bytes, and realistic terminal text (``ls -lR /usr`` output of this machine, repeated),
+    so that compression in the recording cannot flatter the result."""
+    files = {"random": work / "payload-random.bin", "text": work / "payload-text.txt"}
+    with files["random"].open("wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(left, MIB))
+            out.write(block)
+            left -= len(block)
+    listing = subprocess.run(
+        ["ls", "-lR", "/usr"], capture_output=True, check=False, timeout=120
+    ).stdout.replace(b"\n", b"\r\n")  # as a pty delivers it
+    if len(listing) < MIB:
+        raise SystemExit("ls -lR /usr gave less than 1 MiB of text: no corpus")
+    with files["text"].open("wb") as out:
+        left = size
+        while left:
+            out.write(listing[:left])
+            left -= min(left, len(listing))
+    return files
+
+
+def newest_recording(rig: Rig) -> Path | None:
+    found = list((rig.data / "recordings").rglob("*.rec"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
+    """Each path streams each payload; the figures per payload, as before per path."""
     size = size_mib * MIB
-    command = f"head -c {size} /dev/zero"
+    files = await asyncio.to_thread(make_payloads, rig.work, size)
+    # All codes first: after a relay run the gateway indexes the recording, and SQLite may
+    # be busy with it while we would be issuing the next payload's codes.
+    codes = await connect_codes(rig, repeat * len(PAYLOADS))
+    out: dict[str, Any] = {"size_mib": size_mib, "repeat": repeat, "cipher": CIPHER}
+    for n, payload in enumerate(PAYLOADS):
+        out[payload] = await bench_bulk_payload(
+            rig, f"cat {files[payload]}", size_mib, codes[n * repeat : (n + 1) * repeat]
+        )
+    return out
+
+
+async def bench_bulk_payload(
+    rig: Rig, command: str, size_mib: int, codes: list[str]
+) -> dict[str, Any]:
+    size = size_mib * MIB
     limit = max(60.0, size_mib / 5)  # a path slower than 5 MiB/s is broken, not slow
     runs: dict[str, list[tuple[float, float]]] = {}
     errors: dict[str, list[str]] = {}
     relay_cpu_ms_per_mib: list[float] = []
     loop_cpu_ms_per_mib: list[float] = []
     close_cpu_s: list[float] = []
+    stored_ratio: list[float] = []
     bare_cpu: dict[str, list[float]] = {"bare": [], "bare_fastpath": []}
-    codes = await rig.connect_codes(repeat)
+    repeat = len(codes)
     for i in range(repeat):
         paths: list[tuple[str, Argv, Env | None]] = [
             ("direct", rig.direct(command), None),
@@ -261,8 +331,14 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
                 relay_cpu_ms_per_mib.append(meter.seconds() * 1000 / size_mib)
                 loop_cpu_ms_per_mib.append(loop_meter.seconds() * 1000 / size_mib)
                 close_cpu_s.append(await gateway_quiet(rig))
-            print(f"bulk {i + 1}/{repeat} {name:9} {runs[name][-1][0]:7.1f} MiB/s", flush=True)
-    out: dict[str, Any] = {"size_mib": size_mib, "repeat": repeat, "cipher": CIPHER}
+                if (recording := newest_recording(rig)) is not None:
+                    stored_ratio.append(recording.stat().st_size / size)
+            print(
+                f"bulk {command.rsplit('-', 1)[-1]:10} {i + 1}/{repeat} {name:13} "
+                f"{runs[name][-1][0]:7.1f} MiB/s",
+                flush=True,
+            )
+    out: dict[str, Any] = {}
     for name, samples in runs.items():
         out[name] = {
             "mib_s": rnd(median([s[0] for s in samples])),
@@ -278,6 +354,8 @@ async def bench_bulk(rig: Rig, size_mib: int, repeat: int) -> dict[str, Any]:
     # Of which the event loop's thread (the rest: the recording writer, mostly).
     out["relay"]["gateway_loop_cpu_ms_per_mib"] = rnd(median(loop_cpu_ms_per_mib), 2)
     out["relay"]["gateway_cpu_s_after_close"] = rnd(median(close_cpu_s), 2)
+    # The recording file's size over the bytes the session output.
+    out["relay"]["stored_vs_output"] = rnd(median(stored_ratio), 4)
     for name, values in bare_cpu.items():
         if name in out:
             out[name]["relay_cpu_ms_per_mib"] = rnd(median(values), 2)
@@ -439,7 +517,7 @@ async def bench_keys(rig: Rig, keystrokes: int) -> dict[str, Any]:
         "proxyjump": await connect_direct(rig, tunnel=jump),
         "bare": await connect_bare(rig, "bare"),
         "bare_fastpath": await connect_bare(rig, "bare_fastpath"),
-        "relay": await connect_relay(rig, (await rig.connect_codes(1))[0]),
+        "relay": await connect_relay(rig, (await connect_codes(rig, 1))[0]),
     }
     sessions: dict[str, tuple[asyncssh.SSHClientChannel[bytes], EchoSession]] = {}
     samples: dict[str, list[float]] = {name: [] for name in (*conns, "relay_while_other_closes")}
@@ -801,21 +879,35 @@ def verdict(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool | N
         met[name] = None if value is None else ok(value)
 
     if bulk := figures.get("bulk"):
-        relay = bulk["relay"]["mib_s"]
-        ratios["bulk_relay_vs_proxyjump"] = ratio(relay, bulk["proxyjump"]["mib_s"])
-        ratios["bulk_relay_vs_nested"] = ratio(relay, bulk["nested"]["mib_s"])
-        ratios["bulk_relay_vs_direct"] = ratio(relay, bulk["direct"]["mib_s"])
-        for bare in ("bare", "bare_fastpath"):  # what asyncssh alone reaches here
-            if bare in bulk:
-                ratios[f"bulk_{bare}_vs_proxyjump"] = ratio(
-                    bulk[bare]["mib_s"], bulk["proxyjump"]["mib_s"]
-                )
-                ratios[f"bulk_relay_vs_{bare}"] = ratio(relay, bulk[bare]["mib_s"])
-        failed = bool(bulk["relay"].get("failed"))  # a relay run that broke misses both
-        check("bulk_vs_proxyjump", ratios["bulk_relay_vs_proxyjump"], lambda v: v >= 1.2)
-        check("bulk_vs_nested", ratios["bulk_relay_vs_nested"], lambda v: v >= 0.9)
-        if failed:
-            met["bulk_vs_proxyjump"] = met["bulk_vs_nested"] = False
+        for payload in PAYLOADS:
+            one = bulk[payload]
+            relay = one["relay"]["mib_s"]
+            pre = f"bulk_{payload}"
+            ratios[f"{pre}_relay_vs_proxyjump"] = ratio(relay, one["proxyjump"]["mib_s"])
+            ratios[f"{pre}_relay_vs_nested"] = ratio(relay, one["nested"]["mib_s"])
+            ratios[f"{pre}_relay_vs_direct"] = ratio(relay, one["direct"]["mib_s"])
+            for bare in ("bare", "bare_fastpath"):  # what asyncssh alone reaches here
+                if bare in one:
+                    ratios[f"{pre}_{bare}_vs_proxyjump"] = ratio(
+                        one[bare]["mib_s"], one["proxyjump"]["mib_s"]
+                    )
+                    ratios[f"{pre}_relay_vs_{bare}"] = ratio(relay, one[bare]["mib_s"])
+            # Gateway CPU per MiB (recording on) against the bare fast-path relay's.
+            fast = one.get("bare_fastpath", {}).get("relay_cpu_ms_per_mib")
+            ratios[f"{pre}_relay_cpu_vs_bare_fastpath"] = ratio(
+                one["relay"]["gateway_cpu_ms_per_mib"], fast
+            )
+            ratios[f"{pre}_stored_vs_output"] = one["relay"]["stored_vs_output"]
+        r, t = "bulk_random", "bulk_text"
+        check("bulk_random_vs_proxyjump", ratios[f"{r}_relay_vs_proxyjump"], lambda v: v >= 1.0)
+        check("bulk_random_cpu", ratios[f"{r}_relay_cpu_vs_bare_fastpath"], lambda v: v <= 1.5)
+        check("bulk_random_vs_nested", ratios[f"{r}_relay_vs_nested"], lambda v: v >= 0.9)
+        check("bulk_text_vs_proxyjump", ratios[f"{t}_relay_vs_proxyjump"], lambda v: v >= 1.2)
+        check("bulk_text_stored", ratios[f"{t}_stored_vs_output"], lambda v: v <= 0.2)
+        for payload in PAYLOADS:  # a relay run that broke misses its targets
+            if bulk[payload]["relay"].get("failed"):
+                for name in [n for n in met if n.startswith(f"bulk_{payload}")]:
+                    met[name] = False
     if connect := figures.get("connect"):
         seq, par = connect["sequential"], connect["parallel_runs"]
         for login in ("relay_code", "relay_totp", "relay_cert"):

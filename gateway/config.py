@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -73,6 +81,22 @@ def _empty_is_none(value: object) -> object:
 
 
 Listen = Annotated[str, AfterValidator(_check_listen)]
+MAX_BALANCERS = 64
+
+
+def _check_networks(values: list[str]) -> list[str]:
+    """Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/64``), at most 64."""
+    if len(values) > MAX_BALANCERS:
+        raise ValueError(f"at most {MAX_BALANCERS} addresses or networks")
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network") from None
+    return values
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
 # TOML has no null: an empty string means "the default location inside the data directory".
 OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none)]
 Seconds = Annotated[int, Field(ge=1, le=366 * 86400)]
@@ -113,12 +137,37 @@ class SSHSettings(_Section):
     banner: str = ""  # empty: portal.banner
     # Lifetime of the user certificates the gateway's SSH user CA issues after MFA.
     certificate_hours: Annotated[int, Field(ge=1, le=168)] = 8
+    # Load balancers that send a PROXY protocol v2 header (HAProxy send-proxy-v2); a
+    # connection from elsewhere that sends one is refused. Empty: PROXY is never accepted.
+    proxy_protocol_from: Networks = []
+
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(v, strict=False) for v in self.proxy_protocol_from]
 
 
 class DatabaseSettings(_Section):
     url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/conduit.db
     pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     connect_timeout_seconds: Annotated[int, Field(ge=1, le=120)] = 5
+
+
+class ClusterSettings(_Section):
+    """Membership and cross-node control (PostgreSQL; on SQLite there is one node)."""
+
+    # Seconds between this node's heartbeats; also how often it looks for dead nodes.
+    heartbeat_seconds: Annotated[float, Field(ge=0.2, le=60)] = 5.0
+    # A node whose last heartbeat is older than this is dead: its sessions end (node_lost).
+    dead_after_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+    # Kill requests and policy changes arrive by NOTIFY; this poll catches any missed one.
+    poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 0.5
+
+    @model_validator(mode="after")
+    def _dead_after_spans_heartbeats(self) -> ClusterSettings:
+        if self.dead_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                "cluster.dead_after_seconds must be at least 3 x cluster.heartbeat_seconds"
+            )
+        return self
 
 
 class RecordingsSettings(_Section):
@@ -170,6 +219,7 @@ class Settings(_Section):
     portal: PortalSettings = PortalSettings()
     ssh: SSHSettings = SSHSettings()
     database: DatabaseSettings = DatabaseSettings()
+    cluster: ClusterSettings = ClusterSettings()
     recordings: RecordingsSettings = RecordingsSettings()
     keys: KeysSettings = KeysSettings()
     sessions: SessionSettings = SessionSettings()

@@ -62,6 +62,12 @@ class Metrics:
             ["check"],
             registry=self.registry,
         )
+        self.kill_requests_served = Counter(
+            "conduit_kill_requests_served",
+            "Kill requests this process carried out, by how it learnt of them",
+            ["via"],  # notify (LISTEN/NOTIFY) or poll (the fallback)
+            registry=self.registry,
+        )
         self.security_alerts = Counter(
             "conduit_security_alerts",
             "Events that need a person now, by kind (alert on any increase)",
@@ -94,6 +100,7 @@ class Services:
     authenticator: Authenticator
     clock: Clock = utc_now
     node: str = field(default="")
+    worker: int = 0  # which process of the node (``conduit serve`` runs one today)
 
     @classmethod
     def build(cls, settings: Settings, keys: KeyRing, clock: Clock = utc_now) -> Services:

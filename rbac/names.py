@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from rbac.errors import PolicyNameError
+from rbac.modbus import is_modbus_action, parse_modbus_action
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 SUBJECT_KINDS = ("user", "role", "org")
@@ -95,9 +96,13 @@ def check_action(action: str) -> str:
     qualified = ACCOUNT_RE.fullmatch(action)
     if qualified and qualified.group(2) != DEFAULT_ACCOUNT:
         return action
+    if is_modbus_action(action):
+        parse_modbus_action(action)  # raises with what is wrong
+        return action
     raise PolicyNameError(
-        f"action {action!r} is not valid: one of {', '.join(sorted(SIMPLE_ACTIONS))}, "
-        "tunnel:<port>, or ssh/sftp-read/sftp-write:account=<name> (not the default account)"
+        f"action {action[:100]!r} is not valid: one of {', '.join(sorted(SIMPLE_ACTIONS))}, "
+        "tunnel:<port>, ssh/sftp-read/sftp-write:account=<name> (not the default account), "
+        "or modbus-read/modbus-write[:unit=N][:hr=A-B...] / modbus-fc:<n> (rbac.modbus)"
     )
 
 

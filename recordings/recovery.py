@@ -49,6 +49,7 @@ def recover_recording(
         found.chain_hash,
         found.intact_chunks,
         INCOMPLETE_REASON,
+        found.header.format_version,
     )
     sink = store.reopen_for_recovery(recording_id, found.intact_length)
     try:

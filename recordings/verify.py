@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recordings.container import (
+    CHAIN_HASH,
     FRAME_CHUNK,
     FRAME_FOOTER,
     FRAME_HEADER,
@@ -33,6 +34,7 @@ from recordings.container import (
     header_hash,
     header_mac_ok,
     open_chunk,
+    open_chunk_v2,
     read_frame,
     split_header_body,
 )
@@ -64,6 +66,15 @@ class VerifyResult:
     intact_length: int = 0
     header_digest: bytes = b""
     chain_hash: bytes = b""
+
+    @property
+    def format_version(self) -> int | None:
+        return None if self.header is None else self.header.format_version
+
+    @property
+    def chain_hash_name(self) -> str | None:
+        """The chain's hash (``SHA-256`` for format 1, ``BLAKE3`` for 2), for reports."""
+        return None if self.header is None else CHAIN_HASH[self.header.format_version]
 
     @property
     def ok(self) -> bool:
@@ -137,7 +148,9 @@ class RecordingReader:
         if isinstance(opened, VerifyResult):
             return opened
         header, keys, raw = opened
-        digest = header_hash(MAGIC + raw)
+        version = header.format_version
+        digest = header_hash(MAGIC + raw, version)
+        opener = open_chunk_v2 if version == 2 else open_chunk
         aead = AESGCM(keys.chunk_key)
         position = len(MAGIC) + len(raw)
         chain_hash = digest
@@ -182,12 +195,12 @@ class RecordingReader:
             try:
                 if frame_type != FRAME_CHUNK:
                     raise FormatError("unexpected frame where a chunk belongs")
-                plaintext = open_chunk(aead, header.recording_id, index, chain_hash, body)
+                plaintext = opener(aead, header.recording_id, index, chain_hash, body)
             except FormatError as exc:
                 return verdict(
                     Integrity.TAMPERED, location="chunk", tampered_chunk=index, detail=str(exc)
                 )
-            chain_hash = chain(chain_hash, raw)
+            chain_hash = chain(chain_hash, raw, version)
             index += 1
             position += len(raw)
             yield plaintext
@@ -209,7 +222,12 @@ class RecordingReader:
         if key is None:
             return verdict(Integrity.TAMPERED, location="footer", detail="unknown signing key")
         message = footer_message(
-            header.recording_id, digest, footer.final_hash, footer.chunk_count, footer.end_reason
+            header.recording_id,
+            digest,
+            footer.final_hash,
+            footer.chunk_count,
+            footer.end_reason,
+            header.format_version,
         )
         try:
             key.verify(footer.signature, message)

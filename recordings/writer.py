@@ -24,14 +24,17 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recordings.container import (
+    FORMAT_VERSION,
     MAX_EVENT_BYTES,
     ChunkSealer,
+    ChunkSealerV2,
     Header,
     Kind,
     SubKeys,
     check_end_reason,
     encode_header,
     header_hash,
+    new_sealer,
     signed_footer,
 )
 from recordings.events import event_prefix
@@ -71,6 +74,10 @@ class CloseOutcome:
     chunk_count: int
     end_reason: str
     failure: str | None
+    # Event payload bytes recorded, and the bytes of the file (magic, header, chunks, footer):
+    # what ``conduit recordings list`` shows side by side.
+    output_bytes: int = 0
+    stored_bytes: int = 0
 
 
 _Queued = tuple[float, int, int, bytes]  # submitted at (clock), offset µs, type, payload
@@ -83,7 +90,7 @@ class RecordingWriter:
         self,
         sink: RecordingSink,
         header: Header,
-        sealer: ChunkSealer,
+        sealer: ChunkSealer | ChunkSealerV2,
         header_digest: bytes,
         signing_key: Ed25519PrivateKey,
         *,
@@ -102,6 +109,8 @@ class RecordingWriter:
         self._policy = policy
         self._loop = loop
         self._t0 = clock()
+        self._output_bytes = 0
+        self._stored_bytes = 0
         # A plain lock (never taken twice by one thread) under the condition: ``with
         # self._lock`` is entered in C, ``with self._cond`` through two Python frames, and
         # record() takes it for every event the relay passes on.
@@ -139,7 +148,7 @@ class RecordingWriter:
         """
         keys = SubKeys.derive(data_key)
         head = encode_header(header, keys)
-        digest = header_hash(head)
+        digest = header_hash(head, header.format_version)
 
         def write_head() -> None:
             sink.write(head)
@@ -153,7 +162,7 @@ class RecordingWriter:
         writer = cls(
             sink,
             header,
-            ChunkSealer(header.recording_id, keys, digest),
+            new_sealer(header, keys, digest),
             digest,
             signing_key,
             clock=clock,
@@ -161,6 +170,7 @@ class RecordingWriter:
             policy=policy or WriterPolicy(),
             loop=asyncio.get_running_loop(),
         )
+        writer._stored_bytes = len(head)
         writer._thread.start()
         return writer
 
@@ -272,6 +282,10 @@ class RecordingWriter:
             self._wake_room_waiters()
             return items, self._closing
 
+    def _write(self, data: bytes | bytearray) -> None:
+        self._sink.write(data)
+        self._stored_bytes += len(data)
+
     def _run(self) -> None:
         policy = self._policy
         seal_after = policy.max_unsynced_seconds * _SEAL_SHARE
@@ -287,16 +301,17 @@ class RecordingWriter:
                         oldest = submitted
                     buffer += event_prefix(offset_us, event_type, len(payload))
                     buffer += payload
+                    self._output_bytes += len(payload)
                     if len(buffer) >= policy.max_unsynced_bytes:
-                        self._sink.write(self._sealer.seal(buffer))
+                        self._write(self._sealer.seal(buffer))
                         buffer.clear()
                         oldest, sealed = None, True
                 if buffer and (closing or self._clock() - (oldest or 0.0) >= seal_after):
-                    self._sink.write(self._sealer.seal(buffer))
+                    self._write(self._sealer.seal(buffer))
                     buffer.clear()
                     oldest, sealed = None, True
                 if closing:
-                    self._sink.write(
+                    self._write(
                         signed_footer(
                             self._signing_key,
                             self.recording_id,
@@ -304,6 +319,7 @@ class RecordingWriter:
                             self._sealer.last_hash,
                             self._sealer.index,
                             self._end_reason,
+                            self._sealer.format_version,
                         )
                     )
                     sealed = True
@@ -329,7 +345,12 @@ class RecordingWriter:
                 pass
             with self._cond:
                 outcome = CloseOutcome(
-                    footer_written, self._sealer.index, self._end_reason, self._failure
+                    footer_written,
+                    self._sealer.index,
+                    self._end_reason,
+                    self._failure,
+                    self._output_bytes,
+                    self._stored_bytes,
                 )
             if not self._done.done():
                 self._done.set_result(outcome)
@@ -351,8 +372,12 @@ async def start_recording(
     clock: Callable[[], float],
     on_failure: Callable[[str], None],
     policy: WriterPolicy | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> RecordingWriter:
-    """Create a recording with a fresh id and data key; raise RecordingUnavailable if we can't."""
+    """Create a recording with a fresh id and data key; raise RecordingUnavailable if we can't.
+
+    ``format_version`` 1 exists for compatibility tests and benchmarks; production writes 2.
+    """
     recording_id = new_recording_id()
 
     def prepare() -> tuple[RecordingSink, Header, bytes]:
@@ -363,6 +388,7 @@ async def start_recording(
             started_at=started_at,
             data_key_id=data_key_id,
             metadata=dict(metadata),
+            format_version=format_version,
         )
         return store.create(recording_id, started_at), header, data_key
 

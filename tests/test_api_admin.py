@@ -15,7 +15,7 @@ from tests.test_identity_helpers import env
 __all__ = ["api", "env"]
 SECRET = "Vaulted-Target-Password-77"
 RESOURCE_TAGS = {"access", "sessions", "users", "assets", "zones", "tokens", "alerts",
-                 "recordings", "search", "audit", "transfers"}  # fmt: skip
+                 "recordings", "search", "audit", "transfers", "nodes"}  # fmt: skip
 
 
 async def changes(api: Api) -> list[AuditEventRow]:

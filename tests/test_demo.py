@@ -14,7 +14,9 @@ from pathlib import Path
 import asyncssh
 import pyotp
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
 
+from gateway.demo import plc as demo_plc
 from gateway.demo import target as demo_target
 from tests.support import Served, clean_env, conduit, kbdint_client
 
@@ -211,7 +213,7 @@ def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Pat
     assets = conduit("asset", "list", "--data-dir", str(data_dir))
     assert assets.returncode == 0, assets.stderr
     names = [line.split()[0] for line in assets.stdout.splitlines()[1:] if line.strip()]
-    assert sorted(names) == ["demo-plc", "demo-plc-maint"], assets.stdout  # once each
+    assert sorted(names) == ["demo-modbus-plc", "demo-plc", "demo-plc-maint"], assets.stdout
     grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
     standing = sorted(line.split()[4] for line in grants if "asset:demo-plc " in line + " ")
     expected = ["ssh", "sftp-read", "sftp-write", "approve", "watch", "kill"]
@@ -220,8 +222,60 @@ def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Pat
     maint = sorted(
         (line.split()[2], line.split()[4]) for line in grants if "asset:demo-plc-maint" in line
     )
-    assert maint == sorted([("user:vendor", "request"), ("user:approver", "approve"),
-                            ("user:approver", "watch"), ("user:approver", "kill")]), grants
+    assert maint == sorted(
+        [
+            ("user:vendor", "request"),
+            ("user:approver", "approve"),
+            ("user:approver", "watch"),
+            ("user:approver", "kill"),
+        ]
+    ), grants
+
+
+def _plc_port(server: Served) -> int:
+    return int(server.wait_for_output(r"demo-modbus-plc: a Modbus/TCP PLC on 127\.0\.0\.1:(\d+)")
+               .group(1))  # fmt: skip
+
+
+async def _modbus_through_tunnel(port: int, password: str, code: str, plc_port: int) -> list[str]:
+    """As the vendor: a local forwarding to the demo PLC, a pymodbus client through it."""
+    conn, _ = await asyncssh.create_connection(
+        kbdint_client(password, code), "127.0.0.1", port, username="vendor+demo-modbus-plc",
+        known_hosts=None, client_keys=None, agent_path=None,
+        preferred_auth=["keyboard-interactive"],
+    )  # fmt: skip
+    async with conn:
+        listener = await conn.forward_local_port("127.0.0.1", 0, "demo-modbus-plc", plc_port)
+        client = AsyncModbusTcpClient("127.0.0.1", port=listener.get_port(), timeout=10)
+        await client.connect()
+        try:
+            read = await client.read_holding_registers(100, count=2, device_id=1)
+            write = await client.write_register(100, 1, device_id=1)
+            info = await client.read_device_information(device_id=1)
+        finally:
+            client.close()
+        listener.close()
+        return [str(read.registers), str(write.exception_code), info.information[0].decode()]
+
+
+def test_demo_vendor_reads_the_modbus_plc_and_writes_are_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    server = start_demo(data_dir)
+    try:
+        vendor = _vendor(data_dir)
+        code = pyotp.TOTP(vendor["totp_secret"]).now()
+        got = asyncio.run(_modbus_through_tunnel(
+            _ssh_port(server), vendor["password"], code, _plc_port(server)))  # fmt: skip
+        assert got == [str(demo_plc.HOLDING[100:102]), "1", demo_plc.VENDOR]
+        events = _audit(data_dir, "session.end", 1)
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    (write,) = [e for e in events if e["action"] == "modbus.write"]
+    assert (write["actor"], write["result"]) == ("vendor", "denied")
+    grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
+    plc = sorted(line.split()[4] for line in grants if "asset:demo-modbus-plc" in line)
+    assert plc == sorted(["modbus-read", "approve", "watch", "kill"]), grants
 
 
 def test_demo_refuses_ssh_off_loopback(tmp_path: Path) -> None:

@@ -320,6 +320,7 @@ async def test_bundle_verifies_offline_and_one_flipped_byte_is_tampered(
     assert stored == _file_of(api, recording).read_bytes()
     assert [e["action"] for e in events] == ["session.start", "session.end"]
     assert manifest["session_id"] == SESSION and manifest["exported_by"] == "audrey"
+    assert (manifest["format_version"], manifest["chain_hash"]) == (2, "BLAKE3")
     # No secret: neither the master key nor this recording's data key is in the zip.
     services = api.env.services
     entry = await services.recordings.entry(recording)

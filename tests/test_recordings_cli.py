@@ -9,22 +9,32 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from gateway.audit import AuditLog
 from gateway.cli.common import common_parser as _common
-from gateway.cli.recordings import add_recordings_commands
+from gateway.cli.recordings import add_recordings_commands, describe
 from gateway.config import Overrides, load_settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
 from gateway.recorder import RecordingService, SessionInfo
-from recordings import Kind
+from recordings import (
+    DataKeyRing,
+    Kind,
+    LocalDataKeyStore,
+    LocalRecordingStore,
+    MasterKey,
+    signing_key_id,
+    verify_recording,
+)
 from recordings.terminal import TerminalEvent, resize_payload
 from tests.support import clean_env, conduit
 
@@ -135,10 +145,11 @@ def test_verify_names_tampered_chunk_and_exits_non_zero(
     good = site.record([b"fine\r\n"], started=site.now - dt.timedelta(minutes=1))
     bad = site.record([b"a" * 70_000, b"b" * 1000])
     assert run("recordings", "verify", good, "--data-dir", str(site.data)) == 0
-    assert capsys.readouterr().out.startswith(f"{good} intact")
+    assert capsys.readouterr().out.startswith(f"{good} intact (format 2, BLAKE3; 1 chunks")
     path = site.path_of(bad)
     data = bytearray(path.read_bytes())
-    data[-600] ^= 0x40
+    chunks = [(start, end) for kind, start, end in frame_offsets(bytes(data)) if kind == b"C"]
+    data[(chunks[1][0] + chunks[1][1]) // 2] ^= 0x40
     path.write_bytes(bytes(data))
     assert run("recordings", "verify", bad, "--data-dir", str(site.data)) == 1
     assert capsys.readouterr().out.startswith(f"{bad} tampered (chunk 1:")
@@ -168,7 +179,7 @@ def test_verify_reports_truncated_and_rejects_bad_ids(
     # Drop the last chunk but keep the signed footer: the footer counts a missing chunk.
     path.write_bytes(raw[:last_chunk] + raw[footer:])
     assert run("recordings", "verify", recording_id, "--data-dir", str(site.data)) == 1
-    assert "truncated (1 chunk(s) missing)" in capsys.readouterr().out
+    assert "truncated (1 chunk(s) missing; format 2, BLAKE3)" in capsys.readouterr().out
     with pytest.raises(ConduitError, match="invalid id"):
         run("recordings", "verify", "../etc/passwd", "--data-dir", str(site.data))
 
@@ -243,6 +254,11 @@ def test_list_search_and_retention(site: Site, capsys: pytest.CaptureFixture[str
     assert run("recordings", "list", "--data-dir", str(site.data)) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith(new) and out[2].startswith(old) and "closed/intact" in out[1]
+    assert out[0].split()[-3:] == ["OUTPUT", "STORED", "STATE/INTEGRITY"]
+    # Output bytes as recorded, stored bytes as the file is, side by side.
+    output, stored = out[1].split()[-3:-1]
+    assert int(output) == 4 + len(b"$ systemctl status historian\r\n")  # resize + output
+    assert int(stored) == site.path_of(new).stat().st_size
     assert run("recordings", "search", "historian", "--data-dir", str(site.data)) == 0
     assert re.fullmatch(
         rf"{new} +\d+\.\d{{3}}s \$ systemctl status \[historian\]\n", capsys.readouterr().out
@@ -256,3 +272,22 @@ def test_list_search_and_retention(site: Site, capsys: pytest.CaptureFixture[str
     assert ("recording.delete", "success", old) in site.audit_actions()
     with pytest.raises(ConduitError, match=f"no recording {old}"):
         run("recordings", "verify", old, "--data-dir", str(site.data))
+
+
+def test_verify_line_names_format_and_hash_of_a_previous_release_recording(
+    tmp_path: Path,
+) -> None:
+    """The committed format-1 recording (tests/recordings/fixtures) reads as format 1, SHA-256."""
+    fixture = Path(__file__).resolve().parent / "recordings" / "fixtures" / "v1"
+    recording_id = (fixture / "recording_id").read_text().strip()
+    shutil.copytree(fixture, tmp_path / "v1")
+    for key in (tmp_path / "v1" / "keys").iterdir():
+        key.chmod(0o600)
+    (tmp_path / "v1" / "keys").chmod(0o700)
+    master = MasterKey("m1", bytes(range(32)))
+    ring = DataKeyRing(LocalDataKeyStore(tmp_path / "v1" / "keys"), master)
+    public = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))).public_key()
+    store = LocalRecordingStore(tmp_path / "v1" / "rec")
+    with store.open_read(recording_id) as stream:
+        result = verify_recording(stream, ring.resolve, {signing_key_id(public): public})
+    assert describe(result) == "intact (format 1, SHA-256; 13 chunks, end reason closed)"

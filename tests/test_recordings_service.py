@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from gateway.recorder import (
 )
 from gateway.recorder.service import INLINE_INDEX_BYTES
 from recordings import Integrity, Kind, RecordingUnavailable
+from recordings.container import FRAME_CHUNK, MAGIC, read_frame
 from recordings.terminal import TerminalEvent
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -137,6 +139,7 @@ async def test_start_record_close_then_catalog_and_verify(site: Site) -> None:
         "alice", "plc-eng-01", "ssh", "s-1",
     )  # fmt: skip
     assert entry.size_bytes == site.path_of(recording_id).stat().st_size > 0
+    assert entry.output_bytes == len(b"$ uname -a\r\n" + b"Linux plc 6.1\r\n")
     assert entry.indexed_lines == 2
     assert entry.started_at == NOW
     result = await site.service.verify(recording_id)
@@ -150,7 +153,8 @@ async def test_large_recording_is_indexed_in_a_child_process_after_close(site: S
     outputs = [(0.1, b"$ flash firmware\r\n"), (0.2, noise), (0.3, b"\r\nflashed-ok\r\n")]
     recording_id = await site.record(outputs)
     entry = await site.service.entry(recording_id)
-    assert entry.size_bytes > INLINE_INDEX_BYTES
+    # Judged by the output recorded: format 2 stores hex text at about half its size.
+    assert entry.output_bytes is not None and entry.output_bytes > INLINE_INDEX_BYTES
     assert entry.state == "closed"  # close returned before the text was read
     for _ in range(600):  # the child process verifies and indexes it; bounded wait
         entry = await site.service.entry(recording_id)
@@ -190,11 +194,22 @@ async def test_indexing_cut_short_by_a_stop_is_resumed_at_the_next_start(site: S
         await restarted.aclose()
 
 
+def _frames(data: bytes) -> list[tuple[int, int, int]]:
+    """(type, start, end) of every frame after the magic."""
+    stream = io.BytesIO(data)
+    stream.seek(len(MAGIC))
+    found = []
+    while (start := stream.tell()) < len(data) and (frame := read_frame(stream)) is not None:
+        found.append((frame[0], start, stream.tell()))
+    return found
+
+
 async def test_tampered_chunk_is_named_and_stored_in_catalog(site: Site) -> None:
     recording_id = await site.record([(0.1, b"x" * 70_000), (0.2, b"y" * 1000)])
     path = site.path_of(recording_id)
     data = bytearray(path.read_bytes())
-    data[-600] ^= 0x01  # inside chunk 1 (~1 KB), before the 137-byte footer
+    chunk_1 = [f for f in _frames(bytes(data)) if f[0] == FRAME_CHUNK][1]
+    data[(chunk_1[1] + chunk_1[2]) // 2] ^= 0x01  # the middle of chunk 1
     path.write_bytes(bytes(data))
     result = await site.service.verify(recording_id)
     assert result.status is Integrity.TAMPERED and result.tampered_chunk == 1

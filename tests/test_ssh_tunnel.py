@@ -172,10 +172,12 @@ def forwarding(
     for local, host, port in forwards:
         args += ["-L", f"127.0.0.1:{local}:{host}:{port}"]
     argv = gateway.argv(route, "true", *args)[:-1]  # -N: no command
-    with (gateway.work / f"{route}.log").open("wb") as log:
+    log_path = gateway.work / f"{route}.log"
+    with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, env=gateway.askpass(route, gateway.code(user)),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=log)  # fmt: skip
+    proc.log_path = log_path  # type: ignore[attr-defined]  # for connect()'s failure message
     try:
         yield proc
     finally:
@@ -193,7 +195,9 @@ def connect(port: int, proc: subprocess.Popen[bytes], deadline_s: float = 30) ->
     end = time.monotonic() + deadline_s
     while True:
         if proc.poll() is not None:
-            raise AssertionError(f"ssh exited {proc.returncode}")
+            log_path = getattr(proc, "log_path", None)
+            said = log_path.read_text(errors="replace")[-2000:] if log_path else ""
+            raise AssertionError(f"ssh exited {proc.returncode}: {said}")
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         except ConnectionRefusedError:

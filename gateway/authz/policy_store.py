@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import rbac
 from gateway.authz.tables import Grant, PolicyVersion
 from gateway.db.models import User
+from gateway.sessions import notify
 from rbac.errors import PolicyNameError
 from rbac.policy import PolicyIndex, Rule
 from rbac.windows import AbsoluteWindow, parse_schedule
@@ -37,9 +38,12 @@ def _adapter(db: AsyncSession) -> Adapter:
 
 
 async def bump_version(db: AsyncSession) -> None:
+    """Mark policy changed; other processes and nodes reload (woken by a notification at
+    commit on PostgreSQL, else by their poll)."""
     await db.execute(
         update(PolicyVersion).where(PolicyVersion.id == 1).values(version=PolicyVersion.version + 1)
     )
+    await notify.announce(db, notify.POLICY_CHANNEL)
 
 
 async def current_version(db: AsyncSession) -> int:

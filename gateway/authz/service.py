@@ -27,6 +27,7 @@ from gateway.errors import ConduitError
 from gateway.sessions.events import Change, ChangeBus
 from rbac.availability import AssetAccess, asset_access
 from rbac.errors import RbacError, WindowError
+from rbac.modbus import is_modbus_action
 from rbac.names import TUNNEL_RE, check_action, check_name, logs_in, split_term, term
 from rbac.policy import Decision, PolicyIndex
 from rbac.windows import check_instant, parse_schedule
@@ -151,13 +152,15 @@ class AuthzService:
 
     async def reachable_over_ssh(self, username: str, asset: str) -> Decision:
         """May ``username`` use ``asset`` through the SSH jump host now: a shell, files or a
-        tunnel? (Whether to make a connect code; the broker still decides every session.)
+        tunnel (a Modbus action is a tunnel to the asset's Modbus port)? (Whether to make a
+        connect code; the broker still decides every session.)
         A refusal's reason says whether the asset is missing or not granted."""
         decision = await self.authorize(username, asset, "ssh")
         if decision.allowed:
             return decision
         for name, action, other in await self.reachable_now(username):
-            if name == asset and (logs_in(action) or TUNNEL_RE.fullmatch(action) is not None):
+            tunnels = TUNNEL_RE.fullmatch(action) is not None or is_modbus_action(action)
+            if name == asset and (logs_in(action) or tunnels):
                 return other
         return decision
 
@@ -199,6 +202,34 @@ class AuthzService:
             a for a in self._assets
             if self._index.authorize(subject, f"asset:{a}", "approve", now).allowed
         )  # fmt: skip
+
+    async def modbus_grants(self, username: str, asset: str) -> list[tuple[str, Decision]]:
+        """Every Modbus action (``rbac.modbus``) ``username`` holds on ``asset`` right now,
+        with its decision, by name: what a protocol-aware tunnel's requests are judged by."""
+        await self.refresh()
+        actions = sorted({r.action for r in self._index.rules() if is_modbus_action(r.action)})
+        out = []
+        for action in actions:
+            decision = await self.authorize(username, asset, action)
+            if decision.allowed:
+                out.append((action, decision))
+        return out
+
+    async def record_inventory(
+        self, asset: str, identity: dict[str, str], seen_at: dt.datetime
+    ) -> bool:
+        """Store what a device said about itself (vendor, product, revision) on ``asset``
+        with the time seen; True when anything changed (the time alone is not a change).
+        Not a policy change: no version bump, no change event."""
+        async with self._sessions() as db, db.begin():
+            row = await self.asset(db, asset)
+            if row is None:
+                return False
+            new = (identity.get("vendor"), identity.get("product"), identity.get("revision"))
+            changed = new != (row.ot_vendor, row.ot_product, row.ot_revision)
+            row.ot_vendor, row.ot_product, row.ot_revision = new
+            row.ot_seen_at = seen_at
+        return changed
 
     async def approvers_of(self, assets: Iterable[str]) -> list[str]:
         """Active people holding ``approve`` on every one of ``assets`` right now."""
@@ -257,12 +288,15 @@ class AuthzService:
         zones: tuple[str, ...] = (),
         max_request_hours: int = 8,
         record_input: bool = True,
+        modbus_port: int | None = None,
     ) -> Asset:
         check_name(name, "asset")
         if protocol not in PROTOCOLS:
             raise PolicyError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if not 1 <= port <= 65535:
             raise PolicyError("port must be 1-65535")
+        if modbus_port is not None and (protocol == "modbus" or not 1 <= modbus_port <= 65535):
+            raise PolicyError("modbus port must be 1-65535, on an asset of another protocol")
         if not host or len(host) > 255 or any(c.isspace() for c in host):
             raise PolicyError("host must be a host name or address")
         _request_hours(max_request_hours)
@@ -276,6 +310,7 @@ class AuthzService:
                 protocol=protocol,
                 max_request_hours=max_request_hours,
                 record_input=record_input,
+                modbus_port=modbus_port,
                 created_at=self._clock(),
             )
             db.add(asset)

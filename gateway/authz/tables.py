@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from gateway.db.models import Base
 from gateway.db.types import UTCDateTime
 
-PROTOCOLS = ("ssh", "vnc", "rdp")
+PROTOCOLS = ("ssh", "vnc", "rdp", "modbus")
 
 
 class Asset(Base):
@@ -28,6 +28,20 @@ class Asset(Base):
     # A disabled asset stays listed and keeps its grants, but no session opens to it.
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Another protocol's asset with a Modbus/TCP port too (migration 0014); see modbus_port_of.
+    modbus_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Passive inventory (migration 0014): what the device answered a vendor's own device
+    # identification read (Modbus 43/14), and when. The gateway never asks by itself.
+    ot_vendor: Mapped[str | None] = mapped_column(String(64), default=None)
+    ot_product: Mapped[str | None] = mapped_column(String(64), default=None)
+    ot_revision: Mapped[str | None] = mapped_column(String(64), default=None)
+    ot_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+def modbus_port_of(asset: Asset) -> int | None:
+    """The asset's Modbus/TCP port, whose tunnels are protocol-aware: its own port when its
+    protocol is ``modbus``, else its ``modbus_port`` (None: it has none)."""
+    return asset.port if asset.protocol == "modbus" else asset.modbus_port
 
 
 class Zone(Base):
@@ -61,7 +75,7 @@ class Grant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     subject: Mapped[str] = mapped_column(String(80))
     object: Mapped[str] = mapped_column(String(80))
-    action: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(96))  # 32 before migration 0014
     effect: Mapped[str] = mapped_column(String(8), default="allow")
     schedule: Mapped[str | None] = mapped_column(String(500), default=None)
     valid_from: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -12,11 +12,13 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
+import json
 import sys
 from pathlib import Path
 
 from gateway import vault
 from gateway.authz import certificates, hostkeys
+from gateway.authz.tables import Asset, modbus_port_of
 from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
@@ -63,7 +65,13 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     p.add_argument("name")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--protocol", choices=("ssh", "vnc", "rdp"), required=True)
+    p.add_argument("--protocol", choices=("ssh", "vnc", "rdp", "modbus"), required=True)
+    p.add_argument(
+        "--modbus-port",
+        type=int,
+        metavar="PORT",
+        help="a Modbus/TCP port of an asset of another protocol (its tunnels are Modbus-aware)",
+    )
     p.add_argument("--zone", action="append", default=[], help="zone (repeatable)")
     p.add_argument("--max-request-hours", type=int, default=8)
     p.add_argument(
@@ -73,6 +81,7 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     )
     p.set_defaults(handler=cmd_asset_add)
     p = asset.add_parser("list", parents=[common], help="list assets")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(handler=cmd_asset_list)
     p = asset.add_parser("credential", parents=[common], help="vault the target credential")
     p.add_argument("name")
@@ -174,6 +183,7 @@ def cmd_asset_add(args: argparse.Namespace) -> int:
             zones=tuple(args.zone),
             max_request_hours=args.max_request_hours,
             record_input=not args.no_input_recording,
+            modbus_port=args.modbus_port,
         )
         print(f"asset {args.name} added")
         return 0
@@ -181,12 +191,32 @@ def cmd_asset_add(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def asset_record(asset: Asset, zones: list[str]) -> dict[str, object]:
+    """An asset as ``asset list --json`` prints it, passive inventory included."""
+    seen = asset.ot_seen_at
+    return {
+        "name": asset.name, "host": asset.host, "port": asset.port,
+        "protocol": asset.protocol, "zones": zones, "disabled": bool(asset.disabled),
+        "modbus_port": modbus_port_of(asset), "ot_vendor": asset.ot_vendor,
+        "ot_product": asset.ot_product, "ot_revision": asset.ot_revision,
+        "ot_seen_at": seen.isoformat() if seen else None,
+    }  # fmt: skip
+
+
 def cmd_asset_list(args: argparse.Namespace) -> int:
     async def work(services: Services) -> int:
-        print(f"{'NAME':24} {'PROTOCOL':8} {'ADDRESS':28} ZONES")
-        for asset, zones in await services.authz.list_assets():
+        listed = await services.authz.list_assets()
+        if args.json:
+            for asset, zones in listed:
+                print(json.dumps(asset_record(asset, zones), sort_keys=True))
+            return 0
+        print(f"{'NAME':24} {'PROTOCOL':8} {'ADDRESS':28} {'ZONES':20} DEVICE")
+        for asset, zones in listed:
             address = f"{asset.host}:{asset.port}"
-            print(f"{asset.name:24} {asset.protocol:8} {address:28} {','.join(zones)}")
+            device = " ".join(
+                v for v in (asset.ot_vendor, asset.ot_product, asset.ot_revision) if v
+            )
+            print(f"{asset.name:24} {asset.protocol:8} {address:28} {','.join(zones):20} {device}")
         return 0
 
     return _run(args, work)

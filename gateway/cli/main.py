@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.audit import add_audit_commands
     from gateway.cli.authz import add_authz_commands
     from gateway.cli.identity import add_token_commands, add_user_commands
+    from gateway.cli.nodes import add_nodes_commands
     from gateway.cli.recordings import add_recordings_commands
     from gateway.cli.sessions import add_sessions_commands
     from gateway.cli.ssh_cert import add_ssh_cert_commands
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_commands(sub, common)
     add_authz_commands(sub, common)
+    add_nodes_commands(sub, common)
     add_recordings_commands(sub, common)
     add_sessions_commands(sub, common)
     add_ssh_cert_commands(sub, common)

@@ -24,6 +24,7 @@ from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConduitError
 from gateway.keys import load_keyring
+from gateway.ot.export import jsonl_lines
 from gateway.recorder import (
     RecordingMissing,
     RecordingService,
@@ -57,9 +58,10 @@ def add_recordings_commands(
     p.add_argument("recording_id", metavar="ID")
     p.add_argument(
         "--format",
-        choices=("asciicast", "raw"),
+        choices=("asciicast", "raw", "jsonl"),
         default="asciicast",
-        help="asciicast v2 .cast (terminal) or the raw recorded output bytes",
+        help="asciicast v2 .cast (terminal), the raw recorded output bytes, or JSON lines "
+        "(a tunnel: the decoded Modbus request/response stream and the gateway's decisions)",
     )
     p.add_argument("--output", default="-", metavar="FILE", help="file or - for stdout")
     p.set_defaults(handler=recordings_export)
@@ -105,17 +107,24 @@ def _actor() -> str:
 
 
 def describe(result: VerifyResult) -> str:
-    """``intact`` / ``tampered (chunk 3: ...)`` / ``truncated (...)`` / ``incomplete (...)``."""
+    """``intact (format 2, BLAKE3; ...)`` / ``tampered (chunk 3: ...; format 2, BLAKE3)`` /
+    ``truncated (...)`` / ``incomplete (...)``: the verdict, then the container format and
+    the hash of its chain (when the header could be read)."""
+    fmt = (
+        f"format {result.format_version}, {result.chain_hash_name}"
+        if result.format_version is not None
+        else "format unknown"
+    )
     if result.status is Integrity.TAMPERED:
         where = (
             f"chunk {result.tampered_chunk}"
             if result.tampered_chunk is not None
             else result.location or "unknown"
         )
-        return f"tampered ({where}: {result.detail})"
+        return f"tampered ({where}: {result.detail}; {fmt})"
     if result.status is Integrity.INTACT:
-        return f"intact ({result.intact_chunks} chunks, end reason {result.end_reason})"
-    return f"{result.status} ({result.detail})"
+        return f"intact ({fmt}; {result.intact_chunks} chunks, end reason {result.end_reason})"
+    return f"{result.status} ({result.detail}; {fmt})"
 
 
 # Summary order; only "intact" and "open" (still being written) are not problems.
@@ -170,15 +179,20 @@ def _verdict(state: str, result: VerifyResult) -> tuple[str, str]:
 def recordings_list(args: argparse.Namespace) -> int:
     async def work(service: RecordingService) -> int:
         entries = await service.entries(limit=args.limit)
+        # OUTPUT: the session's recorded bytes; STORED: the file (format 2 compresses, so
+        # STORED is usually far smaller for terminal text). "-": not known (crash recovery,
+        # or recorded by an older release).
         print(
-            f"{'ID':32} {'STARTED (UTC)':19} {'USER':16} {'ASSET':20} {'SIZE':>10} STATE/INTEGRITY"
+            f"{'ID':32} {'STARTED (UTC)':19} {'USER':16} {'ASSET':20} {'OUTPUT':>12} "
+            f"{'STORED':>12} STATE/INTEGRITY"
         )
         for e in entries:
             started = e.started_at.strftime("%Y-%m-%d %H:%M:%S")
             state = e.state if e.state == "open" else f"{e.end_reason}/{e.integrity}"
+            output = "-" if e.output_bytes is None else str(e.output_bytes)
             print(
                 f"{e.id:32} {started:19} {e.username[:16]:16} {e.asset[:20]:20} "
-                f"{e.size_bytes:>10} {state}"
+                f"{output:>12} {e.size_bytes:>12} {state}"
             )
         status = await quota_status(service.sessions, service.quota_bytes)
         print(f"storage: {status.describe()}", file=sys.stderr)
@@ -209,6 +223,10 @@ def _export(service: RecordingService, stream: BinaryIO, fmt: str, out: IO[Any])
         if header.kind != "terminal":
             raise ConduitError(f"a {header.kind} recording cannot be exported as asciicast")
         out.writelines(asciicast_lines(header, reader.events()))
+    elif fmt == "jsonl":
+        if header.kind != "tunnel":
+            raise ConduitError(f"a {header.kind} recording cannot be exported as jsonl")
+        out.writelines(jsonl_lines(header.metadata.get("protocol", ""), reader.events()))
     else:
         terminal = header.kind == "terminal"
         for event in reader.events():

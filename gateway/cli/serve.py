@@ -29,6 +29,7 @@ from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstr
 from gateway.keys import load_keyring
 from gateway.recorder.retention import apply_retention
 from gateway.services import Services
+from gateway.sessions import cluster, notify
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
 from gateway.ssh import upstream
@@ -38,7 +39,6 @@ from gateway.web.app import create_app
 log = logging.getLogger(__name__)
 AUDIT_CHECKPOINT_SECONDS = 300
 REQUEST_EXPIRY_SECONDS = 60
-POLICY_POLL_SECONDS = 0.5
 RETENTION_SECONDS = 3600
 
 
@@ -98,36 +98,82 @@ async def checkpoint_periodically(services: Services) -> None:
             log.exception("audit checkpoint failed")
 
 
-async def watch_policy(services: Services) -> None:
-    """Notice policy changes made by other processes (CLI, other nodes) within half a second.
+async def _woken_or_polled(wake: asyncio.Event, seconds: float) -> str:
+    """Wait for ``wake`` (a notification) or ``seconds`` (the poll); says which came first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await wake.wait()
+    woken = wake.is_set()
+    wake.clear()
+    return "notify" if woken else "poll"
+
+
+async def watch_policy(services: Services, wake: asyncio.Event) -> None:
+    """Notice policy changes made by other processes (CLI, other nodes): at once when
+    notified (PostgreSQL), else within ``cluster.poll_seconds``.
 
     A reload publishes a change event, which makes every live session re-check at once.
     """
     while True:
-        await asyncio.sleep(POLICY_POLL_SECONDS)
+        await _woken_or_polled(wake, services.settings.cluster.poll_seconds)
         try:
             await services.authz.refresh()
         except Exception:  # the database may be briefly away; sessions keep their deadlines
             log.exception("policy refresh failed")
 
 
-async def watch_kill_requests(broker: Broker, services: Services) -> None:
-    """Kills asked for by other processes (``conduit sessions kill``) land within 0.5 s.
+async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.Event) -> None:
+    """Kills asked for by other processes (``conduit sessions kill``, another node's API):
+    at once when notified (PostgreSQL), else within ``cluster.poll_seconds``; Modbus write
+    windows armed or closed anywhere land in the same round.
 
     Each round also publishes this process's byte counts that changed since the last one,
     so ``sessions list`` anywhere shows them at most one round old.
     """
     published: dict[str, tuple[int, int]] = {}
     while True:
-        await asyncio.sleep(POLICY_POLL_SECONDS)
+        via = await _woken_or_polled(wake, services.settings.cluster.poll_seconds)
         try:
-            await broker.serve_kill_requests()
+            served = await broker.serve_kill_requests()
+            if served:
+                services.metrics.kill_requests_served.labels(via).inc(served)
         except Exception:  # retried next round
             log.exception("serving kill requests failed")
+        try:
+            await broker.serve_write_windows()
+        except Exception:  # retried next round; a window not yet seen keeps writes refused
+            log.exception("serving write windows failed")
         try:
             published = await publish_byte_counts(services, published)
         except Exception:  # retried next round: ``published`` is unchanged
             log.exception("publishing byte counts failed")
+
+
+def start_control(services: Services, broker: Broker) -> None:
+    """Kill requests, policy changes and membership: the loops, and on PostgreSQL the
+    LISTEN connection that wakes them (docs/decisions/0017)."""
+    kill_wake, policy_wake = asyncio.Event(), asyncio.Event()
+
+    def kill_for(node: str) -> None:
+        if node == services.node:
+            kill_wake.set()
+
+    def caught_up() -> None:  # anything missed while not listening: look now
+        kill_wake.set()
+        policy_wake.set()
+
+    if notify.is_postgresql(services.engine):
+        listener = notify.Listener(
+            services.engine,
+            {notify.KILL_CHANNEL: kill_for, notify.POLICY_CHANNEL: lambda _: policy_wake.set()},
+            connect_timeout=services.settings.database.connect_timeout_seconds,
+            on_connect=caught_up,
+            name=f"conduit-listen {services.node}",
+        )
+        services.tasks.start("notifications", listener.run())
+    services.tasks.start("policy-watch", watch_policy(services, policy_wake))
+    services.tasks.start("kill-requests", watch_kill_requests(broker, services, kill_wake))
+    services.tasks.start("membership", cluster.keep_membership(services, services.live.end_all))
 
 
 async def publish_byte_counts(
@@ -235,8 +281,9 @@ async def _serve_until(
     broker = Broker(
         services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
     )
-    async with services.sessions() as db, db.begin():
-        await live_store.remove_node(db, services.node)  # left by a previous run of this node
+    await cluster.join(services)
+    # Sessions a previous run of this node left in the shared table ended with it.
+    await cluster.reap(services, services.node, services.worker, dead_before=None)
     # Bind both listeners before serving anything, so a busy or forbidden address is one
     # clear error and nothing half-started is left behind.
     portal_socket = bind_listener(settings.portal_listen, "portal")
@@ -283,8 +330,7 @@ async def _serve_until(
     )
     services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
     services.tasks.start("request-expiry", expire_requests_periodically(services))
-    services.tasks.start("policy-watch", watch_policy(services))
-    services.tasks.start("kill-requests", watch_kill_requests(broker, services))
+    start_control(services, broker)
     if settings.recordings.retention_days:
         services.tasks.start("recording-retention", apply_retention_periodically(services))
     # Everything built at start-up lives as long as the process: keep it out of the cyclic
@@ -337,6 +383,7 @@ async def _shutdown(
         async with asyncio.timeout(1):
             await services.tasks.cancel_all()
     try:
+        await cluster.leave(services)
         await services.audit.record(
             actor="system",
             action="gateway.stop",

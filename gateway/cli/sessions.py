@@ -1,7 +1,9 @@
-"""``conduit sessions list|kill``: live sessions across every process and node.
+"""``conduit sessions list|kill|write-window``: live sessions across every process and node.
 
 A kill is a request stored in the shared table; the node that owns the session ends it within
-half a second and audits it. Does not end sessions itself.
+half a second and audits it. ``write-window`` arms (or with ``--close`` ends) Modbus writes on
+a live Modbus session for a few minutes, with a reason (``gateway.sessions.write_windows``);
+the owning node applies it within half a second. Does not end sessions itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from gateway.cli.common import with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
 from gateway.sessions import store as live_store
+from gateway.sessions import write_windows
 
 Sub = argparse._SubParsersAction  # argparse has no public name for it
 
@@ -34,6 +37,14 @@ def add_sessions_commands(
         help="a note for the user and the audit log (the end reason is always 'killed')",
     )
     p.set_defaults(handler=cmd_sessions_kill)
+    p = sessions.add_parser(
+        "write-window", parents=[common], help="arm Modbus writes on a live Modbus session"
+    )
+    p.add_argument("session_id")
+    p.add_argument("--minutes", type=int, metavar="N", help="how long writes stay armed")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why (audited, recorded)")
+    p.add_argument("--close", action="store_true", help="end the open window now")
+    p.set_defaults(handler=cmd_sessions_write_window)
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
@@ -62,10 +73,7 @@ def cmd_sessions_kill(args: argparse.Namespace) -> int:
     limit = live_store.KILL_NOTE_MAX
     if note and (not note.strip() or len(note) > limit or not note.isprintable()):
         raise ConduitError(f"--reason must be 1-{limit} printable characters")
-    try:
-        actor = f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        actor = "cli:unknown"
+    actor = _actor()
 
     async def work(services: Services) -> int:
         async with services.sessions() as db, db.begin():
@@ -83,3 +91,39 @@ def cmd_sessions_kill(args: argparse.Namespace) -> int:
         return 0
 
     return with_services(args, work)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def cmd_sessions_write_window(args: argparse.Namespace) -> int:
+    actor = _actor()
+    if args.close:
+        if args.minutes is not None:
+            raise ConduitError("--close takes no --minutes")
+
+        async def close(services: Services) -> int:
+            closed = await write_windows.close_window(services, args.session_id, actor=actor)
+            print(f"session {args.session_id}: {closed} write window(s) closed")
+            return 0
+
+        return with_services(args, close)
+    try:
+        minutes = write_windows.check_minutes(args.minutes if args.minutes is not None else 0)
+        reason = write_windows.check_reason(args.reason)
+    except ValueError as exc:
+        raise ConduitError(f"{exc} (--minutes N --reason TEXT)") from None
+
+    async def arm(services: Services) -> int:
+        row = await write_windows.arm_window(
+            services, args.session_id, minutes=minutes, reason=reason, actor=actor
+        )
+        ends = row.ends_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"session {args.session_id}: writes armed until {ends}")
+        return 0
+
+    return with_services(args, arm)

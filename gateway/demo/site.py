@@ -5,7 +5,10 @@ approver, vendor, auditor) with generated passwords and TOTP secrets, starts the
 SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo.target``, on loopback) with its host
 key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
 ``sftp-write``, and ``request`` for the portal's request form) and the approver
-(``approve``, ``watch``, ``kill``), prints how to log in and connect, and serves on
+(``approve``, ``watch``, ``kill``), and the Modbus/TCP asset ``demo-modbus-plc`` (a pymodbus
+PLC, ``gateway.demo.plc``, on loopback) the vendor may read through a protocol-aware tunnel
+(``modbus-read``; writes need a ``modbus-write`` grant and an armed write window), prints
+how to log in and connect, and serves on
 http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only). Running it again on the
 same directory reuses everything. Never use a demo directory in production: its credentials
 file holds passwords and TOTP secrets in clear (mode 0600).
@@ -15,15 +18,18 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
+from pymodbus.server import ModbusTcpServer
 
 from gateway.authz import hostkeys
 from gateway.config import ListenAddress, Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.demo import plc as demo_plc
 from gateway.demo import target as demo_target
 from gateway.errors import ConduitError
 from gateway.identity.accounts import create_user
@@ -47,6 +53,13 @@ DEVICE_DIR = "demo-target"
 # for: the portal's request -> approve -> "available now until HH:MM" flow, end to end.
 DEMO_REQUEST_ASSET = f"{DEMO_ASSET}-maint"
 DEMO_ZONE = "demo-line"
+DEMO_MODBUS_ASSET = demo_plc.PLC_NAME
+DEMO_MODBUS_GRANTS = (
+    ("vendor", "modbus-read"),
+    ("approver", "approve"),
+    ("approver", "watch"),
+    ("approver", "kill"),
+)
 DEMO_GRANTS = {
     DEMO_ASSET: (
         ("vendor", "ssh"),
@@ -98,7 +111,11 @@ async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
 
 
 def print_logins(
-    settings: Settings, keys: KeyRing, creds: list[dict[str, str]], device_port: int
+    settings: Settings,
+    keys: KeyRing,
+    creds: list[dict[str, str]],
+    device_port: int,
+    plc_port: int = 0,
 ) -> None:
     ssh = settings.ssh_listen
     print("Conduit demo site")
@@ -119,6 +136,12 @@ def print_logins(
         print(f"  {DEMO_REQUEST_ASSET}: the same device, for approved requests only: as the")
         print("  vendor, My access -> Request access; as the approver, Requests -> Approve;")
         print("  then the vendor's Connect page offers it until the approved window ends")
+        if plc_port:
+            print(f"  {DEMO_MODBUS_ASSET}: a Modbus/TCP PLC on 127.0.0.1:{plc_port}; the vendor")
+            print("  reads it through a tunnel the gateway understands (writes are refused):")
+            print(f"    ssh -N -L 5020:{DEMO_MODBUS_ASSET}:{plc_port} -p {ssh.port} "
+                  f"vendor+{DEMO_MODBUS_ASSET}@{ssh.host}")  # fmt: skip
+            print("  then point a Modbus tool at 127.0.0.1:5020 (unit 1)")
     fingerprints = keys.ssh_host_fingerprints()
     if fingerprints:
         print("  the gateway's SSH host key (compare when ssh asks whether to trust it):")
@@ -187,16 +210,49 @@ async def seed_device(services: Services, directory: Path, host: str, port: int)
                 )  # fmt: skip
 
 
+async def start_plc(services: Services) -> tuple[ModbusTcpServer, int]:
+    """The demo PLC where it listened last time, else on a free loopback port."""
+    async with services.sessions() as db:
+        asset = await services.authz.asset(db, DEMO_MODBUS_ASSET)
+    ports = ([asset.port] if asset is not None else []) + [_free_port(), _free_port()]
+    for port in ports:
+        try:
+            return await demo_plc.start_plc("127.0.0.1", port), port
+        except (OSError, RuntimeError):  # taken meanwhile: the next one
+            continue
+    raise ConduitError("cannot find a free loopback port for the demo PLC")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def seed_plc(services: Services, port: int) -> None:
+    """Register ``demo-modbus-plc`` (protocol modbus) at 127.0.0.1:port, grant the demo users."""
+    await _place(services, DEMO_MODBUS_ASSET, "127.0.0.1", port, (), protocol="modbus")
+    granted = {(g.subject, g.object, g.action) for g in await services.authz.list_grants()}
+    for user, action in DEMO_MODBUS_GRANTS:
+        if (f"user:{user}", f"asset:{DEMO_MODBUS_ASSET}", action) not in granted:
+            await services.authz.add_grant(
+                subject_kind="user", subject=user, object_kind="asset", obj=DEMO_MODBUS_ASSET,
+                action=action, actor="demo",
+            )  # fmt: skip
+
+
 async def _place(
-    services: Services, name: str, host: str, port: int, zones: tuple[str, ...]
-) -> None:
+    services: Services, name: str, host: str, port: int, zones: tuple[str, ...],
+    protocol: str = "ssh",
+) -> None:  # fmt: skip
     """The asset at host:port: added the first time, moved when the device's port changed."""
     authz, actor = services.authz, "demo"
     async with services.sessions() as db:
         asset = await authz.asset(db, name)
         previous = (asset.host, asset.port) if asset is not None else None
     if previous is None:
-        await authz.add_asset(name, host, port, "ssh", actor=actor, zones=zones)
+        await authz.add_asset(name, host, port, protocol, actor=actor, zones=zones)
     elif previous != (host, port):
         async with services.sessions() as db, db.begin():
             asset = await authz.asset(db, name)
@@ -226,17 +282,23 @@ async def run(
     try:
         await services.authz.refresh(force=True)
         device = await start_device(services, directory, wanted)
+        plc: ModbusTcpServer | None = None
         try:
             port = device.get_port()
             await seed_device(services, directory, "127.0.0.1", port)
+            plc, plc_port = await start_plc(services)
+            await seed_plc(services, plc_port)
         except BaseException:
             device.close()
+            if plc is not None:
+                await plc.shutdown()  # type: ignore[no-untyped-call]
             raise
     finally:
         await services.close()
     try:
-        print_logins(settings, keys, creds, port)
+        print_logins(settings, keys, creds, port, plc_port)
         return await serve(settings)
     finally:
         device.close()
+        await plc.shutdown()  # type: ignore[no-untyped-call]
         await device.wait_closed()

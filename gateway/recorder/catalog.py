@@ -41,6 +41,7 @@ class CatalogEntry:
     ended_at: dt.datetime | None
     end_reason: str | None
     size_bytes: int
+    output_bytes: int | None
     integrity: str
     integrity_detail: str
     verified_at: dt.datetime | None
@@ -62,6 +63,7 @@ class CatalogEntry:
             ended_at=row.ended_at,
             end_reason=row.end_reason,
             size_bytes=row.size_bytes,
+            output_bytes=row.output_bytes,
             integrity=row.integrity,
             integrity_detail=row.integrity_detail,
             verified_at=row.verified_at,
@@ -76,12 +78,24 @@ async def register_open(db: AsyncSession, row: RecordingRow) -> None:
 
 
 async def mark_closed(
-    db: AsyncSession, recording_id: str, *, ended_at: dt.datetime, end_reason: str, size: int
+    db: AsyncSession,
+    recording_id: str,
+    *,
+    ended_at: dt.datetime,
+    end_reason: str,
+    size: int,
+    output: int | None = None,
 ) -> None:
     await db.execute(
         update(RecordingRow)
         .where(RecordingRow.id == recording_id)
-        .values(state=STATE_CLOSED, ended_at=ended_at, end_reason=end_reason, size_bytes=size)
+        .values(
+            state=STATE_CLOSED,
+            ended_at=ended_at,
+            end_reason=end_reason,
+            size_bytes=size,
+            output_bytes=output,
+        )
     )
 
 

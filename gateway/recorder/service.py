@@ -57,13 +57,15 @@ from recordings import (
 )
 from recordings.screen import TextLine, screen_lines
 from recordings.terminal import DEFAULT_SIZE
+from recordings.tunnel import decoded_lines
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 # Output beyond this much per recording is not interpreted for search (bounded work).
 INDEX_OUTPUT_BYTES = 64 << 20
-# Recordings up to this size are verified and indexed before ``close`` returns (so the
+# Recordings up to this size (stored, and output recorded: format 2 compresses, and the
+# work of indexing grows with the output) are verified and indexed before ``close`` returns (so the
 # session's end is audited with its recording searchable); larger ones are read in a child
 # process after ``close`` returns, so neither the session's end nor other sessions wait.
 INLINE_INDEX_BYTES = 4 << 20
@@ -258,12 +260,20 @@ class RecordingService:
         """Finalize and sign, then record the end in the catalog and index the text."""
         outcome = await writer.close(end_reason)
         reason = outcome.end_reason if outcome.footer_written else "recording_failed"
-        return await self._finish(writer.recording_id, reason, kind=str(writer.header.kind))
+        return await self._finish(
+            writer.recording_id,
+            reason,
+            kind=str(writer.header.kind),
+            output=outcome.output_bytes if outcome.footer_written else None,
+        )
 
-    async def recover_open(self) -> list[tuple[str, VerifyResult | None]]:
-        """Close every recording the catalog says this node left open (crash recovery)."""
+    async def recover_open(self, node: str | None = None) -> list[tuple[str, VerifyResult | None]]:
+        """Close every recording the catalog says this node left open (crash recovery).
+
+        With ``node`` (a dead one), the recordings it left open that this node can read on
+        the shared store; one it cannot see stays open for that node's own next start."""
         async with self.sessions() as db:
-            entries = await catalog.open_on_node(db, self.node)
+            entries = await catalog.open_on_node(db, node or self.node)
         done: list[tuple[str, VerifyResult | None]] = []
         for entry in entries:
             try:
@@ -276,6 +286,8 @@ class RecordingService:
                     self.verify_keys,
                 )
             except RecordingNotFound:
+                if node is not None:  # not on a store we share: its own node's next start
+                    continue
                 result = None
             except Exception as exc:  # leave it open: the next start tries again
                 log.warning("cannot recover recording %s: %s", entry.id, exc)
@@ -309,7 +321,13 @@ class RecordingService:
         return pending
 
     async def _finish(
-        self, recording_id: str, end_reason: str, *, kind: str, missing: bool = False
+        self,
+        recording_id: str,
+        end_reason: str,
+        *,
+        kind: str,
+        missing: bool = False,
+        output: int | None = None,
     ) -> CatalogEntry:
         """Record the end in the catalog; verify and index now if the file is small.
 
@@ -324,19 +342,22 @@ class RecordingService:
                 await catalog.set_integrity(db, recording_id, "missing", "file not found", ended_at)
             return await self.entry(recording_id)
         try:
-            size, checked = await asyncio.to_thread(self._size_and_check, recording_id, kind)
+            size, checked = await asyncio.to_thread(
+                self._size_and_check, recording_id, kind, output or 0
+            )
         except Exception:
             # Unreadable now: still record the end; verification can be asked for later.
             async with self.sessions() as db, db.begin():
                 await catalog.mark_closed(
                     db, recording_id, ended_at=ended_at, end_reason=end_reason,
-                    size=await asyncio.to_thread(self._file_size, recording_id),
+                    size=await asyncio.to_thread(self._file_size, recording_id), output=output,
                 )  # fmt: skip
             raise
         async with self.sessions() as db, db.begin():
             await catalog.mark_closed(
-                db, recording_id, ended_at=ended_at, end_reason=end_reason, size=size
-            )
+                db, recording_id, ended_at=ended_at, end_reason=end_reason, size=size,
+                output=output,
+            )  # fmt: skip
             if checked is not None:
                 await self._store_check(db, recording_id, end_reason, *checked)
         if checked is None:  # large: interpreting its text takes a while, off the close path
@@ -344,14 +365,16 @@ class RecordingService:
         return await self.entry(recording_id)
 
     def _size_and_check(
-        self, recording_id: str, kind: str
+        self, recording_id: str, kind: str, output: int = 0
     ) -> tuple[int, tuple[VerifyResult, list[TextLine]] | None]:
         """The file's size and, if it is small enough to do now, its verdict and text."""
         size = self._file_size(recording_id)
-        if size > INLINE_INDEX_BYTES:
+        if max(size, output) > INLINE_INDEX_BYTES:
             return size, None
         if kind == str(Kind.TERMINAL):
             return size, self._read_text(recording_id, *DEFAULT_SIZE)
+        if kind == str(Kind.TUNNEL):
+            return size, self._read_decoded(recording_id)
         return size, (self._verify_file(recording_id), [])
 
     async def _store_check(
@@ -404,12 +427,24 @@ class RecordingService:
         assert reader.result is not None  # noqa: S101 - events() exhausted sets it
         return reader.result, lines
 
+    def _read_decoded(self, recording_id: str) -> tuple[VerifyResult, list[TextLine]]:
+        """A tunnel recording's verdict and the lines of what the gateway decoded in it
+        (Modbus writes, refusals, device identity: ``recordings.tunnel.decoded_lines``)."""
+        with self.store.open_read(recording_id) as stream:
+            reader = RecordingReader(stream, self.data_keys.resolve, self.verify_keys)
+            lines = list(decoded_lines(reader.events()))
+        assert reader.result is not None  # noqa: S101 - events() exhausted sets it
+        return reader.result, lines
+
     async def _verify_and_index(self, recording_id: str) -> None:
         entry = await self.entry(recording_id)
-        if entry.kind == str(Kind.TERMINAL) and entry.size_bytes > INLINE_INDEX_BYTES:
+        work = max(entry.size_bytes, entry.output_bytes or 0)
+        if entry.kind == str(Kind.TERMINAL) and work > INLINE_INDEX_BYTES:
             result, lines = await self._read_text_elsewhere(recording_id)
         elif entry.kind == str(Kind.TERMINAL):
             result, lines = await asyncio.to_thread(self._read_text, recording_id, *DEFAULT_SIZE)
+        elif entry.kind == str(Kind.TUNNEL):
+            result, lines = await asyncio.to_thread(self._read_decoded, recording_id)
         else:
             result, lines = await asyncio.to_thread(self._verify_file, recording_id), []
         async with self.sessions() as db, db.begin():

@@ -39,7 +39,10 @@ class RecordingRow(Base):
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     end_reason: Mapped[str | None] = mapped_column(String(64), default=None)
-    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # stored: the file's size
+    # Event payload bytes the session produced and the writer recorded; None when not known
+    # (closed by crash recovery, or recorded before format 2). Compare with size_bytes.
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     integrity: Mapped[str] = mapped_column(String(16), default=UNVERIFIED)
     integrity_detail: Mapped[str] = mapped_column(String(200), default="")
     verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from gateway.authz import certificates, hostkeys
-from gateway.authz.tables import Asset
+from gateway.authz.tables import Asset, modbus_port_of
 from gateway.errors import (
     ConduitError,
     HostKeyMismatch,
@@ -34,16 +34,19 @@ from gateway.errors import (
 from gateway.recorder import SessionInfo
 from gateway.services import Services
 from gateway.sessions import store as live_store
+from gateway.sessions import write_windows
 from gateway.sessions.events import Change
 from gateway.sessions.live import KillHandle, LiveSession
 from gateway.sessions.tap import OutputTap
 from gateway.sessions.ticket import Target, Ticket, check_ticket
 from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
+from rbac.modbus import is_modbus_action
 from rbac.names import DESKTOP_ACTIONS, DESKTOP_GRANTS, TUNNEL_RE, account_of, with_account
 from rbac.policy import Decision
 from recordings import Kind
 from recordings.terminal import TerminalEvent
+from recordings.tunnel import TunnelEvent
 from recordings.writer import RecordingWriter
 
 if TYPE_CHECKING:
@@ -165,6 +168,7 @@ class Broker:
         live = LiveSession(
             session_id=session_id,
             node=self._s.node,
+            worker=self._s.worker,
             username=username,
             asset=asset,
             protocol=protocol,
@@ -207,7 +211,7 @@ class Broker:
             if row is None:
                 return None
             keys = await hostkeys.pinned_lines(db, asset)
-            certs = await certificates.pinned(db, asset) if row.protocol != "ssh" else ()
+            certs = await certificates.pinned(db, asset) if row.protocol in DESKTOP_ACTIONS else ()
         return Target(
             asset=asset,
             host=row.host,
@@ -217,6 +221,7 @@ class Broker:
             record_input=bool(row.record_input),
             protocol=row.protocol,
             certificate_pins=certs,
+            modbus=port is not None and port == modbus_port_of(row),
         )
 
     async def _record(
@@ -355,6 +360,11 @@ class Broker:
         )  # fmt: skip
 
     @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The services' clock (what grant and write-window ends are compared with)."""
+        return self._s.clock
+
+    @property
     def tasks(self) -> TaskSet:
         """The task set owning work started from synchronous protocol callbacks."""
         return self._s.tasks
@@ -464,6 +474,8 @@ class Broker:
                 "destination": f"{shown}:{dest_port}", "reason": reason,
             })  # fmt: skip
             raise NotFoundOrForbidden(reason)
+        if target is not None and target.modbus:
+            return await self._open_modbus(username, asset, target, source=source, kill=kill)
         return await self.open(
             username,
             asset,
@@ -475,17 +487,95 @@ class Broker:
             target=target,
         )
 
+    async def _open_modbus(
+        self, username: str, asset: str, target: Target, *, source: str, kill: KillHandle
+    ) -> Ticket:
+        """A tunnel to the asset's Modbus/TCP port: a ``modbus`` session, open while its user
+        holds any Modbus action there (``rbac.modbus``); each request is judged by them in
+        the tunnel (``gateway.ot.guard``). A blind ``tunnel:<port>`` grant does not open it."""
+        grants = await self._s.authz.modbus_grants(username, asset)
+        if not grants:
+            reason = (
+                f"user:{username} holds no Modbus action on asset:{asset} "
+                f"(port {target.port} is Modbus/TCP)"
+            )
+            await self._denied(username, asset, source, {
+                "protocol": "modbus", "action_requested": "modbus-read",
+                "destination": f"{asset}:{target.port}", "reason": reason,
+            })  # fmt: skip
+            raise NotFoundOrForbidden(reason)
+        actions = [action for action, _ in grants]
+        ticket = await self.open(
+            username, asset, actions[0], also=tuple(actions[1:]), protocol="modbus",
+            source=source, kill=kill, kind=Kind.TUNNEL, target=target,
+        )  # fmt: skip
+        ticket.modbus_grants = tuple((a, d.valid_until) for a, d in grants)
+        return ticket
+
+    async def _modbus_decision(self, ticket: Ticket) -> Decision:
+        """A Modbus session's grants, read again (into the ticket, for its guard); the one
+        that lasts longest keeps the session open, none ends it."""
+        grants = await self._s.authz.modbus_grants(ticket.username, ticket.asset)
+        ticket.modbus_grants = tuple((a, d.valid_until) for a, d in grants)
+        if not grants:
+            return await self._decide(ticket.username, ticket.asset, (ticket.action,))
+        never = dt.datetime.max.replace(tzinfo=dt.UTC)
+        return max((d for _, d in grants), key=lambda d: d.valid_until or never)
+
+    async def modbus_event(self, ticket: Ticket, kind: str, detail: dict[str, Any]) -> None:
+        """Audit what a Modbus session's guard saw (its recording has it already): a write
+        (``modbus.write``, with its result), a refusal (``operation.denied``), a device's
+        identification (stored on the asset; ``asset.inventory`` when it changed), the read
+        counts at the end (``modbus.reads``)."""
+        full = {"session_id": ticket.session_id, **detail}
+        if kind == "write":
+            result = detail.get("result", "")
+            outcome = "success" if result == "ok" else (
+                "denied" if detail.get("by") == "gateway" else "failure")  # fmt: skip
+            await self._audit(ticket, "modbus.write", outcome, full)
+        elif kind == "refused":
+            await self._audit(ticket, "operation.denied", "denied", {
+                **full, "operation": "modbus", "path": "", "action_requested": ticket.action,
+            })  # fmt: skip
+        elif kind == "identity":
+            if await self._s.authz.record_inventory(ticket.asset, detail, self._s.clock()):
+                await self._audit(ticket, "asset.inventory", "success", full)
+        elif kind == "reads":
+            await self._audit(ticket, "modbus.reads", "success", full)
+
+    async def serve_write_windows(self) -> None:
+        """Bring this process's Modbus sessions' write windows up to date (armed or closed
+        anywhere); each change is a marker in the session's recording."""
+        modbus = {sid: t for sid, t in self._tickets.items() if t.protocol == "modbus"}
+        if not modbus:
+            return
+        async with self._s.sessions() as db:
+            open_until = await write_windows.open_until(db, modbus, self._s.clock())
+        for session_id, ticket in modbus.items():
+            until = open_until.get(session_id)
+            if until == ticket.write_until:
+                continue
+            ticket.write_until = until
+            text = (
+                f"write window open until {until.isoformat()}" if until else "write window closed"
+            )
+            ticket.writer.record(TunnelEvent.MARKER, text.encode())
+
     async def connect_tunnel(
         self, ticket: Ticket, protocol_factory: Callable[[], asyncio.Protocol]
     ) -> asyncio.Transport:
-        """TCP to the port the ticket's Authorization names (``tunnel:<port>``) on the asset's
-        configured host: nothing the client sent chooses where the connection goes."""
+        """TCP to the port the ticket's Authorization names (``tunnel:<port>``, or for a
+        Modbus action the asset's Modbus/TCP port) on the asset's configured host: nothing
+        the client sent chooses where the connection goes."""
         match = TUNNEL_RE.fullmatch(ticket.proof.action)
-        if match is None:
+        if match is not None:
+            port = int(match.group(1))
+        elif is_modbus_action(ticket.proof.action):
+            port = ticket.target.port  # from the asset's row; _check: it is the Modbus port
+        else:
             raise ConduitError(
                 "not a tunnel session", f"{ticket.proof.action} is not tunnel:<port>"
             )
-        port = int(match.group(1))
         await self._check(ticket)  # the target's port is the one the authorization names
         host = ticket.target.host
         try:
@@ -507,14 +597,17 @@ class Broker:
     def activity(self, ticket: Ticket) -> None:
         ticket.last_activity = asyncio.get_running_loop().time()
 
-    async def serve_kill_requests(self) -> None:
-        """End this node's sessions that someone marked for killing (CLI, API, other node)."""
+    async def serve_kill_requests(self) -> int:
+        """End this process's sessions that someone marked for killing (CLI, API, other
+        node); returns how many it ended."""
         async with self._s.sessions() as db:
-            requests = await live_store.kill_requests(db, self._s.node)
+            requests = await live_store.kill_requests(db, self._s.node, self._s.worker)
+        served = 0
         for session_id, note, actor in requests:
             ticket = self._tickets.get(session_id)
-            if ticket is None:
+            if ticket is None or ticket.end_reason:  # gone, or already ending
                 continue
+            served += 1
             await self._s.audit.record(
                 actor=actor or "system",
                 action="session.kill",
@@ -523,6 +616,7 @@ class Broker:
                 detail={"session_id": session_id, "reason": KILLED, "note": note},
             )
             await self.kill(session_id, KILLED, note=note, by=actor)
+        return served
 
     async def kill(self, session_id: str, reason: str, *, note: str = "", by: str = "") -> bool:
         """End a live session with ``reason``, a fixed code (``killed``, ``revoked``,
@@ -602,9 +696,11 @@ class Broker:
         first = True
         while not ticket.ended.is_set():
             if not first:
-                decision = await self._decide(
-                    ticket.username, ticket.asset, (ticket.action, *ticket.also)
-                )
+                decision = (
+                    await self._modbus_decision(ticket) if ticket.protocol == "modbus"
+                    else await self._decide(ticket.username, ticket.asset,
+                                            (ticket.action, *ticket.also))
+                )  # fmt: skip
                 if not decision.allowed:
                     until = ticket.live.valid_until
                     expired = until is not None and s.clock() >= until

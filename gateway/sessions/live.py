@@ -32,6 +32,7 @@ class LiveSession:
     kill: KillHandle = field(repr=False)
     bytes_up: int = 0
     bytes_down: int = 0
+    worker: int = 0  # the process of ``node`` that relays it
 
 
 class LiveRegistry:

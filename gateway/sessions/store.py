@@ -2,9 +2,10 @@
 
 Each process keeps its sessions' kill handles in ``gateway.sessions.live.LiveRegistry``;
 this table is the shared view (``conduit sessions list``, the sessions API) and the mailbox
-for kills: any process (the CLI, another node's API) marks a row, and the owner node, which
-polls its own rows, ends the session. The owner also publishes its sessions' byte counts here
-as it polls, so the counts other processes see are at most one poll old. Does not decide
+for kills: any process (the CLI, another node's API) marks a row, and the owner node, woken
+by a notification (``gateway.sessions.notify``) or by its poll, ends the session. The owner
+also publishes its sessions' byte counts here as it polls, so the counts other processes see
+are at most one poll old. Does not decide
 access and does not end sessions itself.
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sqlalchemy import BigInteger, String, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, Integer, String, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.models import Base, User
 from gateway.db.types import UTCDateTime
+from gateway.sessions import notify
 from gateway.sessions.live import LiveSession
 
 KILL_NOTE_MAX = 64  # a kill's note (the person's text), as the column holds it
@@ -29,6 +31,7 @@ class LiveSessionRow(Base):
 
     session_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     node: Mapped[str] = mapped_column(String(255), index=True)
+    worker: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     username: Mapped[str] = mapped_column(String(64))
     asset: Mapped[str] = mapped_column(String(64))
     protocol: Mapped[str] = mapped_column(String(16))
@@ -45,6 +48,7 @@ async def add(db: AsyncSession, session: LiveSession) -> None:
         LiveSessionRow(
             session_id=session.session_id,
             node=session.node,
+            worker=session.worker,
             username=session.username,
             asset=session.asset,
             protocol=session.protocol,
@@ -56,11 +60,6 @@ async def add(db: AsyncSession, session: LiveSession) -> None:
 
 async def remove(db: AsyncSession, session_id: str) -> None:
     await db.execute(delete(LiveSessionRow).where(LiveSessionRow.session_id == session_id))
-
-
-async def remove_node(db: AsyncSession, node: str) -> None:
-    """At start: rows this node left behind when it died belong to no live session."""
-    await db.execute(delete(LiveSessionRow).where(LiveSessionRow.node == node))
 
 
 async def listing(db: AsyncSession) -> list[LiveSessionRow]:
@@ -107,7 +106,8 @@ async def request_kill(db: AsyncSession, session_id: str, note: str, actor: str)
     """Mark the session for killing; ``note`` is the person's text ("" for none).
 
     The column is named ``kill_reason`` for history; it holds the note, never the end reason
-    (which is always ``killed``): a set column (even "") is the kill request.
+    (which is always ``killed``): a set column (even "") is the kill request. On PostgreSQL
+    the owner is woken by a notification sent when the caller's transaction commits.
     """
     result = await db.execute(
         update(LiveSessionRow)
@@ -116,15 +116,24 @@ async def request_kill(db: AsyncSession, session_id: str, note: str, actor: str)
             LiveSessionRow.kill_reason.is_(None),
         )
         .values(kill_reason=note, kill_requested_by=actor)
+        .returning(LiveSessionRow.node)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    owner = result.scalar()
+    if owner is None:
+        return False
+    await notify.announce(db, notify.KILL_CHANNEL, owner)
+    return True
 
 
-async def kill_requests(db: AsyncSession, node: str) -> list[tuple[str, str, str]]:
-    """(session id, note, requested by) for this node's sessions marked for killing."""
+async def kill_requests(db: AsyncSession, node: str, worker: int = 0) -> list[tuple[str, str, str]]:
+    """(session id, note, requested by) for this process's sessions marked for killing."""
     rows = await db.execute(
         select(
             LiveSessionRow.session_id, LiveSessionRow.kill_reason, LiveSessionRow.kill_requested_by
-        ).where(LiveSessionRow.node == node, LiveSessionRow.kill_reason.is_not(None))
+        ).where(
+            LiveSessionRow.node == node,
+            LiveSessionRow.worker == worker,
+            LiveSessionRow.kill_reason.is_not(None),
+        )
     )
     return [(s, r or "", b or "") for s, r, b in rows.all()]

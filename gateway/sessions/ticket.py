@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
 from gateway.sessions.tap import OutputTap
+from rbac.modbus import is_modbus_action
 from rbac.names import DESKTOP_ACTIONS, TUNNEL_RE, account_of, logs_in
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
@@ -32,8 +33,9 @@ class Target:
     account: str
     host_keys: tuple[str, ...]  # pinned OpenSSH public key lines; none means no SSH connect
     record_input: bool
-    protocol: str = "ssh"  # the asset's: ssh, vnc, rdp
+    protocol: str = "ssh"  # the asset's: ssh, vnc, rdp, modbus
     certificate_pins: tuple[str, ...] = ()  # SHA-256 of pinned TLS certificates (desktops)
+    modbus: bool = False  # the port is the asset's Modbus/TCP port (a protocol-aware tunnel)
 
 
 @dataclass
@@ -65,6 +67,11 @@ class Ticket:
     # Recent output and live watchers of a terminal session (shell or command); None for
     # file transfers and tunnels, which have no screen to watch.
     tap: OutputTap | None = None
+    # A Modbus session (protocol "modbus"): the Modbus actions (rbac.modbus) its user holds
+    # on the asset now, each with when it ends, and when the armed write window ends. The
+    # broker keeps both current (watchdog, kill poll); the tunnel's guard reads them.
+    modbus_grants: tuple[tuple[str, dt.datetime | None], ...] = ()
+    write_until: dt.datetime | None = None
 
     @property
     def record_input(self) -> bool:
@@ -96,6 +103,10 @@ def check_ticket(
     tunnel = TUNNEL_RE.fullmatch(proof.action)
     if tunnel is not None and int(tunnel.group(1)) != target.port:
         problems.append(f"target port {target.port} is not the authorized {proof.action}")
+    if tunnel is not None and target.modbus:
+        problems.append(f"port {target.port} is Modbus/TCP: {proof.action} does not cover it")
+    if is_modbus_action(proof.action) and not target.modbus:
+        problems.append(f"target port {target.port} is not the asset's Modbus/TCP port")
     if account_of(proof.action) != target.account:
         problems.append(f"account {target.account} is not covered by the authorized {proof.action}")
     if proof.subject != f"user:{ticket.username}":

@@ -35,6 +35,7 @@ from gateway.ssh.admission import RefusalLog, UnauthenticatedGate
 from gateway.ssh.certificates import CertificateLogin
 from gateway.ssh.channel import SessionChannel
 from gateway.ssh.files import FileSession
+from gateway.ssh.proxy_gate import ProxyListener
 from gateway.ssh.relay import RelaySession
 from gateway.ssh.routing import Route, parse_route
 from gateway.ssh.tunnel import open_tunnel
@@ -497,4 +498,17 @@ async def start_ssh_server(
         line_editor=False,
         encoding=None,  # bytes end to end: the relay never decodes what it carries
         reuse_address=True,
+        tunnel=_proxy_listener(services, refusals) if settings.ssh.proxy_protocol_from else (),
     )
+
+
+def _proxy_listener(services: Services, refusals: RefusalAudit) -> ProxyListener:
+    """PROXY protocol v2 from the configured load balancers only (gateway.ssh.proxy_gate);
+    its refusals are counted and audited like the admission gate's."""
+    settings = services.settings.ssh
+
+    def refused(reason: str, source: str) -> None:
+        services.metrics.ssh_refused.labels(reason).inc()
+        refusals.log.refused(reason, source)
+
+    return ProxyListener(settings.proxy_networks(), refused, settings.login_timeout_seconds)

@@ -13,6 +13,12 @@ counted into the live session and recorded with timestamps. Back-pressure is pas
 both directions, and the SSH receive window is re-opened only for data actually passed on
 (``gateway.ssh.flow``; shared/SSH-RELAY.md, trap 1). Does not decide access; remote, agent
 and X11 forwarding are refused by the server, not here.
+
+A tunnel to an asset's Modbus/TCP port (a ``modbus`` session) is protocol-aware: every batch
+of bytes goes through the connection's ``gateway.ot.guard.ModbusGuard``, which forwards the
+requests the session's grants cover, answers the others itself with a Modbus exception
+(the PLC never sees them) and hands over evidence (``gateway.ot.evidence``). Input that is
+not Modbus/TCP ends this connection only (end reason ``protocol_error``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import cast
 import asyncssh
 
 from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.ot.evidence import EvidenceSink
+from gateway.ot.guard import ModbusGuard, Verdicts
 from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
@@ -31,6 +39,9 @@ from gateway.ssh.relay import client_end_reason
 from recordings.tunnel import TunnelEvent
 
 log = logging.getLogger(__name__)
+# A request forwarded to a PLC and not answered within this long is given up, so the ones a
+# pipelining client queued behind it go on (gateway.ot.guard.ModbusGuard.overdue).
+MODBUS_ANSWER_SECONDS = 10.0
 
 
 class AssetSide(asyncio.Protocol):
@@ -72,8 +83,17 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
         self._client_reads = ReadGate()
         self._asset_reads = ReadGate()
         self._asset_reads.hold("starting")  # until the channel is open (session_started)
+        self._guard: ModbusGuard | None = None
+        self._evidence: EvidenceSink | None = None
+        self._overdue: asyncio.TimerHandle | None = None
 
     def attach(self, transport: asyncio.Transport) -> None:
+        ticket = self.ticket
+        if ticket is not None and ticket.protocol == "modbus":
+            self._guard = ModbusGuard(
+                lambda: ticket.modbus_grants, lambda: ticket.write_until, self.broker.clock
+            )
+            self._evidence = EvidenceSink(self.broker, ticket)
         self._asset = transport
         self._asset_reads.bind(transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
@@ -98,6 +118,9 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
             return
         ticket.live.bytes_up += len(data)
         self.broker.activity(ticket)
+        if self._guard is not None:
+            self._modbus_request(self._guard, data)
+            return
         if ticket.record_input:
             record_paced(ticket.writer, TunnelEvent.TO_ASSET, data, self._client_reads,
                          self.broker.tasks)  # fmt: skip
@@ -128,9 +151,63 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
             return
         ticket.live.bytes_down += len(data)
         self.broker.activity(ticket)
+        if self._guard is not None:
+            verdicts = self._guard.from_asset(data)
+            data = verdicts.forward
+            self._to_asset(ticket, verdicts.to_asset)
+            self._handle(verdicts)
+            if not data:
+                return
         record_paced(ticket.writer, TunnelEvent.FROM_ASSET, data, self._asset_reads,
                      self.broker.tasks)  # fmt: skip
         chan.write(data)
+
+    # -- Modbus ----------------------------------------------------------------------------
+    def _modbus_request(self, guard: ModbusGuard, data: bytes) -> None:
+        ticket, asset, chan = self.ticket, self._asset, self._chan
+        if ticket is None or asset is None:
+            return
+        verdicts = guard.from_client(data)
+        self._to_asset(ticket, verdicts.forward)
+        if verdicts.reply and chan is not None:
+            chan.write(verdicts.reply)  # the gateway's own answer: recorded as evidence
+        self._handle(verdicts)
+
+    def _to_asset(self, ticket: Ticket, data: bytes) -> None:
+        """Requests the guard sends on to the PLC; the last one sent gets a deadline."""
+        if not data or self._asset is None or self._guard is None:
+            return
+        if ticket.record_input:
+            record_paced(ticket.writer, TunnelEvent.TO_ASSET, data, self._client_reads,
+                         self.broker.tasks)  # fmt: skip
+        self._asset.write(data)
+        if self._overdue is not None:
+            self._overdue.cancel()
+        self._overdue = asyncio.get_running_loop().call_later(
+            MODBUS_ANSWER_SECONDS, self._answer_overdue, self._guard.sent
+        )
+
+    def _answer_overdue(self, sent: int) -> None:
+        ticket, guard = self.ticket, self._guard
+        self._overdue = None
+        if ticket is None or guard is None:
+            return
+        verdicts = guard.overdue(sent)
+        if verdicts.to_asset or verdicts.evidence:
+            self._marker(f"no answer from the asset in {MODBUS_ANSWER_SECONDS:g} s")
+        self._to_asset(ticket, verdicts.to_asset)
+        self._handle(verdicts)
+
+    def _handle(self, verdicts: Verdicts) -> None:
+        if self._evidence is not None and verdicts.evidence:
+            self._evidence.add(verdicts.evidence)
+        if verdicts.close:
+            self._marker(f"ended: {verdicts.close}")
+            if self._chan is not None:
+                self._chan.close()
+            if self._asset is not None:
+                self._asset.close()
+            self._finish("protocol_error")
 
     def asset_eof(self) -> None:
         self._marker("eof from asset")
@@ -156,8 +233,24 @@ class TunnelSession(asyncssh.SSHTCPSession[bytes]):
 
     def _finish(self, reason: str) -> None:
         ticket, self.ticket = self.ticket, None
-        if ticket is not None:
-            self.broker.schedule_close(ticket, reason)
+        if ticket is None:
+            return
+        guard, sink = self._guard, self._evidence
+        if self._overdue is not None:
+            self._overdue.cancel()
+        if guard is not None and sink is not None:
+            sink.add(guard.finish())  # recorded now, before the recording closes
+            self.broker.tasks.start(
+                f"close-{ticket.session_id}", self._close_after(sink, ticket, reason)
+            )
+            return
+        self.broker.schedule_close(ticket, reason)
+
+    async def _close_after(self, sink: EvidenceSink, ticket: Ticket, reason: str) -> None:
+        try:
+            await sink.flushed()  # session.end comes after the connection's evidence
+        finally:
+            await self.broker.close(ticket, reason)
 
     async def kill(self, reason: str) -> None:
         """The kill handle: drop the channel and the asset connection at once."""

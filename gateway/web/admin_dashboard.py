@@ -3,7 +3,8 @@
 Live sessions now and pending requests (counts linking to their pages), sessions per UTC day
 over the last 30 days and per vendor organisation (``recorder.activity``: one GROUP BY
 query), the newest refusals and security alerts of those 30 days (``audit.recent``), and the
-recordings storage used against its quota. The two series reach the page as a JSON block
+recordings storage used against its quota, and the gateway nodes with their heartbeats
+(``sessions.cluster``). The two series reach the page as a JSON block
 that ``static/dashboard.js`` (an ES module) draws with uPlot; every number is also in the
 page as text and tables, for screen readers and for browsers without script. Only people
 with ``SiteAction.ADMINISTER_SITE`` see it; everyone else gets "not found", audited
@@ -23,6 +24,7 @@ from gateway.audit.recent import recent_alerts, recent_refusals
 from gateway.recorder.activity import DAYS, Activity, session_activity, window
 from gateway.recorder.quota import QuotaStatus, quota_status
 from gateway.services import Services
+from gateway.sessions import cluster
 from gateway.sessions import store as live_store
 from gateway.web.admin_common import admin_page, admin_view
 from gateway.web.audit_pages import EventRow, event_row
@@ -107,6 +109,7 @@ async def dashboard_values(
         "refusals": [event_row(e, now) for e in refusals],
         "alerts": [AlertRow(a.kind, ALERT_TEXT[a.kind], event_row(a.event, now)) for a in alerts],
         "storage": storage(status),
+        "nodes": await cluster.members(services),
         "now": now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

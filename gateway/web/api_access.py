@@ -53,7 +53,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATES = Literal["pending", "approved", "denied", "cancelled", "expired", "revoked"]
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ActionName = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+ActionName = Annotated[str, StringConstraints(min_length=1, max_length=96)]
 RequestId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9-]+$")]
 GrantId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9-]+$")]
 

@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr
 from gateway import vault
 from gateway.authz import hostkeys
 from gateway.authz.service import MAX_REQUEST_HOURS, PolicyError
-from gateway.authz.tables import Asset
+from gateway.authz.tables import Asset, modbus_port_of
 from gateway.web.admin_assets import KEY_MAX, PASSWORD_MAX, redacted, scan_keys, store_pins
 from gateway.web.api_access import NOT_FOUND, Admin, AuditedRoute, Name, Out, Refused, Strict
 from gateway.web.api_admin import admin_change, audit_admin_change, require_site_admin
@@ -38,7 +38,7 @@ AccountName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-
 Fingerprint = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^SHA256:[A-Za-z0-9+/=]+$")
 ]
-Protocol = Literal["ssh", "vnc", "rdp", "tunnel"]
+Protocol = Literal["ssh", "vnc", "rdp", "tunnel", "modbus"]
 
 
 class HostKeyOut(Out):
@@ -72,6 +72,12 @@ class AssetOut(Out):
     max_request_hours: int
     record_input: bool
     disabled: bool
+    modbus_port: int | None
+    # Passive inventory: what the device answered a vendor's own 43/14 read, and when.
+    ot_vendor: str | None
+    ot_product: str | None
+    ot_revision: str | None
+    ot_seen_at: dt.datetime | None
 
     @classmethod
     def of(cls, asset: Asset, zones: list[str]) -> AssetOut:
@@ -79,6 +85,9 @@ class AssetOut(Out):
             name=asset.name, host=asset.host, port=asset.port, protocol=asset.protocol,
             zones=zones, max_request_hours=asset.max_request_hours,
             record_input=bool(asset.record_input), disabled=bool(asset.disabled),
+            modbus_port=modbus_port_of(asset), ot_vendor=asset.ot_vendor,
+            ot_product=asset.ot_product, ot_revision=asset.ot_revision,
+            ot_seen_at=asset.ot_seen_at,
         )  # fmt: skip
 
 
@@ -100,6 +109,8 @@ class AssetSettingsIn(Strict):
 class AssetIn(AssetSettingsIn):
     name: Name
     protocol: Protocol
+    # A Modbus/TCP port of an asset of another protocol (protocol "modbus": its ``port``).
+    modbus_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class AssetChangeIn(AssetSettingsIn):
@@ -167,6 +178,7 @@ async def add_asset(request: Request, body: AssetIn, caller: Admin) -> AssetDeta
         await services_of(request).authz.add_asset(
             body.name, body.host, body.port, body.protocol, actor=caller.username,
             zones=tuple(body.zones), max_request_hours=body.max_request_hours,
+            modbus_port=body.modbus_port,
             record_input=body.record_input,
         )  # fmt: skip
     except (PolicyError, RbacError) as exc:

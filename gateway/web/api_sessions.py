@@ -1,4 +1,4 @@
-"""JSON API for live sessions: list, show and kill (``/api/v1/sessions``).
+"""JSON API for live sessions: list, show, kill, and Modbus write windows (``/api/v1/sessions``).
 
 Reads the shared ``live_sessions`` table, so every process and node answers alike. Who sees
 a session: its own user; admins and auditors (roles); anyone holding ``watch``, ``kill`` or
@@ -8,6 +8,10 @@ is a request stored in the table, as ``conduit sessions kill`` stores it: the ow
 ends the session within half a second and audits ``session.kill`` as the requester. Missing
 and forbidden sessions both answer 404; every refusal is audited as ``api.refused`` (see
 ``gateway.web.api_access``, whose authentication and refusal pattern this module shares).
+A Modbus write window (``POST /sessions/{id}/write-window``, ``DELETE`` to end it early)
+needs ``approve`` (or ``admin``) on the session's asset and the same recent second factor;
+it is stored for the owner node as ``conduit sessions write-window`` stores it
+(``gateway.sessions.write_windows``) and audited ``modbus.window_armed``/``_closed``.
 Does not end sessions itself and does not decide access beyond asking the authorizer.
 """
 
@@ -21,6 +25,7 @@ from pydantic import AfterValidator, Field
 
 from gateway.services import Services
 from gateway.sessions import store as live_store
+from gateway.sessions import write_windows
 from gateway.sessions.store import LiveSessionRow
 from gateway.web.api_access import (
     NOT_FOUND,
@@ -37,6 +42,7 @@ from rbac.roles import SiteAction
 
 WATCH_ACTIONS = ("watch", "kill", "admin")
 KILL_ACTIONS = ("kill", "admin")
+ARM_ACTIONS = ("approve", "admin")  # who may arm Modbus writes on a session
 MAX_REASON = live_store.KILL_NOTE_MAX  # the column that carries it; the CLI allows the same
 
 SessionId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -59,6 +65,34 @@ class KillIn(Strict):
     as its note (audit ``session.kill``/``session.end``, a marker in the recording)."""
 
     reason: Reason
+
+
+def _printable_window_reason(value: str) -> str:
+    return write_windows.check_reason(value)
+
+
+WindowReason = Annotated[
+    str,
+    Field(min_length=1, max_length=write_windows.MAX_REASON),
+    AfterValidator(_printable_window_reason),
+]
+
+
+class WriteWindowIn(Strict):
+    """Arm Modbus writes on a live Modbus session for ``minutes``, for ``reason``."""
+
+    minutes: int = Field(ge=write_windows.MIN_MINUTES, le=write_windows.MAX_MINUTES)
+    reason: WindowReason
+
+
+class WriteWindowOut(Out):
+    session_id: str
+    asset: str
+    user: str
+    armed_by: str
+    reason: str
+    opened_at: dt.datetime
+    ends_at: dt.datetime
 
 
 class SessionOut(Out):
@@ -85,6 +119,7 @@ class SessionOut(Out):
 router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=AuditedRoute)
 Reader = Annotated[Caller, Depends(authenticated("read"))]
 Killer = Annotated[Caller, Depends(authenticated("kill"))]
+Arming = Annotated[Caller, Depends(authenticated("approve"))]
 
 
 class Capabilities:
@@ -115,6 +150,9 @@ class Capabilities:
 
     async def kills(self, row: LiveSessionRow) -> bool:
         return await self.holds(row.asset, KILL_ACTIONS)
+
+    async def arms(self, row: LiveSessionRow) -> bool:
+        return row.protocol == "modbus" and await self.holds(row.asset, ARM_ACTIONS)
 
 
 async def may_watch(services: Services, caller: Caller, asset: str) -> bool:
@@ -200,3 +238,57 @@ async def kill_session(
     require_step_up(caller, services.clock())
     after = await store_kill(services, row, body.reason, caller.username, source_of(request))
     return SessionOut.of(after)
+
+
+async def arm_target(services: Services, caps: Capabilities, session_id: str) -> LiveSessionRow:
+    """The live Modbus session ``caps`` may arm writes on, or ``Refused`` (404 unseen or
+    not Modbus, 403 no approve capability). Callers check step-up after this."""
+    row = await _visible(services, caps, session_id)
+    if row.protocol != "modbus":
+        raise Refused(404, NOT_FOUND, f"session {session_id} is {row.protocol}, not modbus")
+    if not await caps.arms(row):
+        raise Refused(
+            403, "not permitted: approve capability required", f"no approve on {row.asset}"
+        )
+    return row
+
+
+async def store_window(
+    services: Services, row: LiveSessionRow, minutes: int, reason: str, actor: str, source: str
+) -> WriteWindowOut:
+    """Arm the window (audited); ``Refused`` 404 when the session ended meanwhile."""
+    try:
+        armed = await write_windows.arm_window(
+            services, row.session_id, minutes=minutes, reason=reason, actor=actor, source=source
+        )
+    except write_windows.WindowRefused as exc:
+        raise Refused(404, NOT_FOUND, exc.detail) from None
+    return WriteWindowOut(
+        session_id=armed.session_id, asset=armed.asset, user=armed.username,
+        armed_by=armed.armed_by, reason=armed.reason, opened_at=armed.opened_at,
+        ends_at=armed.ends_at,
+    )  # fmt: skip
+
+
+@router.post("/sessions/{session_id}/write-window", status_code=201, response_model=WriteWindowOut)
+async def arm_write_window(
+    request: Request, session_id: SessionId, body: WriteWindowIn, caller: Arming
+) -> WriteWindowOut:
+    """Arm Modbus writes on a live Modbus session for ``minutes`` (1-240), with a reason;
+    the owner node applies it within a second and it ends by itself."""
+    services = services_of(request)
+    row = await arm_target(services, Capabilities(services, caller), session_id)
+    require_step_up(caller, services.clock())
+    return await store_window(
+        services, row, body.minutes, body.reason, caller.username, source_of(request)
+    )
+
+
+@router.delete("/sessions/{session_id}/write-window", status_code=204)
+async def close_write_window(request: Request, session_id: SessionId, caller: Arming) -> None:
+    """End the session's open write window now (no step-up: it only takes power away)."""
+    services = services_of(request)
+    await arm_target(services, Capabilities(services, caller), session_id)
+    await write_windows.close_window(
+        services, session_id, actor=caller.username, source=source_of(request)
+    )

@@ -26,6 +26,7 @@ from gateway.web import (
     api_admin,
     api_assets,
     api_evidence,
+    api_nodes,
     api_sessions,
     api_users,
     approvals,
@@ -106,7 +107,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     for api_router in (
         api_users.router, api_assets.router, api_admin.zones_router, api_admin.tokens_router,
         api_admin.alerts_router, api_evidence.recordings_router, api_evidence.search_router,
-        api_evidence.audit_router, api_evidence.transfers_router,
+        api_evidence.audit_router, api_evidence.transfers_router, api_nodes.router,
     ):  # fmt: skip
         app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -20,11 +20,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import HTMLResponse, Response
 
+from gateway.authz.tables import modbus_port_of
 from gateway.errors import ConduitError
 from gateway.identity import ssh_access
 from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import signed_in, signed_in_post
+from rbac.modbus import is_modbus_action
 from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, DESKTOP_ACTIONS, TUNNEL_RE, account_of
 from rbac.roles import SiteAction
 
@@ -48,6 +50,7 @@ class AssetCommands:
     files: bool = False
     tunnels: list[int] = field(default_factory=list)
     desktop: str = ""  # "vnc" or "rdp": the desktop opens in the browser only
+    modbus_port: int = 0  # a Modbus/TCP port reachable with the user's Modbus grants
     accounts: list[str] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (label, command line)
 
@@ -56,8 +59,11 @@ def _shown(instant: dt.datetime | None) -> str:
     return instant.strftime("%Y-%m-%d %H:%M UTC") if instant is not None else "no end"
 
 
-def _gather(found: Iterable[tuple[str, str, object]]) -> dict[str, AssetCommands]:
-    """Group the authorizer's (asset, action, decision) answers per asset."""
+def _gather(
+    found: Iterable[tuple[str, str, object]], modbus_ports: dict[str, int] | None = None
+) -> dict[str, AssetCommands]:
+    """Group the authorizer's (asset, action, decision) answers per asset; a Modbus action
+    makes a tunnel to the asset's Modbus port (``modbus_ports``)."""
     out: dict[str, AssetCommands] = {}
     for asset, action, decision in found:
         until = _shown(getattr(decision, "valid_until", None))
@@ -72,11 +78,16 @@ def _gather(found: Iterable[tuple[str, str, object]]) -> dict[str, AssetCommands
                 entry.accounts.append(account)
         elif kind in ("sftp-read", "sftp-write"):
             entry.files = True
-        elif tunnel is not None:
-            entry.tunnels.append(int(tunnel.group(1)))
+        elif tunnel is not None and int(tunnel.group(1)) != (modbus_ports or {}).get(asset):
+            entry.tunnels.append(int(tunnel.group(1)))  # a Modbus port needs a Modbus grant
+        elif is_modbus_action(action) and (modbus_ports or {}).get(asset):
+            entry.modbus_port = (modbus_ports or {})[asset]
         elif kind in DESKTOP_ACTIONS:
             entry.desktop = kind
-    return {a: e for a, e in out.items() if e.logs_in or e.files or e.tunnels or e.desktop}
+    return {
+        a: e for a, e in out.items()
+        if e.logs_in or e.files or e.tunnels or e.modbus_port or e.desktop
+    }  # fmt: skip
 
 
 def command_lines(entry: AssetCommands, user: str, host: str, port: int) -> list[tuple[str, str]]:
@@ -97,7 +108,16 @@ def command_lines(entry: AssetCommands, user: str, host: str, port: int) -> list
         lines.append(("Upload a file", f"scp -P {port} {AUTH_OPTION} ./file.txt {target}:/tmp/"))
         lines.append(("Download a file", f"scp -P {port} {AUTH_OPTION} {target}:/tmp/file.txt ."))
         lines.append(("Files, interactive", f"sftp -P {port} {AUTH_OPTION} {target}"))
-    for remote in sorted(set(entry.tunnels)):
+    if entry.modbus_port:
+        remote = entry.modbus_port
+        local = remote + LOW_PORT_SHIFT if remote < 1024 else remote
+        lines.append(
+            (
+                f"Modbus/TCP to port {remote}, checked by the gateway (then use 127.0.0.1:{local})",
+                f"ssh -p {port} {AUTH_OPTION} -N -L 127.0.0.1:{local}:localhost:{remote} {target}",
+            )
+        )
+    for remote in sorted(set(entry.tunnels) - {entry.modbus_port}):
         local = remote + LOW_PORT_SHIFT if remote < 1024 else remote
         lines.append(
             (
@@ -147,7 +167,12 @@ async def _connect_page(
     user = context.session.username
     host = request.url.hostname or "gateway"
     port = services.settings.ssh_listen.port
-    entries = list(_gather(await services.authz.reachable_now(user)).values())
+    modbus_ports = {
+        asset.name: found
+        for asset, _ in await services.authz.list_assets()
+        if (found := modbus_port_of(asset)) is not None
+    }
+    entries = list(_gather(await services.authz.reachable_now(user), modbus_ports).values())
     for entry in entries:
         entry.commands = command_lines(entry, user, host, port)
     values: dict[str, object] = {

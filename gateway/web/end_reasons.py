@@ -45,6 +45,9 @@ END_REASONS: dict[str, EndWords] = {
     "renderer_crashed": EndWords(
         "ended: the RDP renderer stopped", "ended: the remote desktop viewer stopped"
     ),
+    "node_lost": EndWords(
+        "its gateway node stopped answering", "the gateway node serving it stopped answering"
+    ),
     "incomplete": EndWords("cut off (gateway crash)", "cut off when the gateway stopped"),
 }
 

@@ -47,8 +47,10 @@ from gateway.web.portal_forms import (
     signed_in,
     signed_in_post,
 )
+from gateway.web.replay import Unreadable, peek_header
 from rbac.roles import SiteAction
 from recordings import VerifyResult, signing_key_id
+from recordings.container import CHAIN_HASH, COMPRESSION
 
 router = APIRouter(include_in_schema=False)
 HERE = Path(__file__).parent
@@ -146,30 +148,40 @@ async def verify_now(request: Request, recording_id: str) -> Response:
     return await page(request, context, "recording_integrity.html", values, current="evidence")
 
 
-def readme(entry: CatalogEntry, key_id: str) -> str:
+def readme(entry: CatalogEntry, key_id: str, version: int | None = None) -> str:
     """The bundle's README: what is inside and how to check it with python/openssl alone."""
+    if version in CHAIN_HASH:
+        packed = f", chunks compressed with {COMPRESSION[version]}" if COMPRESSION[version] else ""
+        fmt = f"container format {version}, {CHAIN_HASH[version]} hash chain{packed}"
+    else:
+        fmt = "container format unknown: the header cannot be read"
     return README.format(id=entry.id, session=entry.session_id, user=entry.username,
-                         asset=entry.asset, key_id=key_id)  # fmt: skip
+                         asset=entry.asset, key_id=key_id, format=fmt)  # fmt: skip
 
 
 README = """Conduit evidence bundle: recording {id}
 Session {session} of {user} on {asset}.
 
 Files
-  {id}.rec            the recording exactly as stored (encrypted chunks, signed footer)
+  {id}.rec            the recording exactly as stored (encrypted chunks, signed footer;
+                      {format})
   signing-key.pem     the gateway's Ed25519 public key (key id {key_id})
   audit-events.jsonl  the audit events of this session, with their hash-chain fields
   manifest.json       who and what this is, and the SHA-256 of each file
   verify_bundle.py    the offline check described below
   README.txt          this file
 
-Check it offline (no Conduit, no secret; Python 3.11+ with the "cryptography" package):
+Check it offline (no Conduit, no secret; Python 3.11+ with the "cryptography" package, and
+for a format-2 recording also "blake3": pip install cryptography blake3):
   python3 verify_bundle.py THIS-BUNDLE.zip        (or the directory it was unpacked into)
-It prints "intact", or "tampered: <why>", or "incomplete: <why>" (exit codes 0, 1, 2).
+It prints "intact", or "tampered: <why>", or "incomplete: <why>" (exit codes 0, 1, 2; 3 and
+"cannot check" when blake3 is missing). The recording's format and hash are in manifest.json
+("format_version", "chain_hash") and in the line the script writes after "intact".
 
 What "intact" proves
   The footer's Ed25519 signature (by the key in signing-key.pem) covers the recording id,
-  SHA-256 over the magic and header frame, the hash chain over every chunk frame as stored,
+  the hash (SHA-256 in format 1, BLAKE3 in format 2) over the magic and header frame, the
+  hash chain over every chunk frame exactly as stored (compressed or not, encrypted),
   the chunk count and the end reason. The script recomputes the chain from the file, so one
   changed, missing, added or reordered byte anywhere in the header or chunks, or after the
   footer, gives "tampered". Each audit event's hash is recomputed from its fields, and
@@ -202,13 +214,17 @@ def bundle_files(
     events: list[str], exported: dict[str, str],
 ) -> None:  # fmt: skip
     """Write the bundle zip into ``out`` (blocking: run it in a thread)."""
+    try:
+        version: int | None = peek_header(recording).format_version
+    except Unreadable:
+        version = None  # the bundle still carries the file; its check will say why
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         digests = {f"{entry.id}.rec": _write_member(bundle, f"{entry.id}.rec", recording)}
         small = {
             "signing-key.pem": public_pem,
             "audit-events.jsonl": "".join(events).encode(),
             "verify_bundle.py": SCRIPT.read_bytes(),
-            "README.txt": readme(entry, key_id).encode(),
+            "README.txt": readme(entry, key_id, version).encode(),
         }
         for name, data in small.items():
             bundle.writestr(name, data)
@@ -220,6 +236,9 @@ def bundle_files(
             "ended_at": entry.ended_at.isoformat() if entry.ended_at else None,
             "end_reason": entry.end_reason, "catalog_integrity": entry.integrity,
             "signing_key_id": key_id, "sha256": digests, **exported,
+            "format_version": version,
+            "chain_hash": CHAIN_HASH.get(version) if version is not None else None,
+            "compression": COMPRESSION.get(version) if version is not None else None,
         }  # fmt: skip
         bundle.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

@@ -14,6 +14,11 @@ step-up (``stepup.confirm_inline``), then stores the kill exactly as the API doe
 (``api_sessions.store_kill``). Every refusal shows an inline message and is audited as
 ``portal.refused``. Does not end sessions itself (the owner node does) and does not decide
 access beyond asking the authorizer.
+
+A Modbus session's row offers "Arm writes" to whoever holds ``approve`` on its asset: the
+same pattern (``/live?arm=ID`` shows a form with minutes and a reason; its post checks CSRF,
+capability, bounds, inline step-up) stores a write window exactly as the API does
+(``api_sessions.store_window``); the owner node applies it within a second.
 """
 
 from __future__ import annotations
@@ -28,9 +33,18 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway.services import Services
 from gateway.sessions import store as live_store
+from gateway.sessions import write_windows
 from gateway.sessions.store import LiveSessionRow
 from gateway.web.api_access import Caller, Refused
-from gateway.web.api_sessions import MAX_REASON, Capabilities, Reason, kill_target, store_kill
+from gateway.web.api_sessions import (
+    MAX_REASON,
+    Capabilities,
+    Reason,
+    arm_target,
+    kill_target,
+    store_kill,
+    store_window,
+)
 from gateway.web.auth import PortalContext, render, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import audit_refusal, signed_in, signed_in_post
@@ -62,6 +76,7 @@ class LiveRow:
     bytes_down: int
     killing: bool  # a kill is requested and on its way
     may_kill: bool
+    may_arm: bool = False  # a Modbus session this person may arm writes on
 
 
 def _time(instant: dt.datetime | None) -> str:
@@ -83,6 +98,7 @@ async def live_rows(services: Services, caller: Caller) -> list[LiveRow]:
                 protocol=row.protocol, node=row.node, started=_time(row.started_at),
                 until=_time(row.valid_until), bytes_up=row.bytes_up, bytes_down=row.bytes_down,
                 killing=row.kill_reason is not None, may_kill=await caps.kills(row),
+                may_arm=await caps.arms(row),
             )
         )  # fmt: skip
     return out
@@ -99,25 +115,92 @@ async def _live_page(
     context: PortalContext,
     form: dict[str, object] | None = None,
     status_code: int = 200,
+    arm: dict[str, object] | None = None,
 ) -> HTMLResponse:
-    """The page; ``form`` (session, reason, message, step-up values) shows the kill form."""
+    """The page; ``form`` (session, reason, message, step-up values) shows the kill form,
+    ``arm`` the write-window form."""
     rows = await live_rows(services_of(request), Caller.of_session(context.session))
-    values: dict[str, object] = {"rows": rows, "kill": form, "done": ""}
-    if form is not None and form.get("done"):
-        values["done"], values["kill"] = form["done"], None
+    values: dict[str, object] = {"rows": rows, "kill": form, "arm": arm, "done": "",
+                                 "max_minutes": write_windows.MAX_MINUTES}  # fmt: skip
+    for key, shown in (("kill", form), ("arm", arm)):
+        if shown is not None and shown.get("done"):
+            values["done"], values[key] = shown["done"], None
     return await page(request, context, "live.html", values, current="live",
                       status_code=status_code)  # fmt: skip
 
 
 @router.get("/live", response_class=HTMLResponse)
-async def live(request: Request, kill: KillParam = "") -> Response:
+async def live(request: Request, kill: KillParam = "", arm: KillParam = "") -> Response:
     context = await signed_in(request, SiteAction.WATCH_SESSIONS)
     if context is None:
         return sign_in_redirect(request)
     form: dict[str, object] | None = None
     if kill:
         form = await _kill_form(request, context, kill)
-    return await _live_page(request, context, form)
+    arm_form = await _arm_form(request, context, arm) if arm and not kill else None
+    return await _live_page(request, context, form, arm=arm_form)
+
+
+async def _armable(services: Services, context: PortalContext, session_id: str) -> LiveSessionRow:
+    caps = Capabilities(services, Caller.of_session(context.session))
+    return await arm_target(services, caps, session_id)
+
+
+async def _arm_form(request: Request, context: PortalContext, session_id: str) -> dict[str, object]:
+    """The write-window form for a Modbus session this user may arm, or why not."""
+    try:
+        row = await _armable(services_of(request), context, session_id)
+    except Refused as exc:
+        await audit_refusal(request, context.session.username, exc.status_code, exc.why)
+        return {"session_id": session_id, "message": str(exc.detail), "closed": True}
+    return {"session_id": session_id, "row": f"{row.username} on {row.asset}", "minutes": "15"}
+
+
+@router.post("/live/{session_id}/write-window", response_class=HTMLResponse)
+async def arm_from_page(
+    request: Request,
+    session_id: SessionId,
+    context: Session,
+    minutes: Annotated[str, Form(max_length=8)] = "",
+    reason: Annotated[str, Form(max_length=4 * write_windows.MAX_REASON)] = "",
+    code: Annotated[str | None, Form(max_length=64)] = None,
+) -> Response:
+    await signed_in(request, SiteAction.WATCH_SESSIONS)
+    services = services_of(request)
+    user = context.session.username
+    form: dict[str, object] = {"session_id": session_id, "reason": reason, "minutes": minutes}
+    try:
+        row = await _armable(services, context, session_id)
+    except Refused as exc:
+        await audit_refusal(request, user, exc.status_code, exc.why)
+        form.update(message=str(exc.detail), closed=True)
+        return await _live_page(request, context, arm=form, status_code=exc.status_code)
+    form["row"] = f"{row.username} on {row.asset}"
+    try:
+        count = write_windows.check_minutes(int(minutes)) if minutes.isdigit() else 0
+        if not count:
+            raise ValueError("minutes")
+        write_windows.check_reason(reason)
+    except ValueError:
+        await audit_refusal(request, user, 422, "write window minutes or reason out of bounds")
+        form["message"] = (
+            f"Give 1 to {write_windows.MAX_MINUTES} minutes and a reason of 1 to "
+            f"{write_windows.MAX_REASON} printable characters on one line. Nothing was changed."
+        )
+        return await _live_page(request, context, arm=form, status_code=422)
+    step: StepUp = await confirm_inline(request, context, code)
+    if not step.ok:
+        form.update(step.values())
+        return await _live_page(request, context, arm=form)
+    try:
+        armed = await store_window(services, row, count, reason, user, source_of(request))
+    except Refused as exc:
+        await audit_refusal(request, user, exc.status_code, exc.why)
+        form.update(message=str(exc.detail), closed=True)
+        return await _live_page(request, context, arm=form, status_code=exc.status_code)
+    ends = armed.ends_at.strftime("%H:%M")
+    form["done"] = f"Writes armed for {form['row']} until {ends} UTC: they apply within a second."
+    return await _live_page(request, context, arm=form)
 
 
 async def _kill_form(

@@ -1,15 +1,18 @@
 """Offline check of a Conduit evidence bundle: ``python verify_bundle.py BUNDLE.zip|DIR``.
 
 Shipped inside every bundle (``gateway.web.evidence_bundle``) and never imported by Conduit:
-it needs only the Python standard library and ``cryptography``, and no secret. It prints
-``intact`` (exit 0), or ``tampered: <why>`` (exit 1), or ``incomplete: <why>`` (exit 2).
+it needs only the Python standard library and ``cryptography`` (plus ``blake3`` for a format-2
+recording), and no secret. It prints ``intact`` (exit 0), or ``tampered: <why>`` (exit 1), or
+``incomplete: <why>`` (exit 2), or ``cannot check: <why>`` (exit 3, e.g. ``blake3`` missing).
 
 What it checks, and so what "intact" proves:
 
 * The recording file: its frames (magic, CRC of each prefix), the hash chain
-  ``SHA-256(MAGIC || header frame)`` then ``SHA-256(previous || chunk frame)`` over every
-  chunk in order, and the footer's Ed25519 signature by the bundle's public key over
-  recording id, header hash, final hash, chunk count and end reason. So every byte of the
+  ``H(MAGIC || header frame)`` then ``H(previous || chunk frame)`` over every chunk in order,
+  and the footer's Ed25519 signature by the bundle's public key over recording id, header
+  hash, final hash, chunk count and end reason. ``H`` is the header's ``hash``: SHA-256 for
+  format 1, BLAKE3 for format 2 (whose chunks are compressed before encryption; the chain
+  covers the chunk frames exactly as stored either way). So every byte of the
   header and of every chunk is exactly what the gateway's signing key signed when the
   session ended; no byte after the footer.
 * Each audit event: its hash recomputed from its fields, and the link to the previous event
@@ -29,6 +32,7 @@ import sys
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -45,7 +49,8 @@ HEADER, CHUNK, FOOTER = 0x48, 0x43, 0x46
 MAX_BODY = 32 << 20
 FOOTER_FIXED = struct.Struct(">Q32s16sH")  # chunk count, final hash, key id, reason length
 SIGNATURE_BYTES, MAC_BYTES = 64, 32
-FOOTER_CONTEXT = b"conduit recording footer v1\x00"
+FOOTER_CONTEXT = {1: b"conduit recording footer v1\x00", 2: b"conduit recording footer v2\x00"}
+CHAIN_HASH = {1: "SHA-256", 2: "BLAKE3"}
 GENESIS = "0" * 64
 
 
@@ -55,6 +60,22 @@ class Tampered(Exception):
 
 class Incomplete(Exception):
     """The recording was not closed cleanly (crash recovery, or still being written)."""
+
+
+class CannotCheck(Exception):
+    """This machine lacks what the check needs (the blake3 package for format 2)."""
+
+
+def _hash(version: int) -> Any:
+    """The chain's hash constructor for a format version."""
+    if version == 1:
+        return hashlib.sha256
+    try:
+        import blake3  # noqa: PLC0415 - only format 2 needs it; format 1 checks without
+    except ImportError:
+        raise CannotCheck("a format-2 recording needs the blake3 package: "
+                          "pip install blake3") from None  # fmt: skip
+    return blake3.blake3
 
 
 def _frames(data: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -92,26 +113,38 @@ def check_recording(data: bytes, public_key: Ed25519PublicKey) -> str:
     try:
         header = json.loads(body[:-MAC_BYTES])
         recording_id = bytes.fromhex(header["recording_id"])
+        version = header["format_version"]
+        if type(version) is not int or CHAIN_HASH.get(version) != header["hash"]:
+            raise ValueError("format version and hash do not match")
     except (ValueError, KeyError, TypeError) as exc:
-        raise Tampered(f"recording: header unreadable ({type(exc).__name__})") from None
-    chain = hashlib.sha256(MAGIC + frames[0][2]).digest()
+        raise Tampered(f"recording: header unreadable ({type(exc).__name__}: {exc})") from None
+    new = _hash(version)
+
+    def digest_of(*parts: bytes) -> bytes:
+        h = new(parts[0])
+        for part in parts[1:]:
+            h.update(part)
+        return bytes(h.digest())
+
+    chain = digest_of(MAGIC + frames[0][2])
     header_digest, chunks = chain, 0
     for index, (kind, chunk_body, raw) in enumerate(frames[1:], start=1):
         if kind == FOOTER:
             if index != len(frames) - 1:
                 raise Tampered("recording: data after the footer")
-            return _check_footer(chunk_body, recording_id, header_digest, chain, chunks,
-                                 public_key)  # fmt: skip
+            summary = _check_footer(chunk_body, recording_id, header_digest, chain, chunks,
+                                    public_key, version)  # fmt: skip
+            return f"format {version} ({CHAIN_HASH[version]} chain): {summary}"
         if kind != CHUNK or struct.unpack_from(">Q", chunk_body)[0] != chunks:
             raise Tampered(f"recording: chunk {chunks} is out of place")
-        chain = hashlib.sha256(chain + raw).digest()
+        chain = digest_of(chain, raw)
         chunks += 1
     raise Incomplete(f"recording: no footer ({chunks} chunks, not signed)")
 
 
 def _check_footer(
     body: bytes, recording_id: bytes, header_digest: bytes, chain: bytes, chunks: int,
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey, version: int,
 ) -> str:  # fmt: skip
     if len(body) < FOOTER_FIXED.size + SIGNATURE_BYTES:
         raise Tampered("recording: footer too short")
@@ -121,7 +154,7 @@ def _check_footer(
     reason = body[FOOTER_FIXED.size : FOOTER_FIXED.size + reason_len]
     if signer.hex() != key_id(public_key):
         raise Tampered(f"recording: signed by key {signer.hex()}, not the bundle's key")
-    message = (FOOTER_CONTEXT + recording_id + header_digest + final_hash
+    message = (FOOTER_CONTEXT[version] + recording_id + header_digest + final_hash
                + count.to_bytes(8, "big") + reason)  # fmt: skip
     try:
         public_key.verify(body[-SIGNATURE_BYTES:], message)
@@ -200,6 +233,9 @@ def main(argv: list[str]) -> int:
     except Incomplete as exc:
         print(f"incomplete: {exc}")
         return 2
+    except CannotCheck as exc:
+        print(f"cannot check: {exc}")
+        return 3
     print("intact")
     print(summary, file=sys.stderr)
     return 0

@@ -1,8 +1,8 @@
 """Child process for the crash test: records output events until it is SIGKILLed.
 
-Usage: python recording_crash_child.py ROOT. Prints ``ready <id>`` then, after each event is
-handed to the writer, ``<seq> <time.monotonic()>`` (monotonic is system-wide on Linux, so the
-parent can compare it with its own clock).
+Usage: python recording_crash_child.py ROOT VERSION (the container format, 1 or 2). Prints
+``ready <id>`` then, after each event is handed to the writer, ``<seq> <time.monotonic()>``
+(monotonic is system-wide on Linux, so the parent can compare it with its own clock).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from recordings import Kind, start_recording
 from recordings.terminal import TerminalEvent
 
 
-async def main(root: Path) -> None:
-    env = make_env(root)
+async def main(root: Path, format_version: int) -> None:
+    env = make_env(root, format_version)
     writer = await start_recording(
         store=env.store,
         data_keys=env.data_keys,
@@ -29,6 +29,7 @@ async def main(root: Path) -> None:
         metadata={},
         clock=time.monotonic,
         on_failure=lambda reason: print(f"failed {reason}", flush=True),
+        format_version=format_version,
     )
     print(f"ready {writer.recording_id}", flush=True)
     seq = 0
@@ -42,4 +43,4 @@ async def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1])))
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))

@@ -50,6 +50,7 @@ class Env:
     signing_key: Ed25519PrivateKey
     verify_keys: dict[str, Ed25519PublicKey]
     failures: list[str]
+    format_version: int = 2  # what start()/write() record in: 1 (previous release) or 2
 
     async def start(
         self,
@@ -70,6 +71,7 @@ class Env:
             clock=time.monotonic,
             on_failure=self.failures.append if on_failure is None else on_failure,
             policy=policy,
+            format_version=self.format_version,
         )
 
     async def write(
@@ -98,6 +100,12 @@ class Env:
     def verify_bytes(self, data: bytes) -> VerifyResult:
         return verify_recording(io.BytesIO(data), self.data_keys.resolve, self.verify_keys)
 
+    def read_bytes(self, data: bytes) -> tuple[list[Event], VerifyResult]:
+        reader = RecordingReader(io.BytesIO(data), self.data_keys.resolve, self.verify_keys)
+        events = list(reader.events())
+        assert reader.result is not None
+        return events, reader.result
+
     def read(self, recording_id: str) -> tuple[list[Event], VerifyResult]:
         with self.store.open_read(recording_id) as stream:
             reader = RecordingReader(stream, self.data_keys.resolve, self.verify_keys)
@@ -106,7 +114,7 @@ class Env:
         return events, reader.result
 
 
-def make_env(root: Path) -> Env:
+def make_env(root: Path, format_version: int = 2) -> Env:
     key_store = LocalDataKeyStore(root / "keys")
     master = MasterKey("m1", bytes(range(32)))
     signing_key = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
@@ -120,6 +128,7 @@ def make_env(root: Path) -> Env:
         signing_key=signing_key,
         verify_keys={signing_key_id(public): public},
         failures=[],
+        format_version=format_version,
     )
 
 

@@ -23,7 +23,12 @@ def test_sigkilled_writer_recovers_as_incomplete_with_everything_older_than_1s(
     env: Env,
 ) -> None:
     with subprocess.Popen(
-        [sys.executable, str(HERE / "recording_crash_child.py"), str(env.root)],
+        [
+            sys.executable,
+            str(HERE / "recording_crash_child.py"),
+            str(env.root),
+            str(env.format_version),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import os
 import subprocess
 import threading
 import time
@@ -72,15 +73,15 @@ async def _start(
 
 
 async def test_full_disk_mid_recording_fires_on_failure_once(
-    tmp_path: Path, small_fs: Path
+    tmp_path: Path, small_fs: Path, format_version: int
 ) -> None:
-    env = make_env(tmp_path)
+    env = make_env(tmp_path, format_version)
     env.store = LocalRecordingStore(small_fs / "rec")
     recorder = Recorder()
     writer = await _start(env, recorder, WriterPolicy(max_unsynced_bytes=4096))
     accepted = 0
-    for _ in range(200):  # 800 KiB into a 64 KiB filesystem
-        if not writer.record(TerminalEvent.OUTPUT, b"y" * 4096):
+    for _ in range(200):  # 800 KiB into a 64 KiB filesystem; random: format 2 compresses
+        if not writer.record(TerminalEvent.OUTPUT, os.urandom(4096)):
             break
         accepted += 1
         await asyncio.sleep(0.001)  # give the writer thread a turn, like a real relay
@@ -96,9 +97,9 @@ async def test_full_disk_mid_recording_fires_on_failure_once(
 
 
 async def test_read_only_storage_refuses_to_open_the_recording(
-    tmp_path: Path, small_fs: Path
+    tmp_path: Path, small_fs: Path, format_version: int
 ) -> None:
-    env = make_env(tmp_path)
+    env = make_env(tmp_path, format_version)
     env.store = LocalRecordingStore(small_fs / "rec")
     assert _mount(["-o", "remount,ro", str(small_fs)])
     recorder = Recorder()
@@ -132,7 +133,10 @@ class FailingSink(RecordingSink):
 
 def _header(env: Env) -> tuple[Header, bytes]:
     data_key_id, data_key = env.data_keys.new_data_key()
-    header = Header(new_recording_id(), Kind.TERMINAL, STARTED_AT, data_key_id)
+    header = Header(
+        new_recording_id(), Kind.TERMINAL, STARTED_AT, data_key_id,
+        format_version=env.format_version,
+    )  # fmt: skip
     return header, data_key
 
 

@@ -4,35 +4,78 @@ from __future__ import annotations
 
 import atexit
 import functools
+import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recording_helpers import Env, frames, make_env, run
 
 from recordings import Integrity, WriterPolicy
-from recordings.container import FRAME_CHUNK, FRAME_FOOTER, FRAME_HEADER, MAGIC, frame
+from recordings.container import (
+    ENCODING_RAW,
+    ENCODING_ZSTD,
+    FRAME_CHUNK,
+    FRAME_FOOTER,
+    FRAME_HEADER,
+    MAGIC,
+    frame,
+)
 from recordings.terminal import TerminalEvent
 
 CHUNKS = 6
 
 
+VERSION: int = 2  # the format ``sample()`` writes; the ``version`` fixture sets it per test
+
+
+@pytest.fixture(autouse=True, params=[1, 2], ids=["v1", "v2"])
+def version(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Every test here runs against a format-1 and a format-2 recording."""
+    global VERSION
+    VERSION = int(request.param)
+    yield VERSION
+    VERSION = 2
+
+
+def _payload(i: int) -> bytes:
+    # Even chunks compress (format 2 stores them zstd), odd ones are noise (stored raw).
+    return bytes([i]) * 900 if i % 2 == 0 else random.Random(i).randbytes(900)
+
+
 @functools.cache
-def sample() -> tuple[Env, bytes, list[tuple[int, int, int]]]:
-    """One recording with several chunks, built once (Hypothesis reruns the test body)."""
+def _sample(version: int) -> tuple[Env, bytes, list[tuple[int, int, int]]]:
     root = Path(tempfile.mkdtemp(prefix="conduit-rec-tamper-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    env = make_env(root)
-    events = [(TerminalEvent.OUTPUT, bytes([i]) * 900) for i in range(CHUNKS)]
+    env = make_env(root, version)
+    events = [(TerminalEvent.OUTPUT, _payload(i)) for i in range(CHUNKS)]
     rid = run(env.write(events, policy=WriterPolicy(max_unsynced_bytes=512)))
     data = env.path(rid).read_bytes()
     return env, data, frames(data)
 
 
+def sample() -> tuple[Env, bytes, list[tuple[int, int, int]]]:
+    """One recording with several chunks, built once per version (Hypothesis reruns the
+    test body)."""
+    return _sample(VERSION)
+
+
 def chunk_frames() -> list[tuple[int, int, int]]:
     return [f for f in sample()[2] if f[0] == FRAME_CHUNK]
+
+
+def test_format_2_sample_has_compressed_and_raw_chunks(version: int) -> None:
+    env, data, _ = sample()
+    encodings = {data[start + 9 + 8 + 12] for _, start, _ in chunk_frames()}
+    if version == 2:
+        assert encodings == {ENCODING_RAW, ENCODING_ZSTD}
+        events, result = env.read_bytes(data)
+        assert [e.payload for e in events] == [_payload(i) for i in range(CHUNKS)]
+    assert env.verify_bytes(data).header.format_version == version  # type: ignore[union-attr]
 
 
 def test_sample_has_the_expected_shape() -> None:
@@ -41,7 +84,9 @@ def test_sample_has_the_expected_shape() -> None:
     assert env.verify_bytes(data).status is Integrity.INTACT
 
 
-@settings(max_examples=300, deadline=None)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     chunk=st.integers(0, CHUNKS - 1),
     position=st.floats(0, 1, exclude_max=True),
@@ -147,7 +192,9 @@ def test_not_a_recording_is_tampered_and_an_empty_file_incomplete() -> None:
     assert env.verify_bytes(b"").status is Integrity.INCOMPLETE
 
 
-@settings(max_examples=300, deadline=None)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_arbitrary_damage_never_crashes_the_verifier_and_is_never_intact(
     data: st.DataObject,

@@ -99,7 +99,13 @@ async def test_typing_does_not_wake_the_writer_per_keystroke(env: Env) -> None:
 
 async def test_room_waits_until_the_writer_catches_up(env: Env) -> None:
     data_key_id, data_key = env.data_keys.new_data_key()
-    header = Header(new_recording_id(), Kind.TERMINAL, STARTED_AT, data_key_id)
+    header = Header(
+        new_recording_id(),
+        Kind.TERMINAL,
+        STARTED_AT,
+        data_key_id,
+        format_version=env.format_version,
+    )
     sink = GateSink()
     writer = await RecordingWriter.start(
         sink,
@@ -135,6 +141,7 @@ async def test_event_type_outside_a_byte_is_a_programming_error(env: Env) -> Non
         metadata={},
         clock=time.monotonic,
         on_failure=env.failures.append,
+        format_version=env.format_version,
     )
     with pytest.raises(ValueError):
         writer.record(256, b"x")
@@ -157,6 +164,7 @@ async def test_bad_end_reason_is_refused(env: Env) -> None:
         metadata={},
         clock=time.monotonic,
         on_failure=env.failures.append,
+        format_version=env.format_version,
     )
     with pytest.raises(ValueError):
         await writer.close("Bad Reason\n")

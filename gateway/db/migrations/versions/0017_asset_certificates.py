@@ -1,7 +1,7 @@
 """Pinned TLS certificates of desktop (VNC, RDP) targets.
 
 Revision ID: 0017_asset_certificates
-Revises: 0013_zone_approver_group
+Revises: 0016_recording_output_bytes
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from gateway.db.types import UTCDateTime
 
 revision = "0017_asset_certificates"
-down_revision = "0013_zone_approver_group"
+down_revision = "0016_recording_output_bytes"
 branch_labels = None
 depends_on = None
 

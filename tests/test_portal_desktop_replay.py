@@ -107,6 +107,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             (("asset", "credential", ASSET, "--username", "vnc", "--password-stdin"),
              VNC_PASSWORD + "\n"),
             (("grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "vnc"), None),
+            (("grant", "add", "--user", "approver", "--asset", ASSET, "--action", "kill"), None),
         ):  # fmt: skip
             done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
             assert done.returncode == 0, done.stderr
@@ -199,8 +200,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site) -> None:
-    vendor_ctx, auditor_ctx = _context(browser, site), _context(browser, site)
-    vendor, auditor = vendor_ctx.new_page(), auditor_ctx.new_page()
+    contexts = [_context(browser, site) for _ in range(3)]
+    vendor, auditor, approver = (c.new_page() for c in contexts)
     violations = watch_csp(vendor) + watch_csp(auditor)
     try:
         site.paint((0, 0, 0))
@@ -209,7 +210,11 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
         expect(vendor.locator("#desk-status")).to_have_text(f"Connected to {ASSET}.", timeout=20000)
         listed = vendor.request.get("/api/v1/sessions").json()
         session_id = next(str(s["id"]) for s in listed if s["user"] == "vendor")
-        time.sleep(1.5)
+        _sign_in(approver, site, "approver")  # a watch: a marker in the recording
+        approver.goto(f"/sessions/{session_id}/watch")
+        expect(approver.locator("#desk-status")).to_have_text("Watching live.", timeout=20000)
+        approver.close()
+        time.sleep(1)
         first_at = site.paint(FIRST)
         time.sleep(GAP / 2)
         vendor.locator("#desk canvas").click(position={"x": 60, "y": 40})
@@ -229,6 +234,7 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
         expect(auditor.locator("#player-status")).to_contain_text("Ready", timeout=30000)
         expect(auditor.locator("#keys")).to_contain_text("echo replayed")
         expect(auditor.locator("#keys")).to_contain_text("Return")
+        expect(auditor.locator("#markers")).to_contain_text("watched by approver")
 
         _seek(auditor, between)
         assert _canvas_colour(auditor) == FIRST
@@ -267,5 +273,5 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
         shot(auditor, "desktop-replay-history")
         assert violations == []
     finally:
-        vendor_ctx.close()
-        auditor_ctx.close()
+        for context in contexts:
+            context.close()

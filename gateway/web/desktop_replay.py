@@ -37,7 +37,7 @@ PART_BYTES = 8 << 20  # RFB handed to the player per request (a few keyframes of
 MAX_STARTS = 20_000  # start points listed (a keyframe every 5 s: over a day)
 MAX_MARKERS = 1000
 MAX_KEYS = 20_000
-MAX_SEGMENT_BYTES = 256 << 20  # RFB between two start points decoded for a frame
+MAX_SEGMENT_BYTES = 64 << 20  # RFB between two start points decoded for a frame
 THUMBNAIL_WIDTH = 320
 _EVENT_HEAD = struct.Struct(">BQI")
 

@@ -173,6 +173,7 @@ async function seek(target) {
   state.rfb = rfb;
   await state.channel.ready;
   await new Promise((resolve) => setTimeout(resolve, 0)); // noVNC reads the ServerInit
+  if (generation !== state.generation) return;
   // Fast-forward: every event up to the target, fetching parts as needed.
   for (;;) {
     deliverUntil(t);

@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway.desktop import rfb
 from gateway.desktop.framebuffer import Framebuffer
@@ -40,6 +41,7 @@ MAX_KEYS = 20_000
 MAX_SEGMENT_BYTES = 64 << 20  # RFB between two start points decoded for a frame
 THUMBNAIL_WIDTH = 320
 _EVENT_HEAD = struct.Struct(">BQI")
+_Item = TypeVar("_Item")
 
 
 @dataclass
@@ -72,7 +74,7 @@ def _client_messages(payload: bytes) -> list[rfb.ClientMessage]:
 def desktop_index(events: Iterable[Event]) -> DesktopIndex:
     index = DesktopIndex()
 
-    def add(items: list[tuple[float, object]], bound: int, item: tuple[float, object]) -> None:
+    def add(items: list[_Item], bound: int, item: _Item) -> None:
         if len(items) < bound:
             items.append(item)
         else:
@@ -81,15 +83,15 @@ def desktop_index(events: Iterable[Event]) -> DesktopIndex:
     for number, event in enumerate(events):
         index.duration = max(index.duration, event.offset_seconds)
         if event.type == DesktopEvent.START:
-            add(index.starts, MAX_STARTS, (event.offset_seconds, number))  # type: ignore[arg-type]
+            add(index.starts, MAX_STARTS, (event.offset_seconds, number))
         elif event.type == DesktopEvent.MARKER:
             text = event.payload.decode("utf-8", "replace")[:200]
-            add(index.markers, MAX_MARKERS, (event.offset_seconds, text))  # type: ignore[arg-type]
+            add(index.markers, MAX_MARKERS, (event.offset_seconds, text))
         elif event.type == DesktopEvent.TO_SERVER:
             index.has_input = True
             for message in _client_messages(event.payload):
                 if isinstance(message, rfb.KeyEvent) and message.down:
-                    add(index.keys, MAX_KEYS, (event.offset_seconds, keysym_text(message.key)))  # type: ignore[arg-type]
+                    add(index.keys, MAX_KEYS, (event.offset_seconds, keysym_text(message.key)))
     return index
 
 

@@ -6,7 +6,9 @@ every read decrypts from the start of the file and skips what it does not need.
 
 - ``desktop_index``: the recording's length, its start points (offset and event number: where
   the player may begin), its markers, and the key track (KeyEvents pressed, as
-  ``gateway.desktop.keys`` names them) when input was recorded. Every list is bounded.
+  ``gateway.desktop.keys`` names them) when input was recorded (``has_input``: any viewer
+  message was; the recording does not say whether the asset records input). Every list is
+  bounded.
 - ``rfb_part``: the ``start`` and ``from_server`` events from one event number on, at most
   ``PART_BYTES`` of them, in the binary form ``static/desktop_player.js`` reads (``PART_MAGIC``,
   then per event: type u8, offset µs u64, length u32, payload; all big-endian), and the number

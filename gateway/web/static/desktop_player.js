@@ -15,6 +15,7 @@ const FROM_SERVER = 1;
 const MAGIC = "CDRP1\n";
 const TICK_MS = 40;
 const LOW_WATER = 200; // events left before the next part is fetched
+const KEEP_PLAYED = 1000;
 const HIDDEN_KEYS = new Set(["Shift"]); // the keysym already says upper or lower case
 
 const box = document.getElementById("desk");
@@ -134,6 +135,10 @@ function deliverUntil(t) {
   while (state.pos < state.events.length && state.events[state.pos].t <= t) {
     const event = state.events[state.pos++];
     if (event.type === FROM_SERVER) state.channel.deliver(event.payload);
+  }
+  if (state.pos > KEEP_PLAYED) { // played events go: memory holds about one part
+    state.events.splice(0, state.pos);
+    state.pos = 0;
   }
 }
 
@@ -268,7 +273,7 @@ function keyLines(keys) {
 
 function showTracks(index) {
   const keys = document.getElementById("keys");
-  if (!index.has_input) document.getElementById("keys-none").hidden = false;
+  if (!index.keys.length) document.getElementById("keys-none").hidden = false;
   for (const line of keyLines(index.keys)) {
     const span = document.createElement("span");
     span.className = line.name ? "name" : "text";

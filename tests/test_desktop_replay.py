@@ -110,6 +110,12 @@ def test_a_recorded_set_pixel_format_wins() -> None:
     assert frame is not None and frame.pixel(0, 0) == RED
 
 
+def test_one_start_point_and_no_input_decodes_in_the_viewers_format() -> None:
+    events = [e for e in RECORDING[:6] if e.type != DesktopEvent.TO_SERVER]
+    frame = frame_at(events, None)
+    assert frame is not None and frame.pixel(0, 0) == RED
+
+
 def test_nothing_recorded_has_no_frame() -> None:
     assert frame_at([], None) is None
     assert thumbnail_png([at(0, DesktopEvent.MARKER, b"x")]) is None

@@ -18,8 +18,10 @@ every read decrypts from the start of the file and skips what it does not need.
 
 The first start point holds the target's own pixel format (the viewer's handshake happens
 before it asks for its own); the updates after it are in the viewer's. The decoder takes a
-recorded SetPixelFormat when input was recorded, else the next start point's format. Does not
-check who may read (``player``) and does not audit.
+recorded SetPixelFormat (recorded with the input), else the next start point's format, else
+(a recording shorter than one keyframe, without input) ``VIEWER_FORMAT``: the portal's viewer
+is always noVNC, which always asks for it. Does not check who may read (``player``) and does
+not audit.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ MAX_KEYS = 20_000
 MAX_SEGMENT_BYTES = 64 << 20  # RFB between two start points decoded for a frame
 THUMBNAIL_WIDTH = 320
 _EVENT_HEAD = struct.Struct(">BQI")
+# noVNC's pixel format (core/rfb.js, RFB.messages.pixelFormat at depth 24): RGBX.
+VIEWER_FORMAT = rfb.PixelFormat(32, 24, False, True, 255, 255, 255, 0, 8, 16)
 _Item = TypeVar("_Item")
 
 
@@ -170,8 +174,8 @@ def frame_at(events: Iterable[Event], seconds: float | None) -> Framebuffer | No
 def _decode(segment: _Segment, later_format: rfb.PixelFormat | None) -> Framebuffer:
     start = parse_start(segment.start)
     pixel_format = segment.pixel_format or rfb.PixelFormat.unpack(start.pixel_format)
-    if segment.first and segment.pixel_format is None and later_format is not None:
-        pixel_format = later_format
+    if segment.first and segment.pixel_format is None:
+        pixel_format = later_format or VIEWER_FORMAT
     framebuffer = Framebuffer(start.width, start.height, pixel_format)
     parser = rfb.ServerStreamParser(pixel_format)
     for payload in segment.updates:

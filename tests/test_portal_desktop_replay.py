@@ -111,7 +111,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ):  # fmt: skip
             done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
             assert done.returncode == 0, done.stderr
-        served_env = clean_env() | {"CONDUIT_DESKTOP__KEYFRAME_SECONDS": "1"}
+        # Keyframes every second; small parts, so the page reads the recording in several.
+        served_env = clean_env() | {
+            "CONDUIT_DESKTOP__KEYFRAME_SECONDS": "1",
+            "CONDUIT_DESKTOP__REPLAY_PART_BYTES": str(4 << 10),
+        }
         with serving(data_dir, env=served_env) as (server, _ssh_port):
             yield Site(server, data_dir, secrets, target, env)
     finally:
@@ -181,16 +185,17 @@ def _recording(site: Site, session_id: str) -> tuple[str, dt.datetime]:
         return recording_id, peek_header(stream).started_at
 
 
-def _parts(page: Page, recording_id: str) -> list[Event]:
-    """Every part of the recording's RFB, as the player reads them."""
+def _parts(page: Page, recording_id: str) -> tuple[list[Event], int]:
+    """Every part of the recording's RFB, as the player reads them, and how many parts."""
     events: list[Event] = []
-    following = "0"
+    following, parts = "0", 0
     while following:
         answer = page.request.get(f"/evidence/recordings/{recording_id}/rfb?from={following}")
         assert answer.status == 200, answer.text()
         events += read_part(answer.body())
         following = answer.headers.get("x-next-event", "")
-    return events
+        parts += 1
+    return events, parts
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -244,8 +249,9 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
         shot(auditor, "desktop-replay-second")
 
         # The same offsets decoded on the server side, from the parts the page reads.
-        events = _parts(auditor, recording_id)
+        events, parts = _parts(auditor, recording_id)
         assert events[0].type == DesktopEvent.START
+        assert parts > 2  # so the page, too, read and played across parts
         for seconds, colour in ((round(between, 1), FIRST), (round(after, 1), SECOND)):
             frame = frame_at(events, seconds)
             assert frame is not None

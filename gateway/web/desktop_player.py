@@ -3,7 +3,7 @@
 
 The player page (``player.player_page``, ``templates/player_desktop.html``) shows noVNC fed
 by ``static/desktop_player.js``, which reads the recording's index (start points, markers,
-key track) as JSON and its RFB in parts of at most ``desktop_replay.PART_BYTES``
+key track) as JSON and its RFB in parts of at most ``[desktop] replay_part_bytes``
 (``?from=N``: from event N; the ``X-Next-Event`` header names the next part's first event).
 Same rule as the terminal player's cast: a signed-in person whose roles carry READ_EVIDENCE;
 anyone else and any id not in the catalog get "not found" (audited ``portal.refused``); a
@@ -145,7 +145,8 @@ async def part(request: Request, recording_id: str) -> Response:
     await _viewed(request, who, entry, "rfb")
     first = int(raw)
     try:
-        data, following = await _read(request, entry, lambda events: rfb_part(events, first))
+        budget = services_of(request).settings.desktop.replay_part_bytes
+        data, following = await _read(request, entry, lambda e: rfb_part(e, first, budget))
     except (RecordingNotFound, OSError):
         return Response("recording file missing", status_code=410, media_type="text/plain")
     headers = {

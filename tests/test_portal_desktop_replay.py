@@ -257,6 +257,16 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
             assert frame is not None
             assert frame.region_colour(SPOT[0] - 10, SPOT[1] - 10, 20, 20) == colour
 
+        # Pause holds the clock and the picture.
+        _seek(auditor, 1.0)
+        auditor.get_by_role("button", name="Play", exact=True).click()
+        expect(auditor.locator("#desk")).to_have_attribute("data-state", "playing")
+        auditor.get_by_role("button", name="Pause", exact=True).click()
+        expect(auditor.locator("#desk")).to_have_attribute("data-state", "paused")
+        held = auditor.locator("#desk").get_attribute("data-time")
+        time.sleep(0.5)
+        assert auditor.locator("#desk").get_attribute("data-time") == held
+
         # Play from just before the second paint: the colour changes while playing at 4x.
         _seek(auditor, second_at - 1 - started.timestamp())
         assert _canvas_colour(auditor) == FIRST

@@ -220,6 +220,7 @@ function setPlaying(on) {
   if (on === state.playing) return;
   anchor(now());
   state.playing = on;
+  show(state.at); // the time shown is the time paused at, not the last tick's
   playButton.textContent = on ? "Pause" : "Play";
   box.dataset.state = on ? "playing" : "paused";
   if (on && now() >= state.index.duration) seekAndSay(0, true);

@@ -196,6 +196,8 @@ class DesktopSettings(_Section):
     max_sessions: Annotated[int, Field(ge=0, le=1000)] = 16
     # A start point and a full update every this many seconds: how finely replay can seek.
     keyframe_seconds: Annotated[float, Field(ge=1, le=60)] = 5.0
+    # The desktop player reads a recording's RFB in parts of at most this many bytes.
+    replay_part_bytes: Annotated[int, Field(ge=4 << 10, le=64 << 20)] = 8 << 20
 
 
 class LockoutSettings(_Section):

@@ -35,6 +35,7 @@ from gateway.web import (
     auth,
     connect,
     desktop,
+    desktop_player,
     enrollment,
     evidence_bundle,
     health,
@@ -84,6 +85,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(history.router)
     app.include_router(search_pages.router)
     app.include_router(player.router)
+    app.include_router(desktop_player.router)
     app.include_router(live.router)
     app.include_router(access_pages.router)
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's

@@ -131,7 +131,11 @@ async def test_viewer_gets_the_target_screen_in_stateless_encodings_and_all_is_r
     assert parse_start(events[0][1]).name == "hmi-1"
     starts = [p for t, p in events if t == DesktopEvent.START]
     assert len(starts) >= 3  # the first and keyframes every 0.5 s
-    assert parse_start(starts[-1]).pixel_format == RGBX.pack()  # the viewer's format by then
+    # The first is the target's own format; the viewer's SetPixelFormat makes the next one,
+    # so a player starting anywhere decodes in the format the updates were sent in.
+    assert parse_start(starts[0]).pixel_format == rfb.PIXEL_FORMAT_BGRX.pack()
+    assert parse_start(starts[1]).pixel_format == RGBX.pack()
+    assert parse_start(starts[-1]).pixel_format == RGBX.pack()
     sent = b"".join(p for t, p in events if t == DesktopEvent.TO_SERVER)
     recorded = rfb.ClientStreamParser(handshake=False).feed(sent)
     kinds = [type(m) for m in recorded]

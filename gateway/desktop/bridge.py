@@ -295,7 +295,10 @@ class DesktopRelay:
         if isinstance(message, rfb.SetPixelFormat):
             if not rgbx_like(message.pixel_format):
                 raise ViewerRefused("viewer asked for a pixel format other than 32-bit colour")
+            changed = message.pixel_format != self.pixel_format
             self.pixel_format = message.pixel_format
+            if changed:  # a player starting at the first start point decodes in this format
+                self.writer.record(DesktopEvent.START, self.start_point().payload())
             return message.raw
         if isinstance(message, rfb.ClientCutText):
             if "clipboard-in" not in self.grants:

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
 from gateway.desktop.renderer import ensure_render_account
-from tests.browser_support import LAPTOP, chromium, shot, watch_csp
+from tests.browser_support import chromium, portal_context, shot, watch_csp
 from tests.rdp_target import RDPTarget
 from tests.support import Served, conduit, init_data_dir, serving
 from tests.test_portal_desktop import PASSWORD, _sign_in, _type_on_desktop, _wait_file
@@ -80,7 +80,7 @@ def browser() -> Iterator[Browser]:
 
 
 def _context(browser: Browser, site: Site) -> BrowserContext:
-    return browser.new_context(base_url=site.server.base, ignore_https_errors=True, viewport=LAPTOP)
+    return portal_context(browser, site.server.base)
 
 
 def test_vendor_types_into_an_rdp_desktop_and_a_changed_certificate_is_refused(

@@ -28,8 +28,8 @@ import json
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import HTMLResponse, Response
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
@@ -41,15 +41,15 @@ from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.vault import DEFAULT_ACCOUNT
 from gateway.web import watch as watch_pages
-from gateway.web.auth import PortalContext, require_session_csrf, services_of, source_of
+from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
-from gateway.web.portal_forms import NotPermitted, audit_refusal, signed_in
+from gateway.web.portal_forms import NotPermitted, signed_in
 from gateway.web.terminal import (
     SIGNED_OUT,
-    TICKET_SECONDS,
     PendingTerminal,
     _names_ok,
-    tickets_of,
+    issue_ticket,
+    redeem_ticket,
 )
 from gateway.web.ws_guard import (
     NOT_FOUND,
@@ -59,7 +59,7 @@ from gateway.web.ws_guard import (
     refuse,
     signed_in_again,
 )
-from rbac.roles import SiteAction, role_allows
+from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -103,32 +103,9 @@ async def desktop_page(request: Request, asset: str) -> Response:
     return await page(request, context, "desktop.html", values, current="connect")
 
 
-async def _refused(request: Request, actor: str, status: int, reason: str) -> HTTPException:
-    await audit_refusal(request, actor, status, reason)
-    return HTTPException(status_code=status, detail="not found" if status == 404 else reason)
-
-
 @router.post("/connect/{asset}/desktop/ticket")
 async def desktop_ticket(request: Request, asset: str) -> Response:
-    try:
-        context = await require_session_csrf(request)
-    except HTTPException as exc:
-        raise await _refused(request, "", exc.status_code, str(exc.detail)) from None
-    user = context.session.username
-    if not role_allows(context.session.roles, SiteAction.USE_ASSETS):
-        raise await _refused(request, user, 404, f"roles lack {SiteAction.USE_ASSETS.value}")
-    if not _names_ok(asset, DEFAULT_ACCOUNT):
-        raise await _refused(request, user, 404, "invalid asset name")
-    now = asyncio.get_running_loop().time()
-    grant = PendingTerminal(
-        context.session.session_id, user, asset, DEFAULT_ACCOUNT, now + TICKET_SECONDS,
-        purpose="desktop",
-    )  # fmt: skip
-    try:
-        token = tickets_of(request).issue(grant, now)
-    except ConduitError as exc:
-        raise await _refused(request, user, 503, exc.detail) from None
-    return JSONResponse({"ticket": token, "expires_in": int(TICKET_SECONDS)})
+    return await issue_ticket(request, asset, DEFAULT_ACCOUNT, "desktop")
 
 
 def screen_size(query: Any) -> tuple[int, int] | None:
@@ -146,13 +123,8 @@ async def desktop_socket(ws: WebSocket) -> None:
     if context is None:
         return
     user = context.session.username
-    token = ws.query_params.get("ticket", "")[:100]
-    now = asyncio.get_running_loop().time()
-    grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
-    if grant is not None and grant.purpose != "desktop":
-        grant, why = None, f"{grant.purpose} ticket presented to the desktop socket"
+    grant = await redeem_ticket(ws, context, "desktop")
     if grant is None:
-        await refuse(ws, user, why, shown="this desktop has ended or its link expired")
         return
     size = screen_size(ws.query_params)
     if size is None:

@@ -45,11 +45,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import ssl
-import struct
 import subprocess
 import sys
 import tempfile
@@ -58,38 +55,31 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyotp
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench.ssh_relay import percentile, rnd
-from bench.ssh_relay_rig import _user_id, cpu_seconds, start_gateway, status_field, utc_in
+from bench.ssh_relay_rig import cpu_seconds, start_gateway, status_field, utc_in
 from gateway.config import Overrides, load_settings
 from gateway.desktop import rfb
-from gateway.desktop.framebuffer import Framebuffer
-from gateway.desktop.vnc import _vnc_auth_response
-from gateway.identity import pending, portal_sessions
 from gateway.identity.accounts import create_user
 from gateway.keys import load_keyring
 from gateway.services import Services
 from gateway.sessions import store as live_store
 from gateway.vault import set_credential
-from gateway.web.auth import SESSION_COOKIE
 from tests.desktop_targets import XvncTarget, start_xvnc
 from tests.desktop_targets import missing_reason as vnc_missing
 from tests.desktop_targets import stop as stop_proc
+from tests.desktop_ws import Viewer, open_desktop
 from tests.support import init_data_dir
 
 ASSET = "desk"
 USER, END_USER = "bench", "ender"
 VNC_PASSWORD = "bench-vnc-pw"  # noqa: S105 - a throwaway target's
 WIDTH, HEIGHT = 1024, 768
-ENCODINGS = (rfb.ENC_HEXTILE, rfb.ENC_COPYRECT, rfb.ENC_RRE, rfb.ENC_RAW)
-PIXEL_FORMAT = rfb.PIXEL_FORMAT_BGRX
 KEYS = b"abcdefghijklmnopqrstuvwxyz"
 KEYSYM_RETURN = 0xFF0D
-QUIET_S = 0.05  # no update for this long: the screen has settled
 PAINTER = """\
 import os, shutil, sys, time
 hz = float(sys.argv[1])
@@ -151,154 +141,6 @@ def start_relay(work: Path, target_port: int) -> tuple[subprocess.Popen[bytes], 
         raise RuntimeError(f"the baseline relay did not start: {line!r}")
     proc.stdout.close()
     return proc, int(line.split()[1])
-
-
-# -- a minimal RFB viewer over a websocket --------------------------------------------------
-class Viewer:
-    """RFB 3.8 over websocket binary frames; text frames are controls (``end``)."""
-
-    def __init__(self, ws: ClientConnection, name: str) -> None:
-        self.ws, self.name = ws, name
-        self.buf = bytearray()
-        self.end_reason: str | None = None
-        self.ended = asyncio.Event()
-        self.ended_at = 0.0  # perf_counter, and wall clock
-        self.ended_wall = 0.0
-        self.updates = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.active = True  # keep an update request outstanding
-        self.decode = True
-        self.fb: Framebuffer | None = None
-        self.changed = asyncio.Event()
-        self.last_update = 0.0
-        self.change_at = 0.0
-        self.reader: asyncio.Task[None] | None = None
-        self.parser: rfb.ServerStreamParser | None = None
-
-    async def _chunk(self) -> bytes:
-        while True:
-            message = await self.ws.recv()
-            if isinstance(message, str):
-                self._control(message)
-                continue
-            return message
-
-    def _control(self, text: str) -> None:
-        control = json.loads(text)
-        if control.get("type") == "end" and not self.ended.is_set():
-            self.ended_at, self.ended_wall = time.perf_counter(), time.time()
-            self.end_reason = str(control.get("reason", ""))
-            self.ended.set()
-
-    async def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self.buf += await self._chunk()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    async def send(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        await self.ws.send(data)
-
-    async def handshake(self, password: str | None) -> None:
-        """Version, security (None through Conduit, VNC authentication direct), ServerInit;
-        then 32-bit colour, the encodings, a full update request and the reader."""
-        await self._read(12)
-        await self.send(rfb.protocol_version(8))
-        types = await self._read((await self._read(1))[0])
-        kind = rfb.SEC_VNC_AUTH if password is not None else rfb.SEC_NONE
-        if kind not in types:
-            raise RuntimeError(f"{self.name}: security {kind} not offered: {list(types)}")
-        await self.send(bytes([kind]))
-        if password is not None:
-            await self.send(_vnc_auth_response(password, await self._read(16)))
-        if struct.unpack(">I", await self._read(4))[0] != 0:
-            raise RuntimeError(f"{self.name}: security refused")
-        await self.send(rfb.client_init(True))
-        width, height = struct.unpack(">HH", await self._read(4))
-        await self._read(16)
-        await self._read(struct.unpack(">I", await self._read(4))[0])
-        self.fb = Framebuffer(width, height, PIXEL_FORMAT)
-        self.parser = rfb.ServerStreamParser(PIXEL_FORMAT)
-        await self.send(rfb.set_pixel_format(PIXEL_FORMAT) + rfb.set_encodings(ENCODINGS))
-        leftover = bytes(self.buf)
-        self.buf.clear()
-        self.reader = asyncio.create_task(self._run(leftover))
-        await self.full()
-
-    async def full(self) -> None:
-        assert self.fb is not None  # noqa: S101
-        request = rfb.framebuffer_update_request(
-            0, 0, self.fb.width, self.fb.height, incremental=False
-        )
-        await self.send(request)
-
-    async def _incremental(self) -> None:
-        assert self.fb is not None  # noqa: S101
-        await self.send(
-            rfb.framebuffer_update_request(0, 0, self.fb.width, self.fb.height, incremental=True)
-        )
-
-    async def _run(self, leftover: bytes) -> None:
-        assert self.parser is not None and self.fb is not None  # noqa: S101
-        data = leftover
-        with contextlib.suppress(Exception):
-            while True:
-                if data:
-                    self.bytes_in += len(data)
-                    arrived = time.perf_counter()
-                    for message in self.parser.feed(data):
-                        if not isinstance(message, rfb.FramebufferUpdate):
-                            continue
-                        self.updates += 1
-                        self.last_update = arrived
-                        if self.decode:
-                            before = bytes(self.fb.rgb) if not self.changed.is_set() else b""
-                            self.fb.apply(message)
-                            if before and self.fb.rgb != before:
-                                self.change_at = arrived
-                                self.changed.set()
-                        if self.active:
-                            await self._incremental()
-                data = await self._chunk()
-        if not self.ended.is_set():
-            self.ended_at, self.ended_wall = time.perf_counter(), time.time()
-            self.ended.set()
-
-    async def settle(self, limit_s: float = 5) -> None:
-        """Until no update has arrived for ``QUIET_S``."""
-        deadline = time.perf_counter() + limit_s
-        while time.perf_counter() < deadline:
-            await asyncio.sleep(QUIET_S)
-            if time.perf_counter() - self.last_update >= QUIET_S:
-                return
-
-    async def pause(self) -> None:
-        self.active = False
-        await self.settle()
-
-    async def resume(self, decode: bool) -> None:
-        self.active, self.decode = True, decode
-        await self.full()
-        await asyncio.sleep(0.2)
-        await self.settle()
-
-    async def key(self, keysym: int) -> float:
-        """ms from the key press until the framebuffer shows a change."""
-        await self.settle()
-        self.changed.clear()
-        start = time.perf_counter()
-        await self.send(rfb.key_event(True, keysym) + rfb.key_event(False, keysym))
-        await asyncio.wait_for(self.changed.wait(), 10)
-        return (self.change_at - start) * 1000
-
-    async def close(self) -> None:
-        await self.ws.close()
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
 
 
 # -- the test bed -------------------------------------------------------------------------------
@@ -365,40 +207,9 @@ class Bed:
             action="vnc", actor="bench",
         )  # fmt: skip
 
-    async def sign_in(self, user: str = USER) -> tuple[str, str]:
-        """A portal session made in the database, as a login makes it: (cookie, csrf)."""
-        services = self.svc()
-        async with services.sessions() as db, db.begin():
-            now = services.clock()
-            user_id = await _user_id(db, user)
-            raw = await portal_sessions.create(db, user_id, now, now, "127.0.0.1", "bench")
-        return f"{SESSION_COOKIE}={raw}", pending.csrf_token(
-            services.keys.master_key, "session", raw
-        )
-
-    def tls(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.data / "tls" / "portal.crt"))
-
     async def conduit_viewer(self, user: str = USER) -> Viewer:
-        cookie, csrf = await self.sign_in(user)
-        origin = f"https://127.0.0.1:{self.portal_port}"
-        async with httpx.AsyncClient(timeout=60, verify=self.tls()) as client:
-            answer = await client.post(
-                f"{origin}/connect/{ASSET}/desktop/ticket",
-                headers={"Cookie": cookie, "X-CSRF-Token": csrf},
-            )
-            answer.raise_for_status()
-        url = (
-            f"wss://127.0.0.1:{self.portal_port}/ws/desktop"
-            f"?ticket={answer.json()['ticket']}&width={WIDTH}&height={HEIGHT}"
-        )
-        ws = await connect(
-            url, additional_headers={"Cookie": cookie, "Origin": origin}, max_size=None,
-            ssl=self.tls(), compression=None,
-        )  # fmt: skip
-        viewer = Viewer(ws, "conduit")
-        await viewer.handshake(None)
-        return viewer
+        base = f"https://127.0.0.1:{self.portal_port}"
+        return await open_desktop(base, self.data, user, ASSET, (WIDTH, HEIGHT))
 
     async def direct_viewer(self) -> Viewer:
         ws = await connect(f"ws://127.0.0.1:{self.relay_port}", max_size=None, compression=None)

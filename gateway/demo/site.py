@@ -5,7 +5,9 @@ approver, vendor, auditor) with generated passwords and TOTP secrets, starts the
 SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo.target``, on loopback) with its host
 key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
 ``sftp-write``, and ``request`` for the portal's request form) and the approver
-(``approve``, ``watch``, ``kill``), prints how to log in and connect, and serves on
+(``approve``, ``watch``, ``kill``), adds the desktop assets this machine can run
+(``gateway.demo.desktops``: VNC, and RDP as root; a note for each that it cannot), prints
+how to log in and connect, and serves on
 http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only). Running it again on the
 same directory reuses everything. Never use a demo directory in production: its credentials
 file holds passwords and TOTP secrets in clear (mode 0600).
@@ -13,9 +15,10 @@ file holds passwords and TOTP secrets in clear (mode 0600).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncssh
@@ -24,6 +27,7 @@ from gateway.authz import hostkeys
 from gateway.config import ListenAddress, Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.demo import desktops as demo_desktops
 from gateway.demo import target as demo_target
 from gateway.errors import ConduitError
 from gateway.identity.accounts import create_user
@@ -98,7 +102,11 @@ async def seed(settings: Settings, master_key: bytes) -> list[dict[str, str]]:
 
 
 def print_logins(
-    settings: Settings, keys: KeyRing, creds: list[dict[str, str]], device_port: int
+    settings: Settings,
+    keys: KeyRing,
+    creds: list[dict[str, str]],
+    device_port: int,
+    desktop_notes: Sequence[str] = (),
 ) -> None:
     ssh = settings.ssh_listen
     print("Conduit demo site")
@@ -119,6 +127,13 @@ def print_logins(
         print(f"  {DEMO_REQUEST_ASSET}: the same device, for approved requests only: as the")
         print("  vendor, My access -> Request access; as the approver, Requests -> Approve;")
         print("  then the vendor's Connect page offers it until the approved window ends")
+    for note in desktop_notes:
+        print(f"  {note}")
+    if any(
+        note.startswith((demo_desktops.VNC_ASSET + ":", demo_desktops.RDP_ASSET + ":"))
+        for note in desktop_notes
+    ):
+        print("  open a desktop as the vendor: Connect -> Open desktop in browser")
     fingerprints = keys.ssh_host_fingerprints()
     if fingerprints:
         print("  the gateway's SSH host key (compare when ssh asks whether to trust it):")
@@ -161,7 +176,7 @@ async def seed_device(services: Services, directory: Path, host: str, port: int)
         await authz.add_zone(DEMO_ZONE, actor=actor)
     for name in DEMO_GRANTS:
         zones = (DEMO_ZONE,) if name == DEMO_REQUEST_ASSET else ()
-        await _place(services, name, host, port, zones)
+        await place_asset(services, name, host, port, "ssh", zones)
     async with services.sessions() as db, db.begin():
         key = demo_target.host_key_public(directory)
         public = None
@@ -187,16 +202,17 @@ async def seed_device(services: Services, directory: Path, host: str, port: int)
                 )  # fmt: skip
 
 
-async def _place(
-    services: Services, name: str, host: str, port: int, zones: tuple[str, ...]
-) -> None:
+async def place_asset(
+    services: Services, name: str, host: str, port: int, protocol: str,
+    zones: tuple[str, ...] = (),
+) -> None:  # fmt: skip
     """The asset at host:port: added the first time, moved when the device's port changed."""
     authz, actor = services.authz, "demo"
     async with services.sessions() as db:
         asset = await authz.asset(db, name)
         previous = (asset.host, asset.port) if asset is not None else None
     if previous is None:
-        await authz.add_asset(name, host, port, "ssh", actor=actor, zones=zones)
+        await authz.add_asset(name, host, port, protocol, actor=actor, zones=zones)
     elif previous != (host, port):
         async with services.sessions() as db, db.begin():
             asset = await authz.asset(db, name)
@@ -229,14 +245,16 @@ async def run(
         try:
             port = device.get_port()
             await seed_device(services, directory, "127.0.0.1", port)
+            desktops = await demo_desktops.start(services, settings.data_dir, place_asset)
         except BaseException:
             device.close()
             raise
     finally:
         await services.close()
     try:
-        print_logins(settings, keys, creds, port)
+        print_logins(settings, keys, creds, port, desktops.notes)
         return await serve(settings)
     finally:
         device.close()
         await device.wait_closed()
+        await asyncio.to_thread(desktops.stop)

@@ -490,7 +490,7 @@ def main() -> None:
     parser.add_argument("--relay-to", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--fps-seconds", type=float, default=6)
-    parser.add_argument("--fps-rounds", type=int, default=2)
+    parser.add_argument("--fps-rounds", type=int, default=3)
     parser.add_argument("--paint-hz", type=float, default=30)
     parser.add_argument("--hold", type=int, default=4)
     parser.add_argument("--end-repeat", type=int, default=3)

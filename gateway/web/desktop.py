@@ -35,6 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.desktop import rfb
 from gateway.desktop.bridge import DesktopRelay, ViewerRefused, watch
+from gateway.desktop.renderer import RendererEnd
 from gateway.desktop.upstream import renderer_end_words
 from gateway.errors import ConduitError, NotFoundOrForbidden, UpstreamError
 from gateway.sessions.broker import Broker
@@ -287,7 +288,9 @@ class BrowserDesktop:
         first = next(iter(done))
         what = tasks[first]
         if what == "renderer" and not self.end_line:
-            reason, shown = renderer_end_words(first.result())
+            end = first.result()
+            assert isinstance(end, RendererEnd)  # noqa: S101 - the renderer's future holds one
+            reason, shown = renderer_end_words(end)
             await self._end_page(shown, 1000)
             return reason
         if what == "relay" and first.exception() is None and not self.end_line:

@@ -184,7 +184,8 @@ async def redeem_ticket(
     now = asyncio.get_running_loop().time()
     grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
     if grant is not None and grant.purpose != purpose:
-        grant, why = None, f"{grant.purpose} ticket presented to the {purpose} socket"
+        why = f"{grant.purpose} ticket presented to the {purpose} socket"
+        grant = None
     if grant is None:
         shown = f"this {purpose} has ended or its link expired"
         await refuse(ws, context.session.username, why, shown=shown)

@@ -3,8 +3,10 @@
 gateway's renderer (a private Xvnc and xfreerdp) and relayed as RFB like a VNC desktop.
 
 The vendor opens the desktop from the connect page and types a command into the xterm of the
-RDP session; its file appears in the RDP user's home. Then the asset's certificate changes
-(xrdp restarted with a new one): the next desktop is refused, the page says the asset's
+RDP session; its file appears in the RDP user's home. An auditor replays the recording: the
+key track holds the command, and the frame at the end shows the session's white xterm on its
+black desktop, in the browser's player and decoded on the server. Then the asset's certificate
+changes (xrdp restarted with a new one): the next desktop is refused, the page says the asset's
 identity could not be verified, and the audit has the host-key/certificate mismatch.
 """
 
@@ -18,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from gateway.desktop.renderer import ensure_render_account
+from gateway.web.desktop_replay import frame_at
 from tests.browser_support import chromium, portal_context, shot, watch_csp
 from tests.rdp_target import RDPTarget
 from tests.support import Served, conduit, init_data_dir, serving
 from tests.test_portal_desktop import PASSWORD, _sign_in, _type_on_desktop, _wait_file
+from tests.test_portal_desktop_replay import _parts, _seek
 
 pytestmark = pytest.mark.realpeer
 
@@ -54,11 +58,15 @@ def site(rdp_target: RDPTarget, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base = tmp_path_factory.mktemp("rdp")
     data_dir = base / "data"
     init_data_dir(data_dir)
-    secret_file = base / "vendor.totp"
-    done = conduit("user", "add", "vendor", "--role", "vendor", "--org", "acme",
-                   "--password-stdin", "--totp-secret-file", str(secret_file),
-                   "--data-dir", str(data_dir), stdin=PASSWORD + "\n")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    secrets: dict[str, str] = {}
+    for user, role in (("vendor", "vendor"), ("auditor", "auditor")):
+        secret_file = base / f"{user}.totp"
+        org = ["--org", "acme"] if role == "vendor" else []
+        done = conduit("user", "add", user, "--role", role, *org, "--password-stdin",
+                       "--totp-secret-file", str(secret_file), "--data-dir", str(data_dir),
+                       stdin=PASSWORD + "\n")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        secrets[user] = secret_file.read_text().strip()
     for args, stdin in (
         (("asset", "add", ASSET, "--host", "127.0.0.1", "--port", str(rdp_target.port),
           "--protocol", "rdp"), None),
@@ -70,7 +78,7 @@ def site(rdp_target: RDPTarget, tmp_path_factory: pytest.TempPathFactory) -> Ite
         done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
         assert done.returncode == 0, done.stderr
     with serving(data_dir) as (server, _ssh_port):
-        yield Site(server, data_dir, {"vendor": secret_file.read_text().strip()})
+        yield Site(server, data_dir, secrets)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +111,8 @@ def test_vendor_types_into_an_rdp_desktop_and_a_changed_certificate_is_refused(
         _wait_file(made, deadline_s=30)
         shot(page, "desktop-rdp")
         assert violations == []
+        listed = page.request.get("/api/v1/sessions").json()
+        session_id = next(str(s["id"]) for s in listed if s["user"] == "vendor")
 
         rdp_target.rotate_certificate()  # the same sign-in: a TOTP code is good once
         page.goto(f"/connect/{ASSET}/desktop")
@@ -112,5 +122,39 @@ def test_vendor_types_into_an_rdp_desktop_and_a_changed_certificate_is_refused(
         shot(page, "desktop-rdp-certificate-changed")
     finally:
         ctx.close()
-    actions = [e["action"] for e in site.audit()]
-    assert "upstream.hostkey_mismatch" in actions
+    events = site.audit()
+    assert "upstream.hostkey_mismatch" in [e["action"] for e in events]
+    (start,) = [e for e in events if e["action"] == "session.start"
+                and e["detail"].get("session_id") == session_id]  # type: ignore[union-attr]  # fmt: skip
+    recording_id = str(start["detail"]["recording_id"])  # type: ignore[index]
+
+    ctx = _context(browser, site)
+    auditor = ctx.new_page()
+    try:
+        _sign_in(auditor, site, "auditor")  # type: ignore[arg-type]
+        auditor.goto(f"/evidence/recordings/{recording_id}")
+        expect(auditor.locator("#player-status")).to_contain_text("Ready", timeout=30000)
+        expect(auditor.locator("#keys")).to_contain_text("touch")
+        replayed, _count = _parts(auditor, recording_id)
+        end = replayed[-1].offset_seconds
+        _seek(auditor, round(end - 0.1, 1))
+        frame = frame_at(replayed, round(end - 0.1, 1))
+        assert frame is not None
+        for x, y, colour in ((150, 200, WHITE), (frame.width - 40, frame.height - 40, BLACK)):
+            assert _pixel(auditor, x, y) == colour
+            assert frame.region_colour(x - 5, y - 5, 10, 10) == colour
+        shot(auditor, "desktop-rdp-replay")
+    finally:
+        ctx.close()
+
+
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)  # the session's xterm, its desktop around it
+
+
+def _pixel(page: Page, x: int, y: int) -> tuple[int, int, int]:
+    rgba = page.evaluate(
+        """([x, y]) => Array.from(document.querySelector('#desk canvas')
+            .getContext('2d').getImageData(x, y, 1, 1).data)""",
+        [x, y],
+    )
+    return int(rgba[0]), int(rgba[1]), int(rgba[2])

@@ -190,6 +190,16 @@ class SessionSettings(_Section):
     max_per_user: Annotated[int, Field(ge=0)] = 0  # 0: no limit
 
 
+class DesktopSettings(_Section):
+    # Desktops (VNC, RDP) this node relays at once; an RDP one runs its own renderer
+    # (Xvnc + xfreerdp, about 120 MB): size it to the node's memory.
+    max_sessions: Annotated[int, Field(ge=0, le=1000)] = 16
+    # A start point and a full update every this many seconds: how finely replay can seek.
+    keyframe_seconds: Annotated[float, Field(ge=1, le=60)] = 5.0
+    # The desktop player reads a recording's RFB in parts of at most this many bytes.
+    replay_part_bytes: Annotated[int, Field(ge=4 << 10, le=64 << 20)] = 8 << 20
+
+
 class LockoutSettings(_Section):
     max_failures: Annotated[int, Field(ge=1, le=100)] = 5
     window_seconds: Seconds = 900
@@ -215,6 +225,7 @@ class Settings(_Section):
     recordings: RecordingsSettings = RecordingsSettings()
     keys: KeysSettings = KeysSettings()
     sessions: SessionSettings = SessionSettings()
+    desktop: DesktopSettings = DesktopSettings()
     lockout: LockoutSettings = LockoutSettings()
     passwords: PasswordSettings = PasswordSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -150,8 +150,9 @@ async def accounts(db: AsyncSession, asset: str) -> list[tuple[str, str, str]]:
 
 async def credential_for(db: AsyncSession, master_key: bytes, proof: Authorization) -> Credential:
     """The secret for the asset and account ``proof`` authorizes (an ``ssh``/``sftp-*``
-    action, ``account=`` qualified for any account but the default); refuses anything else."""
-    if not names.logs_in(proof.action):
+    action, ``account=`` qualified for any account but the default, or a desktop's ``vnc`` /
+    ``rdp`` on the default account); refuses anything else."""
+    if not names.unlocks_credential(proof.action):
         raise NotFoundOrForbidden(f"{proof.action} does not log in to an account")
     account = names.account_of(proof.action)
     kind, asset = proof.obj.split(":", 1)

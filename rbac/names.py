@@ -22,6 +22,10 @@ SIMPLE_ACTIONS = frozenset(
         "sftp-write",
         "vnc",
         "rdp",
+        # Inside a desktop session (vnc, rdp): the clipboard each way, RDP drive redirection.
+        "clipboard-in",
+        "clipboard-out",
+        "file-transfer",
         "watch",
         "kill",
         "approve",
@@ -31,6 +35,10 @@ SIMPLE_ACTIONS = frozenset(
     }
 )
 TUNNEL_RE = re.compile(r"tunnel:([1-9][0-9]{0,4})")
+# Open an asset's desktop; each needs the asset's protocol to match. What a desktop session
+# may also do is granted apart (DESKTOP_GRANTS) and decided when the session opens.
+DESKTOP_ACTIONS = frozenset({"vnc", "rdp"})
+DESKTOP_GRANTS = ("clipboard-in", "clipboard-out", "file-transfer")
 # Actions that log in to an asset as one of its vaulted accounts. Unqualified, they cover the
 # asset's default account only; ``ssh:account=maint`` covers account ``maint`` only. So the
 # account a session logs in as is part of every decision, and a grant names any account
@@ -51,6 +59,12 @@ def logs_in(action: str) -> bool:
     """Whether ``action`` logs in to one of an asset's accounts (``ssh``, ``sftp-*``, plain or
     ``account=`` qualified): only such an authorization may unlock a vaulted credential."""
     return action in ACCOUNT_ACTIONS or ACCOUNT_RE.fullmatch(action) is not None
+
+
+def unlocks_credential(action: str) -> bool:
+    """Whether an authorization for ``action`` may unlock the asset's vaulted credential:
+    logging in (``logs_in``) or opening a desktop (the VNC or RDP password)."""
+    return logs_in(action) or action in DESKTOP_ACTIONS
 
 
 def account_base(action: str) -> str:

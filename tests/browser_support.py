@@ -5,10 +5,12 @@ downloaded browser), the viewport sizes pages are looked at in, screenshots unde
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+import pyotp
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "portal"
@@ -53,3 +55,23 @@ def watch_csp(page: Page) -> list[str]:
         lambda msg: seen.append(msg.text) if "Content Security Policy" in msg.text else None,
     )
     return seen
+
+
+def portal_context(browser: Browser, base_url: str) -> BrowserContext:
+    """A fresh browser profile on the portal at ``base_url`` (its self-signed TLS accepted),
+    at laptop size."""
+    return browser.new_context(base_url=base_url, ignore_https_errors=True, viewport=LAPTOP)
+
+
+def sign_in(page: Page, user: str, password: str, totp_secret: str) -> None:
+    """Sign ``user`` in through the login pages with the password and the current TOTP code
+    (a code is good once: a second sign-in of the same user needs the next 30 s window)."""
+    page.goto("/login")
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label(re.compile("Code from your authenticator")).fill(
+        pyotp.TOTP(totp_secret).now()
+    )
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/home$"))

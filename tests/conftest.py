@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import rdp_target as rdp
 from tests.sshd_target import SSHDTarget, missing_reason, start_sshd
 from tests.support import PG_ADMIN_DSN, pg_available
 
@@ -48,6 +49,19 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDTarget]:
     if reason:
         pytest.skip(reason)
     target = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+@pytest.fixture(scope="module")
+def rdp_target() -> Iterator[rdp.RDPTarget]:
+    """A real xrdp + xorgxrdp on 127.0.0.1 with a local test user (tests/rdp_target.py)."""
+    reason = rdp.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    target = rdp.start_rdp_target()
     try:
         yield target
     finally:
@@ -119,7 +133,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 #      so a new test lands in its tier by what it calls; or
 #   4. it is one of SLOW_TESTS: in-process tests that are slow for a reason no rule above sees.
 # tests/test_tiers.py checks known cases; `pytest --collect-only -q -m realpeer` lists the tier.
-REALPEER_FIXTURES = frozenset({"sshd", "pg_server", "pg_database"})
+REALPEER_FIXTURES = frozenset({"sshd", "rdp_target", "pg_server", "pg_database"})
 # Called with a `password=` keyword, it costs a 64 MiB argon2 hash (~0.2 s alone, more on a
 # loaded machine; docs/decisions/0012). Matched by name in any gateway module, so moving the
 # module does not change the tier.

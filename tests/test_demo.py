@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pwd
 import shutil
 import socket
 import stat
@@ -16,8 +17,10 @@ import pyotp
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from gateway.demo import desktops
 from gateway.demo import plc as demo_plc
 from gateway.demo import target as demo_target
+from tests.desktop_ws import open_desktop
 from tests.support import Served, clean_env, conduit, kbdint_client
 
 
@@ -28,7 +31,7 @@ def _port() -> int:
         return port
 
 
-def start_demo(data_dir: Path) -> Served:
+def start_demo(data_dir: Path, env: dict[str, str] | None = None) -> Served:
     portal = _port()
     server = Served(
         [
@@ -41,6 +44,7 @@ def start_demo(data_dir: Path) -> Served:
             f"127.0.0.1:{_port()}",
         ],
         f"127.0.0.1:{portal}",
+        env=env,
         https=False,
     )
     server.wait_healthy(deadline_s=60)
@@ -213,7 +217,9 @@ def test_demo_vendor_reaches_the_simulated_plc_through_the_gateway(tmp_path: Pat
     assets = conduit("asset", "list", "--data-dir", str(data_dir))
     assert assets.returncode == 0, assets.stderr
     names = [line.split()[0] for line in assets.stdout.splitlines()[1:] if line.strip()]
-    assert sorted(names) == ["demo-modbus-plc", "demo-plc", "demo-plc-maint"], assets.stdout
+    plc = sorted(name for name in names if name.startswith("demo-plc"))
+    assert plc == ["demo-plc", "demo-plc-maint"], assets.stdout  # once each
+    assert names.count("demo-modbus-plc") == 1, assets.stdout
     grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
     standing = sorted(line.split()[4] for line in grants if "asset:demo-plc " in line + " ")
     expected = ["ssh", "sftp-read", "sftp-write", "approve", "watch", "kill"]
@@ -329,3 +335,97 @@ async def test_demo_device_takes_only_its_key_and_serves_commands_and_files(
     finally:
         device.close()
         await device.wait_closed()
+
+
+# -- the demo's desktops: VNC (Xvnc + xterm), RDP (xrdp + xorgxrdp, as root) ------------------
+
+
+async def _first_screen(base: str, data_dir: Path, asset: str) -> tuple[int, int]:
+    """The vendor opens ``asset``'s desktop through the demo's gateway; the screen's size once
+    a first framebuffer update has arrived."""
+    viewer = await open_desktop(base, data_dir, "vendor", asset)
+    try:
+        async with asyncio.timeout(60):
+            while viewer.updates == 0:
+                assert not viewer.ended.is_set(), viewer.end_reason
+                await asyncio.sleep(0.05)
+        assert viewer.fb is not None
+        return viewer.fb.width, viewer.fb.height
+    finally:
+        await viewer.close()
+
+
+def _argv_mentions(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_demo_desktops_open_through_the_gateway_and_end_with_the_demo(tmp_path: Path) -> None:
+    missing = desktops.vnc_missing()
+    if missing:
+        pytest.skip(missing)
+    rdp_reason = desktops.rdp_missing()
+    data_dir = tmp_path / "demo"
+    server = start_demo(data_dir)
+    rdp_user = ""
+    try:
+        server.wait_for_output(r"demo-hmi-vnc: a VNC desktop \(Xvnc :\d+")
+        if rdp_reason:
+            assert f"no RDP demo asset (demo-hmi-rdp): {rdp_reason}" in server.stdout
+        else:
+            rdp_user = server.wait_for_output(r"local user (cdemo[0-9a-f]+)").group(1)
+        assert "Connect -> Open desktop in browser" in server.stdout
+        assert asyncio.run(_first_screen(server.base, data_dir, "demo-hmi-vnc")) == (1024, 768)
+        if not rdp_reason:
+            width, height = asyncio.run(_first_screen(server.base, data_dir, "demo-hmi-rdp"))
+            assert width > 0 and height > 0
+        assert _argv_mentions(str(data_dir / "demo-vnc")), "Xvnc runs with the demo's files"
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    assert _argv_mentions(str(data_dir / "demo-vnc")) == []  # Xvnc ended with the demo
+    if rdp_user:
+        with pytest.raises(KeyError):
+            pwd.getpwnam(rdp_user)  # the demo user is removed again
+    grants = conduit("grant", "list", "--data-dir", str(data_dir)).stdout.splitlines()
+    vnc = sorted(
+        (line.split()[2], line.split()[4]) for line in grants if "asset:demo-hmi-vnc" in line
+    )
+    assert vnc == sorted(
+        [
+            ("user:vendor", "vnc"),
+            ("user:approver", "approve"),
+            ("user:approver", "watch"),
+            ("user:approver", "kill"),
+        ]
+    ), grants
+    if rdp_user:
+        assert any("asset:demo-hmi-rdp" in line and " rdp" in line for line in grants), grants
+    exported = conduit("audit", "export", "--data-dir", str(data_dir)).stdout
+    events = [json.loads(line) for line in exported.splitlines()]
+    opened = {e["target"] for e in events if e["action"] == "session.start"}
+    assert "demo-hmi-vnc" in opened
+    assert rdp_reason or "demo-hmi-rdp" in opened
+
+
+def test_demo_without_desktop_packages_says_so_and_serves(tmp_path: Path) -> None:
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    data_dir = tmp_path / "demo"
+    server = start_demo(data_dir, env=clean_env(PATH=str(empty)))
+    try:
+        server.wait_for_output(r"no VNC demo asset \(demo-hmi-vnc\): not installed: Xvnc")
+        assert "no RDP demo asset (demo-hmi-rdp): " in server.stdout
+        with server.client() as client:
+            assert client.get("/readyz").json()["status"] == "ready"
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    assets = conduit("asset", "list", "--data-dir", str(data_dir)).stdout
+    assert "demo-hmi" not in assets

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from gateway import vault
-from gateway.authz import hostkeys
+from gateway.authz import certificates, hostkeys
 from gateway.identity import onboarding, tokens
 from gateway.identity.accounts import create_user
+from tests.desktop_targets import make_certificate, missing_reason, start_xvnc
 from tests.test_api_access import PASSWORDS_ALL, SECRETS_ALL, Api, User, api
 from tests.test_api_sessions import audit_rows
 from tests.test_identity_helpers import env
@@ -623,3 +626,55 @@ async def test_alerts_are_the_audit_events_that_raised_them(api: Api) -> None:
     assert "&lt;script&gt;" in body and "<script>alert" not in body
     for kind in ("hostkey_mismatch", "client_integrity_failure", "certificate_outside_register"):
         assert f"<code>{kind}</code>" in page.text  # each kind the counter knows is explained
+
+
+async def test_desktop_certificate_scan_pins_only_the_confirmed_fingerprint(
+    api: Api, tmp_path: Path
+) -> None:
+    """A real Xvnc offering VeNCrypt X509Vnc: the scan shows its certificate's SHA-256,
+    nothing is stored until confirmed (with the box ticked and a step-up), a fingerprint the
+    asset does not present pins nothing, and the broker then reads the pin."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    cert, key, fingerprint = make_certificate(tmp_path)
+    target = start_xvnc(tmp_path / "x", security="X509Vnc", password="Pw-12345",
+                        certificate=(cert, key))  # fmt: skip
+    services = api.env.services
+    try:
+        await services.authz.add_asset("hmi-vnc", "127.0.0.1", target.port, "vnc", actor="test")
+        root = await api.login("root")
+        page = (await root.client.get("/admin/assets/hmi-vnc")).text
+        assert "No certificate pinned" in page and "Host keys" not in page
+        scanned = await root.client.post(
+            "/admin/assets/hmi-vnc/certificate-scan", data={"csrf_token": root.csrf}
+        )
+        assert scanned.status_code == 200 and fingerprint in scanned.text
+        async with services.sessions() as db:
+            assert await certificates.pinned(db, "hmi-vnc") == ()  # shown, not stored
+        path = "/admin/assets/hmi-vnc/certificates"
+        unticked = await root.client.post(
+            path, data={"fingerprint": fingerprint, "csrf_token": root.csrf}
+        )
+        assert unticked.status_code == 422 and "Tick the box" in unticked.text
+        other = "ab" * 32
+        swapped = await root.client.post(
+            path, data={"fingerprint": other, "checked": "on", "csrf_token": root.csrf}
+        )
+        assert swapped.status_code == 409 and "different certificate" in swapped.text
+        stale(api)
+        body = {"fingerprint": fingerprint, "checked": "on", "csrf_token": root.csrf}
+        asked = await root.client.post(path, data=body)
+        assert asked.status_code == 200 and 'name="code"' in asked.text
+        done = await root.client.post(path, data={**body, "code": api.code("root")})
+        assert done.status_code == 303
+        async with services.sessions() as db:
+            assert await certificates.pinned(db, "hmi-vnc") == (fingerprint,)
+        page = (await root.client.get("/admin/assets/hmi-vnc")).text
+        assert fingerprint in page and "by root" in page
+        [change] = await changes(api)
+        assert change["after"] == {"pinned": [fingerprint]}
+        reasons = [r["reason"] for r in await refusals(api)]
+        assert any("not the confirmed" in r for r in reasons)
+    finally:
+        target.stop()

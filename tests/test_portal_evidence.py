@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser_support import LAPTOP, TABLET, chromium, shot, watch_csp
+from tests.browser_support import LAPTOP, TABLET, chromium, shot, sign_in, watch_csp
 from tests.sshd_target import SSHDTarget
 from tests.support import Served, conduit, init_data_dir, serving
 from tests.test_ssh_jump import PASSWORD, Gateway
@@ -82,15 +81,7 @@ def browser() -> Iterator[Browser]:
 
 
 def _sign_in(page: Page, site: Site, user: str) -> None:
-    page.goto("/login")
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label(re.compile("Code from your authenticator")).fill(
-        pyotp.TOTP(site.secrets[user]).now()
-    )
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(re.compile(r"/home$"))
+    sign_in(page, user, PASSWORD, site.secrets[user])
 
 
 def _vendor_prints_the_word(browser: Browser, site: Site) -> None:

@@ -66,6 +66,28 @@ async def test_only_named_npm_files_are_served() -> None:
             assert served.headers["content-type"].startswith("text/javascript")
 
 
+async def test_novnc_modules_are_served_from_their_two_trees_only() -> None:
+    app = FastAPI()
+    app.include_router(assets.router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+        for path in (
+            "/assets/novnc/package.json",
+            "/assets/novnc/core/../package.json",
+            "/assets/novnc/core/..%2F..%2F..%2Fhtmx.org/dist/htmx.min.js",
+            "/assets/novnc/core%2F..%2Fpackage.json",
+            "/assets/novnc/vendor/pako/README.md",
+            "/assets/novnc/docs/API.md",
+            "/assets/novnc/app/ui.js",
+            "/assets/novnc/core/rfb.mjs",
+        ):
+            assert (await client.get(path)).status_code == 404, path
+        for path in ("/assets/novnc/core/rfb.js", "/assets/novnc/vendor/pako/lib/zlib/inflate.js"):
+            served = await client.get(path)
+            assert served.status_code == 200, path
+            assert served.headers["content-type"].startswith("text/javascript")
+
+
 @pytest.mark.parametrize("template", sorted(p.name for p in TEMPLATES.glob("*.html")))
 def test_templates_carry_no_inline_script_or_style(template: str) -> None:
     text = (TEMPLATES / template).read_text()

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from gateway import vault
-from gateway.authz import hostkeys
+from gateway.authz import certificates, hostkeys
 from gateway.authz.tables import Asset, modbus_port_of
 from gateway.cli.common import with_services
+from gateway.desktop import rdpcert, vnc
 from gateway.errors import ConduitError
 from gateway.services import Services
 from rbac.errors import RbacError
@@ -98,6 +99,17 @@ def add_authz_commands(sub: Sub[argparse.ArgumentParser], common: argparse.Argum
     how.add_argument("--key", metavar="LINE", help="a public key or known_hosts line")
     p.add_argument("--replace", action="store_true", help="drop the keys pinned before")
     p.set_defaults(handler=cmd_asset_pin_hostkey)
+    p = asset.add_parser(
+        "pin-cert", parents=[common], help="pin an RDP or VNC target's TLS certificate"
+    )
+    p.add_argument("name")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scan", action="store_true", help="read the certificate from the target now")
+    how.add_argument(
+        "--fingerprint", metavar="HEX", help="its SHA-256 fingerprint (hex, colons ok)"
+    )
+    p.add_argument("--replace", action="store_true", help="drop the certificates pinned before")
+    p.set_defaults(handler=cmd_asset_pin_cert)
 
     zone = sub.add_parser("zone", help="zones").add_subparsers(
         dest="zone_command", metavar="ACTION", required=True
@@ -275,6 +287,53 @@ def cmd_asset_pin_hostkey(args: argparse.Namespace) -> int:
             detail={"fingerprint": fingerprint, "replace": args.replace},
         )
         print(f"pinned {fingerprint} for {args.name}")
+        return 0
+
+    return _run(args, work)
+
+
+def cmd_asset_pin_cert(args: argparse.Namespace) -> int:
+    """Pin a desktop target's certificate: read once from the target (``--scan``, trust on
+    first use by the person running it) or as given from the target's own console."""
+    if args.fingerprint is not None:
+        certificates.normalize(args.fingerprint)  # refused before anything is opened
+
+    async def work(services: Services) -> int:
+        async with services.sessions() as db:
+            row = await services.authz.asset(db, args.name)
+        if row is None:
+            raise ConduitError(f"asset {args.name} does not exist")
+        if row.protocol not in ("rdp", "vnc"):
+            raise ConduitError(
+                f"asset {args.name} is {row.protocol}: certificates are pinned for rdp and vnc "
+                "assets (ssh assets pin host keys: conduit asset pin-hostkey)"
+            )
+        if args.scan:
+            if row.protocol == "rdp":
+                found = await rdpcert.scan_certificate(row.host, row.port)
+            else:
+                target = vnc.VncTarget(host=row.host, port=row.port, label=f"asset:{args.name}")
+                found = await vnc.scan_certificate(target)
+        else:
+            found = args.fingerprint
+        async with services.sessions() as db, db.begin():
+            if args.replace:
+                await certificates.unpin_all(db, args.name)
+            fingerprint = await certificates.pin(
+                db, args.name, found, actor=_actor(), now=services.clock()
+            )
+        await services.audit.record(
+            actor=_actor(),
+            action="certificate.pinned",
+            result="success",
+            target=args.name,
+            detail={
+                "sha256": fingerprint,
+                "replace": args.replace,
+                "how": "scan" if args.scan else "given",
+            },
+        )
+        print(f"pinned certificate sha256 {fingerprint} for {args.name}")
         return 0
 
     return _run(args, work)

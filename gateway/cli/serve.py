@@ -23,6 +23,7 @@ import uvicorn
 
 from gateway.config import ListenAddress, Settings
 from gateway.db.migrate import require_current
+from gateway.desktop import upstream as desktop_upstream
 from gateway.errors import ConduitError
 from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstrap
 from gateway.keys import load_keyring
@@ -277,7 +278,9 @@ async def _serve_until(
 ) -> int:
     settings = services.settings
 
-    broker = Broker(services, ssh_connector=upstream.connect)
+    broker = Broker(
+        services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
+    )
     await cluster.join(services)
     # Sessions a previous run of this node left in the shared table ended with it.
     await cluster.reap(services, services.node, services.worker, dead_before=None)

@@ -5,9 +5,11 @@ approver, vendor, auditor) with generated passwords and TOTP secrets, starts the
 SSH asset ``demo-plc`` (a simulated PLC, ``gateway.demo.target``, on loopback) with its host
 key pinned, its key vaulted and standing grants for the vendor (``ssh``, ``sftp-read``,
 ``sftp-write``, and ``request`` for the portal's request form) and the approver
-(``approve``, ``watch``, ``kill``), and the Modbus/TCP asset ``demo-modbus-plc`` (a pymodbus
+(``approve``, ``watch``, ``kill``), the Modbus/TCP asset ``demo-modbus-plc`` (a pymodbus
 PLC, ``gateway.demo.plc``, on loopback) the vendor may read through a protocol-aware tunnel
-(``modbus-read``; writes need a ``modbus-write`` grant and an armed write window), prints
+(``modbus-read``; writes need a ``modbus-write`` grant and an armed write window), and the
+desktop assets this machine can run (``gateway.demo.desktops``: VNC, and RDP as root; a note
+for each that it cannot), prints
 how to log in and connect, and serves on
 http://127.0.0.1:8080 and SSH on 127.0.0.1:2222 (loopback only). Running it again on the
 same directory reuses everything. Never use a demo directory in production: its credentials
@@ -16,10 +18,11 @@ file holds passwords and TOTP secrets in clear (mode 0600).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncssh
@@ -29,6 +32,7 @@ from gateway.authz import hostkeys
 from gateway.config import ListenAddress, Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.demo import desktops as demo_desktops
 from gateway.demo import plc as demo_plc
 from gateway.demo import target as demo_target
 from gateway.errors import ConduitError
@@ -116,6 +120,7 @@ def print_logins(
     creds: list[dict[str, str]],
     device_port: int,
     plc_port: int = 0,
+    desktop_notes: Sequence[str] = (),
 ) -> None:
     ssh = settings.ssh_listen
     print("Conduit demo site")
@@ -142,6 +147,13 @@ def print_logins(
             print(f"    ssh -N -L 5020:{DEMO_MODBUS_ASSET}:{plc_port} -p {ssh.port} "
                   f"vendor+{DEMO_MODBUS_ASSET}@{ssh.host}")  # fmt: skip
             print("  then point a Modbus tool at 127.0.0.1:5020 (unit 1)")
+    for note in desktop_notes:
+        print(f"  {note}")
+    if any(
+        note.startswith((demo_desktops.VNC_ASSET + ":", demo_desktops.RDP_ASSET + ":"))
+        for note in desktop_notes
+    ):
+        print("  open a desktop as the vendor: Connect -> Open desktop in browser")
     fingerprints = keys.ssh_host_fingerprints()
     if fingerprints:
         print("  the gateway's SSH host key (compare when ssh asks whether to trust it):")
@@ -184,7 +196,7 @@ async def seed_device(services: Services, directory: Path, host: str, port: int)
         await authz.add_zone(DEMO_ZONE, actor=actor)
     for name in DEMO_GRANTS:
         zones = (DEMO_ZONE,) if name == DEMO_REQUEST_ASSET else ()
-        await _place(services, name, host, port, zones)
+        await place_asset(services, name, host, port, "ssh", zones)
     async with services.sessions() as db, db.begin():
         key = demo_target.host_key_public(directory)
         public = None
@@ -232,7 +244,7 @@ def _free_port() -> int:
 
 async def seed_plc(services: Services, port: int) -> None:
     """Register ``demo-modbus-plc`` (protocol modbus) at 127.0.0.1:port, grant the demo users."""
-    await _place(services, DEMO_MODBUS_ASSET, "127.0.0.1", port, (), protocol="modbus")
+    await place_asset(services, DEMO_MODBUS_ASSET, "127.0.0.1", port, "modbus")
     granted = {(g.subject, g.object, g.action) for g in await services.authz.list_grants()}
     for user, action in DEMO_MODBUS_GRANTS:
         if (f"user:{user}", f"asset:{DEMO_MODBUS_ASSET}", action) not in granted:
@@ -242,9 +254,9 @@ async def seed_plc(services: Services, port: int) -> None:
             )  # fmt: skip
 
 
-async def _place(
-    services: Services, name: str, host: str, port: int, zones: tuple[str, ...],
-    protocol: str = "ssh",
+async def place_asset(
+    services: Services, name: str, host: str, port: int, protocol: str,
+    zones: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """The asset at host:port: added the first time, moved when the device's port changed."""
     authz, actor = services.authz, "demo"
@@ -288,6 +300,7 @@ async def run(
             await seed_device(services, directory, "127.0.0.1", port)
             plc, plc_port = await start_plc(services)
             await seed_plc(services, plc_port)
+            desktops = await demo_desktops.start(services, settings.data_dir, place_asset)
         except BaseException:
             device.close()
             if plc is not None:
@@ -296,9 +309,10 @@ async def run(
     finally:
         await services.close()
     try:
-        print_logins(settings, keys, creds, port, plc_port)
+        print_logins(settings, keys, creds, port, plc_port, desktops.notes)
         return await serve(settings)
     finally:
         device.close()
         await plc.shutdown()  # type: ignore[no-untyped-call]
         await device.wait_closed()
+        await asyncio.to_thread(desktops.stop)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from gateway.authz import hostkeys
+from gateway.authz import certificates, hostkeys
 from gateway.authz.tables import Asset, modbus_port_of
 from gateway.errors import (
     ConduitError,
@@ -42,7 +42,7 @@ from gateway.sessions.ticket import Target, Ticket, check_ticket
 from gateway.tasks import TaskSet
 from gateway.vault import DEFAULT_ACCOUNT, Credential, credential_for
 from rbac.modbus import is_modbus_action
-from rbac.names import TUNNEL_RE, account_of, with_account
+from rbac.names import DESKTOP_ACTIONS, DESKTOP_GRANTS, TUNNEL_RE, account_of, with_account
 from rbac.policy import Decision
 from recordings import Kind
 from recordings.terminal import TerminalEvent
@@ -56,6 +56,12 @@ if TYPE_CHECKING:
 # fetched the credential: gateway.ssh.upstream.connect, registered by ``conduit serve``.
 SSHConnector = Callable[
     [Ticket, Credential, dt.datetime], Awaitable["asyncssh.SSHClientConnection"]
+]
+# How a front end reaches an asset's desktop (VNC, or RDP through a renderer) once the broker
+# has checked the ticket: gateway.desktop.upstream.connect, registered by ``conduit serve``.
+# The credential is None when the asset has none vaulted (a VNC target without a password).
+DesktopConnector = Callable[
+    [Ticket, Credential | None, frozenset[str], tuple[int, int] | None], Awaitable[Any]
 ]
 
 log = logging.getLogger(__name__)
@@ -101,9 +107,16 @@ class Reachable:
 
 
 class Broker:
-    def __init__(self, services: Services, *, ssh_connector: SSHConnector | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        ssh_connector: SSHConnector | None = None,
+        desktop_connector: DesktopConnector | None = None,
+    ) -> None:
         self._s = services
         self._ssh_connector = ssh_connector
+        self._desktop_connector = desktop_connector
         self._tickets: dict[str, Ticket] = {}
         services.bus.subscribe(self._on_change)
 
@@ -198,6 +211,7 @@ class Broker:
             if row is None:
                 return None
             keys = await hostkeys.pinned_lines(db, asset)
+            certs = await certificates.pinned(db, asset) if row.protocol in DESKTOP_ACTIONS else ()
         return Target(
             asset=asset,
             host=row.host,
@@ -205,6 +219,8 @@ class Broker:
             account=account,
             host_keys=keys,
             record_input=bool(row.record_input),
+            protocol=row.protocol,
+            certificate_pins=certs,
             modbus=port is not None and port == modbus_port_of(row),
         )
 
@@ -353,10 +369,10 @@ class Broker:
         """The task set owning work started from synchronous protocol callbacks."""
         return self._s.tasks
 
-    async def _check(self, ticket: Ticket, *, login: bool = False) -> None:
+    async def _check(self, ticket: Ticket, *, login: bool = False, desktop: bool = False) -> None:
         """``check_ticket``, with a refusal audited (``upstream.refused``)."""
         try:
-            check_ticket(ticket, self._s.clock(), login=login)
+            check_ticket(ticket, self._s.clock(), login=login, desktop=desktop)
         except TicketRefused as exc:
             await self._audit(
                 ticket, "upstream.refused", "denied", {"session_id": ticket.session_id,
@@ -375,15 +391,64 @@ class Broker:
         try:
             return await self._ssh_connector(ticket, credential, s.clock())
         except UpstreamError as exc:
-            mismatch = isinstance(exc, HostKeyMismatch)
-            if mismatch:  # a man in the middle, or a rebuilt asset nobody re-pinned
-                s.metrics.alert("hostkey_mismatch", exc.detail)
-            await self._audit(
-                ticket,
-                "upstream.hostkey_mismatch" if mismatch else "upstream.failed",
-                "failure",
-                {"session_id": ticket.session_id, "reason": exc.detail},
-            )
+            await self._upstream_failed(ticket, exc)
+            raise
+
+    async def _upstream_failed(self, ticket: Ticket, exc: UpstreamError) -> None:
+        """Audit a failed connect; a key or certificate that is not pinned raises the alert."""
+        mismatch = isinstance(exc, HostKeyMismatch)
+        if mismatch:  # a man in the middle, or a rebuilt asset nobody re-pinned
+            self._s.metrics.alert("hostkey_mismatch", exc.detail)
+        await self._audit(
+            ticket,
+            "upstream.hostkey_mismatch" if mismatch else "upstream.failed",
+            "failure",
+            {"session_id": ticket.session_id, "reason": exc.detail},
+        )
+
+    async def open_desktop(
+        self, username: str, asset: str, *, source: str, kill: KillHandle
+    ) -> tuple[Ticket, frozenset[str]]:
+        """A desktop session on ``asset`` with the action its protocol names (``vnc`` or
+        ``rdp``), and which of ``DESKTOP_GRANTS`` it has (decided now, once)."""
+        target = await self._target(asset, DEFAULT_ACCOUNT)
+        protocol = target.protocol if target is not None else ""
+        if protocol not in DESKTOP_ACTIONS:
+            reason = f"asset:{asset} has no desktop" if target else f"asset:{asset} does not exist"
+            await self._denied(username, asset, source, {
+                "protocol": "desktop", "action_requested": "vnc|rdp", "reason": reason,
+            })  # fmt: skip
+            raise NotFoundOrForbidden(reason)
+        ticket = await self.open(
+            username, asset, protocol, protocol=protocol, source=source, kill=kill,
+            kind=Kind.DESKTOP, target=target,
+        )  # fmt: skip
+        granted = []
+        for grant in DESKTOP_GRANTS:
+            if (await self._s.authz.authorize(username, asset, grant)).allowed:
+                granted.append(grant)
+        return ticket, frozenset(granted)
+
+    async def connect_desktop(
+        self, ticket: Ticket, grants: frozenset[str], size: tuple[int, int] | None = None
+    ) -> Any:
+        """Reach the ticket's desktop with the vaulted password (if the asset has one);
+        ``size`` is the viewer's screen (an RDP desktop is drawn at it)."""
+        s = self._s
+        if self._desktop_connector is None:
+            raise ConduitError("desktops are not served here", "no desktop connector registered")
+        await self._check(ticket, desktop=True)
+        async with s.sessions() as db:
+            try:
+                credential: Credential | None = await credential_for(
+                    db, s.keys.master_key, ticket.proof
+                )
+            except NotFoundOrForbidden:
+                credential = None  # no password vaulted: the target must need none
+        try:
+            return await self._desktop_connector(ticket, credential, grants, size)
+        except UpstreamError as exc:
+            await self._upstream_failed(ticket, exc)
             raise
 
     async def open_tunnel(

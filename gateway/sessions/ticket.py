@@ -18,7 +18,7 @@ from gateway.errors import TicketRefused
 from gateway.sessions.live import LiveSession
 from gateway.sessions.tap import OutputTap
 from rbac.modbus import is_modbus_action
-from rbac.names import TUNNEL_RE, account_of, logs_in
+from rbac.names import DESKTOP_ACTIONS, TUNNEL_RE, account_of, logs_in
 from rbac.policy import Authorization
 from recordings.writer import RecordingWriter
 
@@ -33,6 +33,8 @@ class Target:
     account: str
     host_keys: tuple[str, ...]  # pinned OpenSSH public key lines; none means no SSH connect
     record_input: bool
+    protocol: str = "ssh"  # the asset's: ssh, vnc, rdp, modbus
+    certificate_pins: tuple[str, ...] = ()  # SHA-256 of pinned TLS certificates (desktops)
     modbus: bool = False  # the port is the asset's Modbus/TCP port (a protocol-aware tunnel)
 
 
@@ -80,16 +82,22 @@ class Ticket:
         return self.target.account
 
 
-def check_ticket(ticket: Ticket, now: dt.datetime, *, login: bool = False) -> None:
+def check_ticket(
+    ticket: Ticket, now: dt.datetime, *, login: bool = False, desktop: bool = False
+) -> None:
     """Refuse (``TicketRefused``) a ticket that does not hold at ``now``.
 
     Its target must be the asset and the account its authorization names, the session's
     own asset, and the authorization must still be in force. ``login``: the connect logs in
-    to an account, which only an ``ssh``/``sftp-*`` authorization covers (not a tunnel's)."""
+    to an account, which only an ``ssh``/``sftp-*`` authorization covers (not a tunnel's).
+    ``desktop``: the connect opens the asset's desktop, which only a ``vnc`` or ``rdp``
+    authorization covers, and only the one naming the asset's own protocol."""
     proof, target = ticket.proof, ticket.target
     problems = []
     if login and not logs_in(proof.action):
         problems.append(f"{proof.action} does not log in to an account")
+    if desktop and (proof.action not in DESKTOP_ACTIONS or proof.action != target.protocol):
+        problems.append(f"{proof.action} does not open a {target.protocol} desktop")
     if proof.obj != f"asset:{target.asset}" or ticket.asset != target.asset:
         problems.append(f"target asset {target.asset} is not the authorized {proof.obj}")
     tunnel = TUNNEL_RE.fullmatch(proof.action)

@@ -14,6 +14,7 @@ and is audited with before and after (secrets never in either). Does not decide 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import asyncssh
@@ -21,9 +22,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import vault
-from gateway.authz import hostkeys
+from gateway.authz import certificates, hostkeys
 from gateway.authz.service import MAX_REQUEST_HOURS, PolicyError
 from gateway.authz.tables import PROTOCOLS, Asset
+from gateway.desktop import rdpcert, vnc
+from gateway.errors import ConduitError, UpstreamError
 from gateway.services import Services
 from gateway.web.admin_common import (
     NAME_MAX,
@@ -41,7 +44,7 @@ from gateway.web.layout import sign_in_redirect
 from gateway.web.portal_forms import audit_refusal, list_field, shown_instant
 from gateway.web.stepup import StepUp
 from rbac.errors import RbacError
-from rbac.names import check_name
+from rbac.names import DESKTOP_ACTIONS, check_name
 
 router = APIRouter(include_in_schema=False)
 
@@ -169,6 +172,8 @@ async def _asset_page(
     scanned: list[asyncssh.SSHKey] | None = None,
     scan_error: str = "",
     pin_error: str = "",
+    cert_scanned: str = "",
+    cert_error: str = "",
     status_code: int = 200,
     step: StepUp | None = None,
     step_for: str = "",
@@ -180,6 +185,7 @@ async def _asset_page(
     now = services.clock()
     async with services.sessions() as db:
         pins = await hostkeys.pins(db, name)
+        cert_pins = await certificates.pin_rows(db, name)
         stored = await vault.stored(db, name)
     draft = edit.values if edit else {
         "host": asset.host, "port": str(asset.port), "zones": zones,
@@ -196,6 +202,9 @@ async def _asset_page(
         "scanned": [(k.get_algorithm(), k.get_fingerprint("sha256")) for k in scanned or []],
         "scan_error": scan_error,
         "pin_error": pin_error,
+        "cert_pins": [(p, shown_instant(p.created_at, now)) for p in cert_pins],
+        "cert_scanned": cert_scanned,
+        "cert_error": cert_error,
         "credentials": [(c, shown_instant(c.updated_at, now)) for c in stored],
         # Never a secret: a re-shown credential form keeps the account, user and kind only.
         "cred": {k: v for k, v in (credential.values if credential else {}).items()
@@ -330,6 +339,97 @@ async def pin_keys(request: Request, name: str) -> Response:
     )
     await audit_change(request, context, "hostkeys", name, {"pinned": before}, {"pinned": after})
     return RedirectResponse(f"/admin/assets/{name}#hostkeys", status_code=303)
+
+
+async def scan_certificate(asset: Asset) -> str:
+    """The certificate fingerprint a desktop asset presents now (64 hex digits)."""
+    try:
+        async with asyncio.timeout(SCAN_SECONDS):
+            if asset.protocol == "rdp":
+                found = await rdpcert.scan_certificate(asset.host, asset.port)
+            else:
+                found = await vnc.scan_certificate(
+                    vnc.VncTarget(asset.host, asset.port, label=f"asset:{asset.name}")
+                )
+    except TimeoutError:
+        raise UpstreamError(
+            "the asset did not answer in time",
+            f"{asset.host}:{asset.port} did not answer within {SCAN_SECONDS} seconds",
+        ) from None
+    except ConduitError as exc:
+        raise UpstreamError(exc.message, exc.detail) from None
+    return certificates.normalize(found)
+
+
+@router.post("/admin/assets/{name}/certificate-scan", response_class=HTMLResponse)
+async def scan_cert(request: Request, name: str) -> Response:
+    """Read the TLS certificate a desktop asset presents and show its fingerprint."""
+    context, _ = await admin_post(request)
+    asset, _zones = await _asset(request, context, name)
+    if asset.protocol not in DESKTOP_ACTIONS:
+        return await _asset_page(
+            request, context, name, cert_error="Only VNC and RDP assets have certificates."
+        )
+    try:
+        found = await scan_certificate(asset)
+    except UpstreamError as exc:
+        await audit_refusal(request, context.session.username, 502, exc.detail)
+        return await _asset_page(
+            request, context, name, status_code=502,
+            cert_error=f"The scan failed: {exc.message}. Check the host and port, and that "
+            "the asset is reachable from the gateway (a VNC asset must offer VeNCrypt X.509).",
+        )  # fmt: skip
+    return await _asset_page(request, context, name, cert_scanned=found)
+
+
+@router.post("/admin/assets/{name}/certificates", response_class=HTMLResponse)
+async def pin_cert(request: Request, name: str) -> Response:
+    """Pin the confirmed fingerprint, checked against a second scan made now."""
+    context, form = await admin_post(request)
+    services = services_of(request)
+    asset, _zones = await _asset(request, context, name)
+    confirmed = str(form.get("fingerprint", ""))[:100]
+    replace = form.get("replace") == "on"
+    if form.get("checked") != "on" or asset.protocol not in DESKTOP_ACTIONS:
+        await audit_refusal(request, context.session.username, 422, f"pin {name}: not confirmed")
+        return await _asset_page(
+            request, context, name, cert_scanned=confirmed, status_code=422,
+            cert_error="Tick the box once you have compared the fingerprint with the asset's.",
+        )  # fmt: skip
+    try:
+        found = await scan_certificate(asset)
+    except UpstreamError as exc:
+        await audit_refusal(request, context.session.username, 502, exc.detail)
+        return await _asset_page(
+            request, context, name, status_code=502, cert_error=f"The scan failed: {exc.message}."
+        )
+    if not secrets.compare_digest(found, confirmed):
+        await audit_refusal(
+            request, context.session.username, 409,
+            f"pin {name}: the asset now presents {found}, not the confirmed {confirmed[:64]}",
+        )  # fmt: skip
+        return await _asset_page(
+            request, context, name, cert_scanned=found, status_code=409,
+            cert_error="The asset now presents a different certificate than the one you "
+            "confirmed: nothing was pinned. Compare the fingerprint below again.",
+        )  # fmt: skip
+    step = await step_up(request, context, form)
+    if not step.ok:
+        return await _asset_page(
+            request, context, name, cert_scanned=found, step=step, step_for="cert"
+        )
+    async with services.sessions() as db, db.begin():
+        before = list(await certificates.pinned(db, name))
+        if replace:
+            await certificates.unpin_all(db, name)
+        await certificates.pin(
+            db, name, found, actor=context.session.username, now=services.clock()
+        )
+        after = list(await certificates.pinned(db, name))
+    await audit_change(
+        request, context, "certificates", name, {"pinned": before}, {"pinned": after}
+    )
+    return RedirectResponse(f"/admin/assets/{name}#certificates", status_code=303)
 
 
 @router.post("/admin/assets/{name}/credential", response_class=HTMLResponse)

@@ -34,6 +34,8 @@ from gateway.web import (
     audit_pages,
     auth,
     connect,
+    desktop,
+    desktop_player,
     enrollment,
     evidence_bundle,
     health,
@@ -60,6 +62,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.state.services = services
     app.state.broker = broker
     app.state.terminal_tickets = terminal.TerminalTickets()
+    app.state.desktops = desktop.Desktops(services.settings.desktop.max_sessions)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.middleware("http")(security_headers)
 
@@ -82,6 +85,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(history.router)
     app.include_router(search_pages.router)
     app.include_router(player.router)
+    app.include_router(desktop_player.router)
     app.include_router(live.router)
     app.include_router(access_pages.router)
     app.include_router(approvals.router)  # after portal: /requests/badge is portal's
@@ -94,6 +98,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(admin_tokens.router)
     app.include_router(admin_alerts.router)
     app.include_router(terminal.router)
+    app.include_router(desktop.router)
     app.include_router(watch.router)
     app.include_router(evidence_bundle.router)
     app.include_router(audit_pages.router)

@@ -3,11 +3,15 @@
 ``npm ci`` (the setup scripts) puts them in ``node_modules`` beside the source tree; they are
 never committed. A file not listed is 404, so the rest of ``node_modules`` is never reachable.
 A missing file (npm not run) is 404 too: pages work without it, they only stop refreshing.
+noVNC is ES modules that import each other by relative path, so its two module trees
+(``core/`` and the ``vendor/pako`` it imports) are served under ``/assets/novnc/`` with their
+own layout: ``.js`` files only, resolved inside those trees (no ``..``, no symlink out).
 Does not serve our own CSS (``/static``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -27,6 +31,32 @@ FILES: dict[str, str] = {
     "uPlot.esm.js": "uplot/dist/uPlot.esm.js",
     "uPlot.min.css": "uplot/dist/uPlot.min.css",
 }
+
+
+NOVNC = NODE_MODULES / "@novnc" / "novnc"
+NOVNC_TREES = ("core/", "vendor/pako/")
+NOVNC_PATH = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*\.js")
+
+
+def novnc_file(relative: str) -> Path | None:
+    """The noVNC module at ``relative``, or None when it is not one we serve."""
+    if not NOVNC_PATH.fullmatch(relative) or "/../" in f"/{relative}" or "/./" in f"/{relative}":
+        return None
+    if not relative.startswith(NOVNC_TREES):
+        return None
+    root = NOVNC.resolve()
+    path = (NOVNC / relative).resolve()
+    if not path.is_file() or not path.is_relative_to(root / relative.split("/", 1)[0]):
+        return None
+    return path
+
+
+@router.get("/assets/novnc/{relative:path}")
+async def novnc_module(relative: str) -> FileResponse:
+    path = novnc_file(relative)
+    if path is None:
+        raise HTTPException(status_code=404, detail="not found")
+    return FileResponse(path, media_type="text/javascript")
 
 
 @router.get("/assets/{name}")

@@ -27,7 +27,7 @@ from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import signed_in, signed_in_post
 from rbac.modbus import is_modbus_action
-from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, TUNNEL_RE, account_of
+from rbac.names import ACCOUNT_RE, DEFAULT_ACCOUNT, DESKTOP_ACTIONS, TUNNEL_RE, account_of
 from rbac.roles import SiteAction
 
 router = APIRouter(include_in_schema=False)
@@ -49,6 +49,7 @@ class AssetCommands:
     logs_in: bool = False
     files: bool = False
     tunnels: list[int] = field(default_factory=list)
+    desktop: str = ""  # "vnc" or "rdp": the desktop opens in the browser only
     modbus_port: int = 0  # a Modbus/TCP port reachable with the user's Modbus grants
     accounts: list[str] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (label, command line)
@@ -81,7 +82,12 @@ def _gather(
             entry.tunnels.append(int(tunnel.group(1)))  # a Modbus port needs a Modbus grant
         elif is_modbus_action(action) and (modbus_ports or {}).get(asset):
             entry.modbus_port = (modbus_ports or {})[asset]
-    return {a: e for a, e in out.items() if e.logs_in or e.files or e.tunnels or e.modbus_port}
+        elif kind in DESKTOP_ACTIONS:
+            entry.desktop = kind
+    return {
+        a: e for a, e in out.items()
+        if e.logs_in or e.files or e.tunnels or e.modbus_port or e.desktop
+    }  # fmt: skip
 
 
 def command_lines(entry: AssetCommands, user: str, host: str, port: int) -> list[tuple[str, str]]:

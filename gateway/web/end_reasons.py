@@ -38,6 +38,13 @@ END_REASONS: dict[str, EndWords] = {
         "ended: your connection was tampered with",
     ),
     "refused": EndWords("refused before it started", "refused before it started"),
+    "protocol_error": EndWords(
+        "ended: the desktop or viewer sent a malformed message",
+        "ended: the desktop sent something malformed",
+    ),
+    "renderer_crashed": EndWords(
+        "ended: the RDP renderer stopped", "ended: the remote desktop viewer stopped"
+    ),
     "node_lost": EndWords(
         "its gateway node stopped answering", "the gateway node serving it stopped answering"
     ),

@@ -5,9 +5,10 @@ as asciicast v2 from the start of the file (``replay``) and only to a signed-in 
 roles carry READ_EVIDENCE. The player downloads a cast whole before its first frame, so a
 recording whose file is over ``PART_FILE_BYTES`` plays in parts (``/cast?part=1&from=S``:
 about 8 MiB of cast from the page's offset; the page links the next part).
-A tunnel (or desktop) recording is shown as its metadata and an
-event table instead. Anyone else, and any id that is not in the catalog, gets "not found"
-(audited as ``portal.refused``), the same for a guessed id as for a real one.
+A desktop recording plays in noVNC (``desktop_player`` serves its data); a tunnel recording
+is shown as its metadata and an event table instead. Anyone else, and any id that is not in
+the catalog, gets "not found" (audited as ``portal.refused``), the same for a guessed id as
+for a real one.
 
 Every view is audited ``recording.viewed`` once: the page writes the event and hands the
 player a view pass (random, bound to the person and the recording, 30 minutes) for its cast
@@ -153,6 +154,9 @@ async def player_page(request: Request, recording_id: str) -> Response:
         answer = await page(request, context, "player.html", values, current="evidence")
         answer.headers["Content-Security-Policy"] = PLAYER_CSP
         return answer
+    if entry.kind == "desktop":
+        values["pass"] = passes_of(request).issue(who, entry.id)
+        return await page(request, context, "player_desktop.html", values, current="evidence")
     values.update(await _tunnel_values(request, entry))
     return await page(request, context, "player_table.html", values, current="evidence")
 

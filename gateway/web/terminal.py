@@ -82,6 +82,7 @@ class PendingTerminal:
     asset: str
     account: str
     expires: float  # event-loop time
+    purpose: str = "terminal"  # or "desktop": a ticket opens only the socket it was asked for
 
 
 class TerminalTickets:
@@ -148,6 +149,12 @@ async def _refused(request: Request, actor: str, status: int, reason: str) -> HT
 async def terminal_ticket(
     request: Request, asset: str, account: Name = DEFAULT_ACCOUNT
 ) -> Response:
+    return await issue_ticket(request, asset, account, "terminal")
+
+
+async def issue_ticket(request: Request, asset: str, account: str, purpose: str) -> Response:
+    """A one-time ticket for a socket of ``purpose`` on ``asset`` as ``account`` (session CSRF
+    token; a refusal is audited). Whether the asset may be reached is the broker's to say."""
     try:
         context = await require_session_csrf(request)
     except HTTPException as exc:
@@ -158,12 +165,31 @@ async def terminal_ticket(
     if not _names_ok(asset, account):
         raise await _refused(request, user, 404, "invalid asset or account name")
     now = asyncio.get_running_loop().time()
-    grant = PendingTerminal(context.session.session_id, user, asset, account, now + TICKET_SECONDS)
+    grant = PendingTerminal(
+        context.session.session_id, user, asset, account, now + TICKET_SECONDS, purpose=purpose
+    )
     try:
         token = tickets_of(request).issue(grant, now)
     except ConduitError as exc:
         raise await _refused(request, user, 503, exc.detail) from None
     return JSONResponse({"ticket": token, "expires_in": int(TICKET_SECONDS)})
+
+
+async def redeem_ticket(
+    ws: WebSocket, context: PortalContext, purpose: str
+) -> PendingTerminal | None:
+    """The socket's one-time ticket, spent now, if it was issued to this portal session for
+    ``purpose`` ("terminal", "desktop"); else the socket is refused (audited) and None."""
+    token = ws.query_params.get("ticket", "")[:100]
+    now = asyncio.get_running_loop().time()
+    grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
+    if grant is not None and grant.purpose != purpose:
+        why = f"{grant.purpose} ticket presented to the {purpose} socket"
+        grant = None
+    if grant is None:
+        shown = f"this {purpose} has ended or its link expired"
+        await refuse(ws, context.session.username, why, shown=shown)
+    return grant
 
 
 def terminal_size(query: Any) -> tuple[int, int] | None:
@@ -181,11 +207,8 @@ async def terminal_socket(ws: WebSocket) -> None:
     if context is None:
         return
     user = context.session.username
-    token = ws.query_params.get("ticket", "")[:100]
-    now = asyncio.get_running_loop().time()
-    grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
+    grant = await redeem_ticket(ws, context, "terminal")
     if grant is None:
-        await refuse(ws, user, why, shown="this terminal has ended or its link expired")
         return
     size = terminal_size(ws.query_params)
     if size is None:

@@ -90,7 +90,8 @@ async def watch_page(request: Request, session_id: str) -> Response:
         "node": row.node,
         "elsewhere": row.node != services_of(request).node,
     }
-    return await page(request, context, "terminal.html", values, current="")
+    template = "desktop.html" if row.protocol in ("vnc", "rdp") else "terminal.html"
+    return await page(request, context, template, values, current="")
 
 
 @router.websocket("/ws/watch/{session_id}")

@@ -1,0 +1,207 @@
+"""Desktop sessions as their users see them: Debian's Chromium (Playwright) against a real
+``conduit serve`` in front of a real TigerVNC ``Xvnc`` (VNC authentication) running an
+``xterm``.
+
+The vendor opens the desktop from the connect page and types a command into the xterm on
+the target desktop; the command's file appears on the target. An approver watches the
+session live: what the watcher types reaches nothing. The approver's kill ends the desktop
+and the vendor's page shows the reason over it. The recording verifies and holds the
+session's RFB stream with start points; the vaulted VNC password appears in no log, no
+recording, no page and no process argv. Screenshots go to ``test-artifacts/portal/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from tests.browser_support import chromium, portal_context, shot, sign_in, watch_csp
+from tests.desktop_targets import XvncTarget, missing_reason, start_xvnc, stop
+from tests.support import Served, conduit, init_data_dir, serving
+
+pytestmark = pytest.mark.realpeer
+
+PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password
+VNC_PASSWORD = "vault-Qx7!pw"  # noqa: S105 - the target's, vaulted; must leak nowhere
+ASSET = "hmi-vnc"
+USERS = [("vendor", "vendor"), ("approver", "approver")]
+
+
+@dataclass
+class Site:
+    server: Served
+    data_dir: Path
+    secrets: dict[str, str]
+    target: XvncTarget
+    xterm: subprocess.Popen[bytes]
+    work: Path
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        done = conduit(*args, "--data-dir", str(self.data_dir), stdin=stdin)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def audit(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.cli("audit", "export").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    missing = missing_reason("xterm", "xsetroot")
+    if missing:
+        pytest.skip(missing)
+    base = tmp_path_factory.mktemp("desk")
+    data_dir = base / "data"
+    init_data_dir(data_dir)
+    target = start_xvnc(base / "xvnc", password=VNC_PASSWORD, geometry="800x600")
+    work = base / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("XAUTHORITY",)}
+    env.update({"DISPLAY": target.display_name, "HOME": str(work), "PS1": "$ "})
+    # An xterm over the whole screen: with no window manager the keyboard goes to the
+    # window under the pointer, which is then always the xterm.
+    xterm = subprocess.Popen(
+        ["xterm", "-geometry", "100x40+0+0", "-fa", "Monospace", "-fs", "12",
+         "-bg", "#202020", "-fg", "#f0f0f0", "-e", "bash", "--norc", "--noprofile"],
+        env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    secrets: dict[str, str] = {}
+    try:
+        for user, role in USERS:
+            secret_file = base / f"{user}.totp"
+            org = ["--org", "acme"] if role == "vendor" else []
+            done = conduit("user", "add", user, "--role", role, *org, "--password-stdin",
+                           "--totp-secret-file", str(secret_file), "--data-dir", str(data_dir),
+                           stdin=PASSWORD + "\n")  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            secrets[user] = secret_file.read_text().strip()
+        for args, stdin in (
+            (("asset", "add", ASSET, "--host", "127.0.0.1", "--port", str(target.port),
+              "--protocol", "vnc"), None),
+            (("asset", "credential", ASSET, "--username", "vnc", "--password-stdin"),
+             VNC_PASSWORD + "\n"),
+            (("grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "vnc"), None),
+            (("grant", "add", "--user", "approver", "--asset", ASSET, "--action", "kill"), None),
+        ):  # fmt: skip
+            done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
+            assert done.returncode == 0, done.stderr
+        with serving(data_dir) as (server, _ssh_port):
+            yield Site(server, data_dir, secrets, target, xterm, work)
+    finally:
+        stop(xterm)
+        target.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+def _context(browser: Browser, site: Site) -> BrowserContext:
+    return portal_context(browser, site.server.base)
+
+
+def _sign_in(page: Page, site: Site, user: str) -> None:
+    sign_in(page, user, PASSWORD, site.secrets[user])
+
+
+def _wait_file(path: Path, deadline_s: float = 20) -> None:
+    end = time.monotonic() + deadline_s
+    while not path.exists():
+        assert time.monotonic() < end, f"{path.name} never appeared on the target"
+        time.sleep(0.1)
+
+
+def _type_on_desktop(page: Page, line: str) -> None:
+    canvas = page.locator("#desk canvas")
+    canvas.click(position={"x": 200, "y": 200})
+    page.keyboard.type(line, delay=15)
+    page.keyboard.press("Enter")
+
+
+def _session_id(page: Page, user: str) -> str:
+    listed = page.request.get("/api/v1/sessions")
+    assert listed.status == 200, listed.text()
+    ids = [s["id"] for s in listed.json() if (s["user"], s["protocol"]) == (user, "vnc")]
+    assert len(ids) == 1, listed.json()
+    return str(ids[0])
+
+
+def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
+    vendor_ctx, approver_ctx = _context(browser, site), _context(browser, site)
+    vendor, approver = vendor_ctx.new_page(), approver_ctx.new_page()
+    violations = watch_csp(vendor) + watch_csp(approver)
+    try:
+        _sign_in(vendor, site, "vendor")
+        vendor.goto("/connect")
+        card = vendor.locator("section.asset", has_text=ASSET)
+        expect(card.get_by_text(re.compile(r"^\(VNC, "))).to_be_visible()
+        card.get_by_role("link", name="Open desktop in browser").click()
+        expect(vendor).to_have_url(re.compile(rf"/connect/{ASSET}/desktop$"))
+        expect(vendor.locator("#desk-status")).to_have_text(f"Connected to {ASSET}.", timeout=20000)
+        expect(vendor.locator("#desk canvas")).to_be_visible()
+
+        _type_on_desktop(vendor, "touch made-by-vendor")
+        _wait_file(site.work / "made-by-vendor")
+        shot(vendor, "desktop-vendor")
+
+        session_id = _session_id(vendor, "vendor")
+        _sign_in(approver, site, "approver")
+        approver.goto(f"/sessions/{session_id}/watch")
+        expect(approver.locator("#desk-status")).to_have_text("Watching live.", timeout=20000)
+        expect(approver.locator("#desk canvas")).to_be_visible()
+        # What the watcher types reaches nothing; the vendor's next line proves the order.
+        _type_on_desktop(approver, "touch made-by-watcher")
+        _type_on_desktop(vendor, "touch second-by-vendor")
+        _wait_file(site.work / "second-by-vendor")
+        assert not (site.work / "made-by-watcher").exists()
+        shot(approver, "desktop-watch")
+
+        site.cli("sessions", "kill", session_id, "--reason", "wrong machine")
+        banner = vendor.locator("#desk-end")
+        expect(banner).to_be_visible(timeout=10000)
+        expect(banner).to_have_text("Session ended: killed: wrong machine")
+        expect(vendor.locator("#desk-status")).to_have_text("Session ended: killed: wrong machine")
+        expect(vendor.locator("#desk img.desk-last")).to_be_attached()
+        shot(vendor, "desktop-killed")
+        assert violations == []
+    finally:
+        vendor_ctx.close()
+        approver_ctx.close()
+
+    events = site.audit()
+    ends = [e for e in events if e["action"] == "session.end"
+            and e["detail"].get("session_id") == session_id]  # type: ignore[union-attr]  # fmt: skip
+    assert ends and ends[0]["detail"]["reason"] == "killed"  # type: ignore[index]
+    assert any(e["action"] == "session.watched" for e in events)
+    starts = [e for e in events if e["action"] == "session.start"
+              and e["detail"].get("session_id") == session_id]  # type: ignore[union-attr]  # fmt: skip
+    recording_id = str(starts[0]["detail"]["recording_id"])  # type: ignore[index]
+    verified = site.cli("recordings", "verify", recording_id)
+    assert "intact" in verified, verified
+
+
+def test_the_vnc_password_leaks_nowhere(browser: Browser, site: Site) -> None:
+    """After a session: not in the data directory (logs, database, recordings: encrypted or
+    not, the bytes are checked), not in any process's argv, not in a page."""
+    needle = VNC_PASSWORD.encode()
+    for path in site.data_dir.rglob("*"):
+        if path.is_file():
+            assert needle not in path.read_bytes(), path
+    assert needle not in (site.server.stdout + "".join(site.server._err_lines)).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert needle not in cmdline.read_bytes(), cmdline
+        except OSError:
+            continue

@@ -174,7 +174,7 @@ def forwarding(
     argv = gateway.argv(route, "true", *args)[:-1]  # -N: no command
     log_path = gateway.work / f"{route}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=gateway.askpass(route, gateway.code(user)),
+        proc = subprocess.Popen(argv, env=gateway.askpass(route, gateway.fresh_code(user)),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=log)  # fmt: skip
     proc.log_path = log_path  # type: ignore[attr-defined]  # for connect()'s failure message

@@ -105,7 +105,8 @@ class Site:
         async with self.services.sessions() as db, db.begin():
             file_size = self.services.recordings._file_size(writer.recording_id)
             await catalog.mark_closed(db, writer.recording_id, ended_at=utc_now(),
-                                      end_reason=outcome.end_reason, size=file_size)  # fmt: skip
+                                      end_reason=outcome.end_reason, size=file_size,
+                                      output=outcome.output_bytes)  # fmt: skip
         await self.services.recordings.verify(writer.recording_id)
         return writer.recording_id
 

@@ -56,7 +56,10 @@ router = APIRouter(include_in_schema=False)
 PASS_SECONDS = 30 * 60
 MAX_PASSES = 10_000  # passes kept per process; the oldest go first
 MAX_OFFSET = 10_000_000.0  # seconds (about 115 days): the longest offset ``?t=`` accepts
-PART_FILE_BYTES = 32 << 20  # a recording file larger than this plays in parts
+# A recording whose output (what the browser would load; the file itself when the output is
+# not known, e.g. after crash recovery) is larger than this plays in parts. Format 2 stores
+# terminal text compressed, so the file alone would understate it many times over.
+PART_FILE_BYTES = 32 << 20
 PLAYER_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'")
 
 
@@ -146,7 +149,7 @@ async def player_page(request: Request, recording_id: str) -> Response:
         query = f"pass={passes_of(request).issue(who, entry.id)}"
         if start and request.query_params.get("hit") == "1":
             query += f"&hit={start:.6f}"
-        if entry.size_bytes > PART_FILE_BYTES:
+        if max(entry.size_bytes, entry.output_bytes or 0) > PART_FILE_BYTES:
             query += f"&part=1&from={start:.6f}"
             values["part_mib"] = max(1, PART_CAST_BYTES >> 20)
         values["cast_url"] = f"/evidence/recordings/{entry.id}/cast?{query}"

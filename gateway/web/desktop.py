@@ -57,8 +57,9 @@ from gateway.web.ws_guard import (
     NOT_FOUND_TEXT,
     RECHECK_SECONDS,
     checked_session,
+    end_socket,
     refuse,
-    signed_in_again,
+    until_signed_out,
 )
 from rbac.roles import SiteAction
 
@@ -308,25 +309,21 @@ class BrowserDesktop:
         return "closed" if what != "relay" else "upstream_failed"
 
     async def _while_signed_in(self, ticket: Ticket) -> None:
-        while True:
-            await asyncio.sleep(RECHECK_SECONDS)
-            used, self._used = self._used, False
-            try:
-                valid = await signed_in_again(self.ws, self.portal, touch=used)
-            except Exception:  # a failed read is asked again next time, not taken as a no
-                log.exception("desktop %s: portal session check failed", ticket.session_id)
-                continue
-            if valid is None:
-                await self.broker.kill(ticket.session_id, SIGNED_OUT)
-                await self._ended.wait()
-                return
+        """End the session once the portal sign-in that opened it is over; returns when the
+        kill has reached this desktop."""
+        name = f"desktop {ticket.session_id}"
+        await until_signed_out(self.ws, self.portal, self._used_since, name)
+        await self.broker.kill(ticket.session_id, SIGNED_OUT)
+        await self._ended.wait()
+
+    def _used_since(self) -> bool:
+        """Whether the person used the desktop since the last portal-session check; forgets it."""
+        used, self._used = self._used, False
+        return used
 
     async def _end_page(self, line: str, code: int) -> None:
         """The reason for the page (drawn over the desktop), then the close."""
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self.ws.send_text(json.dumps({"type": "end", "reason": line}))
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self.ws.close(code=code, reason=line[:120])
+        await end_socket(self.ws, line, code)
 
 
 # -- watch -----------------------------------------------------------------------------------

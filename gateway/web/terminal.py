@@ -48,10 +48,11 @@ from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import NotPermitted, audit_refusal, signed_in
 from gateway.web.ws_guard import (
     NOT_FOUND,
-    RECHECK_SECONDS,
     checked_session,
+    close_quietly,
+    end_socket,
     refuse,
-    signed_in_again,
+    until_signed_out,
 )
 from rbac.names import NAME_RE
 from rbac.roles import SiteAction, role_allows
@@ -301,7 +302,7 @@ class BrowserTerminal:
         except ConduitError as exc:
             code = 4404 if isinstance(exc, NotFoundOrForbidden) else 1011
             await self._say(f"conduit: {exc.message}\r\n")
-            await self._close(code, exc.message)
+            await close_quietly(self.ws, code, exc.message)
             return
         reason = "upstream_failed"
         try:
@@ -321,7 +322,7 @@ class BrowserTerminal:
             message = exc.message if isinstance(exc, ConduitError) else "the asset is not reachable"
             if not self.end_line:
                 await self._say(f"conduit: {message}\r\n")
-                await self._close(1011, message)
+                await close_quietly(self.ws, 1011, message)
                 return "upstream_failed"
         reason = "client_closed"
         if not self.end_line:
@@ -333,24 +334,20 @@ class BrowserTerminal:
                 await asyncio.gather(guard, return_exceptions=True)
         if self.end_line:
             await self._say(f"\r\nconduit: session ended: {self.end_line}\r\n")
-            await self._send_end(self.end_line)
-            await self._close(1000, "session ended")
+            await end_socket(self.ws, self.end_line, 1000, "session ended")
         return reason
 
     async def _while_signed_in(self, ticket: Ticket) -> None:
         """End the session once the portal session that opened it is over. Typing counts as
         portal activity (keeps its idle timer); output alone does not."""
-        while True:
-            await asyncio.sleep(RECHECK_SECONDS)
-            typed, self._typed = self._typed, False
-            try:
-                valid = await signed_in_again(self.ws, self.portal, touch=typed)
-            except Exception:  # a failed read is asked again next time, not taken as a no
-                log.exception("terminal %s: portal session check failed", ticket.session_id)
-                continue
-            if valid is None:
-                await self.broker.kill(ticket.session_id, SIGNED_OUT)
-                return
+        name = f"terminal {ticket.session_id}"
+        await until_signed_out(self.ws, self.portal, self._typed_since, name)
+        await self.broker.kill(ticket.session_id, SIGNED_OUT)
+
+    def _typed_since(self) -> bool:
+        """Whether the person typed since the last portal-session check; forgets it."""
+        typed, self._typed = self._typed, False
+        return typed
 
     async def _open_channel(self, ticket: Ticket) -> None:
         cols, rows = self.size
@@ -378,7 +375,7 @@ class BrowserTerminal:
         if from_browser in done and not self.end_line:
             return "client_closed"
         if not self.end_line:
-            await self._close(1000, "session closed")
+            await close_quietly(self.ws, 1000, "session closed")
         return "closed"
 
     # -- asset -> browser --------------------------------------------------------------------
@@ -467,15 +464,6 @@ class BrowserTerminal:
     async def _say(self, line: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await self.ws.send_bytes(line.encode())
-
-    async def _send_end(self, line: str) -> None:
-        """The end line for the page's status (screen readers announce it), not the screen."""
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self.ws.send_text(json.dumps({"type": "end", "reason": line}))
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self.ws.close(code=code, reason=reason[:120])
 
 
 def _resize_of(text: str) -> tuple[int, int] | None:

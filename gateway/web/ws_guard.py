@@ -5,14 +5,23 @@ the request itself names (scheme and ``Host``), so another site's page cannot op
 the user's cookie; and it must carry a valid portal session cookie. A refusal is audited
 (``portal.refused`` with the reason) and closes the socket with a policy-violation code
 before any session opens. While a socket stays open its portal session is checked again
-every ``RECHECK_SECONDS`` (``signed_in_again``): sign-out, expiry, an ended session or a
-disabled user ends what the socket serves. Does not decide access to assets or sessions
-(the broker and the authorizer do).
+every ``RECHECK_SECONDS`` (``signed_in_again``, ``until_signed_out``): sign-out, expiry, an
+ended session or a disabled user ends what the socket serves. A session's socket ends the
+same way for every kind of session (``end_socket``): the one-line reason as a JSON text
+frame for the page, then the close. Does not decide access to assets or sessions (the broker
+and the authorizer do), and does not end the session itself (its caller asks the broker).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
 from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
 
 from gateway.web.auth import PortalContext, current_session, services_of, source_of
 
@@ -22,6 +31,7 @@ NOT_FOUND_TEXT = "not found or not permitted"
 # How often an open socket asks whether its portal session is still valid: one indexed read
 # per socket per interval (200 terminals: 40 reads a second), and sign-out binds within it.
 RECHECK_SECONDS = 5.0
+log = logging.getLogger(__name__)
 
 
 def own_origin(ws: WebSocket) -> str:
@@ -80,3 +90,38 @@ async def signed_in_again(
     if again is None or again.session.session_id != context.session.session_id:
         return None
     return again
+
+
+async def until_signed_out(
+    ws: WebSocket, context: PortalContext, used: Callable[[], bool], name: str
+) -> None:
+    """Return once the portal session that opened ``ws`` is over, asking every
+    ``RECHECK_SECONDS``. ``used()`` says (and forgets) whether the person typed since the last
+    ask: that counts as portal activity (keeps its idle timer); output alone does not.
+    ``name`` says which session in the log."""
+    while True:
+        await asyncio.sleep(RECHECK_SECONDS)
+        touch = used()
+        try:
+            valid = await signed_in_again(ws, context, touch=touch)
+        except Exception:  # a failed read is asked again next time, not taken as a no
+            log.exception("%s: portal session check failed", name)
+            continue
+        if valid is None:
+            return
+
+
+async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:
+    """Close ``ws`` with ``code`` and ``reason`` (cut to fit a close frame); a socket the
+    browser has already left is left as it is."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.close(code=code, reason=reason[:120])
+
+
+async def end_socket(ws: WebSocket, line: str, code: int, reason: str = "") -> None:
+    """The end of a session's socket: ``line`` for the page (``{"type": "end"}``, which the
+    page shows and screen readers announce), then the close with ``code`` and ``reason``
+    (``line`` when empty)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.send_text(json.dumps({"type": "end", "reason": line}))
+    await close_quietly(ws, code, reason or line)

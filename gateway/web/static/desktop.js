@@ -5,27 +5,11 @@
 // object, text frames are the gateway's small JSON controls (the reason a session ended),
 // which noVNC would take for RFB bytes.
 import RFB from "/assets/novnc/core/rfb.js";
+import { closedText, show, socketUrl } from "/static/session_page.js";
 
 const MIN_SIDE = 64;
 const MAX_WIDTH = 3840;
 const MAX_HEIGHT = 2160;
-
-function socketUrl(path) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${path}`;
-}
-
-function show(status, text, ended = false) {
-  status.textContent = text;
-  status.classList.toggle("ended", ended);
-}
-
-function closedText(event, what) {
-  if (event.code === 4404) return `${what} ended: not found or not permitted.`;
-  if (event.code === 1008) return `${what} refused: ${event.reason || "not permitted"}. Reload the page to start again.`;
-  if (event.code === 1000 || event.code === 1005) return `${what} ended.`;
-  return `${what} closed (${event.reason || "connection lost"}).`;
-}
 
 // What noVNC needs of a WebSocket (core/websock.js attach): binary frames pass through,
 // text frames go to onControl, and the close event carries code and reason for the page.

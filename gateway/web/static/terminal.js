@@ -2,6 +2,7 @@
 // xterm.js and its fit addon are loaded first as classic scripts: globals Terminal, FitAddon.
 // Binary websocket frames carry terminal bytes (xterm decodes UTF-8); text frames carry small
 // JSON controls. Copy and paste are xterm's own: select to copy, Ctrl+Shift+V to paste.
+import { closedText, show, socketUrl } from "/static/session_page.js";
 
 const MAX_COLS = 1000;
 const MAX_ROWS = 500;
@@ -36,23 +37,6 @@ function adoptXtermStyles() {
     }
     setAttribute.call(this, name, value);
   };
-}
-
-function socketUrl(path) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${path}`;
-}
-
-function show(status, text, ended = false) {
-  status.textContent = text;
-  status.classList.toggle("ended", ended);
-}
-
-function closedText(event, what) {
-  if (event.code === 4404) return `${what} ended: not found or not permitted.`;
-  if (event.code === 1008) return `${what} refused: ${event.reason || "not permitted"}. Reload the page to start again.`;
-  if (event.code === 1000 || event.code === 1005) return `${what} ended.`;
-  return `${what} closed (${event.reason || "connection lost"}).`;
 }
 
 async function openTerminal(box, status) {

@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import re
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,19 +30,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from gateway.desktop import rfb
-from tests.desktop_targets import (
-    XvncTarget,
-    missing_reason,
-    start_x11vnc,
-    start_xvnc,
-    stop,
-)
+from tests.desktop_site import DesktopSite, add_asset, add_grant, add_users, xvnc_with_xterm
+from tests.desktop_targets import XvncTarget, missing_reason, start_x11vnc
 from tests.desktop_ws import Viewer, open_desktop, open_socket
-from tests.support import Served, clean_env, conduit, init_data_dir, serving
+from tests.support import clean_env, conduit, init_data_dir, serving
 
 pytestmark = pytest.mark.realpeer
 
-PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password
 VNC_PASSWORD = "vault-Qx7!pw"  # noqa: S105 - the target's, vaulted
 SHIFT, CONTROL, INSERT, RETURN = 0xFFE1, 0xFFE3, 0xFF63, 0xFF0D
 HOSTILE = {
@@ -112,20 +104,10 @@ class HostileServer:
 
 # -- the site ------------------------------------------------------------------------------------
 @dataclass
-class Site:
-    server: Served
-    data_dir: Path
+class Site(DesktopSite):
     target: XvncTarget
     work: Path
     hostile: HostileServer
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        done = conduit(*args, "--data-dir", str(self.data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def audit(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.cli("audit", "export").splitlines()]
 
     def ended(self, session_id: str) -> dict[str, object]:
         """The ``session.end`` event of a session, once it is written (bounded wait)."""
@@ -151,44 +133,8 @@ def _detail(event: dict[str, object], key: str) -> str:
     return str(detail.get(key, ""))
 
 
-def _users(data_dir: Path, *names: str) -> None:
-    for name in names:
-        done = conduit("user", "add", name, "--role", "vendor", "--org", "acme",
-                       "--password-stdin", "--totp-secret-file", str(data_dir / f"{name}.totp"),
-                       "--data-dir", str(data_dir), stdin=PASSWORD + "\n")  # fmt: skip
-        assert done.returncode == 0, done.stderr
-
-
-def _vnc_asset(data_dir: Path, name: str, port: int, password: str | None) -> None:
-    steps: list[tuple[tuple[str, ...], str | None]] = [
-        (("asset", "add", name, "--host", "127.0.0.1", "--port", str(port), "--protocol", "vnc"),
-         None),
-    ]  # fmt: skip
-    if password is not None:
-        steps.append((("asset", "credential", name, "--username", "vnc", "--password-stdin"),
-                      password + "\n"))  # fmt: skip
-    for args, stdin in steps:
-        done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
-
-
-def _grant(data_dir: Path, user: str, asset: str, action: str, *extra: str) -> str:
-    done = conduit("grant", "add", "--user", user, "--asset", asset, "--action", action, *extra,
-                   "--data-dir", str(data_dir))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-def _xterm(target: XvncTarget, work: Path) -> subprocess.Popen[bytes]:
-    """An xterm over the screen running bash in ``work``: with no window manager the keyboard
-    goes to the window under the pointer (the viewers put it there)."""
-    env = {k: v for k, v in os.environ.items() if k != "XAUTHORITY"}
-    env.update({"DISPLAY": target.display_name, "HOME": str(work), "PS1": "$ "})
-    return subprocess.Popen(
-        ["xterm", "-geometry", "100x40+0+0", "-e", "bash", "--norc", "--noprofile"],
-        env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def _vendors(data_dir: Path, *names: str) -> dict[str, str]:
+    return add_users(data_dir, data_dir, [(name, "vendor") for name in names])
 
 
 @pytest.fixture(scope="module")
@@ -199,30 +145,26 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("deskws")
     data_dir = base / "data"
     init_data_dir(data_dir)
-    target = start_xvnc(base / "xvnc", password=VNC_PASSWORD, geometry="1024x768")
-    work = base / "work"
-    work.mkdir()
-    xterm = _xterm(target, work)
-    hostile = HostileServer()
-    x11vnc = None
-    try:
-        x11vnc = start_x11vnc(base / "xvnc", target, VNC_PASSWORD)
-        _users(data_dir, "vendor", "clipper", "ender")
-        _vnc_asset(data_dir, "hmi-vnc", target.port, VNC_PASSWORD)
-        _vnc_asset(data_dir, "hmi-x11vnc", x11vnc.port, VNC_PASSWORD)
-        _vnc_asset(data_dir, "hostile", hostile.port, None)
-        for asset in ("hmi-vnc", "hmi-x11vnc", "hostile"):
-            _grant(data_dir, "vendor", asset, "vnc")
-        _grant(data_dir, "clipper", "hmi-vnc", "vnc")
-        _grant(data_dir, "clipper", "hmi-vnc", "clipboard-in")
-        with serving(data_dir) as (server, _ssh_port):
-            yield Site(server, data_dir, target, work, hostile)
-    finally:
-        if x11vnc is not None:
-            x11vnc.stop()
-        hostile.close()
-        stop(xterm)
-        target.stop()
+    # An xterm over the screen: the viewers put the pointer on it.
+    with xvnc_with_xterm(base, VNC_PASSWORD, "1024x768", "100x40+0+0") as desk:
+        hostile = HostileServer()
+        x11vnc = None
+        try:
+            x11vnc = start_x11vnc(base / "xvnc", desk.target, VNC_PASSWORD)
+            secrets = _vendors(data_dir, "vendor", "clipper", "ender")
+            add_asset(data_dir, "hmi-vnc", desk.target.port, VNC_PASSWORD)
+            add_asset(data_dir, "hmi-x11vnc", x11vnc.port, VNC_PASSWORD)
+            add_asset(data_dir, "hostile", hostile.port, None)
+            for asset in ("hmi-vnc", "hmi-x11vnc", "hostile"):
+                add_grant(data_dir, "vendor", asset, "vnc")
+            add_grant(data_dir, "clipper", "hmi-vnc", "vnc")
+            add_grant(data_dir, "clipper", "hmi-vnc", "clipboard-in")
+            with serving(data_dir) as (server, _ssh_port):
+                yield Site(server, data_dir, secrets, desk.target, desk.work, hostile)
+        finally:
+            if x11vnc is not None:
+                x11vnc.stop()
+            hostile.close()
 
 
 # -- helpers on a viewer -----------------------------------------------------------------------
@@ -335,7 +277,7 @@ def test_an_x11vnc_desktop_works(site: Site) -> None:
 
 
 def test_revoking_the_grant_ends_a_live_desktop(site: Site) -> None:
-    grant_id = _grant(site.data_dir, "ender", "hmi-vnc", "vnc")
+    grant_id = add_grant(site.data_dir, "ender", "hmi-vnc", "vnc")
 
     async def run() -> str:
         viewer = await _desktop_once_granted(site, "ender", "hmi-vnc")
@@ -355,7 +297,7 @@ def test_revoking_the_grant_ends_a_live_desktop(site: Site) -> None:
 
 def test_a_grants_end_ends_a_live_desktop(site: Site) -> None:
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)).isoformat(timespec="seconds")
-    _grant(site.data_dir, "ender", "hmi-vnc", "vnc", "--until", until)
+    add_grant(site.data_dir, "ender", "hmi-vnc", "vnc", "--until", until)
 
     async def run() -> str:
         viewer = await _desktop_once_granted(site, "ender", "hmi-vnc")
@@ -409,9 +351,9 @@ def test_the_clipboard_reaches_the_target_only_with_clipboard_in(site: Site) -> 
 def test_the_node_cap_refuses_one_desktop_more(site: Site, tmp_path: Path) -> None:
     data_dir = tmp_path / "capped"
     init_data_dir(data_dir)
-    _users(data_dir, "vendor")
-    _vnc_asset(data_dir, "hmi-vnc", site.target.port, VNC_PASSWORD)
-    _grant(data_dir, "vendor", "hmi-vnc", "vnc")
+    _vendors(data_dir, "vendor")
+    add_asset(data_dir, "hmi-vnc", site.target.port, VNC_PASSWORD)
+    add_grant(data_dir, "vendor", "hmi-vnc", "vnc")
     config = tmp_path / "conduit.toml"
     config.write_text("[desktop]\nmax_sessions = 1\n")
 

@@ -12,46 +12,39 @@ recording, no page and no process argv. Screenshots go to ``test-artifacts/porta
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.browser_support import chromium, portal_context, shot, sign_in, watch_csp
-from tests.desktop_targets import XvncTarget, missing_reason, start_xvnc, stop
-from tests.support import Served, conduit, init_data_dir, serving
+from tests.browser_support import chromium, shot, watch_csp
+from tests.desktop_site import (
+    XTERM_LOOK,
+    DesktopSite,
+    add_asset,
+    add_grant,
+    add_users,
+    browser_context,
+    sign_in_as,
+    xvnc_with_xterm,
+)
+from tests.desktop_targets import missing_reason
+from tests.support import init_data_dir, serving
 
 pytestmark = pytest.mark.realpeer
 
-PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password
 VNC_PASSWORD = "vault-Qx7!pw"  # noqa: S105 - the target's, vaulted; must leak nowhere
 ASSET = "hmi-vnc"
 USERS = [("vendor", "vendor"), ("approver", "approver")]
 
 
 @dataclass
-class Site:
-    server: Served
-    data_dir: Path
-    secrets: dict[str, str]
-    target: XvncTarget
-    xterm: subprocess.Popen[bytes]
-    work: Path
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        done = conduit(*args, "--data-dir", str(self.data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def audit(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.cli("audit", "export").splitlines()]
+class Site(DesktopSite):
+    work: Path  # the xterm's bash runs here: typed commands make their files here
 
 
 @pytest.fixture(scope="module")
@@ -62,58 +55,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("desk")
     data_dir = base / "data"
     init_data_dir(data_dir)
-    target = start_xvnc(base / "xvnc", password=VNC_PASSWORD, geometry="800x600")
-    work = base / "work"
-    work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("XAUTHORITY",)}
-    env.update({"DISPLAY": target.display_name, "HOME": str(work), "PS1": "$ "})
     # An xterm over the whole screen: with no window manager the keyboard goes to the
     # window under the pointer, which is then always the xterm.
-    xterm = subprocess.Popen(
-        ["xterm", "-geometry", "100x40+0+0", "-fa", "Monospace", "-fs", "12",
-         "-bg", "#202020", "-fg", "#f0f0f0", "-e", "bash", "--norc", "--noprofile"],
-        env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    secrets: dict[str, str] = {}
-    try:
-        for user, role in USERS:
-            secret_file = base / f"{user}.totp"
-            org = ["--org", "acme"] if role == "vendor" else []
-            done = conduit("user", "add", user, "--role", role, *org, "--password-stdin",
-                           "--totp-secret-file", str(secret_file), "--data-dir", str(data_dir),
-                           stdin=PASSWORD + "\n")  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            secrets[user] = secret_file.read_text().strip()
-        for args, stdin in (
-            (("asset", "add", ASSET, "--host", "127.0.0.1", "--port", str(target.port),
-              "--protocol", "vnc"), None),
-            (("asset", "credential", ASSET, "--username", "vnc", "--password-stdin"),
-             VNC_PASSWORD + "\n"),
-            (("grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "vnc"), None),
-            (("grant", "add", "--user", "approver", "--asset", ASSET, "--action", "kill"), None),
-        ):  # fmt: skip
-            done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
-            assert done.returncode == 0, done.stderr
+    with xvnc_with_xterm(base, VNC_PASSWORD, "800x600", "100x40+0+0", *XTERM_LOOK) as desk:
+        secrets = add_users(data_dir, base, USERS)
+        add_asset(data_dir, ASSET, desk.target.port, VNC_PASSWORD)
+        add_grant(data_dir, "vendor", ASSET, "vnc")
+        add_grant(data_dir, "approver", ASSET, "kill")
         with serving(data_dir) as (server, _ssh_port):
-            yield Site(server, data_dir, secrets, target, xterm, work)
-    finally:
-        stop(xterm)
-        target.stop()
+            yield Site(server, data_dir, secrets, desk.work)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
         yield launched
-
-
-def _context(browser: Browser, site: Site) -> BrowserContext:
-    return portal_context(browser, site.server.base)
-
-
-def _sign_in(page: Page, site: Site, user: str) -> None:
-    sign_in(page, user, PASSWORD, site.secrets[user])
 
 
 def _wait_file(path: Path, deadline_s: float = 20) -> None:
@@ -139,11 +95,11 @@ def _session_id(page: Page, user: str) -> str:
 
 
 def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
-    vendor_ctx, approver_ctx = _context(browser, site), _context(browser, site)
+    vendor_ctx, approver_ctx = browser_context(browser, site), browser_context(browser, site)
     vendor, approver = vendor_ctx.new_page(), approver_ctx.new_page()
     violations = watch_csp(vendor) + watch_csp(approver)
     try:
-        _sign_in(vendor, site, "vendor")
+        sign_in_as(vendor, site, "vendor")
         vendor.goto("/connect")
         card = vendor.locator("section.asset", has_text=ASSET)
         expect(card.get_by_text(re.compile(r"^\(VNC, "))).to_be_visible()
@@ -157,7 +113,7 @@ def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
         shot(vendor, "desktop-vendor")
 
         session_id = _session_id(vendor, "vendor")
-        _sign_in(approver, site, "approver")
+        sign_in_as(approver, site, "approver")
         approver.goto(f"/sessions/{session_id}/watch")
         expect(approver.locator("#desk-status")).to_have_text("Watching live.", timeout=20000)
         expect(approver.locator("#desk canvas")).to_be_visible()

@@ -16,18 +16,26 @@ import pwd
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from gateway.desktop.renderer import ensure_render_account
 from gateway.web.desktop_replay import frame_at
-from tests.browser_support import chromium, portal_context, shot, watch_csp
+from tests.browser_support import chromium, shot, watch_csp
+from tests.desktop_site import (
+    DesktopSite,
+    add_asset,
+    add_grant,
+    add_users,
+    browser_context,
+    cli,
+    sign_in_as,
+)
 from tests.rdp_target import RDPTarget
-from tests.support import Served, conduit, init_data_dir, serving
-from tests.test_portal_desktop import PASSWORD, _sign_in, _type_on_desktop, _wait_file
+from tests.support import init_data_dir, serving
+from tests.test_portal_desktop import _type_on_desktop, _wait_file
 from tests.test_portal_desktop_replay import _parts, _seek
 
 pytestmark = pytest.mark.realpeer
@@ -35,50 +43,19 @@ pytestmark = pytest.mark.realpeer
 ASSET = "hmi-rdp"
 
 
-@dataclass
-class Site:
-    server: Served
-    data_dir: Path
-    secrets: dict[str, str]
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        done = conduit(*args, "--data-dir", str(self.data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def audit(self) -> list[dict[str, object]]:
-        import json
-
-        return [json.loads(line) for line in self.cli("audit", "export").splitlines()]
-
-
 @pytest.fixture(scope="module")
-def site(rdp_target: RDPTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(rdp_target: RDPTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DesktopSite]:
     ensure_render_account()
     base = tmp_path_factory.mktemp("rdp")
     data_dir = base / "data"
     init_data_dir(data_dir)
-    secrets: dict[str, str] = {}
-    for user, role in (("vendor", "vendor"), ("auditor", "auditor")):
-        secret_file = base / f"{user}.totp"
-        org = ["--org", "acme"] if role == "vendor" else []
-        done = conduit("user", "add", user, "--role", role, *org, "--password-stdin",
-                       "--totp-secret-file", str(secret_file), "--data-dir", str(data_dir),
-                       stdin=PASSWORD + "\n")  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        secrets[user] = secret_file.read_text().strip()
-    for args, stdin in (
-        (("asset", "add", ASSET, "--host", "127.0.0.1", "--port", str(rdp_target.port),
-          "--protocol", "rdp"), None),
-        (("asset", "credential", ASSET, "--username", rdp_target.username, "--password-stdin"),
-         rdp_target.password + "\n"),
-        (("asset", "pin-cert", ASSET, "--fingerprint", rdp_target.fingerprint), None),
-        (("grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "rdp"), None),
-    ):  # fmt: skip
-        done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
+    secrets = add_users(data_dir, base, [("vendor", "vendor"), ("auditor", "auditor")])
+    add_asset(data_dir, ASSET, rdp_target.port, rdp_target.password, protocol="rdp",
+              username=rdp_target.username)  # fmt: skip
+    cli(data_dir, "asset", "pin-cert", ASSET, "--fingerprint", rdp_target.fingerprint)
+    add_grant(data_dir, "vendor", ASSET, "rdp")
     with serving(data_dir) as (server, _ssh_port):
-        yield Site(server, data_dir, secrets)
+        yield DesktopSite(server, data_dir, secrets)
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +64,16 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
-def _context(browser: Browser, site: Site) -> BrowserContext:
-    return portal_context(browser, site.server.base)
-
-
 def test_vendor_types_into_an_rdp_desktop_and_a_changed_certificate_is_refused(
-    browser: Browser, site: Site, rdp_target: RDPTarget
+    browser: Browser, site: DesktopSite, rdp_target: RDPTarget
 ) -> None:
     home = Path(pwd.getpwnam(rdp_target.username).pw_dir)
     made = home / "made-over-rdp"
-    ctx = _context(browser, site)
+    ctx = browser_context(browser, site)
     page = ctx.new_page()
     violations = watch_csp(page)
     try:
-        _sign_in(page, site, "vendor")  # type: ignore[arg-type]
+        sign_in_as(page, site, "vendor")
         page.goto("/connect")
         card = page.locator("section.asset", has_text=ASSET)
         expect(card.get_by_text(re.compile(r"^\(RDP, "))).to_be_visible()
@@ -128,10 +101,10 @@ def test_vendor_types_into_an_rdp_desktop_and_a_changed_certificate_is_refused(
                 and e["detail"].get("session_id") == session_id]  # type: ignore[union-attr]  # fmt: skip
     recording_id = str(start["detail"]["recording_id"])  # type: ignore[index]
 
-    ctx = _context(browser, site)
+    ctx = browser_context(browser, site)
     auditor = ctx.new_page()
     try:
-        _sign_in(auditor, site, "auditor")  # type: ignore[arg-type]
+        sign_in_as(auditor, site, "auditor")
         auditor.goto(f"/evidence/recordings/{recording_id}")
         expect(auditor.locator("#player-status")).to_contain_text("Ready", timeout=30000)
         expect(auditor.locator("#keys")).to_contain_text("touch")

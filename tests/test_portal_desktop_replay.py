@@ -15,29 +15,36 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from gateway.web.desktop_replay import frame_at, read_part
 from gateway.web.replay import peek_header
 from recordings.desktop import DesktopEvent
 from recordings.events import Event
-from tests.browser_support import chromium, portal_context, shot, sign_in, watch_csp
-from tests.desktop_targets import XvncTarget, missing_reason, start_xvnc, stop
-from tests.support import Served, clean_env, conduit, init_data_dir, serving
+from tests.browser_support import chromium, shot, watch_csp
+from tests.desktop_site import (
+    XTERM_LOOK,
+    DesktopSite,
+    add_asset,
+    add_grant,
+    add_users,
+    browser_context,
+    sign_in_as,
+    xvnc_with_xterm,
+)
+from tests.desktop_targets import missing_reason
+from tests.support import clean_env, init_data_dir, serving
 
 pytestmark = pytest.mark.realpeer
 
-PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password
 VNC_PASSWORD = "vault-Rp4!pw"  # noqa: S105 - the target's, vaulted
 ASSET = "hmi-replay"
 USERS = [("vendor", "vendor"), ("auditor", "auditor"), ("approver", "approver")]
@@ -47,17 +54,8 @@ GAP = 3.0  # seconds between the paints (keyframes every second)
 
 
 @dataclass
-class Site:
-    server: Served
-    data_dir: Path
-    secrets: dict[str, str]
-    target: XvncTarget
-    env: dict[str, str]
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        done = conduit(*args, "--data-dir", str(self.data_dir), stdin=stdin)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+class Site(DesktopSite):
+    env: dict[str, str]  # runs X clients on the target's display
 
     def paint(self, colour: tuple[int, int, int]) -> float:
         """The root window in ``colour``; the wall-clock time it was asked."""
@@ -77,62 +75,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("replay")
     data_dir = base / "data"
     init_data_dir(data_dir)
-    target = start_xvnc(base / "xvnc", password=VNC_PASSWORD, geometry="800x600")
-    work = base / "work"
-    work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("XAUTHORITY",)}
-    env.update({"DISPLAY": target.display_name, "HOME": str(work), "PS1": "$ "})
     # A small xterm in the top-left corner; the rest is the root window the test paints.
-    xterm = subprocess.Popen(
-        ["xterm", "-geometry", "40x8+0+0", "-fa", "Monospace", "-fs", "12",
-         "-bg", "#202020", "-fg", "#f0f0f0", "-e", "bash", "--norc", "--noprofile"],
-        env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    secrets: dict[str, str] = {}
-    try:
-        for user, role in USERS:
-            secret_file = base / f"{user}.totp"
-            org = ["--org", "acme"] if role == "vendor" else []
-            done = conduit("user", "add", user, "--role", role, *org, "--password-stdin",
-                           "--totp-secret-file", str(secret_file), "--data-dir", str(data_dir),
-                           stdin=PASSWORD + "\n")  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            secrets[user] = secret_file.read_text().strip()
-        for args, stdin in (
-            (("asset", "add", ASSET, "--host", "127.0.0.1", "--port", str(target.port),
-              "--protocol", "vnc"), None),
-            (("asset", "credential", ASSET, "--username", "vnc", "--password-stdin"),
-             VNC_PASSWORD + "\n"),
-            (("grant", "add", "--user", "vendor", "--asset", ASSET, "--action", "vnc"), None),
-            (("grant", "add", "--user", "approver", "--asset", ASSET, "--action", "kill"), None),
-        ):  # fmt: skip
-            done = conduit(*args, "--data-dir", str(data_dir), stdin=stdin)
-            assert done.returncode == 0, done.stderr
+    with xvnc_with_xterm(base, VNC_PASSWORD, "800x600", "40x8+0+0", *XTERM_LOOK) as desk:
+        secrets = add_users(data_dir, base, USERS)
+        add_asset(data_dir, ASSET, desk.target.port, VNC_PASSWORD)
+        add_grant(data_dir, "vendor", ASSET, "vnc")
+        add_grant(data_dir, "approver", ASSET, "kill")
         # Keyframes every second; small parts, so the page reads the recording in several.
         served_env = clean_env() | {
             "CONDUIT_DESKTOP__KEYFRAME_SECONDS": "1",
             "CONDUIT_DESKTOP__REPLAY_PART_BYTES": str(4 << 10),
         }
         with serving(data_dir, env=served_env) as (server, _ssh_port):
-            yield Site(server, data_dir, secrets, target, env)
-    finally:
-        stop(xterm)
-        target.stop()
+            yield Site(server, data_dir, secrets, desk.env)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
         yield launched
-
-
-def _context(browser: Browser, site: Site) -> BrowserContext:
-    return portal_context(browser, site.server.base)
-
-
-def _sign_in(page: Page, site: Site, user: str) -> None:
-    sign_in(page, user, PASSWORD, site.secrets[user])
 
 
 def _canvas_colour(page: Page) -> tuple[int, int, int]:
@@ -195,17 +156,17 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site) -> None:
-    contexts = [_context(browser, site) for _ in range(3)]
+    contexts = [browser_context(browser, site) for _ in range(3)]
     vendor, auditor, approver = (c.new_page() for c in contexts)
     violations = watch_csp(vendor) + watch_csp(auditor)
     try:
         site.paint((0, 0, 0))
-        _sign_in(vendor, site, "vendor")
+        sign_in_as(vendor, site, "vendor")
         vendor.goto(f"/connect/{ASSET}/desktop")
         expect(vendor.locator("#desk-status")).to_have_text(f"Connected to {ASSET}.", timeout=20000)
         listed = vendor.request.get("/api/v1/sessions").json()
         session_id = next(str(s["id"]) for s in listed if s["user"] == "vendor")
-        _sign_in(approver, site, "approver")  # a watch: a marker in the recording
+        sign_in_as(approver, site, "approver")  # a watch: a marker in the recording
         approver.goto(f"/sessions/{session_id}/watch")
         expect(approver.locator("#desk-status")).to_have_text("Watching live.", timeout=20000)
         approver.close()
@@ -224,7 +185,7 @@ def test_auditor_replays_a_desktop_at_known_offsets(browser: Browser, site: Site
         between = first_at + GAP / 2 - started.timestamp()
         after = second_at + GAP / 2 - started.timestamp()
 
-        _sign_in(auditor, site, "auditor")
+        sign_in_as(auditor, site, "auditor")
         auditor.goto(f"/evidence/recordings/{recording_id}")
         expect(auditor.locator("#player-status")).to_contain_text("Ready", timeout=30000)
         expect(auditor.locator("#keys")).to_contain_text("echo replayed")

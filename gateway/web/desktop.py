@@ -140,11 +140,12 @@ async def desktop_socket(ws: WebSocket) -> None:
         return
     if not desktops.reserve():
         reason = f"desktop session limit of this node ({desktops.limit}) reached"
-        await refuse(ws, user, reason, code=1013, shown="too many desktops open here; try later")
+        # Audited before the close: once the page sees the refusal, the audit holds it.
         await services_of(ws).audit.record(
             actor=user, action="session.denied", result="denied", target=grant.asset,
             source=source_of(ws), detail={"protocol": "desktop", "reason": reason},
         )  # fmt: skip
+        await refuse(ws, user, reason, code=1013, shown="too many desktops open here; try later")
         return
     try:
         await ws.accept()

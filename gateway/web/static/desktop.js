@@ -5,7 +5,7 @@
 // object, text frames are the gateway's small JSON controls (the reason a session ended),
 // which noVNC would take for RFB bytes.
 import RFB from "/assets/novnc/core/rfb.js";
-import { closedText, show, socketUrl } from "/static/session_page.js";
+import { askTicket, closedText, show, socketUrl } from "/static/session_page.js";
 
 const MIN_SIDE = 64;
 const MAX_WIDTH = 3840;
@@ -101,18 +101,8 @@ function screenSize(box) {
 }
 
 async function openDesktop(box, status) {
-  const { asset, account, csrf } = box.dataset;
-  const query = account && account !== "default" ? `?account=${encodeURIComponent(account)}` : "";
-  const answer = await fetch(`/connect/${encodeURIComponent(asset)}/desktop/ticket${query}`, {
-    method: "POST",
-    headers: { "X-CSRF-Token": csrf },
-    credentials: "same-origin",
-  });
-  if (!answer.ok) {
-    show(status, answer.status === 404 ? "Not found or not permitted." : "Could not open the desktop; sign in again.", true);
-    return;
-  }
-  const { ticket } = await answer.json();
+  const ticket = await askTicket(box, status, "desktop");
+  if (!ticket) return;
   const [width, height] = screenSize(box);
   const url = socketUrl(`/ws/desktop?ticket=${encodeURIComponent(ticket)}&width=${width}&height=${height}`);
   window.conduitDesktop = connectView(box, status, url, "Session", false);

@@ -2,7 +2,7 @@
 // xterm.js and its fit addon are loaded first as classic scripts: globals Terminal, FitAddon.
 // Binary websocket frames carry terminal bytes (xterm decodes UTF-8); text frames carry small
 // JSON controls. Copy and paste are xterm's own: select to copy, Ctrl+Shift+V to paste.
-import { closedText, show, socketUrl } from "/static/session_page.js";
+import { askTicket, closedText, show, socketUrl } from "/static/session_page.js";
 
 const MAX_COLS = 1000;
 const MAX_ROWS = 500;
@@ -45,18 +45,9 @@ async function openTerminal(box, status) {
   term.loadAddon(fit);
   term.open(box);
   fit.fit();
-  const { asset, account, csrf } = box.dataset;
-  const query = account && account !== "default" ? `?account=${encodeURIComponent(account)}` : "";
-  const answer = await fetch(`/connect/${encodeURIComponent(asset)}/terminal/ticket${query}`, {
-    method: "POST",
-    headers: { "X-CSRF-Token": csrf },
-    credentials: "same-origin",
-  });
-  if (!answer.ok) {
-    show(status, answer.status === 404 ? "Not found or not permitted." : "Could not open the terminal; sign in again.", true);
-    return;
-  }
-  const { ticket } = await answer.json();
+  const { asset } = box.dataset;
+  const ticket = await askTicket(box, status, "terminal");
+  if (!ticket) return;
   const cols = Math.min(Math.max(term.cols, 1), MAX_COLS);
   const rows = Math.min(Math.max(term.rows, 1), MAX_ROWS);
   const socket = new WebSocket(socketUrl(`/ws/terminal?ticket=${encodeURIComponent(ticket)}&cols=${cols}&rows=${rows}`));

@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 
 from tests.browser_support import portal_context, sign_in
 from tests.desktop_targets import XvncTarget, start_xvnc, stop
-from tests.support import Served, conduit
+from tests.support import Served, conduit, init_data_dir, serving
 
 PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password
 # The browser tests' xterm: a font and colours a screenshot reads well in.
@@ -125,6 +125,37 @@ class DesktopSite:
 
     def audit(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.cli("audit", "export").splitlines()]
+
+
+@dataclass
+class VncSite(DesktopSite):
+    """The browser tests' site: a vendor and an approver (and who else they ask for) on one
+    VNC asset, an Xvnc with an xterm."""
+
+    desk: XDesktop
+
+
+@contextmanager
+def served_vnc_site(
+    base: Path,
+    vnc_password: str,
+    xterm_geometry: str,
+    users: Iterable[tuple[str, str]],
+    asset: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[VncSite]:
+    """An 800x600 Xvnc with an xterm of ``xterm_geometry`` (``XTERM_LOOK``); ``users``; the
+    VNC ``asset`` with ``vnc_password`` vaulted, ``vnc`` granted to vendor and ``kill`` to
+    approver; served (``env``: the gateway's environment). Everything stopped afterwards."""
+    data_dir = base / "data"
+    init_data_dir(data_dir)
+    with xvnc_with_xterm(base, vnc_password, "800x600", xterm_geometry, *XTERM_LOOK) as desk:
+        secrets = add_users(data_dir, base, users)
+        add_asset(data_dir, asset, desk.target.port, vnc_password)
+        add_grant(data_dir, "vendor", asset, "vnc")
+        add_grant(data_dir, "approver", asset, "kill")
+        with serving(data_dir, env=env) as (server, _ssh_port):
+            yield VncSite(server, data_dir, secrets, desk)
 
 
 def browser_context(browser: Browser, site: DesktopSite) -> BrowserContext:

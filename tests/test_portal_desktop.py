@@ -15,25 +15,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser_support import chromium, shot, watch_csp
-from tests.desktop_site import (
-    XTERM_LOOK,
-    DesktopSite,
-    add_asset,
-    add_grant,
-    add_users,
-    browser_context,
-    sign_in_as,
-    xvnc_with_xterm,
-)
+from tests.desktop_site import VncSite, browser_context, served_vnc_site, sign_in_as
 from tests.desktop_targets import missing_reason
-from tests.support import init_data_dir, serving
 
 pytestmark = pytest.mark.realpeer
 
@@ -42,28 +31,16 @@ ASSET = "hmi-vnc"
 USERS = [("vendor", "vendor"), ("approver", "approver")]
 
 
-@dataclass
-class Site(DesktopSite):
-    work: Path  # the xterm's bash runs here: typed commands make their files here
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VncSite]:
     missing = missing_reason("xterm", "xsetroot")
     if missing:
         pytest.skip(missing)
     base = tmp_path_factory.mktemp("desk")
-    data_dir = base / "data"
-    init_data_dir(data_dir)
     # An xterm over the whole screen: with no window manager the keyboard goes to the
     # window under the pointer, which is then always the xterm.
-    with xvnc_with_xterm(base, VNC_PASSWORD, "800x600", "100x40+0+0", *XTERM_LOOK) as desk:
-        secrets = add_users(data_dir, base, USERS)
-        add_asset(data_dir, ASSET, desk.target.port, VNC_PASSWORD)
-        add_grant(data_dir, "vendor", ASSET, "vnc")
-        add_grant(data_dir, "approver", ASSET, "kill")
-        with serving(data_dir) as (server, _ssh_port):
-            yield Site(server, data_dir, secrets, desk.work)
+    with served_vnc_site(base, VNC_PASSWORD, "100x40+0+0", USERS, ASSET) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +71,7 @@ def _session_id(page: Page, user: str) -> str:
     return str(ids[0])
 
 
-def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
+def test_vendor_desktop_watch_and_kill(browser: Browser, site: VncSite) -> None:
     vendor_ctx, approver_ctx = browser_context(browser, site), browser_context(browser, site)
     vendor, approver = vendor_ctx.new_page(), approver_ctx.new_page()
     violations = watch_csp(vendor) + watch_csp(approver)
@@ -109,7 +86,7 @@ def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
         expect(vendor.locator("#desk canvas")).to_be_visible()
 
         _type_on_desktop(vendor, "touch made-by-vendor")
-        _wait_file(site.work / "made-by-vendor")
+        _wait_file(site.desk.work / "made-by-vendor")
         shot(vendor, "desktop-vendor")
 
         session_id = _session_id(vendor, "vendor")
@@ -120,8 +97,8 @@ def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
         # What the watcher types reaches nothing; the vendor's next line proves the order.
         _type_on_desktop(approver, "touch made-by-watcher")
         _type_on_desktop(vendor, "touch second-by-vendor")
-        _wait_file(site.work / "second-by-vendor")
-        assert not (site.work / "made-by-watcher").exists()
+        _wait_file(site.desk.work / "second-by-vendor")
+        assert not (site.desk.work / "made-by-watcher").exists()
         shot(approver, "desktop-watch")
 
         site.cli("sessions", "kill", session_id, "--reason", "wrong machine")
@@ -148,7 +125,7 @@ def test_vendor_desktop_watch_and_kill(browser: Browser, site: Site) -> None:
     assert "intact" in verified, verified
 
 
-def test_the_vnc_password_leaks_nowhere(browser: Browser, site: Site) -> None:
+def test_the_vnc_password_leaks_nowhere(browser: Browser, site: VncSite) -> None:
     """After a session: not in the data directory (logs, database, recordings: encrypted or
     not, the bytes are checked), not in any process's argv, not in a page."""
     needle = VNC_PASSWORD.encode()

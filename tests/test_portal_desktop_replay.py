@@ -19,7 +19,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,18 +29,9 @@ from gateway.web.replay import peek_header
 from recordings.desktop import DesktopEvent
 from recordings.events import Event
 from tests.browser_support import chromium, shot, watch_csp
-from tests.desktop_site import (
-    XTERM_LOOK,
-    DesktopSite,
-    add_asset,
-    add_grant,
-    add_users,
-    browser_context,
-    sign_in_as,
-    xvnc_with_xterm,
-)
+from tests.desktop_site import VncSite, browser_context, served_vnc_site, sign_in_as
 from tests.desktop_targets import missing_reason
-from tests.support import clean_env, init_data_dir, serving
+from tests.support import clean_env
 
 pytestmark = pytest.mark.realpeer
 
@@ -53,16 +43,13 @@ SPOT = (600, 450)  # a pixel of the root window, clear of the xterm
 GAP = 3.0  # seconds between the paints (keyframes every second)
 
 
-@dataclass
-class Site(DesktopSite):
-    env: dict[str, str]  # runs X clients on the target's display
-
+class Site(VncSite):
     def paint(self, colour: tuple[int, int, int]) -> float:
         """The root window in ``colour``; the wall-clock time it was asked."""
         at = time.time()
         subprocess.run(
             ["xsetroot", "-solid", "#{:02x}{:02x}{:02x}".format(*colour)],
-            env=self.env, check=True, timeout=10,
+            env=self.desk.env, check=True, timeout=10,
         )  # fmt: skip
         return at
 
@@ -73,21 +60,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if missing:
         pytest.skip(missing)
     base = tmp_path_factory.mktemp("replay")
-    data_dir = base / "data"
-    init_data_dir(data_dir)
+    # Keyframes every second; small parts, so the page reads the recording in several.
+    served_env = clean_env() | {
+        "CONDUIT_DESKTOP__KEYFRAME_SECONDS": "1",
+        "CONDUIT_DESKTOP__REPLAY_PART_BYTES": str(4 << 10),
+    }
     # A small xterm in the top-left corner; the rest is the root window the test paints.
-    with xvnc_with_xterm(base, VNC_PASSWORD, "800x600", "40x8+0+0", *XTERM_LOOK) as desk:
-        secrets = add_users(data_dir, base, USERS)
-        add_asset(data_dir, ASSET, desk.target.port, VNC_PASSWORD)
-        add_grant(data_dir, "vendor", ASSET, "vnc")
-        add_grant(data_dir, "approver", ASSET, "kill")
-        # Keyframes every second; small parts, so the page reads the recording in several.
-        served_env = clean_env() | {
-            "CONDUIT_DESKTOP__KEYFRAME_SECONDS": "1",
-            "CONDUIT_DESKTOP__REPLAY_PART_BYTES": str(4 << 10),
-        }
-        with serving(data_dir, env=served_env) as (server, _ssh_port):
-            yield Site(server, data_dir, secrets, desk.env)
+    with served_vnc_site(base, VNC_PASSWORD, "40x8+0+0", USERS, ASSET, served_env) as made:
+        yield Site(made.server, made.data_dir, made.secrets, made.desk)
 
 
 @pytest.fixture(scope="module")

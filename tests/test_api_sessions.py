@@ -7,15 +7,11 @@ In-process tests run the app over ASGI on SQLite and PostgreSQL with rows in the
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import re
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,23 +20,16 @@ import pytest
 from sqlalchemy import select
 
 from gateway.audit.tables import AuditEventRow
-from gateway.authz import hostkeys
 from gateway.cli.serve import publish_byte_counts
-from gateway.config import Overrides, load_settings
 from gateway.identity.accounts import create_user
-from gateway.keys import load_keyring
-from gateway.services import Services
 from gateway.sessions import store as live_store
 from gateway.sessions.live import LiveSession
-from gateway.vault import set_credential
-from tests.sshd_target import SSHDTarget, free_port
-from tests.support import Served, clean_env, conduit, init_data_dir
+from tests.ssh_gateway import Site, admin_site, portal_login
+from tests.sshd_target import SSHDTarget
 from tests.test_api_access import Api, api
 from tests.test_identity_helpers import env
-from tests.test_ssh_jump import PASSWORD, Gateway
 
 __all__ = ["api", "env"]
-CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
 NOT_FOUND = "not found or not permitted"
 
 
@@ -274,103 +263,11 @@ async def test_endpoints_are_in_the_openapi_schema(api: Api) -> None:
 
 # -- end to end: a real gateway process, a real OpenSSH session, a kill over HTTPS ---------
 
-ADMIN_SECRET = pyotp.random_base32()
-ADMIN_PASSWORD = "Root-Kills-Carefully-7"
-
-
-async def _populate(data: Path, environ: dict[str, str], sshd: SSHDTarget, secret: str) -> None:
-    """bob (vendor) may ssh to ``target`` (the real sshd); root is an admin."""
-    settings = load_settings(None, Overrides(data_dir=data), environ=environ)
-    services = Services.build(settings, load_keyring(settings))
-    now, key = services.clock(), services.keys.master_key
-    try:
-        async with services.sessions() as db, db.begin():
-            await create_user(
-                db, username="bob", roles=["vendor"], now=now, master_key=key,
-                password=PASSWORD, totp_secret=secret, status="active",
-            )  # fmt: skip
-            await create_user(
-                db, username="root", roles=["admin"], now=now, master_key=key,
-                password=ADMIN_PASSWORD, totp_secret=ADMIN_SECRET, status="active",
-            )  # fmt: skip
-        await services.authz.add_asset("target", "127.0.0.1", sshd.port, "ssh", actor="test")
-        async with services.sessions() as db, db.begin():
-            await set_credential(
-                db, key, asset="target", username="root",
-                private_key=sshd.client_key.read_bytes(), now=now,
-            )  # fmt: skip
-            await hostkeys.pin(
-                db, "target", hostkeys.parse_key_line(sshd.host_public_key), actor="test", now=now
-            )
-        await services.authz.add_grant(
-            subject_kind="user", subject="bob", object_kind="asset", obj="target",
-            action="ssh", actor="test",
-        )  # fmt: skip
-    finally:
-        await services.close()
-
-
-@dataclass
-class Site:
-    gateway: Gateway
-    env: dict[str, str]
-
-    def conduit(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done = conduit(*args, "--data-dir", str(self.gateway.data), env=self.env)
-        assert done.returncode == 0, done.stderr
-        return done
-
-    def audit_until(self, action: str, deadline_s: float = 15) -> list[dict[str, object]]:
-        """The audit log once it holds ``action`` (session.end follows the client's end)."""
-        end = time.monotonic() + deadline_s
-        while True:
-            lines = self.conduit("audit", "export").stdout.splitlines()
-            events = [json.loads(line) for line in lines]
-            if any(e["action"] == action for e in events) or time.monotonic() > end:
-                return events
-            time.sleep(0.2)
-
-
 @pytest.fixture
 def site(sshd: SSHDTarget, tmp_path: Path, database_url: str) -> Iterator[Site]:
     """A real ``conduit serve`` on SQLite or PostgreSQL in front of the real sshd."""
-    data = tmp_path / "data"
-    environ = {"CONDUIT_DATABASE__URL": database_url}
-    init_data_dir(data, env=clean_env(**environ))
-    secrets_ = {"bob": pyotp.random_base32()}
-    asyncio.run(_populate(data, environ, sshd, secrets_["bob"]))
-    portal, ssh_port = free_port(), free_port()
-    server = Served(
-        ["serve", "--data-dir", str(data), "--portal-listen", f"127.0.0.1:{portal}",
-         "--ssh-listen", f"127.0.0.1:{ssh_port}"],
-        f"127.0.0.1:{portal}",
-        env=clean_env(**environ),
-    )  # fmt: skip
-    try:
-        server.wait_healthy()
-        work = tmp_path / "client"
-        work.mkdir()
-        yield Site(Gateway(data, server, ssh_port, secrets_, work), clean_env(**environ))
-    finally:
-        server.kill()
-
-
-def _csrf(page: httpx.Response) -> str:
-    found = CSRF_RE.search(page.text)
-    assert found, page.text
-    return found.group(1)
-
-
-def _portal_login(client: httpx.Client) -> str:
-    """Log in as the admin (password, then TOTP); returns the session's CSRF token."""
-    first = {"username": "root", "password": ADMIN_PASSWORD, "csrf_token": ""}
-    first["csrf_token"] = _csrf(client.get("/login"))
-    assert client.post("/login", data=first).status_code == 303
-    page = client.get("/login/code")
-    code = pyotp.TOTP(ADMIN_SECRET).now()
-    done = client.post("/login/code", data={"code": code, "csrf_token": _csrf(page)})
-    assert done.status_code == 303, done.text
-    return _csrf(client.get("/account"))
+    with admin_site(sshd, tmp_path, {"CONDUIT_DATABASE__URL": database_url}, ("bob",)) as made:
+        yield made
 
 
 def _bytes_down_listed(site: Site, session_id: str, deadline_s: float = 10) -> int:
@@ -391,7 +288,7 @@ def test_kill_over_the_api_ends_a_real_ssh_session(site: Site) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"started"
         with gateway.server.client() as client:
-            csrf = _portal_login(client)
+            csrf = portal_login(client)
             [listed] = client.get("/api/v1/sessions").json()
             session_id = listed["id"]
             assert (listed["user"], listed["asset"], listed["protocol"]) == ("bob", "target", "ssh")

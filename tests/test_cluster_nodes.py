@@ -22,16 +22,10 @@ import httpx
 import pyotp
 import pytest
 
-from gateway.authz import hostkeys
-from gateway.config import Overrides, load_settings
-from gateway.identity.accounts import create_user
-from gateway.keys import load_keyring
-from gateway.services import Services
-from gateway.vault import set_credential
+from tests.ssh_gateway import Site, populate_with_admin, portal_login
 from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, clean_env, conduit, init_data_dir
-from tests.test_api_sessions import ADMIN_PASSWORD, ADMIN_SECRET, Site, _portal_login
-from tests.test_ssh_jump import PASSWORD, Gateway
+from tests.test_ssh_jump import Gateway
 
 VENDORS = ("bob", "carol", "dave")
 HEARTBEAT = {
@@ -39,42 +33,6 @@ HEARTBEAT = {
     "CONDUIT_CLUSTER__DEAD_AFTER_SECONDS": "3",
 }
 POLL = {"a": "1", "b": "60"}
-
-
-async def _populate(
-    data: Path, environ: dict[str, str], sshd: SSHDTarget, secrets: dict[str, str]
-) -> None:
-    """The vendors may ssh to ``target`` (the real sshd), each by a grant; root is an admin."""
-    settings = load_settings(None, Overrides(data_dir=data), environ=environ)
-    services = Services.build(settings, load_keyring(settings))
-    now, key = services.clock(), services.keys.master_key
-    try:
-        async with services.sessions() as db, db.begin():
-            for user, secret in secrets.items():
-                await create_user(
-                    db, username=user, roles=["vendor"], now=now, master_key=key,
-                    password=PASSWORD, totp_secret=secret, status="active",
-                )  # fmt: skip
-            await create_user(
-                db, username="root", roles=["admin"], now=now, master_key=key,
-                password=ADMIN_PASSWORD, totp_secret=ADMIN_SECRET, status="active",
-            )  # fmt: skip
-        await services.authz.add_asset("target", "127.0.0.1", sshd.port, "ssh", actor="test")
-        async with services.sessions() as db, db.begin():
-            await set_credential(
-                db, key, asset="target", username="root",
-                private_key=sshd.client_key.read_bytes(), now=now,
-            )  # fmt: skip
-            await hostkeys.pin(
-                db, "target", hostkeys.parse_key_line(sshd.host_public_key), actor="test", now=now
-            )
-        for user in secrets:
-            await services.authz.add_grant(
-                subject_kind="user", subject=user, object_kind="asset", obj="target",
-                action="ssh", actor="test",
-            )  # fmt: skip
-    finally:
-        await services.close()
 
 
 @dataclass
@@ -152,7 +110,7 @@ def cluster(sshd: SSHDTarget, tmp_path: Path, pg_database: str) -> Iterator[Clus
     environ = {"CONDUIT_DATABASE__URL": pg_database}
     init_data_dir(data, env=clean_env(**environ))
     secrets = {user: pyotp.random_base32() for user in VENDORS}
-    asyncio.run(_populate(data, environ, sshd, secrets))
+    asyncio.run(populate_with_admin(data, environ, sshd, secrets))
     made = Cluster({}, pg_database)
     try:
         for name in ("a", "b"):
@@ -170,7 +128,7 @@ def _admin(site: Site) -> Iterator[tuple[httpx.Client, str]]:
     """A portal client logged in as the admin (fresh MFA, so step-up holds), and its CSRF."""
     client = site.gateway.server.client()
     try:
-        yield client, _portal_login(client)
+        yield client, portal_login(client)
     finally:
         client.close()
 

@@ -130,9 +130,6 @@ class PortalSettings(_Section):
     # Empty: the header is ignored and the TCP peer is the client.
     trusted_proxies: Networks = []
 
-    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(v, strict=False) for v in self.trusted_proxies]
-
 
 class SSHSettings(_Section):
     enabled: bool = True

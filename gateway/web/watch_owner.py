@@ -8,7 +8,8 @@ again itself: the watcher's portal session still valid, and ``watch``/``kill``/`
 the asset (``api_sessions.may_watch``). Every refusal is audited ``portal.refused`` with the
 watcher's name and source when the grant names them. A grant for a sibling worker is not
 spent: the socket closes with 4409 so the caller tries again (the workers share the port).
-Then it streams exactly what a local watch sends (``watch.stream_tap``), audited as
+Then it serves exactly what a local watch gets (a terminal: ``watch.stream_tap``; a desktop:
+``desktop.serve_watch``, the watcher's RFB frames arriving through the relay), audited as
 ``session.watched`` with the node the watcher came through, and asks again every
 ``RECHECK_SECONDS``. Does not relay other nodes' sessions and serves no browser.
 """
@@ -27,6 +28,7 @@ from gateway.sessions.store import LiveSessionRow
 from gateway.web.api_access import Caller
 from gateway.web.api_sessions import may_watch
 from gateway.web.auth import limits, services_of, source_of
+from gateway.web.desktop import desktops_of, serve_watch
 from gateway.web.watch import NO_LONGER, SESSION_ID, SIGNED_OUT, stream_tap, terminal_tap
 from gateway.web.watch_relay import GRANT_HEADER, OTHER_WORKER
 from gateway.web.ws_guard import NOT_FOUND, NOT_FOUND_TEXT
@@ -62,8 +64,9 @@ async def watch_owner_socket(ws: WebSocket, session_id: str) -> None:
         await _refuse(ws, grant, f"relayed watch of {session_id} via {grant.via_node}: {why}")
         return
     tap = terminal_tap(ws, session_id)
-    if tap is None:
-        await _refuse(ws, grant, f"relayed watch of {session_id}: no terminal relayed here")
+    desktop = desktops_of(ws).relays.get(session_id) if tap is None else None
+    if tap is None and desktop is None:
+        await _refuse(ws, grant, f"relayed watch of {session_id}: nothing to watch here")
         return
     await ws.accept()
     await services.audit.record(
@@ -80,7 +83,10 @@ async def watch_owner_socket(ws: WebSocket, session_id: str) -> None:
             return NO_LONGER if stopped != SIGNED_OUT else SIGNED_OUT
         return ""
 
-    await stream_tap(ws, tap, recheck)
+    if tap is not None:
+        await stream_tap(ws, tap, recheck)
+    elif desktop is not None:
+        await serve_watch(ws, desktop, grant.watcher, session_id, recheck)
 
 
 async def _not_allowed(ws: WebSocket, grant: watch_grants.Grant, row: LiveSessionRow | None) -> str:

@@ -7,8 +7,10 @@ stores a one-time grant (``watch_grants.issue``), opens the owner's internal wat
 certificate it published there, and presents the grant in a header. The owner checks the
 watch again and streams what a local watch would send; this node forwards every frame to the
 watcher unchanged, keeps asking whether the watch may go on (``recheck``), and ends it when
-the owner's socket ends (the session ended, or the owner went away). What the watcher sends
-is dropped here: the view is read-only. Does not decide who may watch and reads no tap.
+the owner's socket ends (the session ended, or the owner went away). What a terminal watcher
+sends is dropped here; a desktop watcher's frames (its RFB handshake and update requests) go
+to the owner, which drops its input as for a local watch. Does not decide who may watch and
+reads no tap.
 """
 
 from __future__ import annotations
@@ -87,9 +89,16 @@ async def _first_frame(owner: ClientConnection) -> str | bytes | None:
 
 
 async def relay_from_owner(
-    ws: WebSocket, context: PortalContext, row: LiveSessionRow, recheck: Recheck
+    ws: WebSocket,
+    context: PortalContext,
+    row: LiveSessionRow,
+    recheck: Recheck,
+    *,
+    two_way: bool = False,
 ) -> None:
-    """Relay the owner's watch of ``row`` to the accepted socket ``ws`` until it ends."""
+    """Relay the owner's watch of ``row`` to the accepted socket ``ws`` until it ends.
+    ``two_way``: the watcher's binary frames go to the owner too (a desktop watcher's RFB
+    handshake and update requests; the owner drops its input, as for a local watch)."""
     services = services_of(ws)
     user = context.session.username
     async with services.sessions() as db, db.begin():
@@ -113,14 +122,14 @@ async def relay_from_owner(
     owner, first = opened
     try:
         await _forward(ws, first)
-        await _relay(ws, owner, recheck)
+        await _relay(ws, owner, recheck, two_way)
     finally:
         await owner.close()
 
 
-async def _relay(ws: WebSocket, owner: ClientConnection, recheck: Recheck) -> None:
+async def _relay(ws: WebSocket, owner: ClientConnection, recheck: Recheck, two_way: bool) -> None:
     pump = asyncio.create_task(_pump(ws, owner), name="watch-relay-pump")
-    gone = asyncio.create_task(_until_gone(ws), name="watch-relay-in")
+    gone = asyncio.create_task(_until_gone(ws, owner if two_way else None), name="watch-relay-in")
     checks = asyncio.create_task(_until_stopped(recheck), name="watch-relay-check")
     done, pending = await asyncio.wait({pump, gone, checks}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
@@ -163,10 +172,13 @@ async def _until_stopped(recheck: Recheck) -> str:
             return stopped
 
 
-async def _until_gone(ws: WebSocket) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-        while (await ws.receive())["type"] != "websocket.disconnect":
-            pass
+async def _until_gone(ws: WebSocket, owner: ClientConnection | None) -> None:
+    """Until the watcher leaves: its binary frames go to ``owner`` if given, else nowhere."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
+        while (message := await ws.receive())["type"] != "websocket.disconnect":
+            data = message.get("bytes")
+            if owner is not None and data:
+                await owner.send(bytes(data))
 
 
 async def _end(ws: WebSocket, line: str, reason: str) -> None:

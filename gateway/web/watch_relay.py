@@ -27,6 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from gateway.desktop.rfb_messages import MAX_UPDATE_BYTES
 from gateway.sessions import watch_grants
 from gateway.sessions.store import LiveSessionRow
 from gateway.web.auth import PortalContext, services_of, source_of
@@ -40,7 +41,11 @@ OTHER_WORKER = 4409  # the owner's port reached a sibling worker: try again
 # tries miss one of 8 workers with probability (7/8)^64 < 2e-4.
 MAX_ATTEMPTS = 64
 OPEN_TIMEOUT = 5.0
-MAX_FRAME = 4 * 1024 * 1024  # the owner batches at most a watcher queue (1 MiB) + a screen
+# The owner's largest frame: one desktop FramebufferUpdate (a terminal's batches are at most
+# a watcher queue, 1 MiB). At most MAX_QUEUE frames wait here: a slow watcher holds the owner
+# back (TCP), whose own bounded queue then drops it, as for a local watch.
+MAX_FRAME = MAX_UPDATE_BYTES + (1 << 20)
+MAX_QUEUE = 2
 Recheck = Callable[[], Awaitable[str]]
 
 
@@ -65,7 +70,8 @@ async def _open_owner(
         try:
             owner = await connect(
                 url, ssl=tls, additional_headers={GRANT_HEADER: token},
-                open_timeout=OPEN_TIMEOUT, max_size=MAX_FRAME, compression=None,
+                open_timeout=OPEN_TIMEOUT, max_size=MAX_FRAME, max_queue=MAX_QUEUE,
+                compression=None,
             )  # fmt: skip
         except (OSError, TimeoutError, InvalidHandshake, InvalidStatus) as exc:
             log.warning("cannot reach %s to relay a watch: %s", contact.address, exc)

@@ -2,8 +2,9 @@
 """Live watch across nodes (decision 0022): two real ``conduit serve`` nodes on one
 PostgreSQL, a real OpenSSH session relayed by node b, and the admin watching it through node
 a's portal websocket. Node a relays the owner's stream: the watcher sees the session's
-output as it is made on b and is told when it ends there. The owner checks every relayed
-watch itself: a socket to it without a valid one-time grant is refused and audited.
+output as it is made on b and is told when it ends there, or when b dies. The owner checks
+every relayed watch itself: a socket to it without a valid one-time grant is refused and
+audited. One Chromium screenshot of the watch page on a (``test-artifacts/portal/``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from tests.test_api_sessions import Site
+from tests.browser_support import chromium, portal_context, shot, sign_in, watch_csp
+from tests.test_api_sessions import ADMIN_PASSWORD, ADMIN_SECRET, Site
 from tests.test_cluster_nodes import Cluster, Running, _admin, cluster  # noqa: F401
 
 pytestmark = pytest.mark.realpeer
-TICKING = "echo started; for i in $(seq 1 300); do echo tick-$i; sleep 0.2; done"
+TICKING = "echo started; for i in $(seq 1 300); do printf 'tick-%s\\r\\n' $i; sleep 0.2; done"
 COOKIE = "__Host-conduit_session"
 
 
@@ -110,3 +112,43 @@ def test_the_owner_refuses_a_relayed_watch_without_a_valid_grant(cluster: Cluste
     refused = [e for e in events if e["action"] == "portal.refused"]
     assert len(refused) == 2
     assert all("no valid grant" in e["detail"]["reason"] for e in refused)  # type: ignore[index]
+
+
+def test_a_relayed_watch_ends_when_the_owner_node_dies(cluster: Cluster) -> None:
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    running, session_id = _session_on_b(cluster)
+    with _admin(a) as (client, _), _watch(a, client, session_id) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "start"
+        b.gateway.server.kill()  # SIGKILL: the owner's socket breaks, no end frame from it
+        texts, shown = [], b""
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frame = ws.recv(timeout=15)
+                if isinstance(frame, str):
+                    texts.append(json.loads(frame))
+                else:
+                    shown += frame
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+        assert texts[-1] == {"type": "end", "reason": "owner node gone"}
+        assert b"the session's node went away" in shown
+    running.ended()  # the client's connection died with b; this reaps it
+
+
+def test_a_browser_on_node_a_shows_a_session_node_b_relays(cluster: Cluster) -> None:
+    """What the approver sees in Chromium: node a's watch page following b's session."""
+    a = cluster.nodes["a"]
+    _, session_id = _session_on_b(cluster)
+    with chromium() as browser:
+        context = portal_context(browser, a.gateway.server.base)
+        page = context.new_page()
+        csp_errors = watch_csp(page)
+        sign_in(page, "root", ADMIN_PASSWORD, ADMIN_SECRET)
+        page.goto(f"/sessions/{session_id}/watch")
+        rows = page.locator("#term .xterm-rows")
+        rows.get_by_text(re.compile(r"tick-\d+")).last.wait_for(timeout=15000)
+        first = max(int(n) for n in re.findall(r"tick-(\d+)", rows.inner_text()))
+        rows.get_by_text(f"tick-{first + 3}", exact=True).wait_for(timeout=15000)
+        assert "relayed by node b, not by this one" not in page.content()
+        shot(page, "cross-node-watch")
+        context.close()
+    assert csp_errors == []

@@ -90,7 +90,6 @@ async def watch_page(request: Request, session_id: str) -> Response:
         "watched_user": row.username,
         "protocol": row.protocol,
         "node": row.node,
-        "elsewhere": False,  # a session on another node is relayed from it (watch_relay)
     }
     template = "desktop.html" if desktop else "terminal.html"
     return await page(request, context, template, values, current="")

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -124,6 +125,10 @@ class PortalSettings(_Section):
     session_absolute_seconds: Seconds = 43200
     banner: str = "Authorised use only. Sessions are recorded and audited."
     metrics: bool = True
+    # Reverse proxies (HAProxy in HTTP mode) whose X-Forwarded-For is believed: only when the
+    # TCP peer is in one of these networks, and then only up to the rightmost hop that is not.
+    # Empty: the header is ignored and the TCP peer is the client.
+    trusted_proxies: Networks = []
 
 
 class SSHSettings(_Section):
@@ -160,6 +165,15 @@ class ClusterSettings(_Section):
     dead_after_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
     # Kill requests and policy changes arrive by NOTIFY; this poll catches any missed one.
     poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 0.5
+    # Where the other nodes reach this node's portal to watch a session it relays
+    # (HOST:PORT). Empty: portal.listen, unless that is a wildcard address (then sessions
+    # here can be watched only through this node's own portal).
+    portal_address: Annotated[str, Field(max_length=300)] = ""
+
+    @field_validator("portal_address")
+    @classmethod
+    def _portal_address_parses(cls, value: str) -> str:
+        return _check_listen(value) if value else value
 
     @model_validator(mode="after")
     def _dead_after_spans_heartbeats(self) -> ClusterSettings:

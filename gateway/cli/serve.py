@@ -29,7 +29,7 @@ from gateway.identity.enrollment import active_admin_exists, issue_admin_bootstr
 from gateway.keys import load_keyring
 from gateway.recorder.retention import apply_retention
 from gateway.services import Services
-from gateway.sessions import cluster, notify
+from gateway.sessions import cluster, notify, watch_grants
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
 from gateway.ssh import upstream
@@ -71,6 +71,15 @@ def _portal_config(services: Services, broker: Broker) -> uvicorn.Config:
         timeout_graceful_shutdown=max(1, settings.server.shutdown_grace_seconds - 1),
         **tls,  # type: ignore[arg-type]
     )
+
+
+async def _publish_contact(services: Services) -> None:
+    """Where the other nodes reach this portal to relay a watch (``watch_grants``)."""
+    cert = services.keys.tls_cert_file
+    pem = cert.read_text() if services.settings.portal.tls and cert is not None else ""
+    contact = watch_grants.own_contact(services.settings, pem)
+    async with services.sessions() as db, db.begin():
+        await watch_grants.publish_contact(db, services.node, services.worker, contact)
 
 
 async def announce_admin_enrollment(services: Services, out: TextIO) -> None:
@@ -282,6 +291,7 @@ async def _serve_until(
         services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
     )
     await cluster.join(services)
+    await _publish_contact(services)
     # Sessions a previous run of this node left in the shared table ended with it.
     await cluster.reap(services, services.node, services.worker, dead_before=None)
     # Bind both listeners before serving anything, so a busy or forbidden address is one

@@ -13,7 +13,7 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import User
@@ -96,11 +96,45 @@ async def lookup(
     ``touch`` is False (a check that is not the person's own activity)."""
     if not raw or len(raw) > 64 or not raw.isascii():
         return None
+    found = await _valid(db, PortalSession.id_sha256 == digest(raw), now, limits)
+    if found is None:
+        return None
+    session, user = found
+    if touch and now - session.last_seen_at > TOUCH_EVERY:
+        await db.execute(
+            update(PortalSession)
+            .where(PortalSession.id == session.id)
+            .values(last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return ActiveSession(
+        session.id, user.id, user.username, tuple(user.role_names), session.created_at,
+        session.mfa_at,
+    )  # fmt: skip
+
+
+async def by_id(
+    db: AsyncSession, session_id: int, now: dt.datetime, limits: SessionLimits
+) -> ActiveSession | None:
+    """The session with row id ``session_id`` if it is valid now (the same rules as
+    ``lookup``; not the person's activity). For a node that holds the id, not the cookie."""
+    found = await _valid(db, PortalSession.id == session_id, now, limits)
+    if found is None:
+        return None
+    session, user = found
+    return ActiveSession(
+        session.id, user.id, user.username, tuple(user.role_names), session.created_at,
+        session.mfa_at,
+    )  # fmt: skip
+
+
+async def _valid(
+    db: AsyncSession, which: ColumnElement[bool], now: dt.datetime, limits: SessionLimits
+) -> tuple[PortalSession, User] | None:
+    """The session ``which`` selects and its user, if it is valid now."""
     row = (
         await db.execute(
-            select(PortalSession, User)
-            .join(User, User.id == PortalSession.user_id)
-            .where(PortalSession.id_sha256 == digest(raw))
+            select(PortalSession, User).join(User, User.id == PortalSession.user_id).where(which)
         )
     ).first()
     if row is None:
@@ -114,17 +148,7 @@ async def lookup(
         or now - session.created_at > limits.absolute
     ):
         return None
-    if touch and now - session.last_seen_at > TOUCH_EVERY:
-        await db.execute(
-            update(PortalSession)
-            .where(PortalSession.id == session.id)
-            .values(last_seen_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    return ActiveSession(
-        session.id, user.id, user.username, tuple(user.role_names), session.created_at,
-        session.mfa_at,
-    )  # fmt: skip
+    return session, user
 
 
 async def mark_mfa(db: AsyncSession, session_id: int, now: dt.datetime) -> None:

@@ -21,7 +21,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, String, delete, func, select, update
+from sqlalchemy import Integer, String, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,6 +46,9 @@ class NodeRow(Base):
     version: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    # Where other nodes reach this member's portal for a cross-node watch (watch_grants).
+    portal_address: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    portal_certificate: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 @dataclass(frozen=True)

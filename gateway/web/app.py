@@ -50,6 +50,7 @@ from gateway.web import (
     terminal,
     transfers,
     watch,
+    watch_owner,
 )
 from gateway.web.security import security_headers
 
@@ -100,6 +101,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.include_router(terminal.router)
     app.include_router(desktop.router)
     app.include_router(watch.router)
+    app.include_router(watch_owner.router)
     app.include_router(evidence_bundle.router)
     app.include_router(audit_pages.router)
     app.include_router(transfers.router)

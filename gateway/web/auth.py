@@ -26,6 +26,7 @@ from gateway.identity.passwords import MAX_PASSWORD_LENGTH
 from gateway.identity.portal_sessions import ActiveSession, SessionLimits
 from gateway.identity.tokens import TokenIdentity, authenticate_token
 from gateway.services import Services
+from gateway.web import forwarded
 
 router = APIRouter(include_in_schema=False)
 
@@ -67,7 +68,14 @@ def safe_next(value: str | None) -> str:
 
 
 def source_of(request: HTTPConnection) -> str:
-    return request.client.host if request.client is not None else ""
+    """The client's address: the TCP peer, or behind a trusted proxy (``portal.
+    trusted_proxies``) the hop it names in ``X-Forwarded-For`` (``forwarded``)."""
+    peer = request.client.host if request.client is not None else ""
+    trusted = services_of(request).settings.portal.trusted_proxies
+    if not trusted:
+        return peer
+    headers = request.headers.getlist("x-forwarded-for")
+    return forwarded.client_address(peer, headers, forwarded.networks(tuple(trusted)))
 
 
 def set_private_cookie(response: Response, name: str, value: str, max_age: int) -> None:

@@ -42,6 +42,7 @@ from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.vault import DEFAULT_ACCOUNT
 from gateway.web import watch as watch_pages
+from gateway.web import watch_relay
 from gateway.web.auth import PortalContext, services_of, source_of
 from gateway.web.layout import page, sign_in_redirect
 from gateway.web.portal_forms import NotPermitted, signed_in
@@ -339,19 +340,29 @@ async def watch_desktop_socket(ws: WebSocket, session_id: str) -> None:
         await refuse(ws, user, why, code=NOT_FOUND, shown=NOT_FOUND_TEXT)
         return
     services = services_of(ws)
-    relay = desktops_of(ws).relays.get(row.session_id)
     await ws.accept()
-    if row.node != services.node or relay is None:
-        where = f"is relayed by node {row.node}" if row.node != services.node else (
-            "has no desktop to watch")  # fmt: skip
-        await _close(ws, NOT_FOUND, f"this session {where}")
+    recheck = watch_pages._rechecker(ws, context, row)
+    if (row.node, row.worker) != (services.node, services.worker):
+        # Relayed by another node (or worker): its owner serves the watch (decision 0022).
+        await watch_relay.relay_from_owner(ws, context, row, recheck, two_way=True)
+        return
+    relay = desktops_of(ws).relays.get(row.session_id)
+    if relay is None:
+        await _close(ws, NOT_FOUND, "this session has no desktop to watch")
         return
     await services.audit.record(
         actor=user, action="session.watched", result="success", target=row.asset,
         source=source_of(ws),
         detail={"session_id": row.session_id, "asset": row.asset, "user": row.username},
     )  # fmt: skip
-    recheck = watch_pages._rechecker(ws, context, row)
+    await serve_watch(ws, relay, user, row.session_id, recheck)
+
+
+async def serve_watch(
+    ws: WebSocket, relay: DesktopRelay, user: str, session_id: str, recheck: watch_pages.Recheck
+) -> None:
+    """The watch itself on an accepted socket: the watcher's RFB handshake, then the
+    session's updates until it ends, the watcher leaves or ``recheck`` stops it."""
     viewer = _Socket(ws)
     watching = asyncio.create_task(watch(relay, viewer, user), name="desktop-watch")
 
@@ -379,7 +390,7 @@ async def watch_desktop_socket(ws: WebSocket, session_id: str) -> None:
         elif isinstance(error, (rfb.RFBError, TimeoutError, ConnectionError)):
             line = "the watch ended: the viewer broke off"
         else:
-            log.error("desktop watch of %s failed", row.session_id, exc_info=error)
+            log.error("desktop watch of %s failed", session_id, exc_info=error)
             line = "the watch failed; see the gateway's log"
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await ws.send_text(json.dumps({"type": "end", "reason": line}))

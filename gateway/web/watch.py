@@ -11,8 +11,9 @@ is read-only. Every ``ws_guard.RECHECK_SECONDS`` the watch is allowed again from
 (the watcher's portal session still valid, their capability on the asset still held): a
 grant revoked, a role removed or a sign-out mid-watch stops it, audited as
 ``portal.refused``. Watching is not the watcher's activity: it does not keep their portal
-session from idling out. Only sessions relayed by this node can be watched here; for one on another
-node the page says which. Does not end or change sessions.
+session from idling out. A session relayed by another node (or worker) is watched through
+it: ``watch_relay`` asks its owner, which checks the watch again (``watch_owner``,
+decision 0022). Does not end or change sessions.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from starlette.websockets import WebSocketDisconnect
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
 from gateway.sessions.store import LiveSessionRow
-from gateway.sessions.tap import Watcher
-from gateway.web import portal_forms
+from gateway.sessions.tap import OutputTap, Watcher
+from gateway.web import portal_forms, watch_relay
 from gateway.web.api_access import Caller
 from gateway.web.api_sessions import may_watch
 from gateway.web.auth import PortalContext, services_of, source_of
@@ -81,6 +82,7 @@ async def watch_page(request: Request, session_id: str) -> Response:
     if row is None:
         await portal_forms.audit_refusal(request, context.session.username, 404, why)
         raise NotPermitted(request.url.path)
+    desktop = row.protocol in ("vnc", "rdp")
     values = {
         "mode": "watch",
         "session_id": row.session_id,
@@ -88,9 +90,8 @@ async def watch_page(request: Request, session_id: str) -> Response:
         "watched_user": row.username,
         "protocol": row.protocol,
         "node": row.node,
-        "elsewhere": row.node != services_of(request).node,
     }
-    template = "desktop.html" if row.protocol in ("vnc", "rdp") else "terminal.html"
+    template = "desktop.html" if desktop else "terminal.html"
     return await page(request, context, template, values, current="")
 
 
@@ -105,13 +106,14 @@ async def watch_socket(ws: WebSocket, session_id: str) -> None:
         await refuse(ws, user, why, code=NOT_FOUND, shown=NOT_FOUND_TEXT)
         return
     services = services_of(ws)
-    broker: Broker | None = getattr(ws.app.state, "broker", None)
-    ticket = broker.live_ticket(row.session_id) if broker is not None else None
     await ws.accept()
-    if row.node != services.node or ticket is None or ticket.tap is None:
-        where = f"is relayed by node {row.node}" if row.node != services.node else (
-            "has no terminal to watch")  # fmt: skip
-        await _say(ws, f"conduit: this session {where}; watch it there.\r\n")
+    if (row.node, row.worker) != (services.node, services.worker):
+        # Relayed by another node (or worker): its owner streams it to us (decision 0022).
+        await watch_relay.relay_from_owner(ws, context, row, _rechecker(ws, context, row))
+        return
+    tap = terminal_tap(ws, row.session_id)
+    if tap is None:
+        await _say(ws, "conduit: this session has no terminal to watch.\r\n")
         await _close(ws, NOT_FOUND, "not watchable here")
         return
     await services.audit.record(
@@ -119,14 +121,26 @@ async def watch_socket(ws: WebSocket, session_id: str) -> None:
         source=source_of(ws),
         detail={"session_id": row.session_id, "asset": row.asset, "user": row.username},
     )  # fmt: skip
-    tap = ticket.tap
+    await stream_tap(ws, tap, _rechecker(ws, context, row))
+
+
+def terminal_tap(ws: WebSocket, session_id: str) -> OutputTap | None:
+    """The output tap of a terminal session this process relays, or None."""
+    broker: Broker | None = getattr(ws.app.state, "broker", None)
+    ticket = broker.live_ticket(session_id) if broker is not None else None
+    return ticket.tap if ticket is not None else None
+
+
+async def stream_tap(ws: WebSocket, tap: OutputTap, recheck: Recheck) -> None:
+    """The watch itself on an accepted socket: the size, the recent output, then live
+    output until the session ends, the watcher leaves or ``recheck`` stops it."""
     watcher, screen = tap.subscribe()
     try:
         cols, rows = min(max(tap.cols, 1), MAX_COLS), min(max(tap.rows, 1), MAX_ROWS)
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await ws.send_text(json.dumps({"type": "start", "cols": cols, "rows": rows}))
             await ws.send_bytes(screen)
-            await _follow(ws, watcher, _rechecker(ws, context, row))
+            await _follow(ws, watcher, recheck)
     finally:
         watcher.close()
 

@@ -1,4 +1,4 @@
-"""Benchmark cross-node live watch (decision 0022): how late, and at what cost, a watcher on
+"""Benchmark cross-node live watch (decision 0024): how late, and at what cost, a watcher on
 node a sees output of a session node b relays, beside a watcher on b itself, and beside the
 transport of the alternative measured (PostgreSQL NOTIFY as the channel).
 

@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - the cluster fixture imported from test_cluster_nodes is a parameter here
-"""Live watch across nodes (decision 0022): two real ``conduit serve`` nodes on one
+"""Live watch across nodes (decision 0024): two real ``conduit serve`` nodes on one
 PostgreSQL, a real OpenSSH session relayed by node b, and the admin watching it through node
 a's portal websocket. Node a relays the owner's stream: the watcher sees the session's
 output as it is made on b and is told when it ends there, or when b dies. The owner checks

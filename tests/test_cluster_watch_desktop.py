@@ -1,4 +1,4 @@
-"""Live watch of a desktop across nodes (decision 0022): two real ``conduit serve`` nodes on
+"""Live watch of a desktop across nodes (decision 0024): two real ``conduit serve`` nodes on
 one PostgreSQL, a real TigerVNC ``Xvnc`` as the asset. The vendor's desktop runs through node
 b (a websocket client speaking RFB as noVNC does); the approver watches it through node a's
 portal: node a relays the frames both ways (the watcher's RFB handshake and update requests

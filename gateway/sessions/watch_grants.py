@@ -2,7 +2,7 @@
 session, and where each node's portal is reached.
 
 A watcher's portal request may land on node A while node B relays the session (decision
-0022). A, having decided the watch is allowed, stores a grant here: the hash of a fresh
+0024). A, having decided the watch is allowed, stores a grant here: the hash of a fresh
 token, the session, its owner (node and worker), the watcher's portal session and source,
 valid for ``GRANT_SECONDS``. A then opens B's internal watch socket presenting the token; B
 redeems it (one conditional DELETE: a grant is spent on first use, and only by the owner)

@@ -343,7 +343,7 @@ async def watch_desktop_socket(ws: WebSocket, session_id: str) -> None:
     await ws.accept()
     recheck = watch_pages._rechecker(ws, context, row)
     if (row.node, row.worker) != (services.node, services.worker):
-        # Relayed by another node (or worker): its owner serves the watch (decision 0022).
+        # Relayed by another node (or worker): its owner serves the watch (decision 0024).
         await watch_relay.relay_from_owner(ws, context, row, recheck, two_way=True)
         return
     relay = desktops_of(ws).relays.get(row.session_id)

@@ -13,7 +13,7 @@ grant revoked, a role removed or a sign-out mid-watch stops it, audited as
 ``portal.refused``. Watching is not the watcher's activity: it does not keep their portal
 session from idling out. A session relayed by another node (or worker) is watched through
 it: ``watch_relay`` asks its owner, which checks the watch again (``watch_owner``,
-decision 0022). Does not end or change sessions.
+decision 0024). Does not end or change sessions.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ async def watch_socket(ws: WebSocket, session_id: str) -> None:
     services = services_of(ws)
     await ws.accept()
     if (row.node, row.worker) != (services.node, services.worker):
-        # Relayed by another node (or worker): its owner streams it to us (decision 0022).
+        # Relayed by another node (or worker): its owner streams it to us (decision 0024).
         await watch_relay.relay_from_owner(ws, context, row, _rechecker(ws, context, row))
         return
     tap = terminal_tap(ws, row.session_id)

@@ -1,4 +1,4 @@
-"""The owner's side of a cross-node watch: ``/ws/watch-owner/{id}`` (decision 0022).
+"""The owner's side of a cross-node watch: ``/ws/watch-owner/{id}`` (decision 0024).
 
 Another node (or worker) that decided a portal user may watch a terminal session this process
 relays opens this socket with a one-time grant in the ``X-Conduit-Watch-Grant`` header

@@ -1,4 +1,4 @@
-"""Watching a terminal session that another node relays: this node's side (decision 0022).
+"""Watching a terminal session that another node relays: this node's side (decision 0024).
 
 The watcher's portal socket landed here, the session's owner is another node (or another
 worker of this one). Having decided the watch is allowed (``watch._watchable``), this node

@@ -204,7 +204,7 @@ async def reap_dead(services: Services) -> list[tuple[str, int, int]]:
             },
         )
         # Its recordings are on the shared store: close them as incomplete, signed, now.
-        await services.recordings.recover_open(node=name)
+        await services.recordings.recover_open(node=name, worker=worker)
         reaped.append((name, worker, len(lost)))
     return reaped
 

@@ -208,5 +208,6 @@ def supervise(
     if ssh is not None:
         check_free(ssh, "SSH")
     print(f"Conduit node supervisor (pid {os.getpid()}): {count} worker processes", flush=True)
-    # A worker ends its sessions, portal and audit within a few graces (serve._shutdown).
-    return Supervisor(worker_command(args), count, stop_seconds=3 * grace + 5).run()
+    # A worker stops within its grace (serve._shutdown: < 10 s); the margin is for a loaded
+    # machine, and stays inside systemd's TimeoutStopSec (deploy/systemd, 15 s) by default.
+    return Supervisor(worker_command(args), count, stop_seconds=grace + 5).run()

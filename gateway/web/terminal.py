@@ -3,7 +3,8 @@
 ``GET /connect/{asset}/terminal`` (``?account=NAME`` for a vaulted account other than the
 default) shows an xterm.js terminal. Its script asks ``POST .../terminal/ticket`` (session
 CSRF token) for a one-time ticket: random, single use, valid ``TICKET_SECONDS``, bound to
-the portal session, asset and account. ``/ws/terminal?ticket=...&cols=..&rows=..`` checks
+the portal session, asset and account, and kept in the database (``identity.socket_tickets``)
+so the socket may reach another worker process or node than the POST. ``/ws/terminal?ticket=...&cols=..&rows=..`` checks
 origin and cookie (``ws_guard``), then the ticket, which is spent whatever happens next, so
 a reconnect of the same URL (after a kill, an expiry, a closed tab) is refused.
 

@@ -4,9 +4,10 @@
 default) shows an xterm.js terminal. Its script asks ``POST .../terminal/ticket`` (session
 CSRF token) for a one-time ticket: random, single use, valid ``TICKET_SECONDS``, bound to
 the portal session, asset and account, and kept in the database (``identity.socket_tickets``)
-so the socket may reach another worker process or node than the POST. ``/ws/terminal?ticket=...&cols=..&rows=..`` checks
-origin and cookie (``ws_guard``), then the ticket, which is spent whatever happens next, so
-a reconnect of the same URL (after a kill, an expiry, a closed tab) is refused.
+so the socket may reach another worker process or node than the POST.
+``/ws/terminal?ticket=...&cols=..&rows=..`` checks origin and cookie (``ws_guard``), then
+the ticket, which is spent whatever happens next, so a reconnect of the same URL (after a
+kill, an expiry, a closed tab) is refused.
 
 Then the session runs the one lifecycle: ``broker.open`` (decision, recording, live
 registry, watchdog, ``session.start``), ``broker.connect_ssh`` (vaulted credential, pinned

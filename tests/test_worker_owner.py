@@ -5,6 +5,7 @@ SQLite and PostgreSQL. The real multi-process test is test_workers.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -101,3 +102,28 @@ async def test_a_crashed_workers_replacement_ends_its_sessions_and_closes_its_re
     assert other is not None and other.state == "open"
     async with first.sessions() as db:
         assert await live_store.get(db, other_session) is not None
+
+
+async def test_siblings_do_not_reap_each_other_and_worker_0_ends_indexes_no_longer_run(
+    workers: tuple[Services, Services],
+) -> None:
+    first, second = workers
+    await cluster.join(first)
+    await cluster.join(second)
+    left, recording = await _live_session(second)
+    async with first.sessions() as db, db.begin():  # worker 1 froze long ago
+        row = await db.get(cluster.NodeRow, ("node-a", 1))
+        assert row is not None
+        row.heartbeat_at = await cluster.database_now(db, first.clock) - dt.timedelta(hours=1)
+    # Its sibling leaves it to the supervisor's replacement (no racing crash recovery) ...
+    assert await cluster.reap_dead(first) == []
+    async with first.sessions() as db:
+        assert await live_store.get(db, left) is not None
+    # ... and a node restarted with one worker ends, at worker 0's start, what worker 1 left.
+    lost = await cluster.reap_own_leftovers(first, workers=1)
+    assert [s.session_id for s in lost] == [left]
+    entry = await first.recordings.entry(recording)
+    assert entry is not None and (entry.state, entry.end_reason) == ("closed", "incomplete")
+    async with first.sessions() as db:
+        assert await live_store.get(db, left) is None
+    assert [(m.name, m.worker) for m in await cluster.members(first)] == [("node-a", 0)]

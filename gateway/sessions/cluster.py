@@ -187,7 +187,11 @@ async def reap_own_leftovers(services: Services, workers: int = 1) -> list[LostS
     ended: list[LostSession] = []
     for worker in owners:
         lost = await reap(services, services.node, worker, dead_before=None) or []
-        if worker != services.worker:
+        if worker != services.worker:  # not run any more: out of the membership too
+            async with services.sessions() as db, db.begin():
+                await db.execute(
+                    delete(NodeRow).where(NodeRow.name == services.node, NodeRow.worker == worker)
+                )
             await services.recordings.recover_open(node=services.node, worker=worker)
         if not lost:
             continue

@@ -267,10 +267,7 @@ async def serve(
         await services.recordings.resume_indexing()
         if services.worker == 0:  # one link per node, not one per worker
             await announce_admin_enrollment(services, out)
-        # Sessions a previous run of this worker (or of workers this node no longer runs)
-        # left in the shared table ended with it, audited, before anything is served.
-        await cluster.reap_own_leftovers(services, workers)
-        return await _run(services, on_ready, stop or asyncio.Event(), worker is not None)
+        return await _run(services, on_ready, stop or asyncio.Event(), worker, workers)
     finally:
         await services.close()
 
@@ -279,13 +276,14 @@ async def _run(
     services: Services,
     on_ready: Callable[[Services], None] | None,
     stop: asyncio.Event,
-    reuse_port: bool,
+    worker: int | None,
+    workers: int,
 ) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        return await _serve_until(services, on_ready, stop, reuse_port)
+        return await _serve_until(services, on_ready, stop, worker is not None, workers)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -296,6 +294,7 @@ async def _serve_until(
     on_ready: Callable[[Services], None] | None,
     stop: asyncio.Event,
     reuse_port: bool,
+    workers: int,
 ) -> int:
     settings = services.settings
 
@@ -303,6 +302,9 @@ async def _serve_until(
         services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
     )
     await cluster.join(services)
+    # Sessions a previous run of this node left in the shared table ended with it (with
+    # workers: this worker's, and worker 0 also those of indexes the node no longer runs).
+    await cluster.reap_own_leftovers(services, workers)
     # Bind both listeners before serving anything, so a busy or forbidden address is one
     # clear error and nothing half-started is left behind.
     portal_socket = bind_listener(settings.portal_listen, "portal", reuse_port=reuse_port)

@@ -112,6 +112,9 @@ class ServerSettings(_Section):
     node_name: str = ""  # empty: the host name
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=9)] = 5
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Worker processes sharing the ports (``conduit serve --workers N`` overrides); 0: one per
+    # CPU on PostgreSQL. SQLite always runs one process.
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
 
 
 class PortalSettings(_Section):

@@ -100,10 +100,12 @@ class Services:
     authenticator: Authenticator
     clock: Clock = utc_now
     node: str = field(default="")
-    worker: int = 0  # which process of the node (``conduit serve`` runs one today)
+    worker: int = 0  # which process of the node (``conduit serve --workers N``: 0..N-1)
 
     @classmethod
-    def build(cls, settings: Settings, keys: KeyRing, clock: Clock = utc_now) -> Services:
+    def build(
+        cls, settings: Settings, keys: KeyRing, clock: Clock = utc_now, *, worker: int = 0
+    ) -> Services:
         node = settings.server.node_name or socket.gethostname()
         engine = make_engine(settings)
         live = LiveRegistry(node)
@@ -111,6 +113,8 @@ class Services:
         audit = AuditLog(sessions, keys.signing_key, clock)
         bus = ChangeBus()
         authz = AuthzService(sessions, clock, bus, audit)
+        recordings = RecordingService.from_settings(settings, keys, sessions, clock, audit)
+        recordings.worker = worker
         return cls(
             settings=settings,
             engine=engine,
@@ -123,11 +127,12 @@ class Services:
             bus=bus,
             authz=authz,
             requests=RequestService(authz, sessions, clock, bus, audit),
-            recordings=RecordingService.from_settings(settings, keys, sessions, clock, audit),
+            recordings=recordings,
             # One for portal, API and SSH: its argon2 concurrency limit covers them all.
             authenticator=Authenticator(sessions, keys.master_key, settings.lockout, audit),
             clock=clock,
             node=node,
+            worker=worker,
         )
 
     async def close(self) -> None:

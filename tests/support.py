@@ -40,6 +40,10 @@ def pg_available() -> str:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    # One process per ``conduit serve`` unless a test asks for workers (``--workers N``, or
+    # this setting in ``extra``): on PostgreSQL the default is one per CPU, and a test that
+    # reads one process's metrics or kills "the node" by its PID means one process.
+    env["CONDUIT_SERVER__WORKERS"] = "1"
     env.update(extra)
     return env
 

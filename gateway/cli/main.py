@@ -30,6 +30,14 @@ def _listen_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-listen", metavar="HOST:PORT", help="SSH listener address")
 
 
+def _worker_count(text: str) -> int:
+    from gateway.cli.supervisor import MAX_WORKERS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `conduit --help` stays fast and import errors name the command.
     from gateway.cli import node as commands
@@ -52,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common], help="run the gateway")
     _listen_flags(p)
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="worker processes sharing the ports (default: server.workers; 0: one per CPU on "
+        "PostgreSQL; SQLite runs one)",
+    )
+    # Internal: how the supervisor starts worker K (gateway/cli/supervisor.py).
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=commands.cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="run a demo site on embedded defaults")

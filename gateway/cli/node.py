@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from gateway.cli.common import run_db, settings_from
-from gateway.config import parse_listen
+from gateway.config import Settings, parse_listen
 from gateway.db import migrate
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import ConfigError
@@ -19,6 +23,8 @@ from gateway.identity.accounts import list_users
 from gateway.identity.enrollment import issue_admin_bootstrap
 from gateway.keys import init_key_material, load_keyring
 from gateway.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -126,16 +132,48 @@ def cmd_user_enroll_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.cli import supervisor
     from gateway.cli.serve import serve
 
     settings = settings_from(args)
     setup_logging(settings.logging.level, settings.logging.format)
+    index = getattr(args, "worker_index", None)
+    if index is not None:  # started by a supervisor (below)
+        if not 0 <= index < supervisor.MAX_WORKERS:
+            raise ConfigError("config error: --worker-index: out of range")
+        supervisor.die_with_parent()
+        return _run_serve(settings, serve(settings, worker=index, workers=args.workers or 1))
+    count, note = supervisor.workers_for(
+        settings.database_url, settings.server.workers, args.workers, os.cpu_count()
+    )
+    if note:
+        print(note, flush=True)
+        log.warning(note)
+    if count == 1:
+        return _run_serve(settings, serve(settings))
+    forwarded = [
+        f"{flag}={value}"
+        for flag, value in (
+            ("--config", args.config),
+            ("--data-dir", args.data_dir),
+            ("--portal-listen", args.portal_listen),
+            ("--ssh-listen", args.ssh_listen),
+        )
+        if value is not None
+    ]
+    ssh = settings.ssh_listen if settings.ssh.enabled else None
+    grace = settings.server.shutdown_grace_seconds
+    forwarded.append(f"--workers={count}")
+    return supervisor.supervise(settings.portal_listen, ssh, forwarded, count, grace)
+
+
+def _run_serve(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
     if settings.server.event_loop == "uvloop":
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(settings))
-    return asyncio.run(serve(settings))
+            return runner.run(main)
+    return asyncio.run(main)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

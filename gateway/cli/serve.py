@@ -3,7 +3,9 @@
 Start-up fails closed: keys, schema and listeners must all come up or the process exits
 non-zero with one clear line. SIGTERM/SIGINT: stop accepting, end live sessions with
 reason ``shutdown``, close the database, exit 0, all within the grace period (< 10 s).
-Does not create keys or migrate the schema (``init`` and ``db upgrade`` do).
+Does not create keys or migrate the schema (``init`` and ``db upgrade`` do). With
+``worker`` (one of the processes of ``conduit serve --workers N``, see ``supervisor``) it
+binds with SO_REUSEPORT beside its siblings and registers as (node, worker).
 """
 
 from __future__ import annotations
@@ -225,8 +227,11 @@ async def apply_retention_periodically(services: Services) -> None:
         await asyncio.sleep(RETENTION_SECONDS)
 
 
-def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
-    """A listening TCP socket for ``listen``; ``ConduitError`` names the address on failure."""
+def bind_listener(listen: ListenAddress, what: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for ``listen``; ``ConduitError`` names the address on failure.
+
+    With ``reuse_port``, sibling worker processes bind the same address and the kernel
+    spreads connections over them (SO_REUSEPORT)."""
     try:
         infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
@@ -235,6 +240,8 @@ def bind_listener(listen: ListenAddress, what: str) -> socket.socket:
         raise ConduitError(f"cannot listen on {listen} for the {what}: {exc.strerror}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
@@ -252,10 +259,14 @@ async def serve(
     out: TextIO = sys.stdout,
     on_ready: Callable[[Services], None] | None = None,
     stop: asyncio.Event | None = None,
+    worker: int | None = None,
+    workers: int = 1,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the process exit code."""
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the process exit code.
+
+    ``worker``: this is worker process ``worker`` of ``workers`` sharing the ports."""
     keys = load_keyring(settings)
-    services = Services.build(settings, keys)
+    services = Services.build(settings, keys, worker=worker or 0)
     try:
         await require_current(services.engine)
         await services.authz.refresh(force=True)
@@ -263,27 +274,36 @@ async def serve(
         await services.recordings.recover_open()
         # ... and those whose verification and indexing the last stop cut short.
         await services.recordings.resume_indexing()
-        await announce_admin_enrollment(services, out)
-        return await _run(services, on_ready, stop or asyncio.Event())
+        if services.worker == 0:  # one link per node, not one per worker
+            await announce_admin_enrollment(services, out)
+        return await _run(services, on_ready, stop or asyncio.Event(), worker, workers)
     finally:
         await services.close()
 
 
 async def _run(
-    services: Services, on_ready: Callable[[Services], None] | None, stop: asyncio.Event
+    services: Services,
+    on_ready: Callable[[Services], None] | None,
+    stop: asyncio.Event,
+    worker: int | None,
+    workers: int,
 ) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        return await _serve_until(services, on_ready, stop)
+        return await _serve_until(services, on_ready, stop, worker is not None, workers)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
 
 async def _serve_until(
-    services: Services, on_ready: Callable[[Services], None] | None, stop: asyncio.Event
+    services: Services,
+    on_ready: Callable[[Services], None] | None,
+    stop: asyncio.Event,
+    reuse_port: bool,
+    workers: int,
 ) -> int:
     settings = services.settings
 
@@ -292,17 +312,18 @@ async def _serve_until(
     )
     await cluster.join(services)
     await _publish_contact(services)
-    # Sessions a previous run of this node left in the shared table ended with it.
-    await cluster.reap(services, services.node, services.worker, dead_before=None)
+    # Sessions a previous run of this node left in the shared table ended with it (with
+    # workers: this worker's, and worker 0 also those of indexes the node no longer runs).
+    await cluster.reap_own_leftovers(services, workers)
     # Bind both listeners before serving anything, so a busy or forbidden address is one
     # clear error and nothing half-started is left behind.
-    portal_socket = bind_listener(settings.portal_listen, "portal")
+    portal_socket = bind_listener(settings.portal_listen, "portal", reuse_port=reuse_port)
     ssh_acceptor: asyncssh.SSHAcceptor | None = None
     refusals = RefusalAudit(services)
     if settings.ssh.enabled:
         try:
             ssh_acceptor = await start_ssh_server(
-                services, broker, services.authenticator, refusals
+                services, broker, services.authenticator, refusals, reuse_port=reuse_port
             )
         except OSError as exc:
             portal_socket.close()
@@ -338,11 +359,12 @@ async def _serve_until(
             "ssh": settings.ssh.listen if ssh_acceptor else "off",
         },
     )
-    services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
-    services.tasks.start("request-expiry", expire_requests_periodically(services))
     start_control(services, broker)
-    if settings.recordings.retention_days:
-        services.tasks.start("recording-retention", apply_retention_periodically(services))
+    if services.worker == 0:  # the node's housekeeping: once per node, not once per worker
+        services.tasks.start("audit-checkpoints", checkpoint_periodically(services))
+        services.tasks.start("request-expiry", expire_requests_periodically(services))
+        if settings.recordings.retention_days:
+            services.tasks.start("recording-retention", apply_retention_periodically(services))
     # Everything built at start-up lives as long as the process: keep it out of the cyclic
     # collector's full scans (decision 0010: perf saw gc_collect_main at 31% of the
     # gateway's CPU over 8 s of typing through the relay, and none with the heap frozen).

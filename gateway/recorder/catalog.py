@@ -2,7 +2,8 @@
 
 One row per recording says who recorded what, where and when, whether the writer still
 owns it (``open``) and the last integrity verdict. Recovery trusts this table, not the
-files: only rows still ``open`` for this node are recovered. Does not touch recording
+files: only rows still ``open`` for this node and worker process are recovered (a sibling
+worker's open rows are its live recordings). Does not touch recording
 files, keys or the text index (see ``service``, ``retention`` and ``search``).
 """
 
@@ -128,23 +129,30 @@ async def entry_of_session(db: AsyncSession, session_id: str) -> CatalogEntry | 
     return CatalogEntry.of(row) if row is not None else None
 
 
-async def open_on_node(db: AsyncSession, node: str) -> list[CatalogEntry]:
+async def open_on_node(db: AsyncSession, node: str, worker: int) -> list[CatalogEntry]:
+    """Recordings worker ``worker`` of ``node`` left open (only that process writes them)."""
     rows = await db.scalars(
         select(RecordingRow)
-        .where(RecordingRow.state == STATE_OPEN, RecordingRow.node == node)
+        .where(
+            RecordingRow.state == STATE_OPEN,
+            RecordingRow.node == node,
+            RecordingRow.worker == worker,
+        )
         .order_by(RecordingRow.started_at)
     )
     return [CatalogEntry.of(row) for row in rows]
 
 
-async def closed_unverified_on_node(db: AsyncSession, node: str) -> list[str]:
-    """Recordings this node closed but never verified and indexed: the background work on
-    them was cut short by a stop (large recordings are done after the session's end)."""
+async def closed_unverified_on_node(db: AsyncSession, node: str, worker: int) -> list[str]:
+    """Recordings this node's worker closed but never verified and indexed: the background
+    work on them was cut short by a stop (large recordings are done after the session's end).
+    Per worker, so sibling workers do not verify the same recording twice at once."""
     ids = await db.scalars(
         select(RecordingRow.id)
         .where(
             RecordingRow.state == STATE_CLOSED,
             RecordingRow.node == node,
+            RecordingRow.worker == worker,
             RecordingRow.integrity == UNVERIFIED,
         )
         .order_by(RecordingRow.started_at)

@@ -125,6 +125,7 @@ class RecordingService:
         clock: Clock,
         audit: AuditSink,
         node: str = "local",
+        worker: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
         policy: WriterPolicy | None = None,
         older_master_keys: Mapping[str, bytes] | None = None,
@@ -134,6 +135,7 @@ class RecordingService:
         self.audit = audit
         self.clock = clock
         self.node = node
+        self.worker = worker  # the process of ``node`` (``conduit serve --workers N``)
         self.store = LocalRecordingStore(store_root)
         self.keys_root = self.store.root / "keys"
         self._key_store = LocalDataKeyStore(self.keys_root)
@@ -232,6 +234,7 @@ class RecordingService:
             protocol=info.protocol,
             session_id=info.session_id,
             node=self.node,
+            worker=self.worker,
             data_key_id=writer.header.data_key_id,
             started_at=started_at,
             size_bytes=0,
@@ -267,13 +270,20 @@ class RecordingService:
             output=outcome.output_bytes if outcome.footer_written else None,
         )
 
-    async def recover_open(self, node: str | None = None) -> list[tuple[str, VerifyResult | None]]:
-        """Close every recording the catalog says this node left open (crash recovery).
+    async def recover_open(
+        self, node: str | None = None, worker: int = 0
+    ) -> list[tuple[str, VerifyResult | None]]:
+        """Close every recording the catalog says this process (node and worker) left open
+        (crash recovery); never a sibling worker's, which are live.
 
-        With ``node`` (a dead one), the recordings it left open that this node can read on
-        the shared store; one it cannot see stays open for that node's own next start."""
+        With ``node`` and ``worker`` (a dead member), the recordings it left open that this
+        process can read on the shared store; one it cannot see stays open for that member's
+        own next start."""
         async with self.sessions() as db:
-            entries = await catalog.open_on_node(db, node or self.node)
+            if node is None:
+                entries = await catalog.open_on_node(db, self.node, self.worker)
+            else:
+                entries = await catalog.open_on_node(db, node, worker)
         done: list[tuple[str, VerifyResult | None]] = []
         for entry in entries:
             try:
@@ -315,7 +325,7 @@ class RecordingService:
         """Verify and index, in the background, the recordings this node closed but whose
         background verification a stop cut short (``aclose``); returns their ids."""
         async with self.sessions() as db:
-            pending = await catalog.closed_unverified_on_node(db, self.node)
+            pending = await catalog.closed_unverified_on_node(db, self.node, self.worker)
         for recording_id in pending:
             self._background.start(f"index-{recording_id}", self._verify_and_index(recording_id))
         return pending

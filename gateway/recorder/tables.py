@@ -34,6 +34,8 @@ class RecordingRow(Base):
     session_id: Mapped[str] = mapped_column(String(64))
     # The node whose writer owns the file while it is open: only it may recover it.
     node: Mapped[str] = mapped_column(String(100))
+    # ... and which of its worker processes (``conduit serve --workers N``; 0 with one).
+    worker: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     data_key_id: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

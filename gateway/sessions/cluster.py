@@ -174,6 +174,50 @@ async def reap(
     return lost
 
 
+async def reap_own_leftovers(services: Services, workers: int = 1) -> list[LostSession]:
+    """At start: end what a previous run of this process (node and worker: a crashed
+    worker's replacement, or the node's next start) left in the shared table, and audit the
+    loss of that run (``node.lost``) when it left any. Worker 0 does the same for worker
+    indexes this node no longer runs (``>= workers``: it was restarted with fewer), and
+    closes their open recordings. Running siblings' rows are untouched."""
+    owners = [services.worker]
+    if services.worker == 0:
+        async with services.sessions() as db:
+            listed = select(NodeRow.worker).where(NodeRow.name == services.node)
+            owning = select(LiveSessionRow.worker).where(LiveSessionRow.node == services.node)
+            found = set((await db.scalars(listed)).all()) | set((await db.scalars(owning)).all())
+        owners += sorted(w for w in found if w >= workers)
+    ended: list[LostSession] = []
+    for worker in owners:
+        lost = await reap(services, services.node, worker, dead_before=None) or []
+        if worker != services.worker:  # not run any more: out of the membership too
+            async with services.sessions() as db, db.begin():
+                await db.execute(
+                    delete(NodeRow).where(NodeRow.name == services.node, NodeRow.worker == worker)
+                )
+            await services.recordings.recover_open(node=services.node, worker=worker)
+        if not lost:
+            continue
+        log.error(
+            "node %s worker %s: its previous run left %d sessions; ended",
+            services.node, worker, len(lost),
+        )  # fmt: skip
+        await services.audit.record(
+            actor="system",
+            action="node.lost",
+            result="success",
+            target=services.node,
+            detail={
+                "worker": worker,
+                "sessions_ended": len(lost),
+                "noticed_by": services.node,
+                "by": "restart",
+            },
+        )
+        ended += lost
+    return ended
+
+
 async def reap_dead(services: Services) -> list[tuple[str, int, int]]:
     """Reap every member older than the dead limit; returns (name, worker, sessions) reaped."""
     limit = dt.timedelta(seconds=services.settings.cluster.dead_after_seconds)
@@ -188,8 +232,12 @@ async def reap_dead(services: Services) -> list[tuple[str, int, int]]:
         ).all()
     reaped = []
     for name, worker, last in dead:
-        if (name, worker) == (services.node, services.worker):
-            continue  # our own row is old only if we stalled; the heartbeat sorts that out
+        if name == services.node:
+            # Our own row is old only if we stalled (the heartbeat sorts that out); a
+            # sibling worker's is its supervisor's to replace, and the replacement ends
+            # what it left before serving (``reap_own_leftovers``): reaping it here as well
+            # would race that replacement's crash recovery of the same recordings.
+            continue
         lost = await reap(services, name, worker, dead_before=cutoff)
         if lost is None:
             continue
@@ -207,7 +255,7 @@ async def reap_dead(services: Services) -> list[tuple[str, int, int]]:
             },
         )
         # Its recordings are on the shared store: close them as incomplete, signed, now.
-        await services.recordings.recover_open(node=name)
+        await services.recordings.recover_open(node=name, worker=worker)
         reaped.append((name, worker, len(lost)))
     return reaped
 

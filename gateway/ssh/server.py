@@ -467,7 +467,12 @@ class RefusalAudit:
 
 
 async def start_ssh_server(
-    services: Services, broker: Broker, authenticator: Authenticator, refusals: RefusalAudit
+    services: Services,
+    broker: Broker,
+    authenticator: Authenticator,
+    refusals: RefusalAudit,
+    *,
+    reuse_port: bool = False,  # worker processes of one node share the port (SO_REUSEPORT)
 ) -> asyncssh.SSHAcceptor:
     settings = services.settings
     listen = settings.ssh_listen
@@ -498,6 +503,7 @@ async def start_ssh_server(
         line_editor=False,
         encoding=None,  # bytes end to end: the relay never decodes what it carries
         reuse_address=True,
+        reuse_port=reuse_port or None,
         tunnel=_proxy_listener(services, refusals) if settings.ssh.proxy_protocol_from else (),
     )
 

@@ -62,7 +62,7 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app = FastAPI(title="Conduit", version=__version__, docs_url=None, redoc_url=None)
     app.state.services = services
     app.state.broker = broker
-    app.state.terminal_tickets = terminal.TerminalTickets()
+    app.state.terminal_tickets = terminal.TerminalTickets(services)
     app.state.desktops = desktop.Desktops(services.settings.desktop.max_sessions)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.middleware("http")(security_headers)

@@ -3,9 +3,11 @@
 ``GET /connect/{asset}/terminal`` (``?account=NAME`` for a vaulted account other than the
 default) shows an xterm.js terminal. Its script asks ``POST .../terminal/ticket`` (session
 CSRF token) for a one-time ticket: random, single use, valid ``TICKET_SECONDS``, bound to
-the portal session, asset and account. ``/ws/terminal?ticket=...&cols=..&rows=..`` checks
-origin and cookie (``ws_guard``), then the ticket, which is spent whatever happens next, so
-a reconnect of the same URL (after a kill, an expiry, a closed tab) is refused.
+the portal session, asset and account, and kept in the database (``identity.socket_tickets``)
+so the socket may reach another worker process or node than the POST.
+``/ws/terminal?ticket=...&cols=..&rows=..`` checks origin and cookie (``ws_guard``), then
+the ticket, which is spent whatever happens next, so a reconnect of the same URL (after a
+kill, an expiry, a closed tab) is refused.
 
 Then the session runs the one lifecycle: ``broker.open`` (decision, recording, live
 registry, watchdog, ``session.start``), ``broker.connect_ssh`` (vaulted credential, pinned
@@ -25,11 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
-import secrets
 from collections import deque
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncssh
@@ -39,6 +40,8 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.errors import ConduitError, NotFoundOrForbidden
+from gateway.identity import socket_tickets
+from gateway.services import Services
 from gateway.sessions.broker import Broker
 from gateway.sessions.ticket import Ticket
 from gateway.ssh.flow import ReadGate, bound_receive_window, record_paced
@@ -62,8 +65,8 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 
 TICKET_SECONDS = 30.0
-MAX_PENDING = 4096  # tickets asked for and not used yet, in this process
-# ... and per portal session, so one signed-in script cannot use up the process's tickets
+MAX_PENDING = 4096  # tickets asked for and not used yet, in the whole cluster
+# ... and per portal session, so one signed-in script cannot use up everyone's tickets
 # (a page asks for one per terminal it opens; a few tabs opened at once stay well below).
 MAX_PENDING_PER_SESSION = 8
 MAX_COLS, MAX_ROWS = 1000, 500
@@ -74,49 +77,29 @@ SIGNED_OUT = "signed_out"  # end reason: the portal session that opened the term
 Name = Annotated[str, Query(max_length=64)]
 
 
-@dataclass(frozen=True)
-class PendingTerminal:
-    """What a ticket opens: for whom (the portal session), which asset and account."""
-
-    portal_session: int
-    username: str
-    asset: str
-    account: str
-    expires: float  # event-loop time
-    purpose: str = "terminal"  # or "desktop": a ticket opens only the socket it was asked for
+PendingTerminal = socket_tickets.SocketGrant  # what a ticket opens (kept for its callers)
 
 
 class TerminalTickets:
-    """One-time terminal tickets of this process (the portal runs in one process)."""
+    """One-time terminal and desktop tickets, kept in the database
+    (``identity.socket_tickets``): the POST that issues one and the websocket that presents
+    it may reach different worker processes or nodes."""
 
-    def __init__(self) -> None:
-        self._pending: dict[str, PendingTerminal] = {}
+    def __init__(self, services: Services) -> None:
+        self._sessions = services.sessions
 
-    def issue(self, grant: PendingTerminal, now: float) -> str:
-        self._pending = {t: p for t, p in self._pending.items() if p.expires > now}
-        if len(self._pending) >= MAX_PENDING:
-            raise ConduitError("too many terminals are being opened; try again", "ticket limit")
-        mine = sum(p.portal_session == grant.portal_session for p in self._pending.values())
-        if mine >= MAX_PENDING_PER_SESSION:
-            raise ConduitError(
-                "too many terminals are being opened; try again", "ticket limit of this session"
+    async def issue(self, grant: PendingTerminal, now: dt.datetime) -> str:
+        async with self._sessions() as db, db.begin():
+            return await socket_tickets.issue(
+                db, grant, now, max_pending=MAX_PENDING, per_session=MAX_PENDING_PER_SESSION
             )
-        token = secrets.token_urlsafe(32)
-        self._pending[token] = grant
-        return token
 
-    def redeem(
-        self, token: str, portal_session: int, now: float
+    async def redeem(
+        self, token: str, portal_session: int, now: dt.datetime
     ) -> tuple[PendingTerminal | None, str]:
         """The ticket's terminal, or None and why not. A ticket is gone once presented."""
-        grant = self._pending.pop(token, None)
-        if grant is None:
-            return None, "unknown or already used terminal ticket"
-        if now >= grant.expires:
-            return None, "expired terminal ticket"
-        if not secrets.compare_digest(str(grant.portal_session), str(portal_session)):
-            return None, "terminal ticket issued to another portal session"
-        return grant, ""
+        async with self._sessions() as db, db.begin():
+            return await socket_tickets.redeem(db, token, portal_session, now)
 
 
 def tickets_of(conn: HTTPConnection) -> TerminalTickets:
@@ -165,12 +148,13 @@ async def issue_ticket(request: Request, asset: str, account: str, purpose: str)
         raise await _refused(request, user, 404, f"roles lack {SiteAction.USE_ASSETS.value}")
     if not _names_ok(asset, account):
         raise await _refused(request, user, 404, "invalid asset or account name")
-    now = asyncio.get_running_loop().time()
+    now = request.app.state.services.clock()
+    expires = now + dt.timedelta(seconds=TICKET_SECONDS)
     grant = PendingTerminal(
-        context.session.session_id, user, asset, account, now + TICKET_SECONDS, purpose=purpose
+        context.session.session_id, user, asset, account, expires, purpose=purpose
     )
     try:
-        token = tickets_of(request).issue(grant, now)
+        token = await tickets_of(request).issue(grant, now)
     except ConduitError as exc:
         raise await _refused(request, user, 503, exc.detail) from None
     return JSONResponse({"ticket": token, "expires_in": int(TICKET_SECONDS)})
@@ -182,8 +166,8 @@ async def redeem_ticket(
     """The socket's one-time ticket, spent now, if it was issued to this portal session for
     ``purpose`` ("terminal", "desktop"); else the socket is refused (audited) and None."""
     token = ws.query_params.get("ticket", "")[:100]
-    now = asyncio.get_running_loop().time()
-    grant, why = tickets_of(ws).redeem(token, context.session.session_id, now)
+    now = ws.app.state.services.clock()
+    grant, why = await tickets_of(ws).redeem(token, context.session.session_id, now)
     if grant is not None and grant.purpose != purpose:
         why = f"{grant.purpose} ticket presented to the {purpose} socket"
         grant = None

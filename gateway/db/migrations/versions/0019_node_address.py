@@ -1,11 +1,7 @@
 """Cross-node live watch: each member's portal address and certificate, one-time watch grants.
 
 Revision ID: 0019_node_address
-Revises: 0017_asset_certificates
-
-NOTE for the merge: this belongs after ``0018_worker_owner`` (written concurrently); it is
-chained after 0017 here only so that this branch migrates on its own. Set ``down_revision``
-to "0018_worker_owner" when both are merged.
+Revises: 0018_worker_owner
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from alembic import op
 from gateway.db.types import UTCDateTime
 
 revision = "0019_node_address"
-down_revision = "0017_asset_certificates"
+down_revision = "0018_worker_owner"
 branch_labels = None
 depends_on = None
 

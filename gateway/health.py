@@ -31,6 +31,9 @@ class CheckResult:
 
 
 async def check_database(services: Services) -> CheckResult:
+    if not services.db_health.up:  # the outage watch saw it go: no need to wait for a timeout
+        away = services.db_health.down_for()
+        return CheckResult("database", False, f"unreachable for {away:.0f} s")
     url = services.settings.database_url
     if url.startswith("sqlite"):
         # A pooled SQLite connection keeps working on a deleted file; look at the path too.

@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TextIO
 
 import asyncssh
@@ -32,6 +32,7 @@ from gateway.services import Services
 from gateway.sessions import cluster, notify
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
+from gateway.sessions.local_control import LocalControl
 from gateway.ssh import upstream
 from gateway.ssh.server import RefusalAudit, start_ssh_server
 from gateway.web.app import create_app
@@ -174,6 +175,22 @@ def start_control(services: Services, broker: Broker) -> None:
     services.tasks.start("policy-watch", watch_policy(services, policy_wake))
     services.tasks.start("kill-requests", watch_kill_requests(broker, services, kill_wake))
     services.tasks.start("membership", cluster.keep_membership(services, services.live.end_all))
+    services.tasks.start("local-control", LocalControl(services, broker).serve())
+    if notify.is_postgresql(services.engine):  # docs/decisions/0023: database outage
+        services.tasks.start(
+            "database-health", services.db_health.watch(catch_up(services), services.live.end_all)
+        )
+
+
+def catch_up(services: Services) -> Callable[[], Awaitable[object]]:
+    """What to do when the database answers (again): spooled audit events into the chain,
+    then the catalog updates the outage held back. Cheap when there is nothing to do."""
+
+    async def run() -> None:
+        await services.audit.drain_spool()
+        await services.recordings.finish_deferred()
+
+    return run
 
 
 async def publish_byte_counts(
@@ -246,9 +263,11 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the process exit code."""
     keys = load_keyring(settings)
-    services = Services.build(settings, keys)
+    services = Services.build(settings, keys, serving=True)
     try:
         await require_current(services.engine)
+        # Audit events a database outage left on local disk go into the chain first.
+        await services.audit.drain_spool()
         await services.authz.refresh(force=True)
         # Recordings left open by a crash of this node are closed as incomplete and signed.
         await services.recordings.recover_open()

@@ -696,19 +696,32 @@ class Broker:
         first = True
         while not ticket.ended.is_set():
             if not first:
-                decision = (
-                    await self._modbus_decision(ticket) if ticket.protocol == "modbus"
-                    else await self._decide(ticket.username, ticket.asset,
-                                            (ticket.action, *ticket.also))
-                )  # fmt: skip
-                if not decision.allowed:
+                try:
+                    decision = (
+                        await self._modbus_decision(ticket) if ticket.protocol == "modbus"
+                        else await self._decide(ticket.username, ticket.asset,
+                                                (ticket.action, *ticket.also))
+                    )  # fmt: skip
+                except Exception as error:
+                    if not s.db_health.failed(error):
+                        raise
+                    # No database, no new decision: the last one stands (its valid_until
+                    # included, enforced from memory) until the outage grace ends it.
+                    decision = None
+                if decision is None:
+                    until = ticket.live.valid_until
+                    if until is not None and s.clock() >= until:
+                        await self.kill(ticket.session_id, "expired")
+                        return
+                elif not decision.allowed:
                     until = ticket.live.valid_until
                     expired = until is not None and s.clock() >= until
                     await self.kill(ticket.session_id, "expired" if expired else "revoked")
                     return
-                ticket.live.valid_until = decision.valid_until
-                if decision.authorization is not None:
-                    ticket.proof = decision.authorization
+                else:
+                    ticket.live.valid_until = decision.valid_until
+                    if decision.authorization is not None:
+                        ticket.proof = decision.authorization
             first = False
             deadlines = [
                 started_mono + limits.max_duration_seconds,

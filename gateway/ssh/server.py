@@ -26,6 +26,7 @@ import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 
 from gateway.config import LockoutSettings
+from gateway.db.health import UNREACHABLE_TEXT
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.services import Services
@@ -200,6 +201,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
     # -- authentication ------------------------------------------------------------------
     async def begin_auth(self, username: str) -> bool:
         self._route = parse_route(username)
+        if not self._s.db_health.up:
+            await self._refuse_unreachable()
+            return True
         banner = self._s.settings.ssh.banner or self._s.settings.portal.banner
         if banner and self._conn is not None:
             self._conn.send_auth_banner(banner + "\r\n")
@@ -207,6 +211,22 @@ class GatewaySSHServer(asyncssh.SSHServer):
             user = self._route.user if self._route is not None else None
             await self._certs.prepare(self._conn, user)
         return True  # authentication is always required
+
+    async def _refuse_unreachable(self) -> None:
+        """No database, no login (fail closed): disconnect with the reason, audited."""
+        self._s.metrics.ssh_refused.labels("database").inc()
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, UNREACHABLE_TEXT)
+        if self._s.db_health.audit_refusal():
+            asset = self._route.asset if self._route is not None else None
+            try:
+                await self._s.audit.record(
+                    actor=self._user(), action="login.refused", result="error",
+                    target=asset or "", source=self._source,
+                    detail={"channel": "ssh", "reason": "database unreachable"},
+                )  # fmt: skip
+            except Exception:  # the spool is full: the refusal stands, counted
+                log.exception("ssh: login refusal not audited")
 
     def _user(self) -> str:
         return self._route.user if self._route is not None else "?"

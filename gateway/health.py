@@ -44,6 +44,7 @@ async def check_database(services: Services) -> CheckResult:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), services.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     except Exception as exc:  # any driver failure means "not ready", whatever its class
+        services.db_health.failed(exc)  # and an outage is one for every path, at once
         return CheckResult("database", False, f"{type(exc).__name__}: {exc}")
     if version != head_revision():
         return CheckResult("database", False, f"schema at {version}, expected {head_revision()}")

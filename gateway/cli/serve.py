@@ -178,7 +178,7 @@ def start_control(services: Services, broker: Broker) -> None:
     services.tasks.start("local-control", LocalControl(services, broker).serve())
     if notify.is_postgresql(services.engine):  # docs/decisions/0023: database outage
         services.tasks.start(
-            "database-health", services.db_health.watch(catch_up(services), services.live.end_all)
+            "database-health", services.db_health.watch(catch_up(services), broker.end_all)
         )
 
 

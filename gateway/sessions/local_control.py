@@ -2,8 +2,8 @@
 
 While PostgreSQL is unreachable nobody can sign in to the portal and a ``conduit sessions
 kill`` request cannot be stored, yet an operator must still be able to end a session. Each
-``conduit serve`` process listens on ``<data_dir>/ctl-<worker>.sock`` (0600, inside the 0700
-data directory) and accepts only peers whose uid (``SO_PEERCRED``) is root or its own:
+``conduit serve`` process listens on ``<data_dir>/ctl-<node hash>-<worker>.sock`` (0600, inside
+the 0700 data directory) and accepts only peers whose uid (``SO_PEERCRED``) is root or its own:
 whoever can already read the node's keys. ``conduit sessions kill ID --local`` asks every
 such socket; the process relaying the session ends it from memory (the live registry) with
 reason ``killed`` and audits ``session.kill`` (into the audit spool while the database is
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -35,9 +36,11 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 SESSION_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
-def socket_path(data_dir: Path, worker: int) -> Path:
-    # Short: a unix socket path is at most 107 bytes, and data directories can be deep.
-    return data_dir / f"ctl-{worker}.sock"
+def socket_path(data_dir: Path, node: str, worker: int) -> Path:
+    # Nodes may share a data directory (a shared mount), so the node is in the name; hashed
+    # and short: a unix socket path is at most 107 bytes, and data directories can be deep.
+    tag = hashlib.sha256(node.encode()).hexdigest()[:8]
+    return data_dir / f"ctl-{tag}-{worker}.sock"
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
@@ -77,9 +80,18 @@ class LocalControl:
 
     async def serve(self) -> None:
         """Listen until cancelled; the socket file is removed at the end."""
-        path = socket_path(self._s.settings.data_dir, self._s.worker)
-        server = await asyncio.start_unix_server(self._handle, path=str(path))
-        os.chmod(path, 0o600)
+        path = socket_path(self._s.settings.data_dir, self._s.node, self._s.worker)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by this node's process of this number, which crashed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o600)  # before listen: nobody else can connect in between
+        except OSError as exc:
+            sock.close()
+            log.error("no local kill socket at %s: %s", path, exc.strerror or exc)
+            return
+        server = await asyncio.start_unix_server(self._handle, sock=sock)
         try:
             await server.serve_forever()
         finally:

@@ -99,6 +99,13 @@ async def checkpoint_periodically(services: Services) -> None:
             log.exception("audit checkpoint failed")
 
 
+def _round_failed(services: Services, what: str) -> None:
+    """Log a failed round of a loop (called in its ``except``; the next round retries). While
+    the database is known to be away the health watch has said so once: no traceback a round."""
+    if services.db_health.up:
+        log.exception("%s failed", what)
+
+
 async def _woken_or_polled(wake: asyncio.Event, seconds: float) -> str:
     """Wait for ``wake`` (a notification) or ``seconds`` (the poll); says which came first."""
     with contextlib.suppress(TimeoutError):
@@ -120,7 +127,7 @@ async def watch_policy(services: Services, wake: asyncio.Event) -> None:
         try:
             await services.authz.refresh()
         except Exception:  # the database may be briefly away; sessions keep their deadlines
-            log.exception("policy refresh failed")
+            _round_failed(services, "policy refresh")
 
 
 async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.Event) -> None:
@@ -139,15 +146,15 @@ async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.
             if served:
                 services.metrics.kill_requests_served.labels(via).inc(served)
         except Exception:  # retried next round
-            log.exception("serving kill requests failed")
+            _round_failed(services, "serving kill requests")
         try:
             await broker.serve_write_windows()
         except Exception:  # retried next round; a window not yet seen keeps writes refused
-            log.exception("serving write windows failed")
+            _round_failed(services, "serving write windows")
         try:
             published = await publish_byte_counts(services, published)
         except Exception:  # retried next round: ``published`` is unchanged
-            log.exception("publishing byte counts failed")
+            _round_failed(services, "publishing byte counts")
 
 
 def start_control(services: Services, broker: Broker) -> None:

@@ -100,7 +100,9 @@ class DatabaseHealth:
         return self._refusals <= REFUSALS_AUDITED_PER_OUTAGE
 
     def _on_error(self, context: Any) -> None:
-        if context.is_disconnect:
+        # A stale pooled connection found by pre-ping is replaced quietly by the pool; if
+        # the replacement cannot connect either, the caller gets that error (and the probe).
+        if context.is_disconnect and not getattr(context, "is_pre_ping", False):
             self.failed(context.original_exception or OSError("disconnect"))
 
     async def probe(self) -> bool:

@@ -236,7 +236,9 @@ class AuditLog:
                 select(AuditEventRow.id)
                 .where(
                     AuditEventRow.time == spooled.time,
-                    AuditEventRow.detail.contains(f'"spool_id":"{spooled.spool_id}"'),
+                    AuditEventRow.detail.contains(
+                        f'"spool_id":"{spooled.spool_id}"', autoescape=True
+                    ),
                 )
                 .limit(1)
             )

@@ -175,3 +175,21 @@ async def test_the_spool_lock_serialises_appends_from_threads(site: Site) -> Non
     site.outage()
     await asyncio.gather(*(site.record(f"x.n{i}") for i in range(20)))
     assert len(site.spool.read().events) == 20
+
+
+async def test_a_long_spool_drains_in_batches_and_a_crash_between_them_is_safe(
+    site: Site,
+) -> None:
+    site.outage()
+    for i in range(1100):  # three batches of DRAIN_BATCH (500)
+        await site.record(f"x.n{i}")
+    copy = site.spool.path.read_bytes()
+    await site.back()
+    assert await site.audit.drain_spool() == 1100
+    site.spool.path.write_bytes(copy)
+    site.outage()
+    await site.record("y.last")
+    await site.back()
+    assert await site.audit.drain_spool() == 1
+    assert await site.actions() == [*(f"x.n{i}" for i in range(1100)), "y.last"]
+    assert (await site.audit.verify()).ok

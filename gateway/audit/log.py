@@ -57,6 +57,7 @@ Progress = Callable[[int, int], None]
 # the ASCII of "CondAudt", so it is recognisable in pg_locks.
 PG_HEAD_LOCK = 0x436F6E6441756474
 READ_BATCH = 1000
+DRAIN_BATCH = 500  # spooled events added per transaction
 
 _EVENT_COLUMNS = (
     AuditEventRow.id,
@@ -158,6 +159,13 @@ class AuditLog:
     ) -> int:
         """Insert one event at the head of the chain (the caller holds ``_local_head``);
         ``when`` is a spooled event's own time, else now."""
+        return await self._append_all([(event, detail_text, when)])
+
+    async def _append_all(
+        self, events: list[tuple[Mapping[str, str], str, dt.datetime | None]]
+    ) -> int:
+        """Insert ``events`` at the head of the chain in one transaction (all or none);
+        returns the last id."""
         async with self._sessions() as db, db.begin():
             await _lock_head(db)
             last = (
@@ -168,17 +176,21 @@ class AuditLog:
                 )
             ).first()
             prev_id, prev_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
-            # Read the clock under the lock so event times never run backwards along ids.
-            fields: dict[str, Any] = {
-                "id": prev_id + 1,
-                "time": when or self._now(),
-                **event,
-                "detail": detail_text,
-                "prev_hash": prev_hash,
-            }
+            rows = []
+            for event, detail_text, when in events:
+                # Read the clock under the lock so event times never run backwards along ids.
+                fields: dict[str, Any] = {
+                    "id": prev_id + 1,
+                    "time": when or self._now(),
+                    **event,
+                    "detail": detail_text,
+                    "prev_hash": prev_hash,
+                }
+                prev_id, prev_hash = prev_id + 1, event_hash(**fields)
+                rows.append({**fields, "hash": prev_hash})
             # Core INSERT: the ORM unit of work would add a flush cycle to every append.
-            await db.execute(insert(AuditEventRow), [{**fields, "hash": event_hash(**fields)}])
-        return prev_id + 1
+            await db.execute(insert(AuditEventRow), rows)
+        return prev_id
 
     async def _to_spool(self, event: Mapping[str, str], detail: Mapping[str, object] | None) -> int:
         """Keep the event on local disk (fsync'd) for ``drain_spool``; returns 0 (no id yet)."""
@@ -206,15 +218,21 @@ class AuditLog:
             await asyncio.to_thread(lock.__enter__)
             try:
                 contents = await asyncio.to_thread(spool.read)
-                for spooled in contents.events:
-                    if not await self._holds(spooled):
-                        fields = {
-                            "actor": spooled.actor, "source": spooled.source,
-                            "action": spooled.action, "target": spooled.target,
-                            "result": spooled.result,
-                        }  # fmt: skip
-                        await self._append(fields, spooled.detail, spooled.time)
-                        added += 1
+                # Batches of a fixed size from the spool's start, each one transaction. A
+                # batch whose first event the chain holds was drained before a crash, whole
+                # as it then was; events spooled since may follow it: only those are added.
+                for start in range(0, len(contents.events), DRAIN_BATCH):
+                    batch = contents.events[start : start + DRAIN_BATCH]
+                    if await self._holds(batch[0]):
+                        batch = [e for e in batch if not await self._holds(e)]
+                        if not batch:
+                            continue
+                    await self._append_all([
+                        ({"actor": e.actor, "source": e.source, "action": e.action,
+                          "target": e.target, "result": e.result}, e.detail, e.time)
+                        for e in batch
+                    ])  # fmt: skip
+                    added += len(batch)
                 if contents.damaged:
                     # What a crash tore was never acknowledged; the chain still says so.
                     damage = {"actor": "system", "source": "", "action": "audit.spool.damaged",

@@ -157,6 +157,11 @@ class DatabaseSettings(_Section):
     url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/conduit.db
     pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     connect_timeout_seconds: Annotated[int, Field(ge=1, le=120)] = 5
+    # PostgreSQL unreachable: live sessions go on this long, then end (database_lost).
+    outage_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    # Audit events kept on local disk while the database is unreachable, at most this many
+    # bytes; when full, what cannot be audited is refused.
+    audit_spool_max_bytes: Annotated[int, Field(ge=1 << 16, le=1 << 30)] = 64 << 20
 
 
 class ClusterSettings(_Section):

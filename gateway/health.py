@@ -31,6 +31,9 @@ class CheckResult:
 
 
 async def check_database(services: Services) -> CheckResult:
+    if not services.db_health.up:  # the outage watch saw it go: no need to wait for a timeout
+        away = services.db_health.down_for()
+        return CheckResult("database", False, f"unreachable for {away:.0f} s")
     url = services.settings.database_url
     if url.startswith("sqlite"):
         # A pooled SQLite connection keeps working on a deleted file; look at the path too.
@@ -41,6 +44,7 @@ async def check_database(services: Services) -> CheckResult:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), services.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     except Exception as exc:  # any driver failure means "not ready", whatever its class
+        services.db_health.failed(exc)  # and an outage is one for every path, at once
         return CheckResult("database", False, f"{type(exc).__name__}: {exc}")
     if version != head_revision():
         return CheckResult("database", False, f"schema at {version}, expected {head_revision()}")

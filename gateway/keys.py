@@ -192,9 +192,7 @@ class KeyRing:
     def ssh_host_fingerprints(self) -> list[tuple[str, str]]:
         """(algorithm, ``SHA256:...``) of each SSH host key, as OpenSSH shows them when it
         asks whether to trust the gateway: what a user compares before the first login."""
-        return [
-            (key.get_algorithm(), key.get_fingerprint("sha256")) for key in self.ssh_host_keys
-        ]
+        return [(key.get_algorithm(), key.get_fingerprint("sha256")) for key in self.ssh_host_keys]
 
 
 def load_keyring(settings: Settings, environ: dict[str, str] | None = None) -> KeyRing:

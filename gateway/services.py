@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from gateway.audit import AuditLog
+from gateway.audit.spool import AuditSpool
 from gateway.authz.access_requests import RequestService
 from gateway.authz.service import AuthzService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.db.health import DatabaseHealth
 from gateway.identity.login import Authenticator
 from gateway.keys import KeyRing
 from gateway.recorder import RecordingService
@@ -101,16 +103,37 @@ class Services:
     clock: Clock = utc_now
     node: str = field(default="")
     worker: int = 0  # which process of the node (``conduit serve --workers N``: 0..N-1)
+    # Whether the database answers (PostgreSQL; on SQLite always up): gateway.db.health.
+    db_health: DatabaseHealth = field(
+        default_factory=lambda: DatabaseHealth(None, grace_seconds=60)
+    )
 
     @classmethod
     def build(
-        cls, settings: Settings, keys: KeyRing, clock: Clock = utc_now, *, worker: int = 0
+        cls,
+        settings: Settings,
+        keys: KeyRing,
+        clock: Clock = utc_now,
+        *,
+        worker: int = 0,
+        serving: bool = False,
     ) -> Services:
+        """``serving``: for ``conduit serve`` on PostgreSQL, watch the database's health and
+        spool audit events it cannot take (docs/decisions/0023); a CLI command fails instead."""
         node = settings.server.node_name or socket.gethostname()
         engine = make_engine(settings)
         live = LiveRegistry(node)
         sessions = make_sessionmaker(engine)
-        audit = AuditLog(sessions, keys.signing_key, clock)
+        watched = serving and engine.dialect.name == "postgresql"
+        health = DatabaseHealth(
+            engine if watched else None, grace_seconds=settings.database.outage_grace_seconds
+        )
+        spool = (
+            AuditSpool(settings.data_dir, settings.database.audit_spool_max_bytes)
+            if watched
+            else None
+        )
+        audit = AuditLog(sessions, keys.signing_key, clock, spool=spool, health=health)
         bus = ChangeBus()
         authz = AuthzService(sessions, clock, bus, audit)
         recordings = RecordingService.from_settings(settings, keys, sessions, clock, audit)
@@ -133,6 +156,7 @@ class Services:
             clock=clock,
             node=node,
             worker=worker,
+            db_health=health,
         )
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from tests.browser_support import chromium, portal_context, shot, sign_in, watch_csp
-from tests.test_api_sessions import ADMIN_PASSWORD, ADMIN_SECRET, Site
+from tests.ssh_gateway import ADMIN_PASSWORD, ADMIN_SECRET, Site
 from tests.test_cluster_nodes import Cluster, Running, _admin, cluster  # noqa: F401
 
 pytestmark = pytest.mark.realpeer

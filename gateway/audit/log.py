@@ -5,6 +5,10 @@ a transaction-scoped advisory lock, SQLite takes the database write lock up fron
 ``BEGIN IMMEDIATE``. Does not decide what is audited (callers do) and does not schedule
 checkpoints (the serving process calls ``checkpoint()`` on its own timer).
 
+While the database is unreachable (PostgreSQL), ``record`` keeps events in a local spool
+(``spool.py``, fsync'd) and ``drain_spool`` adds them to the chain in order once it is back
+(docs/decisions/0023).
+
 Details must never contain secrets: callers pass identifiers (user ids, asset names, key
 fingerprints), and ``record`` refuses detail keys named like passwords, tokens, codes or keys.
 One exception is asked for as evidence: ``session.start`` of an exec session carries its
@@ -18,6 +22,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,10 +43,13 @@ from gateway.audit.chain import (
     encode_detail,
     event_hash,
 )
+from gateway.audit.spool import AuditSpool, SpooledEvent, new_spool_id
 from gateway.audit.syslog import SyslogSender, format_syslog
 from gateway.audit.tables import AuditCheckpointRow, AuditEventRow
 from gateway.audit.verify import AuditVerifyResult, ChainVerifier
+from gateway.db.health import DatabaseHealth
 
+log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 Progress = Callable[[int, int], None]
 
@@ -49,6 +57,7 @@ Progress = Callable[[int, int], None]
 # the ASCII of "CondAudt", so it is recognisable in pg_locks.
 PG_HEAD_LOCK = 0x436F6E6441756474
 READ_BATCH = 1000
+DRAIN_BATCH = 500  # spooled events added per transaction
 
 _EVENT_COLUMNS = (
     AuditEventRow.id,
@@ -89,10 +98,17 @@ class AuditLog:
         sessions: async_sessionmaker[Any],
         signing_key: Ed25519PrivateKey,
         clock: Clock,
+        *,
+        spool: AuditSpool | None = None,
+        health: DatabaseHealth | None = None,
     ) -> None:
         self._sessions = sessions
         self._signing_key = signing_key
         self._clock = clock
+        # With a spool (PostgreSQL serving processes), events that cannot reach the
+        # database are kept on local disk and drained into the chain later (spool.py).
+        self._spool = spool
+        self._health = health or DatabaseHealth(None, grace_seconds=0)
         # Tasks of this process queue here, not in the database: otherwise each waiting
         # append would hold a pooled connection (starving every other query) and SQLite
         # writers would poll the busy handler with sleeps. The database lock still
@@ -115,7 +131,7 @@ class AuditLog:
         source: str = "",
         detail: Mapping[str, object] | None = None,
     ) -> int:
-        """Append one event and return its id.
+        """Append one event and return its id (0 when it was spooled: see ``drain_spool``).
 
         ``ValueError`` for a malformed action or result and for secret-like detail keys;
         control characters in actor, source and target are escaped, overlong values cut.
@@ -123,7 +139,34 @@ class AuditLog:
         check_code_fields(actor=actor, action=action, result=result)
         actor, source, target = clean_fields(actor=actor, source=source, target=target)
         detail_text = encode_detail(detail)
-        async with self._local_head, self._sessions() as db, db.begin():
+        event = {"actor": actor, "source": source, "action": action, "target": target,
+                 "result": result}  # fmt: skip
+        async with self._local_head:
+            # Once one event is spooled, every later one is too until the drain has put
+            # them in the chain: otherwise the chain's order would not be the events' order.
+            if self._spool is not None and (not self._health.up or self._spool.pending()):
+                return await self._to_spool(event, detail)
+            try:
+                return await self._append(event, detail_text, None)
+            except Exception as error:
+                if self._spool is None or not self._health.failed(error):
+                    raise
+                log.warning("audit %s spooled: the database is unreachable", action)
+                return await self._to_spool(event, detail)
+
+    async def _append(
+        self, event: Mapping[str, str], detail_text: str, when: dt.datetime | None
+    ) -> int:
+        """Insert one event at the head of the chain (the caller holds ``_local_head``);
+        ``when`` is a spooled event's own time, else now."""
+        return await self._append_all([(event, detail_text, when)])
+
+    async def _append_all(
+        self, events: list[tuple[Mapping[str, str], str, dt.datetime | None]]
+    ) -> int:
+        """Insert ``events`` at the head of the chain in one transaction (all or none);
+        returns the last id."""
+        async with self._sessions() as db, db.begin():
             await _lock_head(db)
             last = (
                 await db.execute(
@@ -133,21 +176,91 @@ class AuditLog:
                 )
             ).first()
             prev_id, prev_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
-            # Read the clock under the lock so event times never run backwards along ids.
-            fields: dict[str, Any] = {
-                "id": prev_id + 1,
-                "time": self._now(),
-                "actor": actor,
-                "source": source,
-                "action": action,
-                "target": target,
-                "result": result,
-                "detail": detail_text,
-                "prev_hash": prev_hash,
-            }
+            rows = []
+            for event, detail_text, when in events:
+                # Read the clock under the lock so event times never run backwards along ids.
+                fields: dict[str, Any] = {
+                    "id": prev_id + 1,
+                    "time": when or self._now(),
+                    **event,
+                    "detail": detail_text,
+                    "prev_hash": prev_hash,
+                }
+                prev_id, prev_hash = prev_id + 1, event_hash(**fields)
+                rows.append({**fields, "hash": prev_hash})
             # Core INSERT: the ORM unit of work would add a flush cycle to every append.
-            await db.execute(insert(AuditEventRow), [{**fields, "hash": event_hash(**fields)}])
-        return prev_id + 1
+            await db.execute(insert(AuditEventRow), rows)
+        return prev_id
+
+    async def _to_spool(self, event: Mapping[str, str], detail: Mapping[str, object] | None) -> int:
+        """Keep the event on local disk (fsync'd) for ``drain_spool``; returns 0 (no id yet)."""
+        assert self._spool is not None  # noqa: S101 - only called with a spool
+        spool_id = new_spool_id()
+        spooled = SpooledEvent(
+            spool_id=spool_id,
+            time=self._now(),
+            detail=encode_detail({**(detail or {}), "spool_id": spool_id}),
+            **event,
+        )
+        await asyncio.to_thread(self._spool.append, spooled)
+        return 0
+
+    async def drain_spool(self) -> int:
+        """Put the spooled events into the chain, in order, with their own times; then drop
+        the spool. Returns how many were added. Idempotent: an event whose ``spool_id`` the
+        chain holds already (a drain a crash cut short) is skipped, so none is doubled."""
+        spool = self._spool
+        if spool is None or not spool.pending():
+            return 0
+        added = 0
+        async with self._local_head:
+            lock = spool.locked()
+            await asyncio.to_thread(lock.__enter__)
+            try:
+                contents = await asyncio.to_thread(spool.read)
+                # Batches of a fixed size from the spool's start, each one transaction. A
+                # batch whose first event the chain holds was drained before a crash, whole
+                # as it then was; events spooled since may follow it: only those are added.
+                for start in range(0, len(contents.events), DRAIN_BATCH):
+                    batch = contents.events[start : start + DRAIN_BATCH]
+                    if await self._holds(batch[0]):
+                        batch = [e for e in batch if not await self._holds(e)]
+                        if not batch:
+                            continue
+                    await self._append_all([
+                        ({"actor": e.actor, "source": e.source, "action": e.action,
+                          "target": e.target, "result": e.result}, e.detail, e.time)
+                        for e in batch
+                    ])  # fmt: skip
+                    added += len(batch)
+                if contents.damaged:
+                    # What a crash tore was never acknowledged; the chain still says so.
+                    damage = {"actor": "system", "source": "", "action": "audit.spool.damaged",
+                              "target": spool.path.name, "result": "error"}  # fmt: skip
+                    text = encode_detail({"lines": contents.damaged[:100],
+                                          "count": len(contents.damaged)})  # fmt: skip
+                    await self._append(damage, text, None)
+                await asyncio.to_thread(spool.remove)
+            finally:
+                lock.__exit__(None, None, None)
+        if added:
+            log.warning("audit spool drained: %d events added to the chain", added)
+        return added
+
+    async def _holds(self, spooled: SpooledEvent) -> bool:
+        """Whether the chain has ``spooled`` already (by its time, indexed, and spool id)."""
+        async with self._sessions() as db:
+            found = await db.scalar(
+                select(AuditEventRow.id)
+                .where(
+                    AuditEventRow.time == spooled.time,
+                    AuditEventRow.detail.contains(
+                        f'"spool_id":"{spooled.spool_id}"', autoescape=True
+                    ),
+                )
+                .limit(1)
+            )
+        return found is not None
 
     async def checkpoint(self) -> Checkpoint:
         """Sign the current chain head; returns the existing checkpoint if it is current."""

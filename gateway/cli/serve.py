@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TextIO
 
 import asyncssh
@@ -34,6 +34,7 @@ from gateway.services import Services
 from gateway.sessions import cluster, notify, watch_grants
 from gateway.sessions import store as live_store
 from gateway.sessions.broker import Broker
+from gateway.sessions.local_control import LocalControl
 from gateway.ssh import upstream
 from gateway.ssh.server import RefusalAudit, start_ssh_server
 from gateway.web.app import create_app
@@ -109,6 +110,13 @@ async def checkpoint_periodically(services: Services) -> None:
             log.exception("audit checkpoint failed")
 
 
+def _round_failed(services: Services, what: str) -> None:
+    """Log a failed round of a loop (called in its ``except``; the next round retries). While
+    the database is known to be away the health watch has said so once: no traceback a round."""
+    if services.db_health.up:
+        log.exception("%s failed", what)
+
+
 async def _woken_or_polled(wake: asyncio.Event, seconds: float) -> str:
     """Wait for ``wake`` (a notification) or ``seconds`` (the poll); says which came first."""
     with contextlib.suppress(TimeoutError):
@@ -130,7 +138,7 @@ async def watch_policy(services: Services, wake: asyncio.Event) -> None:
         try:
             await services.authz.refresh()
         except Exception:  # the database may be briefly away; sessions keep their deadlines
-            log.exception("policy refresh failed")
+            _round_failed(services, "policy refresh")
 
 
 async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.Event) -> None:
@@ -149,15 +157,15 @@ async def watch_kill_requests(broker: Broker, services: Services, wake: asyncio.
             if served:
                 services.metrics.kill_requests_served.labels(via).inc(served)
         except Exception:  # retried next round
-            log.exception("serving kill requests failed")
+            _round_failed(services, "serving kill requests")
         try:
             await broker.serve_write_windows()
         except Exception:  # retried next round; a window not yet seen keeps writes refused
-            log.exception("serving write windows failed")
+            _round_failed(services, "serving write windows")
         try:
             published = await publish_byte_counts(services, published)
         except Exception:  # retried next round: ``published`` is unchanged
-            log.exception("publishing byte counts failed")
+            _round_failed(services, "publishing byte counts")
 
 
 def start_control(services: Services, broker: Broker) -> None:
@@ -184,7 +192,23 @@ def start_control(services: Services, broker: Broker) -> None:
         services.tasks.start("notifications", listener.run())
     services.tasks.start("policy-watch", watch_policy(services, policy_wake))
     services.tasks.start("kill-requests", watch_kill_requests(broker, services, kill_wake))
-    services.tasks.start("membership", cluster.keep_membership(services, services.live.end_all))
+    services.tasks.start("membership", cluster.keep_membership(services, broker.end_all))
+    services.tasks.start("local-control", LocalControl(services, broker).serve())
+    if notify.is_postgresql(services.engine):  # docs/decisions/0023: database outage
+        services.tasks.start(
+            "database-health", services.db_health.watch(catch_up(services), broker.end_all)
+        )
+
+
+def catch_up(services: Services) -> Callable[[], Awaitable[object]]:
+    """What to do when the database answers (again): spooled audit events into the chain,
+    then the catalog updates the outage held back. Cheap when there is nothing to do."""
+
+    async def run() -> None:
+        await services.audit.drain_spool()
+        await services.recordings.finish_deferred()
+
+    return run
 
 
 async def publish_byte_counts(
@@ -266,9 +290,11 @@ async def serve(
 
     ``worker``: this is worker process ``worker`` of ``workers`` sharing the ports."""
     keys = load_keyring(settings)
-    services = Services.build(settings, keys, worker=worker or 0)
+    services = Services.build(settings, keys, worker=worker or 0, serving=True)
     try:
         await require_current(services.engine)
+        # Audit events a database outage left on local disk go into the chain first.
+        await services.audit.drain_spool()
         await services.authz.refresh(force=True)
         # Recordings left open by a crash of this node are closed as incomplete and signed.
         await services.recordings.recover_open()

@@ -3,7 +3,9 @@
 A kill is a request stored in the shared table; the node that owns the session ends it within
 half a second and audits it. ``write-window`` arms (or with ``--close`` ends) Modbus writes on
 a live Modbus session for a few minutes, with a reason (``gateway.sessions.write_windows``);
-the owning node applies it within half a second. Does not end sessions itself.
+the owning node applies it within half a second. Does not end sessions itself, except that
+``kill --local`` asks this node's serving processes over their control sockets (no database
+needed: ``gateway.sessions.local_control``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from gateway.cli.common import with_services
+from gateway.cli.common import settings_from, with_services
 from gateway.errors import ConduitError
 from gateway.services import Services
+from gateway.sessions import local_control, write_windows
 from gateway.sessions import store as live_store
-from gateway.sessions import write_windows
 
 Sub = argparse._SubParsersAction  # argparse has no public name for it
 
@@ -35,6 +37,12 @@ def add_sessions_commands(
         default="",
         metavar="TEXT",
         help="a note for the user and the audit log (the end reason is always 'killed')",
+    )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="ask this node's serving processes directly (no database needed; root or the "
+        "service user)",
     )
     p.set_defaults(handler=cmd_sessions_kill)
     p = sessions.add_parser(
@@ -74,6 +82,14 @@ def cmd_sessions_kill(args: argparse.Namespace) -> int:
     if note and (not note.strip() or len(note) > limit or not note.isprintable()):
         raise ConduitError(f"--reason must be 1-{limit} printable characters")
     actor = _actor()
+    if args.local:
+        if not local_control.SESSION_ID.match(args.session_id):
+            raise ConduitError(f"no live session {args.session_id} on this node")
+        data_dir = settings_from(args).data_dir
+        if not local_control.request_kill(data_dir, args.session_id, note):
+            raise ConduitError(f"no live session {args.session_id} on this node")
+        print(f"session {args.session_id}: ended" + (f": {note}" if note else ""))
+        return 0
 
     async def work(services: Services) -> int:
         async with services.sessions() as db, db.begin():

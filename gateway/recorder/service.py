@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.audit.sink import AuditSink
 from gateway.config import Settings
+from gateway.db.health import is_unreachable
 from gateway.keys import KeyRing
 from gateway.recorder import catalog, offload, search
 from gateway.recorder.catalog import CatalogEntry
@@ -155,6 +156,9 @@ class RecordingService:
         self._current_master = master.key_id
         self._pool: ProcessPoolExecutor | None = None
         self._background = TaskSet()
+        # Ends whose catalog update the database refused (an outage): (id, reason, kind,
+        # output bytes), retried in order by ``finish_deferred`` once it answers.
+        self._deferred: list[tuple[str, str, str, int | None]] = []
 
     @classmethod
     def from_settings(
@@ -263,12 +267,25 @@ class RecordingService:
         """Finalize and sign, then record the end in the catalog and index the text."""
         outcome = await writer.close(end_reason)
         reason = outcome.end_reason if outcome.footer_written else "recording_failed"
-        return await self._finish(
-            writer.recording_id,
-            reason,
-            kind=str(writer.header.kind),
-            output=outcome.output_bytes if outcome.footer_written else None,
-        )
+        output = outcome.output_bytes if outcome.footer_written else None
+        kind = str(writer.header.kind)
+        try:
+            return await self._finish(writer.recording_id, reason, kind=kind, output=output)
+        except Exception as error:
+            if is_unreachable(error):  # the file is closed and signed; only the row waits
+                self._deferred.append((writer.recording_id, reason, kind, output))
+            raise
+
+    async def finish_deferred(self) -> int:
+        """Catalog updates an outage held back, in order; returns how many were done. One
+        that fails again stays (with those after it) for the next call."""
+        done = 0
+        while self._deferred:
+            recording_id, reason, kind, output = self._deferred[0]
+            await self._finish(recording_id, reason, kind=kind, output=output)
+            self._deferred.pop(0)
+            done += 1
+        return done
 
     async def recover_open(
         self, node: str | None = None, worker: int = 0

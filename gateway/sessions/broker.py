@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from gateway.authz import certificates, hostkeys
 from gateway.authz.tables import Asset, modbus_port_of
+from gateway.db.health import UNREACHABLE_TEXT
 from gateway.errors import (
     ConduitError,
     HostKeyMismatch,
@@ -151,6 +152,13 @@ class Broker:
         user typed, so it never goes to a log line.
         """
         actions = tuple(with_account(a, account) for a in (action, *also))
+        if not self._s.db_health.up:  # no database: nothing new opens (fail closed)
+            if self._s.db_health.audit_refusal():
+                await self._denied(username, asset, source, {
+                    "protocol": protocol, "action_requested": actions[0], "account": account,
+                    "reason": "database unreachable",
+                })  # fmt: skip
+            raise ConduitError(UNREACHABLE_TEXT, "database unreachable")
         decision = await self._decide(username, asset, actions)
         if not decision.allowed or decision.authorization is None:
             await self._denied(username, asset, source, {
@@ -630,6 +638,17 @@ class Broker:
         await ticket.live.kill(ended_line(ticket))
         return True
 
+    async def end_all(self, reason: str) -> int:
+        """End every session of this process with ``reason`` (a fixed code, which their
+        ``session.end`` carries); returns how many were open. Callers bound the wait."""
+        ending = [sid for sid, ticket in self._tickets.items() if not ticket.end_reason]
+        for session_id in ending:
+            try:
+                await self.kill(session_id, reason)
+            except Exception:  # one front end failing to end must not spare the others
+                log.exception("ending session %s failed", session_id)
+        return len(ending)
+
     def live_ticket(self, session_id: str) -> Ticket | None:
         """The open session ``session_id`` if this process relays it (for a watch)."""
         return self._tickets.get(session_id)
@@ -696,19 +715,32 @@ class Broker:
         first = True
         while not ticket.ended.is_set():
             if not first:
-                decision = (
-                    await self._modbus_decision(ticket) if ticket.protocol == "modbus"
-                    else await self._decide(ticket.username, ticket.asset,
-                                            (ticket.action, *ticket.also))
-                )  # fmt: skip
-                if not decision.allowed:
+                try:
+                    decision = (
+                        await self._modbus_decision(ticket) if ticket.protocol == "modbus"
+                        else await self._decide(ticket.username, ticket.asset,
+                                                (ticket.action, *ticket.also))
+                    )  # fmt: skip
+                except Exception as error:
+                    if not s.db_health.failed(error):
+                        raise
+                    # No database, no new decision: the last one stands (its valid_until
+                    # included, enforced from memory) until the outage grace ends it.
+                    decision = None
+                if decision is None:
+                    until = ticket.live.valid_until
+                    if until is not None and s.clock() >= until:
+                        await self.kill(ticket.session_id, "expired")
+                        return
+                elif not decision.allowed:
                     until = ticket.live.valid_until
                     expired = until is not None and s.clock() >= until
                     await self.kill(ticket.session_id, "expired" if expired else "revoked")
                     return
-                ticket.live.valid_until = decision.valid_until
-                if decision.authorization is not None:
-                    ticket.proof = decision.authorization
+                else:
+                    ticket.live.valid_until = decision.valid_until
+                    if decision.authorization is not None:
+                        ticket.proof = decision.authorization
             first = False
             deadlines = [
                 started_mono + limits.max_duration_seconds,

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 
 from gateway.config import LockoutSettings
+from gateway.db.health import UNREACHABLE_TEXT
 from gateway.errors import ConduitError
 from gateway.identity.login import AuthenticationFailed, Authenticator, Identity
 from gateway.services import Services
@@ -42,6 +43,7 @@ from gateway.ssh.tunnel import open_tunnel
 from gateway.vault import DEFAULT_ACCOUNT
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Advertised after "SSH-2.0-": OpenSSH clients send eow@openssh.com only to peers whose
 # version starts with "OpenSSH" (shared/SSH-RELAY.md, trap 2), and without eow
 # `ssh gw 'cmd' | head` never ends. The comment after the space says what we really are.
@@ -200,6 +202,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
     # -- authentication ------------------------------------------------------------------
     async def begin_auth(self, username: str) -> bool:
         self._route = parse_route(username)
+        if not self._s.db_health.up:
+            await self._refuse_unreachable()
+            return True
         banner = self._s.settings.ssh.banner or self._s.settings.portal.banner
         if banner and self._conn is not None:
             self._conn.send_auth_banner(banner + "\r\n")
@@ -207,6 +212,25 @@ class GatewaySSHServer(asyncssh.SSHServer):
             user = self._route.user if self._route is not None else None
             await self._certs.prepare(self._conn, user)
         return True  # authentication is always required
+
+    async def _refuse_unreachable(self) -> None:
+        """No database, no login (fail closed): disconnect with the reason, audited."""
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, UNREACHABLE_TEXT)
+        await self._audit_unreachable()
+
+    async def _audit_unreachable(self) -> None:
+        self._s.metrics.ssh_refused.labels("database").inc()
+        if self._s.db_health.audit_refusal():
+            asset = self._route.asset if self._route is not None else None
+            try:
+                await self._s.audit.record(
+                    actor=self._user(), action="login.refused", result="error",
+                    target=asset or "", source=self._source,
+                    detail={"channel": "ssh", "reason": "database unreachable"},
+                )  # fmt: skip
+            except Exception:  # the spool is full: the refusal stands, counted
+                log.exception("ssh: login refusal not audited")
 
     def _user(self) -> str:
         return self._route.user if self._route is not None else "?"
@@ -230,7 +254,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         if self._password is None:
             # The first answer: a connect code logs in by itself; anything else is taken as
             # the password, and the code is asked for whether or not it was right.
-            identity = await self._connect_code(answer)
+            identity = await self._unless_unreachable(self._connect_code(answer))
             if identity is not None:
                 self._identity = identity
                 return True
@@ -238,12 +262,25 @@ class GatewaySSHServer(asyncssh.SSHServer):
             return _CODE_CHALLENGE
         password, self._password = self._password, None
         try:
-            self._identity = await self._auth.verify_password_and_code(
-                self._user(), password, answer, "ssh", self._source, self._s.clock()
+            self._identity = await self._unless_unreachable(
+                self._auth.verify_password_and_code(
+                    self._user(), password, answer, "ssh", self._source, self._s.clock()
+                )
             )
         except AuthenticationFailed:
             raise self._refused() from None
         return self._route is not None
+
+    async def _unless_unreachable(self, check: Awaitable[T]) -> T:
+        """``check``, a login step that reads the database; if the database turns out to be
+        away (the outage began since ``begin_auth``), the login is refused with the reason."""
+        try:
+            return await check
+        except Exception as error:
+            if not self._s.db_health.failed(error):
+                raise
+        await self._audit_unreachable()
+        raise asyncssh.ServiceNotAvailable(UNREACHABLE_TEXT)
 
     def password_auth_supported(self) -> bool:
         return True
@@ -254,7 +291,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         if route is None or route.asset is None:
             await self._audit_failure("connect code without an asset in the username")
             raise self._refused()
-        identity = await self._connect_code(password)
+        identity = await self._unless_unreachable(self._connect_code(password))
         if identity is None:
             await self._audit_failure("connect code not valid for this user and asset")
             raise self._refused()

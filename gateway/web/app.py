@@ -42,6 +42,7 @@ from gateway.web import (
     history,
     live,
     my_sessions,
+    outage,
     pages,
     player,
     portal,
@@ -65,6 +66,8 @@ def create_app(services: Services, broker: Broker | None = None) -> FastAPI:
     app.state.terminal_tickets = terminal.TerminalTickets(services)
     app.state.desktops = desktop.Desktops(services.settings.desktop.max_sessions)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    # Innermost of the middlewares: its 503s get the security headers and are counted.
+    outage.install(app, services)
     app.middleware("http")(security_headers)
 
     async def count(

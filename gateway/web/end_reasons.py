@@ -48,6 +48,10 @@ END_REASONS: dict[str, EndWords] = {
     "node_lost": EndWords(
         "its gateway node stopped answering", "the gateway node serving it stopped answering"
     ),
+    "database_lost": EndWords(
+        "the gateway lost its database for longer than the outage grace",
+        "the gateway lost its database for too long",
+    ),
     "incomplete": EndWords("cut off (gateway crash)", "cut off when the gateway stopped"),
 }
 

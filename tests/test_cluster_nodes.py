@@ -123,7 +123,7 @@ class Running:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+        self.proc.communicate(timeout=10)  # closes its pipes, also when it ended by itself
 
 
 def _start(

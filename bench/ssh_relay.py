@@ -69,6 +69,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,8 +196,28 @@ async def gateway_quiet(rig: Rig, limit_s: float = 120) -> float:
 
 
 # -- bulk ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stream:
+    """One command's stdout read to EOF: spawned at ``start``, ``first_len`` bytes at
+    ``first_at``, ``got`` bytes in all at ``end`` (perf_counter seconds)."""
+
+    start: float
+    first_at: float
+    first_len: int
+    end: float
+    got: int
+
+
 def bulk_once(argv: Argv, env: Env | None, size: int, limit_s: float) -> tuple[float, float]:
     """Read the command's stdout to EOF: (first byte to EOF MiB/s, spawn to EOF MiB/s)."""
+    s = bulk_stream(argv, env, size, limit_s)
+    data_s = max(s.end - s.first_at, 1e-9)
+    return (s.got - s.first_len) / MIB / data_s, s.got / MIB / (s.end - s.start)
+
+
+def bulk_stream(argv: Argv, env: Env | None, size: int, limit_s: float) -> Stream:
+    """Read the command's stdout to EOF (``size`` bytes, exit 0, within ``limit_s``, else
+    RuntimeError) and say when its bytes came."""
     buf = bytearray(MIB)
     view = memoryview(buf)
     with tempfile.TemporaryFile() as err:
@@ -227,8 +248,7 @@ def bulk_once(argv: Argv, env: Env | None, size: int, limit_s: float) -> tuple[f
         if got != size or code != 0:
             err.seek(0)
             raise RuntimeError(f"{argv[-1]!r}: {got} of {size} bytes, exit {code}: {err.read()!r}")
-    data_s = max(end - first_at, 1e-9)
-    return (got - first_len) / MIB / data_s, got / MIB / (end - start)
+    return Stream(start, first_at, first_len, end, got)
 
 
 PAYLOADS = ("random", "text")

@@ -229,12 +229,13 @@ async def _user_id(db: AsyncSession, username: str) -> int:
 
 
 async def populate(
-    data: Path, sshd_dir: Path, sshd_port: int, n_totp_users: int, vendor_key: Path
-) -> dict[str, str]:
+    data: Path, sshd_dir: Path, sshd_port: int, n_totp_users: int, vendor_key: Path,
+    environ: dict[str, str] | None = None,
+) -> dict[str, str]:  # fmt: skip
     """Users, asset, vaulted key, pinned host key, org grant, CODE_USER's registered key and
     its certificate (as ``conduit ssh-cert`` issues after MFA, not timed); returns TOTP
-    users' secrets."""
-    settings = load_settings(None, Overrides(data_dir=data), environ={})
+    users' secrets. ``environ``: settings from the environment (a PostgreSQL URL, say)."""
+    settings = load_settings(None, Overrides(data_dir=data), environ=environ or {})
     keys = load_keyring(settings)
     services = Services.build(settings, keys)
     secrets = {f"pw{i:04d}": pyotp.random_base32() for i in range(n_totp_users)}
@@ -323,14 +324,12 @@ def start_bare_relay(
     return proc, int(line.split()[1])
 
 
-async def build(work: Path, n_totp_users: int) -> Rig:
-    sshd_dir = work / "sshd"
-    sshd_port, jump_port, sshd = start_sshd(sshd_dir)
-    rig_procs = [sshd]
-    try:
-        key = sshd_dir / "client_ed25519"
-        config = work / "ssh_config"
-        text = f"""\
+def write_client_configs(work: Path, key: Path) -> tuple[Path, Path]:
+    """The OpenSSH client config (``key`` for root on the sshd, the cipher for both legs of
+    ``-J``), its curve25519 and certificate variants, and the vendor's own key (whose
+    certificate ``populate`` issues). Returns the config and the vendor key."""
+    config = work / "ssh_config"
+    text = f"""\
 Host *
   User root
   IdentityFile {key}
@@ -346,19 +345,29 @@ Host *
   ControlPath none
   ForwardAgent no
 """
-        config.write_text(text)
-        # OpenSSH 9.2 prefers post-quantum sntrup761x25519; asyncssh (both gateway legs) has
-        # no sntrup, so the relay negotiates curve25519. This config lets the baselines do
-        # the same, for a like-for-like connect figure beside the default one.
-        config.with_suffix(".c25519").write_text(text + "  KexAlgorithms curve25519-sha256\n")
-        # The vendor's own key and the certificate the gateway issued for it (relay_cert).
-        vendor_key = work / "vendor_ed25519"
-        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(vendor_key)]
-        await asyncio.to_thread(subprocess.run, keygen, check=True)
-        config.with_suffix(".cert").write_text(
-            text.replace(f"IdentityFile {key}",
-                         f"IdentityFile {vendor_key}\n  CertificateFile {vendor_key}-cert.pub")
-        )  # fmt: skip
+    config.write_text(text)
+    # OpenSSH 9.2 prefers post-quantum sntrup761x25519; asyncssh (both gateway legs) has
+    # no sntrup, so the relay negotiates curve25519. This config lets the baselines do
+    # the same, for a like-for-like connect figure beside the default one.
+    config.with_suffix(".c25519").write_text(text + "  KexAlgorithms curve25519-sha256\n")
+    # The vendor's own key and the certificate the gateway issued for it (relay_cert).
+    vendor_key = work / "vendor_ed25519"
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(vendor_key)]
+    subprocess.run(keygen, check=True)
+    config.with_suffix(".cert").write_text(
+        text.replace(f"IdentityFile {key}",
+                     f"IdentityFile {vendor_key}\n  CertificateFile {vendor_key}-cert.pub")
+    )  # fmt: skip
+    return config, vendor_key
+
+
+async def build(work: Path, n_totp_users: int) -> Rig:
+    sshd_dir = work / "sshd"
+    sshd_port, jump_port, sshd = start_sshd(sshd_dir)
+    rig_procs = [sshd]
+    try:
+        key = sshd_dir / "client_ed25519"
+        config, vendor_key = await asyncio.to_thread(write_client_configs, work, key)
         askpass = work / "askpass.sh"
         askpass.write_text(ASKPASS)
         askpass.chmod(0o700)

@@ -81,16 +81,17 @@ class Running:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+        self.proc.communicate(timeout=10)  # closes its pipes, also when it ended by itself
 
 
 def _start(
-    data: Path, tmp_path: Path, name: str, environ: dict[str, str], secrets: dict[str, str]
-) -> Site:
+    data: Path, tmp_path: Path, name: str, environ: dict[str, str], secrets: dict[str, str],
+    extra: dict[str, str],
+) -> Site:  # fmt: skip
     portal, ssh_port = free_port(), free_port()
     env = clean_env(
         **environ, **HEARTBEAT, CONDUIT_SERVER__NODE_NAME=name,
-        CONDUIT_CLUSTER__POLL_SECONDS=POLL[name],
+        CONDUIT_CLUSTER__POLL_SECONDS=POLL[name], **extra,
     )  # fmt: skip
     server = Served(
         ["serve", "--data-dir", str(data), "--portal-listen", f"127.0.0.1:{portal}",
@@ -104,23 +105,33 @@ def _start(
     return Site(Gateway(data, server, ssh_port, secrets, work), clean_env(**environ))
 
 
-@pytest.fixture
-def cluster(sshd: SSHDTarget, tmp_path: Path, pg_database: str) -> Iterator[Cluster]:
+@contextmanager
+def running_cluster(
+    sshd: SSHDTarget, tmp_path: Path, pg_database: str, vendors: tuple[str, ...] = VENDORS,
+    **extra: str,
+) -> Iterator[Cluster]:  # fmt: skip
+    """Nodes ``a`` and ``b`` on ``pg_database``, ``extra`` in both nodes' environment."""
     data = tmp_path / "data"
     environ = {"CONDUIT_DATABASE__URL": pg_database}
     init_data_dir(data, env=clean_env(**environ))
-    secrets = {user: pyotp.random_base32() for user in VENDORS}
+    secrets = {user: pyotp.random_base32() for user in vendors}
     asyncio.run(populate_with_admin(data, environ, sshd, secrets))
     made = Cluster({}, pg_database)
     try:
         for name in ("a", "b"):
-            made.nodes[name] = _start(data, tmp_path, name, environ, secrets)
+            made.nodes[name] = _start(data, tmp_path, name, environ, secrets, extra)
         yield made
     finally:
         for running in made.clients:
             running.stop()
         for site in made.nodes.values():
             site.gateway.server.kill()
+
+
+@pytest.fixture
+def cluster(sshd: SSHDTarget, tmp_path: Path, pg_database: str) -> Iterator[Cluster]:
+    with running_cluster(sshd, tmp_path, pg_database) as made:
+        yield made
 
 
 @contextmanager

@@ -23,9 +23,9 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from tests.desktop_targets import XvncTarget, start_xvnc
+from tests.ssh_gateway import _csrf
 from tests.sshd_target import free_port
 from tests.support import Served, clean_env, conduit, init_data_dir
-from tests.test_api_sessions import _csrf
 
 pytestmark = pytest.mark.realpeer
 PASSWORD = "correct horse battery staple 9"  # noqa: S105 - the portal users' test password

@@ -23,9 +23,10 @@ import pyotp
 import pytest
 
 from tests.db_path import DatabasePath
+from tests.ssh_gateway import populate_with_admin
 from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, clean_env, conduit, init_data_dir
-from tests.test_cluster_nodes import VENDORS, _populate
+from tests.test_cluster_nodes import VENDORS
 from tests.test_ssh_jump import Gateway
 
 MESSAGE = "the gateway cannot reach its database; try again shortly"
@@ -116,7 +117,7 @@ def start_node(
         environ = {"CONDUIT_DATABASE__URL": path.url(pg_database)}
         init_data_dir(data, env=clean_env(**environ))
         secrets = {user: pyotp.random_base32() for user in VENDORS}
-        asyncio.run(_populate(data, environ, sshd, secrets))
+        asyncio.run(populate_with_admin(data, environ, sshd, secrets))
         portal, ssh_port = free_port(), free_port()
         env = clean_env(
             **environ, CONDUIT_DATABASE__OUTAGE_GRACE_SECONDS=str(grace_seconds),

@@ -19,9 +19,8 @@ import pyotp
 import pytest
 
 from gateway.web.forwarded import client_address, networks
-from tests.ssh_gateway import running_gateway
+from tests.ssh_gateway import _csrf, running_gateway
 from tests.sshd_target import SSHDTarget, free_port
-from tests.test_api_sessions import _csrf
 from tests.test_ssh_jump import PASSWORD, Gateway
 from tests.test_ssh_proxy_protocol import BALANCER, VENDOR, _listening
 

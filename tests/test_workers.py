@@ -24,9 +24,9 @@ import pyotp
 import pytest
 
 from gateway.cli.supervisor import workers_for
+from tests.ssh_gateway import populate_with_admin
 from tests.sshd_target import SSHDTarget, free_port
 from tests.support import Served, clean_env, conduit, init_data_dir
-from tests.test_cluster_nodes import _populate
 from tests.test_ssh_jump import Gateway
 
 VENDORS = tuple(f"v{i}" for i in range(12))  # one login each: a TOTP step is used once
@@ -131,7 +131,7 @@ def node(sshd: SSHDTarget, tmp_path: Path, pg_database: str) -> Iterator[Node]:
     environ = {"CONDUIT_DATABASE__URL": pg_database}
     init_data_dir(data, env=clean_env(**environ))
     secrets = {user: pyotp.random_base32() for user in VENDORS}
-    asyncio.run(_populate(data, environ, sshd, secrets))
+    asyncio.run(populate_with_admin(data, environ, sshd, secrets))
     server, ssh_port = _serve(data, clean_env(**environ, **HEARTBEAT), "--workers", "2")
     work = tmp_path / "client"
     work.mkdir()

@@ -278,6 +278,9 @@ class Broker:
             "session_id": ticket.session_id,
             "protocol": ticket.protocol,
             "action": ticket.action,
+            # Which serving process owns it: behind a balancer, where the login landed.
+            "node": ticket.live.node,
+            "worker": ticket.live.worker,
             "account": ticket.target.account,
             "grant_id": decision.grant_id or "",
             "recording_id": ticket.writer.recording_id,

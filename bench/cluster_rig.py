@@ -70,9 +70,11 @@ class Node:
         return NodePorts(self.ssh_port, self.portal)
 
     def wait_ready(self, site: Site, limit: float = 90) -> None:
-        """Until the node serves SSH and each of its workers has joined the cluster."""
+        """Until every worker of the node serves SSH (each prints the line once its listener
+        is bound: with SO_REUSEPORT a connection made before a worker binds can only reach
+        the others) and has joined the cluster."""
         deadline = time.monotonic() + limit
-        while "Conduit SSH on" not in self.log.read_text():
+        while self.log.read_text().count("Conduit SSH on") < (self.workers or 1):
             if self.proc.poll() is not None:
                 text = self.log.read_text()
                 if "--workers" in text and "unrecognized arguments" in text:

@@ -34,6 +34,7 @@ from gateway.keys import init_key_material, load_keyring
 from gateway.services import Services
 from gateway.sessions import cluster, watch_grants
 from gateway.web import watch_relay
+from tests.support import clean_env, conduit, init_data_dir
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -206,3 +207,22 @@ async def test_the_owner_contact_says_how_many_workers_share_its_port(
     finally:
         for services in built:
             await services.close()
+
+
+def test_serve_refuses_to_start_with_a_key_in_its_certificate_file(data_dir: Path) -> None:
+    init_data_dir(data_dir)
+    tls = data_dir / "tls"
+    combined = tls / "combined.pem"  # HAProxy style: certificate then key
+    combined.write_text((tls / "portal.crt").read_text() + (tls / "portal.key").read_text())
+    combined.chmod(0o600)
+    env = clean_env(
+        CONDUIT_PORTAL__TLS_CERT_FILE=str(combined),
+        CONDUIT_PORTAL__TLS_KEY_FILE=str(tls / "portal.key"),
+    )
+    result = conduit(
+        "serve", "--data-dir", str(data_dir), "--portal-listen", "127.0.0.1:0",
+        "--ssh-listen", "127.0.0.1:0", env=env, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr  # a configuration error
+    assert "holds a private key" in result.stderr
+    assert "Traceback" not in result.stderr and "PRIVATE KEY" not in result.stderr

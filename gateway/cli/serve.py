@@ -76,11 +76,16 @@ def _portal_config(services: Services, broker: Broker) -> uvicorn.Config:
     )
 
 
-async def _publish_contact(services: Services) -> None:
-    """Where the other nodes reach this portal to relay a watch (``watch_grants``)."""
+def _own_contact(services: Services) -> watch_grants.Contact:
+    """Where the other nodes reach this portal to relay a watch, and its leaf certificate
+    (``ConfigError`` before anything starts if the certificate file holds a private key)."""
     cert = services.keys.tls_cert_file
     pem = cert.read_text() if services.settings.portal.tls and cert is not None else ""
-    contact = watch_grants.own_contact(services.settings, pem)
+    return watch_grants.own_contact(services.settings, pem)
+
+
+async def _publish_contact(services: Services, contact: watch_grants.Contact) -> None:
+    """Publish this member's contact in its ``nodes`` row (``watch_grants``)."""
     async with services.sessions() as db, db.begin():
         await watch_grants.publish_contact(db, services.node, services.worker, contact)
 
@@ -336,8 +341,9 @@ async def _serve_until(
     broker = Broker(
         services, ssh_connector=upstream.connect, desktop_connector=desktop_upstream.connect
     )
+    contact = _own_contact(services)
     await cluster.join(services)
-    await _publish_contact(services)
+    await _publish_contact(services, contact)
     # Sessions a previous run of this node left in the shared table ended with it (with
     # workers: this worker's, and worker 0 also those of indexes the node no longer runs).
     await cluster.reap_own_leftovers(services, workers)

@@ -8,10 +8,11 @@ valid for ``GRANT_SECONDS``. A then opens B's internal watch socket presenting t
 redeems it (one conditional DELETE: a grant is spent on first use, and only by the owner)
 and checks the watch again itself. The token never sits in the database, a log or a URL.
 
-Each member publishes its portal address and TLS certificate in its ``nodes`` row; the
-relaying node trusts exactly that certificate (no CA, no host name), so the shared database
-is the one root of trust, as it already is for kill requests. Does not decide who may watch
-(the web front end asks the authorizer) and does not move any output.
+Each member publishes its portal address and its TLS leaf certificate (only the leaf, never a
+chain or a key) in its ``nodes`` row; the relaying node pins exactly that certificate (the
+SHA-256 of the peer's leaf, no CA, no host name), so the shared database is the one root of
+trust, as it already is for kill requests. Does not decide who may watch (the web front end
+asks the authorizer) and does not move any output.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, String, delete, select, update
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import Integer, String, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.config import Settings, parse_listen
 from gateway.db.models import Base
 from gateway.db.types import UTCDateTime
+from gateway.errors import ConfigError
 from gateway.sessions.cluster import NodeRow
 from gateway.sessions.store import LiveSessionRow
 
@@ -63,23 +67,49 @@ class Grant:
 
 @dataclass(frozen=True)
 class Contact:
-    """How to reach a member's portal: ``host:port`` and its certificate (PEM; empty when
-    the portal has no TLS)."""
+    """How to reach a member's portal: ``host:port``, its leaf certificate (PEM; empty when
+    the portal has no TLS) and how many workers share that address (read from ``nodes``)."""
 
     address: str
     certificate: str
+    workers: int = 1
+
+
+def leaf_certificate(pem: str) -> str:
+    """The first certificate of a PEM file, re-serialised alone: what a node publishes.
+
+    A chain would make its intermediates trust anchors for other nodes, and a combined
+    certificate-and-key file (HAProxy style) would publish the key: such a file is refused."""
+    if "PRIVATE KEY-----" in pem:
+        raise ConfigError(
+            "portal.tls_cert_file holds a private key: it would be published to the other "
+            "nodes; keep the key in portal.tls_key_file only"
+        )
+    try:
+        leaf = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise ConfigError(f"portal.tls_cert_file holds no usable certificate: {exc}") from None
+    return leaf.public_bytes(Encoding.PEM).decode()
+
+
+def pin_of(certificate_pem: str) -> bytes:
+    """The SHA-256 of a published leaf certificate's DER: compared with the peer's leaf."""
+    leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).digest()
 
 
 def own_contact(settings: Settings, certificate_pem: str) -> Contact:
     """This node's contact for its ``nodes`` row: ``cluster.portal_address``, else
-    ``portal.listen`` unless that is a wildcard (then empty: not reachable for watches)."""
+    ``portal.listen`` unless that is a wildcard (then empty: not reachable for watches), and
+    the leaf of ``certificate_pem`` when the portal has TLS (``ConfigError`` if that file
+    holds a private key or no certificate)."""
     address = settings.cluster.portal_address
     if not address:
         listen = settings.portal_listen
         address = "" if listen.host in WILDCARDS or not listen.port else str(listen)
     if address:
         parse_listen(address)
-    return Contact(address, certificate_pem if settings.portal.tls else "")
+    return Contact(address, leaf_certificate(certificate_pem) if settings.portal.tls else "")
 
 
 async def publish_contact(db: AsyncSession, node: str, worker: int, contact: Contact) -> None:
@@ -92,7 +122,8 @@ async def publish_contact(db: AsyncSession, node: str, worker: int, contact: Con
 
 
 async def contact_of(db: AsyncSession, node: str, worker: int) -> Contact | None:
-    """The owner's published contact, or None when it has none (or no row: it is gone)."""
+    """The owner's published contact, or None when it has none (or no row: it is gone).
+    ``workers``: how many rows the owner node has, i.e. how many workers share its port."""
     row = (
         await db.execute(
             select(NodeRow.portal_address, NodeRow.portal_certificate).where(
@@ -102,7 +133,8 @@ async def contact_of(db: AsyncSession, node: str, worker: int) -> Contact | None
     ).first()
     if row is None or not row[0]:
         return None
-    return Contact(row[0], row[1])
+    workers = await db.scalar(select(func.count()).select_from(NodeRow).where(NodeRow.name == node))
+    return Contact(row[0], row[1], max(1, workers or 1))
 
 
 def _digest(token: str) -> str:

@@ -3,8 +3,10 @@
 The watcher's portal socket landed here, the session's owner is another node (or another
 worker of this one). Having decided the watch is allowed (``watch._watchable``), this node
 stores a one-time grant (``watch_grants.issue``), opens the owner's internal watch socket
-(``watch_owner``) at the address the owner published in ``nodes``, trusting exactly the
-certificate it published there, and presents the grant in a header. The owner checks the
+(``watch_owner``) at the address the owner published in ``nodes``, checks that the TLS peer's
+leaf certificate is exactly the one published there (its SHA-256, before anything is sent),
+and only then presents the grant in a header. An owner that publishes no certificate (a
+portal without TLS) is refused: the grant never travels in clear text. The owner checks the
 watch again and streams what a local watch would send; this node forwards every frame to the
 watcher unchanged, keeps asking whether the watch may go on (``recheck``), and ends it when
 the owner's socket ends (the session ended, or the owner went away). What a terminal watcher
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -37,9 +43,10 @@ log = logging.getLogger(__name__)
 GRANT_HEADER = "X-Conduit-Watch-Grant"
 OWNER_PATH = "/ws/watch-owner/"
 OTHER_WORKER = 4409  # the owner's port reached a sibling worker: try again
-# Workers share the owner's port, so a connection reaches the right one by chance; this many
-# tries miss one of 8 workers with probability (7/8)^64 < 2e-4.
-MAX_ATTEMPTS = 64
+# Workers share the owner's port, so a connection reaches the right one by chance: with W
+# workers, W * ln(1000) tries miss with probability (1 - 1/W)^tries < e^-ln(1000) = 1/1000.
+MISS_LOG = math.log(1000)
+MAX_WORKERS = 64  # config: server.workers <= 64; a row count above that is not trusted
 OPEN_TIMEOUT = 5.0
 # The owner's largest frame: one desktop FramebufferUpdate (a terminal's batches are at most
 # a watcher queue, 1 MiB). At most MAX_QUEUE frames wait here: a slow watcher holds the owner
@@ -49,40 +56,84 @@ MAX_QUEUE = 2
 Recheck = Callable[[], Awaitable[str]]
 
 
-def _tls(contact: watch_grants.Contact) -> ssl.SSLContext | None:
-    """Trust exactly the owner's published certificate (no CA, no host name)."""
-    if not contact.certificate:
-        return None
-    context = ssl.create_default_context(cadata=contact.certificate)
+def attempts_for(workers: int) -> int:
+    """Connections to try so that one reaches the right one of ``workers`` sharing a port,
+    missing with probability below 1/1000."""
+    return math.ceil(min(max(workers, 1), MAX_WORKERS) * MISS_LOG)
+
+
+class PinMismatch(InvalidHandshake):
+    """The owner's TLS peer is not the certificate it published (or has none)."""
+
+
+class _Pinned(ClientConnection):
+    """A client connection that checks the TLS peer's leaf against ``pin`` after the TLS
+    handshake and before its opening request (which carries the grant) is sent."""
+
+    pin = b""
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        tls = self.transport.get_extra_info("ssl_object")
+        peer = tls.getpeercert(binary_form=True) if isinstance(tls, ssl.SSLObject) else None
+        if (
+            not self.pin
+            or not peer
+            or not hmac.compare_digest(hashlib.sha256(peer).digest(), self.pin)
+        ):
+            raise PinMismatch("the owner's certificate is not the one it published")
+        await super().handshake(*args, **kwargs)
+
+
+def _pinned(pin: bytes) -> type[ClientConnection]:
+    return type("PinnedConnection", (_Pinned,), {"pin": pin})
+
+
+def _tls() -> ssl.SSLContext:
+    """TLS without CA or host name checks: the pin (``_Pinned``) is the one check."""
+    context = ssl.create_default_context()
     context.check_hostname = False
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.verify_mode = ssl.CERT_NONE
     return context
 
 
 async def _open_owner(
     contact: watch_grants.Contact, session_id: str, token: str
-) -> tuple[ClientConnection, str | bytes] | None:
-    """The owner's internal watch socket and its first frame, or None when the owner cannot
-    be reached or refused."""
-    tls = _tls(contact)
-    url = f"{'wss' if tls else 'ws'}://{contact.address}{OWNER_PATH}{session_id}"
-    for _ in range(MAX_ATTEMPTS):
+) -> tuple[ClientConnection, str | bytes] | str:
+    """The owner's internal watch socket and its first frame, or why not (the owner cannot
+    be reached, is not the published certificate, or refused)."""
+    if not contact.certificate:
+        log.warning("refused to relay a watch from %s: it publishes no TLS", contact.address)
+        return "it publishes no TLS certificate (its portal has no TLS)"
+    try:
+        pin = watch_grants.pin_of(contact.certificate)
+    except ValueError:
+        return "its published certificate cannot be read"
+    url = f"wss://{contact.address}{OWNER_PATH}{session_id}"
+    clock = asyncio.get_running_loop().time
+    give_up = clock() + watch_grants.GRANT_SECONDS  # the grant is spent or expired by then
+    for _ in range(attempts_for(contact.workers)):
+        if clock() > give_up:
+            break
         try:
             owner = await connect(
-                url, ssl=tls, additional_headers={GRANT_HEADER: token},
+                url, ssl=_tls(), additional_headers={GRANT_HEADER: token},
                 open_timeout=OPEN_TIMEOUT, max_size=MAX_FRAME, max_queue=MAX_QUEUE,
-                compression=None,
+                compression=None, create_connection=_pinned(pin),
             )  # fmt: skip
+        except PinMismatch:
+            log.warning("refused to relay a watch: %s is not the published certificate",
+                        contact.address)  # fmt: skip
+            return "its certificate is not the one it published"
         except (OSError, TimeoutError, InvalidHandshake, InvalidStatus) as exc:
             log.warning("cannot reach %s to relay a watch: %s", contact.address, exc)
-            return None
+            return "it could not be reached"
         first = await _first_frame(owner)
         if first is None and owner.close_code == OTHER_WORKER:
             continue
         if first is None:
-            return None
+            return "it refused the watch"
         return owner, first
-    return None
+    return "its worker owning the session could not be reached"
 
 
 async def _first_frame(owner: ClientConnection) -> str | bytes | None:
@@ -110,19 +161,20 @@ async def relay_from_owner(
     async with services.sessions() as db, db.begin():
         contact = await watch_grants.contact_of(db, row.node, row.worker)
         token = ""
-        if contact is not None:
+        if contact is not None and contact.certificate:
             token = await watch_grants.issue(
                 db, row, portal_session_id=context.session.session_id, watcher=user,
                 source=source_of(ws), via_node=services.node, now=services.clock(),
             )  # fmt: skip
-    opened = await _open_owner(contact, row.session_id, token) if contact is not None else None
-    if opened is None:
-        why = f"watch of {row.session_id}: its owner node {row.node} could not be reached"
-        if contact is None:
-            why = f"watch of {row.session_id}: owner node {row.node} publishes no portal address"
-        await audit_refusal(ws, user, why, NOT_FOUND)
-        await _say(ws, f"conduit: this session is relayed by node {row.node}, which could not "
-                       "be reached for a watch; watch it there.\r\n")  # fmt: skip
+    opened: tuple[ClientConnection, str | bytes] | str = "it publishes no portal address"
+    if contact is not None:
+        opened = await _open_owner(contact, row.session_id, token)
+    if isinstance(opened, str):
+        await audit_refusal(
+            ws, user, f"watch of {row.session_id}: owner node {row.node}: {opened}", NOT_FOUND
+        )
+        await _say(ws, f"conduit: this session is relayed by node {row.node}, and a watch "
+                       f"cannot be relayed from it: {opened}; watch it there.\r\n")  # fmt: skip
         await _close(ws, NOT_FOUND, NOT_FOUND_TEXT)
         return
     owner, first = opened

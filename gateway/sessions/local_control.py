@@ -6,9 +6,9 @@ kill`` request cannot be stored, yet an operator must still be able to end a ses
 the 0700 data directory) and accepts only peers whose uid (``SO_PEERCRED``) is root or its own:
 whoever can already read the node's keys. ``conduit sessions kill ID --local`` asks every
 such socket; the process relaying the session ends it from memory (the live registry) with
-reason ``killed`` and audits ``session.kill`` (into the audit spool while the database is
-away). One JSON line each way, at most ``MAX_REQUEST`` bytes. Does nothing but kill: listing
-and other control go through the database as before.
+reason ``killed``, then audits ``session.kill`` (into the audit spool while the database is
+away; the kill never waits for the audit). One JSON line each way, at most ``MAX_REQUEST``
+bytes. Does nothing but kill: listing and other control go through the database as before.
 """
 
 from __future__ import annotations
@@ -128,19 +128,25 @@ class LocalControl:
         await writer.drain()
 
     async def kill(self, session_id: str, note: str, actor: str) -> bool:
-        """End ``session_id`` if this process relays it; audited (spooled if need be)."""
+        """End ``session_id`` if this process relays it; audited (spooled if need be).
+
+        The session ends first: the kill is what the operator came for, and it must not
+        wait behind an audit append to a database that has gone silent (the append is
+        bounded and then spooled, but that can take its whole deadline)."""
         ticket = self._broker.live_ticket(session_id)
         if ticket is None or ticket.end_reason:
             return False
+        ended = await self._broker.kill(session_id, KILLED, note=note, by=actor)
         try:
             await self._s.audit.record(
-                actor=actor, action="session.kill", result="success", target=ticket.asset,
+                actor=actor, action="session.kill", result="success" if ended else "error",
+                target=ticket.asset,
                 detail={"session_id": session_id, "reason": KILLED, "note": note,
                         "via": "local"},
             )  # fmt: skip
-        except Exception:  # ending the session matters more than the record of asking
+        except Exception:  # the session is ended; the record of asking could not be kept
             log.exception("local kill of %s not audited", session_id)
-        return await self._broker.kill(session_id, KILLED, note=note, by=actor)
+        return ended
 
 
 def request_kill(data_dir: Path, session_id: str, note: str) -> bool:

@@ -130,23 +130,33 @@ class LocalControl:
     async def kill(self, session_id: str, note: str, actor: str) -> bool:
         """End ``session_id`` if this process relays it; audited (spooled if need be).
 
-        The session ends first: the kill is what the operator came for, and it must not
-        wait behind an audit append to a database that has gone silent (the append is
-        bounded and then spooled, but that can take its whole deadline)."""
+        The session ends first and the answer does not wait for the audit: the kill is
+        what the operator came for, and an append to a database that has gone silent takes
+        its whole deadline before the event is spooled. The audit runs as a task of the
+        process's task set (``services.tasks``)."""
         ticket = self._broker.live_ticket(session_id)
         if ticket is None or ticket.end_reason:
             return False
         ended = await self._broker.kill(session_id, KILLED, note=note, by=actor)
+        detail: dict[str, object] = {
+            "session_id": session_id,
+            "reason": KILLED,
+            "note": note,
+            "via": "local",
+        }
+        self._s.tasks.start(
+            f"audit-local-kill-{session_id}",
+            self._audit(actor, "success" if ended else "error", ticket.asset, detail),
+        )
+        return ended
+
+    async def _audit(self, actor: str, result: str, target: str, detail: dict[str, object]) -> None:
         try:
             await self._s.audit.record(
-                actor=actor, action="session.kill", result="success" if ended else "error",
-                target=ticket.asset,
-                detail={"session_id": session_id, "reason": KILLED, "note": note,
-                        "via": "local"},
-            )  # fmt: skip
+                actor=actor, action="session.kill", result=result, target=target, detail=detail
+            )
         except Exception:  # the session is ended; the record of asking could not be kept
-            log.exception("local kill of %s not audited", session_id)
-        return ended
+            log.exception("local kill of %s not audited", detail["session_id"])
 
 
 def request_kill(data_dir: Path, session_id: str, note: str) -> bool:

@@ -2,9 +2,11 @@
 
 One JSON object per line in ``<data_dir>/audit-spool.jsonl`` (0600), each written, flushed and
 ``fsync``'d before ``append`` returns, so an event the caller was told about survives a crash
-of the process or the machine. Each carries a random ``spool_id`` (also put in the event's
-detail) that makes draining idempotent: ``AuditLog.drain_spool`` skips an event whose id the
-chain already holds, so a crash mid-drain neither loses nor duplicates. Processes sharing the
+of the process or the machine. Each carries a random ``spool_id`` (also in the event's
+detail, made before the event's first attempt) that makes draining idempotent:
+``AuditLog.drain_spool`` skips an event whose id the chain already holds, so neither a crash
+mid-drain nor an append whose commit answer was lost duplicates. ``batches`` reads the spool
+a bounded batch at a time. Processes sharing the
 data directory (workers of a node) serialise on ``audit-spool.lock`` (``flock``), a file that
 is never removed, so an appender can never write into a spool a drain has just unlinked.
 

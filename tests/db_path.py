@@ -4,7 +4,10 @@ outage tests (no mocks: the gateway's driver sees real resets and refused connec
 ``DatabasePath(upstream_port)`` listens on 127.0.0.1 and forwards each connection to
 127.0.0.1:upstream_port in a thread of its own. ``cut()`` resets every forwarded connection
 and refuses new ones (the listening socket is closed) until ``restore()`` listens again on
-the same port. Does not shape traffic (no delay, no loss): a cut is all or nothing.
+the same port. ``freeze()`` is the silent kind of outage (a dropped route, a firewall that
+drops packets): every socket stays open but no byte is forwarded either way, so the driver
+gets neither an answer nor an error, until ``thaw()`` lets the held bytes through. Does not
+shape traffic otherwise (no delay, no loss).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 
 class DatabasePath:
@@ -21,6 +25,7 @@ class DatabasePath:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._frozen = threading.Event()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port: int = probe.getsockname()[1]
@@ -55,7 +60,15 @@ class DatabasePath:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
 
+    def freeze(self) -> None:
+        """Stop forwarding (both ways, new connections too) with every socket left open."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
     def close(self) -> None:
+        self.thaw()
         self.cut()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -82,6 +95,8 @@ class DatabasePath:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self._frozen.is_set():  # hold the bytes, as a black hole would
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import stat
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit import AuditLog
-from gateway.audit.spool import AuditSpool, SpoolFull
+from gateway.audit.spool import AuditSpool, SpooledEvent, SpoolFull
 from gateway.db.engine import make_sessionmaker
 from gateway.db.health import DatabaseHealth
 from tests.db_path import DatabasePath
@@ -193,3 +194,109 @@ async def test_a_long_spool_drains_in_batches_and_a_crash_between_them_is_safe(
     assert await site.audit.drain_spool() == 1
     assert await site.actions() == [*(f"x.n{i}" for i in range(1100)), "y.last"]
     assert (await site.audit.verify()).ok
+
+
+async def test_a_silent_postgresql_path_spools_within_the_deadline_and_lands_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    # A black hole (packets dropped, nothing reset): the driver gets neither an answer nor an
+    # error. The append gives up at its deadline, the event is spooled, and the next one
+    # (a local kill's, say) is not queued behind a wait of minutes.
+    path = DatabasePath()
+    try:
+        async with migrated_engine(path.url(pg_database), tmp_path) as engine:
+            site = Site(engine, tmp_path / "data")
+            site.audit = AuditLog(
+                make_sessionmaker(engine), KEY, site.clock, spool=site.spool,
+                health=site.health, append_timeout_seconds=1.0,
+            )  # fmt: skip
+            assert await site.record("a.before") == 1
+            path.freeze()
+            async with asyncio.timeout(60):  # a hang guard, not a measurement
+                assert await site.record("b.frozen") == 0
+                assert await site.record("c.next") == 0
+            assert not site.health.up
+            path.thaw()
+            path.cut()  # what the frozen connections held is dropped with them
+            path.restore()
+            await site.back()
+            assert await site.audit.drain_spool() == 2
+            assert await site.actions() == ["a.before", "b.frozen", "c.next"]
+            assert (await site.audit.verify()).ok
+    finally:
+        path.close()
+
+
+async def test_an_event_committed_whose_reply_was_lost_is_not_drained_twice(site: Site) -> None:
+    # The database committed, but its answer never came: record() spooled the same event
+    # (same spool_id), marked as tried at the attempt's start. The drain finds it in the chain.
+    tried = site.clock()
+    assert await site.record("a.committed") == 1  # the attempt, as the database saw it
+    [committed] = [e async for e in site.audit.events()]
+    spool_id = str(committed.detail_object()["spool_id"])
+    site.outage()
+    site.spool.append(SpooledEvent(
+        spool_id=spool_id, time=site.clock(), actor="alice", source="", action="a.committed",
+        target="", result="success", detail=committed.detail, tried=tried,
+    ))  # fmt: skip
+    await site.record("b.spooled")
+    await site.back()
+    assert await site.audit.drain_spool() == 1
+    assert await site.actions() == ["a.committed", "b.spooled"]
+    assert (await site.audit.verify()).ok
+
+
+async def test_spool_id_is_counted_in_the_size_limit_on_both_paths(site: Site) -> None:
+    # A detail just under the limit without the spool id is refused up front, database up
+    # or down: never accepted by the database and refused only while spooling.
+    big = {"blob": "x" * (16 * 1024 - 20)}
+    with pytest.raises(ValueError, match="larger than"):
+        await site.audit.record(actor="alice", action="a.big", result="success", detail=big)
+    site.outage()
+    with pytest.raises(ValueError, match="larger than"):
+        await site.audit.record(actor="alice", action="a.big", result="success", detail=big)
+
+
+async def test_a_drain_cancelled_while_waiting_for_the_spool_lock_does_not_keep_it(
+    site: Site,
+) -> None:
+    site.outage()
+    await site.record("a.spooled")
+    await site.back()
+    taken = threading.Event()
+    release = threading.Event()
+
+    def other_worker() -> None:  # another process of the node, draining or appending
+        with site.spool.locked():
+            taken.set()
+            release.wait()
+
+    holder = threading.Thread(target=other_worker)
+    holder.start()
+    await asyncio.to_thread(taken.wait)
+    drain = asyncio.create_task(site.audit.drain_spool())
+    await asyncio.sleep(0.2)  # the drain's thread is now waiting in flock
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    release.set()
+    await asyncio.to_thread(holder.join)
+    # The cancelled drain's thread took the lock after all: it must have let go of it.
+    async with asyncio.timeout(30):  # a hang guard, not a measurement
+        assert await site.audit.drain_spool() == 1
+    assert await site.actions() == ["a.spooled"]
+
+
+async def test_the_drain_reads_the_spool_in_batches(site: Site) -> None:
+    site.outage()
+    for i in range(3):
+        await site.record(f"x.n{i}")
+    with site.spool.path.open("ab") as spool:
+        spool.write(b"y" * (200 * 1024) + b"\n")  # longer than any line the spool writes
+    await site.record("z.last")
+    batches = list(site.spool.batches(2))
+    assert [len(b.events) for b in batches] == [2, 2]
+    assert [b.damaged for b in batches] == [[], [4]]
+    await site.back()
+    assert await site.audit.drain_spool() == 4
+    assert await site.actions() == ["x.n0", "x.n1", "x.n2", "z.last", "audit.spool.damaged"]

@@ -240,3 +240,37 @@ def test_an_outage_longer_than_the_grace_ends_live_sessions_database_lost(
         assert time.monotonic() < end, listed
         time.sleep(0.3)
     assert " open" not in listed
+
+
+def test_kill_local_works_while_the_database_path_is_silent(
+    start_node: Callable[[int], Node],
+) -> None:
+    # A black hole, not a reset: the driver gets no answer and no error. The kill must not
+    # wait behind an audit append to it, and the kill's event still reaches the chain.
+    node = start_node(120)
+    shell = Shell(node.gateway, "carol")
+    try:
+        assert shell.echo("before") == "before"
+        doomed = _session_id(node, "carol")
+        node.path.freeze()
+        local = node.cli("sessions", "kill", doomed, "--local", "--reason", "db silent")
+        assert local.returncode == 0, local.stderr
+        assert "session ended: killed: db silent" in shell.ended()
+    finally:
+        shell.stop()
+        node.path.thaw()
+        node.path.cut()  # the frozen connections go, as after a real black hole
+        node.path.restore()
+    node.wait_ready(200)
+    events = node.audit_until(
+        lambda ev: (
+            any(e["action"] == "session.kill" for e in ev)
+            and any(e["action"] == "session.end" for e in ev)
+        )
+    )
+    [kill] = [e for e in events if e["action"] == "session.kill"]
+    assert kill["actor"] == "local:" + getpass.getuser()
+    assert kill["detail"]["via"] == "local"  # type: ignore[index]
+    assert len([e for e in events if e["action"] == "session.end"]) == 1
+    verified = node.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

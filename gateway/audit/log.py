@@ -19,17 +19,18 @@ detail it is also in the SIEM export.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.audit.chain import (
@@ -58,6 +59,9 @@ Progress = Callable[[int, int], None]
 PG_HEAD_LOCK = 0x436F6E6441756474
 READ_BATCH = 1000
 DRAIN_BATCH = 500  # spooled events added per transaction
+# How long an append (or a drain batch) may wait on the database before the event is spooled
+# instead; serving processes pass one derived from the settings (gateway.services).
+APPEND_TIMEOUT_SECONDS = 10.0
 
 _EVENT_COLUMNS = (
     AuditEventRow.id,
@@ -101,6 +105,7 @@ class AuditLog:
         *,
         spool: AuditSpool | None = None,
         health: DatabaseHealth | None = None,
+        append_timeout_seconds: float = APPEND_TIMEOUT_SECONDS,
     ) -> None:
         self._sessions = sessions
         self._signing_key = signing_key
@@ -109,6 +114,7 @@ class AuditLog:
         # database are kept on local disk and drained into the chain later (spool.py).
         self._spool = spool
         self._health = health or DatabaseHealth(None, grace_seconds=0)
+        self._append_timeout = append_timeout_seconds
         # Tasks of this process queue here, not in the database: otherwise each waiting
         # append would hold a pooled connection (starving every other query) and SQLite
         # writers would poll the busy handler with sleeps. The database lock still
@@ -138,69 +144,88 @@ class AuditLog:
         """
         check_code_fields(actor=actor, action=action, result=result)
         actor, source, target = clean_fields(actor=actor, source=source, target=target)
-        detail_text = encode_detail(detail)
+        # With a spool, the idempotency id is made before the first attempt and stored with
+        # the event whichever way it goes: an append that committed but whose answer was
+        # lost is then spooled as the same event, and the drain skips it. Encoding it here
+        # also makes the size limit the same on both paths (room for the id is taken now).
+        spool_id = new_spool_id() if self._spool is not None else ""
+        with_id = {**(detail or {}), "spool_id": spool_id} if spool_id else detail
+        detail_text = encode_detail(with_id)
         event = {"actor": actor, "source": source, "action": action, "target": target,
                  "result": result}  # fmt: skip
         async with self._local_head:
             # Once one event is spooled, every later one is too until the drain has put
             # them in the chain: otherwise the chain's order would not be the events' order.
             if self._spool is not None and (not self._health.up or self._spool.pending()):
-                return await self._to_spool(event, detail)
-            try:
+                return await self._to_spool(event, detail_text, spool_id, None)
+            if self._spool is None:
                 return await self._append(event, detail_text, None)
+            tried = self._now()
+            try:
+                # A database that went silent (packets dropped, nothing reset) would hold
+                # this append, and every event queued behind ``_local_head``, for minutes.
+                async with asyncio.timeout(self._append_timeout):
+                    return await self._append(event, detail_text, None)
             except Exception as error:
-                if self._spool is None or not self._health.failed(error):
+                if not self._health.failed(error):  # a timeout counts as unreachable
                     raise
                 log.warning("audit %s spooled: the database is unreachable", action)
-                return await self._to_spool(event, detail)
+                return await self._to_spool(event, detail_text, spool_id, tried)
 
     async def _append(
         self, event: Mapping[str, str], detail_text: str, when: dt.datetime | None
     ) -> int:
         """Insert one event at the head of the chain (the caller holds ``_local_head``);
         ``when`` is a spooled event's own time, else now."""
-        return await self._append_all([(event, detail_text, when)])
-
-    async def _append_all(
-        self, events: list[tuple[Mapping[str, str], str, dt.datetime | None]]
-    ) -> int:
-        """Insert ``events`` at the head of the chain in one transaction (all or none);
-        returns the last id."""
         async with self._sessions() as db, db.begin():
             await _lock_head(db)
-            last = (
-                await db.execute(
-                    select(AuditEventRow.id, AuditEventRow.hash)
-                    .order_by(AuditEventRow.id.desc())
-                    .limit(1)
-                )
-            ).first()
-            prev_id, prev_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
-            rows = []
-            for event, detail_text, when in events:
-                # Read the clock under the lock so event times never run backwards along ids.
-                fields: dict[str, Any] = {
-                    "id": prev_id + 1,
-                    "time": when or self._now(),
-                    **event,
-                    "detail": detail_text,
-                    "prev_hash": prev_hash,
-                }
-                prev_id, prev_hash = prev_id + 1, event_hash(**fields)
-                rows.append({**fields, "hash": prev_hash})
-            # Core INSERT: the ORM unit of work would add a flush cycle to every append.
-            await db.execute(insert(AuditEventRow), rows)
+            return await self._insert_at_head(db, [(event, detail_text, when)])
+
+    async def _insert_at_head(
+        self,
+        db: AsyncSession,
+        events: Sequence[tuple[Mapping[str, str], str, dt.datetime | None]],
+    ) -> int:
+        """Insert ``events`` after the chain head in ``db``'s transaction, which holds the head
+        lock; returns the last id."""
+        last = (
+            await db.execute(
+                select(AuditEventRow.id, AuditEventRow.hash)
+                .order_by(AuditEventRow.id.desc())
+                .limit(1)
+            )
+        ).first()
+        prev_id, prev_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
+        rows = []
+        for event, detail_text, when in events:
+            # Read the clock under the lock so the events this process appends directly
+            # never run backwards along ids. A drained event keeps its own, older time and
+            # gets an id after whatever other nodes appended meanwhile: along ids, time
+            # increases only within a node's direct appends (docs/decisions/0023).
+            fields: dict[str, Any] = {
+                "id": prev_id + 1,
+                "time": when or self._now(),
+                **event,
+                "detail": detail_text,
+                "prev_hash": prev_hash,
+            }
+            prev_id, prev_hash = prev_id + 1, event_hash(**fields)
+            rows.append({**fields, "hash": prev_hash})
+        # Core INSERT: the ORM unit of work would add a flush cycle to every append.
+        await db.execute(insert(AuditEventRow), rows)
         return prev_id
 
-    async def _to_spool(self, event: Mapping[str, str], detail: Mapping[str, object] | None) -> int:
+    async def _to_spool(
+        self,
+        event: Mapping[str, str],
+        detail_text: str,
+        spool_id: str,
+        tried: dt.datetime | None,
+    ) -> int:
         """Keep the event on local disk (fsync'd) for ``drain_spool``; returns 0 (no id yet)."""
         assert self._spool is not None  # noqa: S101 - only called with a spool
-        spool_id = new_spool_id()
         spooled = SpooledEvent(
-            spool_id=spool_id,
-            time=self._now(),
-            detail=encode_detail({**(detail or {}), "spool_id": spool_id}),
-            **event,
+            spool_id=spool_id, time=self._now(), detail=detail_text, tried=tried, **event
         )
         await asyncio.to_thread(self._spool.append, spooled)
         return 0
@@ -208,59 +233,54 @@ class AuditLog:
     async def drain_spool(self) -> int:
         """Put the spooled events into the chain, in order, with their own times; then drop
         the spool. Returns how many were added. Idempotent: an event whose ``spool_id`` the
-        chain holds already (a drain a crash cut short) is skipped, so none is doubled."""
+        chain holds already (a drain a crash cut short, or an append whose answer was lost)
+        is skipped, so none is doubled. Each batch is bounded by the append deadline; when
+        one times out the database is marked down and the spool stays for the next drain."""
         spool = self._spool
         if spool is None or not spool.pending():
             return 0
         added = 0
-        async with self._local_head:
-            lock = spool.locked()
-            await asyncio.to_thread(lock.__enter__)
+        async with self._local_head, _holding(spool):
+            batches = spool.batches(DRAIN_BATCH)
+            damaged: list[int] = []
+            count = 0
             try:
-                contents = await asyncio.to_thread(spool.read)
-                # Batches of a fixed size from the spool's start, each one transaction. A
-                # batch whose first event the chain holds was drained before a crash, whole
-                # as it then was; events spooled since may follow it: only those are added.
-                for start in range(0, len(contents.events), DRAIN_BATCH):
-                    batch = contents.events[start : start + DRAIN_BATCH]
-                    if await self._holds(batch[0]):
-                        batch = [e for e in batch if not await self._holds(e)]
-                        if not batch:
-                            continue
-                    await self._append_all([
-                        ({"actor": e.actor, "source": e.source, "action": e.action,
-                          "target": e.target, "result": e.result}, e.detail, e.time)
-                        for e in batch
-                    ])  # fmt: skip
-                    added += len(batch)
-                if contents.damaged:
+                while (contents := await asyncio.to_thread(next, batches, None)) is not None:
+                    damaged += contents.damaged[: 100 - len(damaged)]
+                    count += len(contents.damaged)
+                    if contents.events:
+                        async with asyncio.timeout(self._append_timeout):
+                            added += await self._drain_batch(contents.events)
+                if damaged:
                     # What a crash tore was never acknowledged; the chain still says so.
-                    damage = {"actor": "system", "source": "", "action": "audit.spool.damaged",
-                              "target": spool.path.name, "result": "error"}  # fmt: skip
-                    text = encode_detail({"lines": contents.damaged[:100],
-                                          "count": len(contents.damaged)})  # fmt: skip
-                    await self._append(damage, text, None)
-                await asyncio.to_thread(spool.remove)
-            finally:
-                lock.__exit__(None, None, None)
+                    event = {"actor": "system", "source": "", "action": "audit.spool.damaged",
+                             "target": spool.path.name, "result": "error"}  # fmt: skip
+                    text = encode_detail({"lines": damaged, "count": count})
+                    async with asyncio.timeout(self._append_timeout):
+                        await self._append(event, text, None)
+            except TimeoutError as error:
+                self._health.failed(error)  # silent again: the spool waits for its return
+                raise
+            await asyncio.to_thread(spool.remove)
         if added:
             log.warning("audit spool drained: %d events added to the chain", added)
         return added
 
-    async def _holds(self, spooled: SpooledEvent) -> bool:
-        """Whether the chain has ``spooled`` already (by its time, indexed, and spool id)."""
-        async with self._sessions() as db:
-            found = await db.scalar(
-                select(AuditEventRow.id)
-                .where(
-                    AuditEventRow.time == spooled.time,
-                    AuditEventRow.detail.contains(
-                        f'"spool_id":"{spooled.spool_id}"', autoescape=True
-                    ),
-                )
-                .limit(1)
-            )
-        return found is not None
+    async def _drain_batch(self, batch: list[SpooledEvent]) -> int:
+        """Add the events of ``batch`` the chain does not hold yet, in one transaction;
+        the check is made under the head lock, so no append can land in between."""
+        async with self._sessions() as db, db.begin():
+            await _lock_head(db)
+            held = await _held_spool_ids(db, batch)
+            rows = [
+                ({"actor": e.actor, "source": e.source, "action": e.action,
+                  "target": e.target, "result": e.result}, e.detail, e.time)
+                for e in batch
+                if e.spool_id not in held
+            ]  # fmt: skip
+            if rows:
+                await self._insert_at_head(db, rows)
+        return len(rows)
 
     async def checkpoint(self) -> Checkpoint:
         """Sign the current chain head; returns the existing checkpoint if it is current."""
@@ -397,6 +417,55 @@ class AuditLog:
             await sender.send(format_syslog(event, hostname=hostname))
             count += 1
         return count
+
+
+async def _held_spool_ids(db: AsyncSession, batch: list[SpooledEvent]) -> set[str]:
+    """The spool ids of ``batch`` that the chain holds already, by indexed time lookups only.
+
+    A drained event keeps its spooled time, so one lookup of the batch's times finds the
+    events of a drain a crash cut short. An event whose direct append was tried may have
+    committed with its answer lost; it then holds a time between the attempt and the
+    spooling (read by the same clock), a window of at most the append deadline: a range on
+    the time index, narrowed by the spool id."""
+    found: list[ColumnElement[bool]] = [AuditEventRow.time.in_({e.time for e in batch})]
+    for e in batch:
+        if e.tried is not None:
+            found.append(and_(
+                AuditEventRow.time >= e.tried, AuditEventRow.time <= e.time,
+                AuditEventRow.detail.contains(f'"spool_id":"{e.spool_id}"', autoescape=True),
+            ))  # fmt: skip
+    held: set[str] = set()
+    for detail in await db.scalars(select(AuditEventRow.detail).where(or_(*found))):
+        try:
+            value = json.loads(detail)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("spool_id"), str):
+            held.add(value["spool_id"])
+    return held
+
+
+@contextlib.asynccontextmanager
+async def _holding(spool: AuditSpool) -> AsyncIterator[None]:
+    """The spool's file lock, taken in a thread (``flock`` blocks). If the waiting task is
+    cancelled, the thread still gets the lock later: it is then released at once, never
+    kept by a task that is gone."""
+    lock = spool.locked()
+    taking = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+    try:
+        await asyncio.shield(taking)
+    except asyncio.CancelledError:
+        taking.add_done_callback(lambda done: _release(lock, done))
+        raise
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _release(lock: contextlib.AbstractContextManager[None], taken: asyncio.Future[None]) -> None:
+    if not taken.cancelled() and taken.exception() is None:
+        lock.__exit__(None, None, None)
 
 
 def _checkpoint(row: AuditCheckpointRow) -> Checkpoint:

@@ -2,9 +2,11 @@
 
 One JSON object per line in ``<data_dir>/audit-spool.jsonl`` (0600), each written, flushed and
 ``fsync``'d before ``append`` returns, so an event the caller was told about survives a crash
-of the process or the machine. Each carries a random ``spool_id`` (also put in the event's
-detail) that makes draining idempotent: ``AuditLog.drain_spool`` skips an event whose id the
-chain already holds, so a crash mid-drain neither loses nor duplicates. Processes sharing the
+of the process or the machine. Each carries a random ``spool_id`` (also in the event's
+detail, made before the event's first attempt) that makes draining idempotent:
+``AuditLog.drain_spool`` skips an event whose id the chain already holds, so neither a crash
+mid-drain nor an append whose commit answer was lost duplicates. ``batches`` reads the spool
+a bounded batch at a time. Processes sharing the
 data directory (workers of a node) serialise on ``audit-spool.lock`` (``flock``), a file that
 is never removed, so an appender can never write into a spool a drain has just unlinked.
 
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 SPOOL_NAME = "audit-spool.jsonl"
 LOCK_NAME = "audit-spool.lock"
 SPOOL_VERSION = 1
+# An event's line is at most a 16 KiB detail (escaped as a JSON string: up to 6 bytes per
+# byte of it) plus its bounded fields; anything longer is not a line this spool wrote.
+MAX_LINE = 128 * 1024
 
 
 class SpoolFull(AuditError):
@@ -57,6 +62,10 @@ class SpooledEvent:
     target: str
     result: str
     detail: str  # canonical JSON text, holding ``spool_id``; inserted exactly as it is
+    # When a direct append of this event was tried before it was spooled: that attempt may
+    # have committed with its answer lost, so the drain looks for ``spool_id`` in the chain
+    # between this instant and ``time`` too. None: never tried (spooled straight away).
+    tried: dt.datetime | None = None
 
     def line(self) -> bytes:
         fields = {
@@ -70,6 +79,8 @@ class SpooledEvent:
             "result": self.result,
             "detail": self.detail,
         }
+        if self.tried is not None:
+            fields["tried"] = format_time(self.tried)
         return json.dumps(fields, sort_keys=True, ensure_ascii=False).encode() + b"\n"
 
 
@@ -96,10 +107,17 @@ def _parse(raw: bytes) -> SpooledEvent | None:
             return None
         if len(spool_id) != 32 or any(c not in "0123456789abcdef" for c in spool_id):
             return None
-        when = dt.datetime.strptime(value["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        when = _parse_time(value["time"])
+        tried = _parse_time(value["tried"]) if "tried" in value else None
     except (ValueError, KeyError, TypeError):
         return None
-    return SpooledEvent(spool_id=spool_id, time=when, detail=detail, **fields)
+    return SpooledEvent(spool_id=spool_id, time=when, detail=detail, tried=tried, **fields)
+
+
+def _parse_time(value: object) -> dt.datetime:
+    if not isinstance(value, str):
+        raise TypeError("time: not a string")
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
 
 
 class AuditSpool:
@@ -163,23 +181,42 @@ class AuditSpool:
         return keep
 
     def read(self) -> SpoolContents:
-        """Every whole event in order; lines that are not one are reported, not fatal."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return SpoolContents([], [])
+        """Every whole event in order; lines that are not one are reported, not fatal.
+        The whole spool in memory: for tests and small spools (the drain uses ``batches``)."""
         events: list[SpooledEvent] = []
         damaged: list[int] = []
-        lines = data.split(b"\n")
-        for number, raw in enumerate(lines, start=1):
-            if not raw:
-                continue  # the empty piece after the final newline
-            event = _parse(raw) if number < len(lines) else None  # no newline: torn
-            if event is None:
-                damaged.append(number)
-            else:
-                events.append(event)
+        for contents in self.batches(1 << 30):
+            events += contents.events
+            damaged += contents.damaged
         return SpoolContents(events, damaged)
+
+    def batches(self, size: int) -> Iterator[SpoolContents]:
+        """The spool in order, ``size`` events at a time, reading one line at a time (a
+        spool can hold up to ``max_bytes``; the drain must not hold it all in memory). A line
+        longer than any event can be (``MAX_LINE``) is damage, skipped without being held."""
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            events: list[SpooledEvent] = []
+            damaged: list[int] = []
+            number = 0
+            while raw := handle.readline(MAX_LINE):
+                number += 1
+                if not raw.endswith(b"\n"):
+                    damaged.append(number)  # torn by a crash, or too long: skip its rest
+                    while (rest := handle.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                elif (event := _parse(raw[:-1])) is None:
+                    damaged.append(number)
+                else:
+                    events.append(event)
+                if len(events) >= size:
+                    yield SpoolContents(events, damaged)
+                    events, damaged = [], []
+            if events or damaged:
+                yield SpoolContents(events, damaged)
 
     def remove(self) -> None:
         """Drop the drained spool; the directory is synced so it stays gone after a crash."""

@@ -21,6 +21,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def statement_timeout_seconds(settings: Settings) -> float:
+    """asyncpg's per-statement deadline: twelve connect timeouts (60 s by default)."""
+    return 12.0 * settings.database.connect_timeout_seconds
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
@@ -33,7 +38,14 @@ def make_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         # Bound values (code digests, hashes, tokens) never reach an error message or a log.
         hide_parameters=True,
-        connect_args={"timeout": settings.database.connect_timeout_seconds},
+        connect_args={
+            "timeout": settings.database.connect_timeout_seconds,
+            # A backstop for every statement: over a silent path (packets dropped, nothing
+            # reset) a query would otherwise wait for TCP to give up, many minutes. Generous,
+            # since it also bounds honest long queries (a verify's count, an advisory lock
+            # wait); the audit append has its own, tighter deadline (gateway.audit.log).
+            "command_timeout": statement_timeout_seconds(settings),
+        },
     )
 
 

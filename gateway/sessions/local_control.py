@@ -6,9 +6,9 @@ kill`` request cannot be stored, yet an operator must still be able to end a ses
 the 0700 data directory) and accepts only peers whose uid (``SO_PEERCRED``) is root or its own:
 whoever can already read the node's keys. ``conduit sessions kill ID --local`` asks every
 such socket; the process relaying the session ends it from memory (the live registry) with
-reason ``killed`` and audits ``session.kill`` (into the audit spool while the database is
-away). One JSON line each way, at most ``MAX_REQUEST`` bytes. Does nothing but kill: listing
-and other control go through the database as before.
+reason ``killed``, then audits ``session.kill`` (into the audit spool while the database is
+away; the kill never waits for the audit). One JSON line each way, at most ``MAX_REQUEST``
+bytes. Does nothing but kill: listing and other control go through the database as before.
 """
 
 from __future__ import annotations
@@ -128,19 +128,35 @@ class LocalControl:
         await writer.drain()
 
     async def kill(self, session_id: str, note: str, actor: str) -> bool:
-        """End ``session_id`` if this process relays it; audited (spooled if need be)."""
+        """End ``session_id`` if this process relays it; audited (spooled if need be).
+
+        The session ends first and the answer does not wait for the audit: the kill is
+        what the operator came for, and an append to a database that has gone silent takes
+        its whole deadline before the event is spooled. The audit runs as a task of the
+        process's task set (``services.tasks``)."""
         ticket = self._broker.live_ticket(session_id)
         if ticket is None or ticket.end_reason:
             return False
+        ended = await self._broker.kill(session_id, KILLED, note=note, by=actor)
+        detail: dict[str, object] = {
+            "session_id": session_id,
+            "reason": KILLED,
+            "note": note,
+            "via": "local",
+        }
+        self._s.tasks.start(
+            f"audit-local-kill-{session_id}",
+            self._audit(actor, "success" if ended else "error", ticket.asset, detail),
+        )
+        return ended
+
+    async def _audit(self, actor: str, result: str, target: str, detail: dict[str, object]) -> None:
         try:
             await self._s.audit.record(
-                actor=actor, action="session.kill", result="success", target=ticket.asset,
-                detail={"session_id": session_id, "reason": KILLED, "note": note,
-                        "via": "local"},
-            )  # fmt: skip
-        except Exception:  # ending the session matters more than the record of asking
-            log.exception("local kill of %s not audited", session_id)
-        return await self._broker.kill(session_id, KILLED, note=note, by=actor)
+                actor=actor, action="session.kill", result=result, target=target, detail=detail
+            )
+        except Exception:  # the session is ended; the record of asking could not be kept
+            log.exception("local kill of %s not audited", detail["session_id"])
 
 
 def request_kill(data_dir: Path, session_id: str, note: str) -> bool:

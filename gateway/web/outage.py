@@ -4,11 +4,13 @@ A middleware answers 503 at once while ``db_health`` is down (probes, metrics an
 files still answer; ``/readyz`` itself says 503 so a load balancer takes the node out), and
 an exception handler turns a connection lost in the middle of a request into the same 503
 instead of a 500 traceback. Each refusal is audited (into the audit spool, up to the
-per-outage limit in ``gateway.db.health``). Does not decide when the database is down.
+per-outage limit in ``gateway.db.health``), within a bound. Does not decide when the
+database is down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,18 +25,23 @@ log = logging.getLogger(__name__)
 # Answer whatever the database: liveness, readiness (which checks it), metrics, assets.
 ALWAYS_SERVED = ("/healthz", "/readyz", "/metrics", "/static/")
 RETRY_AFTER_SECONDS = "5"
+# The refusal's audit is awaited inline, so it is bounded: while the database is down it goes
+# straight to the spool (milliseconds), but it may queue behind an append still waiting for
+# a silent database. Past this the 503 is sent anyway, the loss logged.
+REFUSAL_AUDIT_SECONDS = 2.0
 
 
 async def unavailable(request: Request, services: Services) -> Response:
     """The 503: JSON for the API, a page otherwise; audited."""
     if services.db_health.audit_refusal():
         try:
-            await services.audit.record(
-                actor="anonymous", action="portal.refused", result="error",
-                source=source_of(request), target=request.url.path,
-                detail={"method": request.method, "reason": "database unreachable"},
-            )  # fmt: skip
-        except Exception:  # the spool is full: the refusal stands, counted in the log
+            async with asyncio.timeout(REFUSAL_AUDIT_SECONDS):
+                await services.audit.record(
+                    actor="anonymous", action="portal.refused", result="error",
+                    source=source_of(request), target=request.url.path,
+                    detail={"method": request.method, "reason": "database unreachable"},
+                )  # fmt: skip
+        except Exception:  # spool full, or too slow: the refusal stands, counted in the log
             log.exception("portal refusal not audited")
     headers = {"Retry-After": RETRY_AFTER_SECONDS}
     if request.url.path.startswith("/api/"):

@@ -133,7 +133,10 @@ class Services:
             if watched
             else None
         )
-        audit = AuditLog(sessions, keys.signing_key, clock, spool=spool, health=health)
+        audit = AuditLog(
+            sessions, keys.signing_key, clock, spool=spool, health=health,
+            append_timeout_seconds=2 * settings.database.connect_timeout_seconds,
+        )  # fmt: skip
         bus = ChangeBus()
         authz = AuthzService(sessions, clock, bus, audit)
         recordings = RecordingService.from_settings(settings, keys, sessions, clock, audit)

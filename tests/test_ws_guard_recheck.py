@@ -3,7 +3,7 @@
 A database that is unreachable is asked again, but only within the outage grace; any other
 error (here: a persistent one, the sessions table gone) ends the socket at once, audited:
 sign-out and a disabled user must not be outlived by a broken check. Real databases
-(SQLite; PostgreSQL through a cut-able path) and a real Starlette ``WebSocket`` over a
+(PostgreSQL, directly and through a cut-able path) and a real Starlette ``WebSocket`` over a
 scope; the socket's wire is not needed (the recheck only reads its cookie and address).
 """
 
@@ -89,18 +89,19 @@ def quick_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def sqlite_services(tmp_path: Path) -> AsyncIterator[Services]:
-    services = build(f"sqlite+aiosqlite:///{tmp_path}/conduit.db", tmp_path / "data", serving=False)
+async def pg_services(pg_database: str, tmp_path: Path) -> AsyncIterator[Services]:
+    services = build(pg_database, tmp_path / "data", serving=True)
     try:
         yield services
     finally:
         await services.close()
 
 
+@pytest.mark.postgres
 async def test_a_check_that_keeps_failing_not_for_an_outage_ends_the_socket(
-    sqlite_services: Services,
+    pg_services: Services,
 ) -> None:
-    services = sqlite_services
+    services = pg_services
     ws, context = await signed_in_socket(services)
     table = portal_sessions.PortalSession.__tablename__
     async with services.sessions() as db, db.begin():
@@ -111,6 +112,7 @@ async def test_a_check_that_keeps_failing_not_for_an_outage_ends_the_socket(
             select(AuditEventRow).where(AuditEventRow.action == "portal.refused")
         )
     assert row.actor == "alice" and row.result == "error"
+    assert services.db_health.up  # not taken for an outage
     assert "portal session check failed" in json.loads(row.detail)["reason"]
 
 

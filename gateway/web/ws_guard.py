@@ -26,6 +26,7 @@ from collections.abc import Callable
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from gateway.db.health import is_unreachable
 from gateway.web.auth import PortalContext, current_session, services_of, source_of
 
 POLICY_VIOLATION = 1008  # RFC 6455: the message or request violates the server's policy
@@ -117,7 +118,8 @@ async def until_signed_out(
             health = services_of(ws).db_health
             now = time.monotonic()
             failing_since = now if failing_since is None else failing_since
-            if health.failed(error) and now - failing_since < health.grace_seconds:
+            health.failed(error)  # an outage: the probe and the other edges learn it now
+            if is_unreachable(error) and now - failing_since < health.grace_seconds:
                 log.warning("%s: portal session check: database unreachable", name)
                 continue
             log.exception("%s: portal session check failed; ending the socket", name)

@@ -170,6 +170,8 @@ class ClusterSettings(_Section):
     # Seconds between this node's heartbeats; also how often it looks for dead nodes.
     heartbeat_seconds: Annotated[float, Field(ge=0.2, le=60)] = 5.0
     # A node whose last heartbeat is older than this is dead: its sessions end (node_lost).
+    # Judged only by a node whose database answered throughout this and a heartbeat, so it
+    # may be shorter than database.outage_grace_seconds (decision 0023).
     dead_after_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
     # Kill requests and policy changes arrive by NOTIFY; this poll catches any missed one.
     poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 0.5

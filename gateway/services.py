@@ -70,6 +70,12 @@ class Metrics:
             ["via"],  # notify (LISTEN/NOTIFY) or poll (the fallback)
             registry=self.registry,
         )
+        self.portal_refusals_unaudited = Counter(
+            "conduit_portal_refusals_unaudited",
+            "Refusals beyond an endpoint's audit budget: summarised, not audited one by one",
+            ["endpoint"],  # gateway.web.refusal_budget
+            registry=self.registry,
+        )
         self.security_alerts = Counter(
             "conduit_security_alerts",
             "Events that need a person now, by kind (alert on any increase)",

@@ -1,4 +1,5 @@
-"""Whether this process can reach its database now, and since when it cannot.
+"""Whether this process can reach its database now, since when it cannot, and since when
+it has reached it without a break.
 
 ``DatabaseHealth`` is marked down by any query that loses its connection (the engine's
 ``handle_error`` hook, and callers through ``failed``) and by its own probe; only the probe
@@ -10,6 +11,9 @@ deferred catalog updates), ``on_lost`` once when it has been away longer than th
 
 On SQLite the database is a local file: it cannot be "unreachable" apart from the disk
 itself, so the watch does not run there and the health stays up (behaviour unchanged).
+``up_for`` says how long the database has answered without a break (since this process
+started or the end of its last outage): cluster membership reaps other members only after
+that spans a whole dead limit (decision 0023), since nobody could heartbeat in an outage.
 Does not refuse anything itself: the SSH front end, the portal and the readiness check ask
 ``up``.
 """
@@ -67,6 +71,7 @@ class DatabaseHealth:
         self._engine = engine
         self.grace_seconds = grace_seconds
         self._down_since: float | None = None
+        self._up_since = time.monotonic()  # a new process has not yet seen it for long
         self._lost_called = False
         self._refusals = 0
         if engine is not None:
@@ -79,6 +84,13 @@ class DatabaseHealth:
     def down_for(self) -> float:
         """Seconds since the database was last seen away; 0 while it is up."""
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def up_for(self) -> float:
+        """Seconds the database has been reachable without a break (0 while it is down;
+        unbounded where it is not watched: SQLite, a CLI command)."""
+        if self._engine is None:
+            return float("inf")
+        return 0.0 if self._down_since is not None else time.monotonic() - self._up_since
 
     def failed(self, error: BaseException) -> bool:
         """Mark down if ``error`` means unreachable; returns whether it did."""
@@ -119,6 +131,7 @@ class DatabaseHealth:
         if self._down_since is not None:
             log.warning("database reachable again after %.1f s", self.down_for())
             self._down_since = None
+            self._up_since = time.monotonic()
         return True
 
     async def watch(

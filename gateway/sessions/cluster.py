@@ -8,7 +8,12 @@ its row (a conditional DELETE; PostgreSQL's row lock makes a racing survivor's D
 nothing) ends its live sessions in the shared table with reason ``node_lost``, audits each
 (``session.end``) and the node (``node.lost``), and closes its open recordings as incomplete
 through crash recovery. A member that finds its own row gone was judged dead: it ends its
-sessions (nobody else can kill them now) and joins again. Does not end this process's
+sessions (nobody else can kill them now) and joins again. Nobody can heartbeat while the
+database is away, so a member reaps others only once its own database has answered without
+a break for the dead limit and a heartbeat (``DatabaseHealth.up_for``): after an outage
+every node had, the others heartbeat again before anyone may judge them; a member cut off
+alone while another kept the database is still reaped by that one (decision 0023). Does
+not end this process's
 sessions itself (the caller's ``end_all`` does) and decides nothing about access.
 """
 
@@ -219,8 +224,16 @@ async def reap_own_leftovers(services: Services, workers: int = 1) -> list[LostS
 
 
 async def reap_dead(services: Services) -> list[tuple[str, int, int]]:
-    """Reap every member older than the dead limit; returns (name, worker, sessions) reaped."""
-    limit = dt.timedelta(seconds=services.settings.cluster.dead_after_seconds)
+    """Reap every member older than the dead limit; returns (name, worker, sessions) reaped.
+
+    Nothing while this process's database has answered for less than the dead limit and a
+    heartbeat: a member's old heartbeat then may only mean that nobody could write one.
+    """
+    cluster_settings = services.settings.cluster
+    seen_for = cluster_settings.dead_after_seconds + cluster_settings.heartbeat_seconds
+    if services.db_health.up_for() < seen_for:
+        return []
+    limit = dt.timedelta(seconds=cluster_settings.dead_after_seconds)
     async with services.sessions() as db:
         cutoff = await database_now(db, services.clock) - limit
         dead = (
@@ -296,7 +309,11 @@ async def keep_membership(
 
     If this process's row is gone it was judged dead and its sessions were ended elsewhere:
     ``end_own_sessions(node_lost)`` ends them here too (nobody else can reach them), then
-    it joins again.
+    it joins again. Only a member that saw the database throughout a dead limit reaps
+    (``reap_dead``), so a gone row means this process really was cut off while others were
+    not: its sessions' rows are gone and their recordings closed, and they cannot go on. A
+    row merely stale after an outage everyone had is refreshed by the heartbeat, and its
+    sessions go on.
     """
     interval = services.settings.cluster.heartbeat_seconds
     while True:

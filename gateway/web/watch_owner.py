@@ -6,7 +6,10 @@ relays opens this socket with a one-time grant in the ``X-Conduit-Watch-Grant`` 
 (only for this session, only if this process owns it, only unexpired), then checks the watch
 again itself: the watcher's portal session still valid, and ``watch``/``kill``/``admin`` on
 the asset (``api_sessions.may_watch``). Every refusal is audited ``portal.refused`` with the
-watcher's name and source when the grant names them. A grant for a sibling worker is not
+watcher's name and source when the grant names them; a refusal before any valid grant (a
+malformed id, no valid grant, the database away: 1013, try again later) is audited one by one
+only within the per-source and per-outage budget (``refusal_budget``), since anyone who
+reaches the port can cause it, and summarised beyond. A grant for a sibling worker is not
 spent: the socket closes with 4409 so the caller tries again (the workers share the port).
 Then it serves exactly what a local watch gets (a terminal: ``watch.stream_tap``; a desktop:
 ``desktop.serve_watch``, the watcher's RFB frames arriving through the relay), audited as
@@ -29,11 +32,13 @@ from gateway.web.api_access import Caller
 from gateway.web.api_sessions import may_watch
 from gateway.web.auth import limits, services_of, source_of
 from gateway.web.desktop import desktops_of, serve_watch
+from gateway.web.refusal_budget import RefusalBudget
 from gateway.web.watch import NO_LONGER, SESSION_ID, SIGNED_OUT, stream_tap, terminal_tap
 from gateway.web.watch_relay import GRANT_HEADER, OTHER_WORKER
 from gateway.web.ws_guard import NOT_FOUND, NOT_FOUND_TEXT
 
 router = APIRouter(include_in_schema=False)
+TRY_AGAIN_LATER = 1013  # RFC 6455
 
 
 @router.websocket("/ws/watch-owner/{session_id}")
@@ -43,6 +48,9 @@ async def watch_owner_socket(ws: WebSocket, session_id: str) -> None:
     session_id = session_id[:64]
     if not SESSION_ID.fullmatch(session_id):
         await _refuse(ws, None, "relayed watch: malformed session id")
+        return
+    if not services.db_health.up:  # websockets do not pass the outage middleware (outage.py)
+        await _refuse(ws, None, "relayed watch: database unreachable", TRY_AGAIN_LATER)
         return
     async with services.sessions() as db, db.begin():
         grant = await watch_grants.redeem(
@@ -117,10 +125,23 @@ async def _audit(ws: WebSocket, grant: watch_grants.Grant | None, reason: str) -
     )  # fmt: skip
 
 
-async def _refuse(ws: WebSocket, grant: watch_grants.Grant | None, reason: str) -> None:
-    await _audit(ws, grant, reason)
+def _budget(ws: WebSocket) -> RefusalBudget:
+    """This portal's budget for refusals of callers without a valid grant."""
+    state = ws.app.state
+    budget: RefusalBudget | None = getattr(state, "watch_owner_refusals", None)
+    if budget is None:
+        budget = state.watch_owner_refusals = RefusalBudget(services_of(ws), "watch-owner")
+    return budget
+
+
+async def _refuse(
+    ws: WebSocket, grant: watch_grants.Grant | None, reason: str, code: int = NOT_FOUND
+) -> None:
+    # Without a valid grant the caller proved nothing: within the budget only.
+    if grant is not None or _budget(ws).audited(source_of(ws)):
+        await _audit(ws, grant, reason)
     await ws.accept()
-    await _close(ws, NOT_FOUND, NOT_FOUND_TEXT)
+    await _close(ws, code, NOT_FOUND_TEXT if code == NOT_FOUND else "try again later")
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:

@@ -8,8 +8,10 @@ before any session opens. While a socket stays open its portal session is checke
 every ``RECHECK_SECONDS`` (``signed_in_again``, ``until_signed_out``): sign-out, expiry, an
 ended session or a disabled user ends what the socket serves. A session's socket ends the
 same way for every kind of session (``end_socket``): the one-line reason as a JSON text
-frame for the page, then the close. Does not decide access to assets or sessions (the broker
-and the authorizer do), and does not end the session itself (its caller asks the broker).
+frame for the page, then the close. A check the database cannot answer is asked again only
+within the outage grace; any other failed check ends the socket (fail closed, audited). Does
+not decide access to assets or sessions (the broker and the authorizer do), and does not end
+the session itself (its caller asks the broker).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from gateway.db.health import is_unreachable
 from gateway.web.auth import PortalContext, current_session, services_of, source_of
 
 POLICY_VIOLATION = 1008  # RFC 6455: the message or request violates the server's policy
@@ -98,17 +102,44 @@ async def until_signed_out(
     """Return once the portal session that opened ``ws`` is over, asking every
     ``RECHECK_SECONDS``. ``used()`` says (and forgets) whether the person typed since the last
     ask: that counts as portal activity (keeps its idle timer); output alone does not.
-    ``name`` says which session in the log."""
+    ``name`` says which session in the log.
+
+    A check that fails because the database is unreachable is asked again, for at most the
+    outage grace (``database.outage_grace_seconds``, counted from this socket's first failed
+    check); any other failure, or one that outlasts the grace, returns as if signed out
+    (fail closed: a broken check must not outlive a sign-out or a disabled user), audited."""
+    failing_since: float | None = None
     while True:
         await asyncio.sleep(RECHECK_SECONDS)
         touch = used()
         try:
             valid = await signed_in_again(ws, context, touch=touch)
-        except Exception:  # a failed read is asked again next time, not taken as a no
-            log.exception("%s: portal session check failed", name)
-            continue
+        except Exception as error:
+            health = services_of(ws).db_health
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            health.failed(error)  # an outage: the probe and the other edges learn it now
+            if is_unreachable(error) and now - failing_since < health.grace_seconds:
+                log.warning("%s: portal session check: database unreachable", name)
+                continue
+            log.exception("%s: portal session check failed; ending the socket", name)
+            why = f"portal session check failed: {type(error).__name__}"
+            await _audit_failed_check(ws, context, why)
+            return
+        failing_since = None
         if valid is None:
             return
+
+
+async def _audit_failed_check(ws: WebSocket, context: PortalContext, reason: str) -> None:
+    try:
+        await services_of(ws).audit.record(
+            actor=context.session.username, action="portal.refused", result="error",
+            target=ws.url.path[:200], source=source_of(ws),
+            detail={"websocket": True, "status": 1000, "reason": reason[:300]},
+        )  # fmt: skip
+    except Exception:  # the socket ends all the same; the log says why it was not audited
+        log.exception("a failed portal session check was not audited")
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:

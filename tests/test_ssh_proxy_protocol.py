@@ -7,6 +7,7 @@ the balancer (HAProxy connects from 127.0.0.3, ``source``), and anyone else (127
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -97,8 +98,6 @@ def test_built_headers_round_trip(address: object, port: int, tlvs: bytes, after
 
 
 def test_balancer_addresses_are_matched_by_network() -> None:
-    import ipaddress
-
     nets = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
     listener = ProxyListener(nets, lambda *_: None, 5)
     assert listener.is_balancer("10.0.0.9") and listener.is_balancer("::ffff:10.0.0.9")
@@ -259,3 +258,30 @@ def test_proxy_headers_are_refused_from_anyone_but_the_balancer(
     assert metric("conduit_ssh_connections_refused_total", "reason", "proxy_header_invalid") == 1
     assert _refused_audited(gateway, "proxy_header_not_allowed")
     assert "198.51.100.9" not in json.dumps(gateway.audit())  # the forged address went nowhere
+
+
+async def test_the_proxy_listener_shares_its_port_with_sibling_workers() -> None:
+    """Worker processes of a node (``serve --workers N``) each listen on the SSH port with
+    SO_REUSEPORT; behind a balancer the PROXY listener is that socket, so it must ask for it
+    too (without, the second worker's bind fails: address already in use)."""
+    nets = [ipaddress.ip_network("127.0.0.3/32")]
+    first = ProxyListener(nets, lambda *_: None, 5, reuse_port=True)
+    second = ProxyListener(nets, lambda *_: None, 5, reuse_port=True)
+    server = await first.create_server(lambda *_: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sibling = await second.create_server(lambda *_: None, "127.0.0.1", port)
+        sibling.close()
+        await sibling.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    alone = ProxyListener(nets, lambda *_: None, 5)  # one process: the port is its own
+    server = await alone.create_server(lambda *_: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            await second.create_server(lambda *_: None, "127.0.0.1", port)
+    finally:
+        server.close()
+        await server.wait_closed()

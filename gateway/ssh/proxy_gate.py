@@ -37,10 +37,18 @@ def _address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 class ProxyListener:
-    def __init__(self, balancers: Sequence[Network], refused: Refused, timeout: float) -> None:
+    def __init__(
+        self,
+        balancers: Sequence[Network],
+        refused: Refused,
+        timeout: float,
+        *,
+        reuse_port: bool = False,  # worker processes of one node share the port
+    ) -> None:
         self._balancers = tuple(balancers)
         self.refused = refused
         self.timeout = timeout
+        self._reuse_port = reuse_port
 
     def is_balancer(self, peer: str) -> bool:
         address = _address(peer)
@@ -56,6 +64,7 @@ class ProxyListener:
             host or None,
             port,
             reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )
 
 

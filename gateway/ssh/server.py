@@ -541,11 +541,17 @@ async def start_ssh_server(
         encoding=None,  # bytes end to end: the relay never decodes what it carries
         reuse_address=True,
         reuse_port=reuse_port or None,
-        tunnel=_proxy_listener(services, refusals) if settings.ssh.proxy_protocol_from else (),
+        tunnel=(
+            _proxy_listener(services, refusals, reuse_port)
+            if settings.ssh.proxy_protocol_from
+            else ()
+        ),
     )
 
 
-def _proxy_listener(services: Services, refusals: RefusalAudit) -> ProxyListener:
+def _proxy_listener(
+    services: Services, refusals: RefusalAudit, reuse_port: bool
+) -> ProxyListener:
     """PROXY protocol v2 from the configured load balancers only (gateway.ssh.proxy_gate);
     its refusals are counted and audited like the admission gate's."""
     settings = services.settings.ssh
@@ -554,4 +560,6 @@ def _proxy_listener(services: Services, refusals: RefusalAudit) -> ProxyListener
         services.metrics.ssh_refused.labels(reason).inc()
         refusals.log.refused(reason, source)
 
-    return ProxyListener(settings.proxy_networks(), refused, settings.login_timeout_seconds)
+    return ProxyListener(
+        settings.proxy_networks(), refused, settings.login_timeout_seconds, reuse_port=reuse_port
+    )

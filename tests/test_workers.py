@@ -132,7 +132,11 @@ def node(sshd: SSHDTarget, tmp_path: Path, pg_database: str) -> Iterator[Node]:
     init_data_dir(data, env=clean_env(**environ))
     secrets = {user: pyotp.random_base32() for user in VENDORS}
     asyncio.run(populate_with_admin(data, environ, sshd, secrets))
-    server, ssh_port = _serve(data, clean_env(**environ, **HEARTBEAT), "--workers", "2")
+    # As behind a load balancer (deploy/haproxy): the SSH port is the PROXY v2 listener, which
+    # every worker must share too; 127.0.0.3 is a balancer no test client connects from.
+    balancer = {"CONDUIT_SSH__PROXY_PROTOCOL_FROM": '["127.0.0.3/32"]'}
+    env = clean_env(**environ, **HEARTBEAT, **balancer)
+    server, ssh_port = _serve(data, env, "--workers", "2")
     work = tmp_path / "client"
     work.mkdir()
     made = Node(Gateway(data, server, ssh_port, secrets, work), clean_env(**environ), pg_database)

@@ -152,3 +152,32 @@ def running_haproxy(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def haproxy_serving(config_file: Path, front: int, limit_s: float = 15) -> Iterator[None]:
+    """HAProxy run on ``config_file`` (in the foreground) until the block ends, entered once
+    ``front`` accepts connections. For tests that write their own one-frontend config."""
+    proc = subprocess.Popen(
+        [HAPROXY, "-f", str(config_file), "-db"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + limit_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"haproxy exited {proc.returncode}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", front)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError("haproxy did not listen")
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

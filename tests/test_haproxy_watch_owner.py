@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.haproxy import haproxy_serving
 from tests.sshd_target import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,23 +42,8 @@ def front(tmp_path: Path) -> Iterator[int]:
     [deny] = [line for line in shipped if "watch-owner" in line and "http-request" in line]
     port = free_port()
     (tmp_path / "haproxy.cfg").write_text(CONFIG.format(port=port, deny=deny))
-    proc = subprocess.Popen(
-        ["haproxy", "-f", str(tmp_path / "haproxy.cfg"), "-db"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, f"haproxy exited {proc.returncode}"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "haproxy did not listen"
-            time.sleep(0.05)
+    with haproxy_serving(tmp_path / "haproxy.cfg", port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def status_of(port: int, path: str) -> int:

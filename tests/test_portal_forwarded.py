@@ -10,7 +10,6 @@ bound address), the balancer (HAProxy connects from 127.0.0.3, ``source``), and 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import pyotp
 import pytest
 
 from gateway.web.forwarded import client_address, networks
+from tests.haproxy import haproxy_serving
 from tests.ssh_gateway import _csrf, running_gateway
 from tests.sshd_target import SSHDTarget, free_port
 from tests.test_ssh_jump import PASSWORD, Gateway
-from tests.test_ssh_proxy_protocol import BALANCER, VENDOR, _listening
+from tests.test_ssh_proxy_protocol import BALANCER, VENDOR
 
 TRUSTED = networks(("127.0.0.3/32", "10.0.0.0/24"))
 
@@ -89,16 +89,8 @@ def portal_behind_haproxy(sshd: SSHDTarget, tmp_path: Path) -> Iterator[tuple[Ga
         portal = int(gateway.server.base.rsplit(":", 1)[1])
         cfg = tmp_path / "haproxy.cfg"
         cfg.write_text(HAPROXY_CFG.format(front=front, pem=pem, portal=portal, balancer=BALANCER))
-        proc = subprocess.Popen(
-            ["haproxy", "-f", str(cfg), "-db"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _listening(front, proc)
+        with haproxy_serving(cfg, front):
             yield gateway, front
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def _client(base: str, source: str) -> httpx.Client:

@@ -30,6 +30,7 @@ from gateway.ssh.proxy_protocol import (
     looks_like_proxy,
     parse,
 )
+from tests.haproxy import haproxy_serving
 from tests.ssh_gateway import Logins, running_gateway
 from tests.sshd_target import SSHDTarget, free_port
 from tests.test_ssh_jump import Gateway
@@ -160,18 +161,6 @@ backend gateway
 """
 
 
-def _listening(port: int, proc: subprocess.Popen[bytes], limit: float = 15) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"haproxy exited {proc.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("haproxy did not listen")
-
-
 @pytest.fixture
 def behind_haproxy(sshd: SSHDTarget, tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
     if shutil.which("haproxy") is None:
@@ -183,16 +172,8 @@ def behind_haproxy(sshd: SSHDTarget, tmp_path: Path) -> Iterator[tuple[Gateway, 
         cfg.write_text(
             HAPROXY_CFG.format(front=front, ssh_port=gateway.ssh_port, balancer=BALANCER)
         )
-        proc = subprocess.Popen(
-            ["haproxy", "-f", str(cfg), "-db"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _listening(front, proc)
+        with haproxy_serving(cfg, front):
             yield gateway, front
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def _via(gateway: Gateway, port: int, route: str, code: str) -> subprocess.CompletedProcess[str]:

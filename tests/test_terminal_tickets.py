@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.config import Overrides, load_settings
-from gateway.db import migrate
 from gateway.errors import ConduitError
 from gateway.identity.socket_tickets import SocketTicketRow, _digest
-from gateway.keys import init_key_material, load_keyring
 from gateway.services import Services
 from gateway.web.terminal import (
     MAX_PENDING_PER_SESSION,
@@ -26,6 +23,7 @@ from gateway.web.terminal import (
     PendingTerminal,
     TerminalTickets,
 )
+from tests.sibling_workers import sibling_workers
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -40,26 +38,11 @@ def _grant(portal_session: int, now: float = 0.0, purpose: str = "terminal") -> 
     )
 
 
-def _build(database_url: str, data_dir: Path, worker: int) -> Services:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(
-        None, Overrides(data_dir=data_dir), environ={"CONDUIT_DATABASE__URL": database_url}
-    )
-    init_key_material(settings)
-    return Services.build(settings, load_keyring(settings, environ={}), worker=worker)
-
-
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Services, Services]]:
     """Workers 0 and 1 of one node: one database, one data directory."""
-    first = _build(database_url, tmp_path / "data", 0)
-    await migrate.upgrade(first.engine)
-    second = _build(database_url, tmp_path / "data", 1)
-    try:
-        yield first, second
-    finally:
-        await first.close()
-        await second.close()
+    async with sibling_workers(database_url, tmp_path / "data") as both:
+        yield both
 
 
 async def test_a_ticket_opens_once_for_its_own_portal_session_before_it_expires(

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Overrides, load_settings
-from gateway.db import migrate
-from gateway.keys import init_key_material, load_keyring
 from gateway.recorder import SessionInfo
 from gateway.services import Services
 from gateway.sessions import cluster
@@ -22,33 +19,18 @@ from gateway.sessions import store as live_store
 from gateway.sessions.live import LiveSession
 from recordings import Kind
 from recordings.terminal import TerminalEvent
+from tests.sibling_workers import sibling_workers, worker_services
 
 
 async def _never(reason: str) -> None:
     raise AssertionError("nothing here ends a session through its handle")
 
 
-def _build(database_url: str, data_dir: Path, worker: int) -> Services:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(
-        None,
-        Overrides(data_dir=data_dir),
-        environ={"CONDUIT_DATABASE__URL": database_url, "CONDUIT_SERVER__NODE_NAME": "node-a"},
-    )
-    init_key_material(settings)
-    return Services.build(settings, load_keyring(settings, environ={}), worker=worker)
-
-
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Services, Services]]:
-    first = _build(database_url, tmp_path / "data", 0)
-    await migrate.upgrade(first.engine)
-    second = _build(database_url, tmp_path / "data", 1)
-    try:
-        yield first, second
-    finally:
-        await first.close()
-        await second.close()
+    """Workers 0 and 1 of one node: one database, one data directory."""
+    async with sibling_workers(database_url, tmp_path / "data") as both:
+        yield both
 
 
 async def _live_session(services: Services) -> tuple[str, str]:
@@ -88,7 +70,7 @@ async def test_a_crashed_workers_replacement_ends_its_sessions_and_closes_its_re
     mine_session, mine_recording = await _live_session(second)
     other_session, other_recording = await _live_session(first)
     # Worker 1 dies (its writer is never closed); its replacement starts under index 1.
-    replacement = _build(database_url, tmp_path / "data", 1)
+    replacement = worker_services(database_url, tmp_path / "data", 1)
     try:
         recovered = await replacement.recordings.recover_open()
         assert [recording for recording, _ in recovered] == [mine_recording]

@@ -11,6 +11,7 @@ writes nothing. Does not touch the catalog: the service stores what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -57,13 +58,21 @@ def read_text(
     return reader.result, lines
 
 
+INDEX_NICENESS = 10  # added to the gateway's own niceness
+
+
 def _detach() -> None:
     """In the child, first: end with the gateway, and let go of its output pipes.
 
     A gateway killed with SIGKILL cannot stop its worker; PR_SET_PDEATHSIG makes the kernel
     do it (Linux). The worker writes nothing, so its standard streams go to /dev/null rather
-    than holding the gateway's log pipes open after the gateway is gone.
+    than holding the gateway's log pipes open after the gateway is gone. It runs at a lower
+    priority (``INDEX_NICENESS``): indexing a finished session can wait, relaying live ones
+    cannot (profiled here: with 20 bulk streams on 2 cores the indexer took 10-23 % of the
+    CPU from the relays; it still progresses under full load, unlike SCHED_IDLE).
     """
+    with contextlib.suppress(OSError):
+        os.nice(INDEX_NICENESS)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

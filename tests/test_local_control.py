@@ -71,3 +71,38 @@ def test_the_socket_is_private_and_answers_for_unknown_sessions(tmp_path: Path) 
         assert not path.exists()
 
     asyncio.run(run())
+
+
+def test_a_refused_request_is_audited(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    init_data_dir(data)
+    settings = load_settings(None, Overrides(data_dir=data), environ={})
+
+    async def run() -> list[object]:
+        services = Services.build(settings, load_keyring(settings))
+        control = LocalControl(services, Broker(services))
+        task = asyncio.create_task(control.serve())
+        path = socket_path(data, services.node, 0)
+        try:
+            while not path.exists():  # noqa: ASYNC110 - the server has no ready signal
+                await asyncio.sleep(0.02)
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(json.dumps({"kill": "not-a-session", "note": ""}).encode() + b"\n")
+            await writer.drain()
+            answer = json.loads(await reader.readline())
+            writer.close()
+            assert "error" in answer
+            for _ in range(200):  # the audit is a task of the process; bounded wait for it
+                found = [e async for e in services.audit.events() if e.action == "local.refused"]
+                if found:
+                    return [json.loads(e.detail) for e in found]
+                await asyncio.sleep(0.05)
+            return []
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await services.close()
+
+    details = asyncio.run(run())
+    assert len(details) == 1
+    assert details[0]["why"] == "kill: not a session id"  # type: ignore[index]

@@ -103,18 +103,17 @@ class LocalControl:
         try:
             uid = _peer_uid(writer)
             if uid is None or uid not in (0, os.getuid()):
-                log.warning("local control: refused a peer with uid %s", uid)
-                await self._answer(writer, {"error": "not permitted"})
+                await self._refuse(writer, uid, "peer not root or the service user")
                 return
             async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
                 raw = await reader.readline()
             if len(raw) > MAX_REQUEST or not raw.endswith(b"\n"):
-                await self._answer(writer, {"error": "request too long or cut"})
+                await self._refuse(writer, uid, "request too long or cut")
                 return
             try:
                 session_id, note = parse_request(raw)
             except ValueError as exc:
-                await self._answer(writer, {"error": str(exc)})
+                await self._refuse(writer, uid, str(exc))
                 return
             ended = await self.kill(session_id, note, f"local:{_user_name(uid)}")
             await self._answer(writer, {"ended": ended})
@@ -122,6 +121,16 @@ class LocalControl:
             pass
         finally:
             writer.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, uid: int | None, why: str) -> None:
+        """Answer the refusal, and audit it (``local.refused``) without waiting for the audit."""
+        log.warning("local control: refused (uid %s): %s", uid, why)
+        actor = f"local:{_user_name(uid)}" if uid is not None else "local:unknown"
+        self._s.tasks.start(
+            "audit-local-refusal",
+            self._audit(actor, "local.refused", "denied", self._s.node, {"why": why}),
+        )
+        await self._answer(writer, {"error": why})
 
     async def _answer(self, writer: asyncio.StreamWriter, body: dict[str, object]) -> None:
         writer.write(json.dumps(body).encode() + b"\n")
@@ -146,17 +155,21 @@ class LocalControl:
         }
         self._s.tasks.start(
             f"audit-local-kill-{session_id}",
-            self._audit(actor, "success" if ended else "error", ticket.asset, detail),
+            self._audit(
+                actor, "session.kill", "success" if ended else "error", ticket.asset, detail
+            ),
         )
         return ended
 
-    async def _audit(self, actor: str, result: str, target: str, detail: dict[str, object]) -> None:
+    async def _audit(
+        self, actor: str, action: str, result: str, target: str, detail: dict[str, object]
+    ) -> None:
         try:
             await self._s.audit.record(
-                actor=actor, action="session.kill", result=result, target=target, detail=detail
+                actor=actor, action=action, result=result, target=target, detail=detail
             )
-        except Exception:  # the session is ended; the record of asking could not be kept
-            log.exception("local kill of %s not audited", detail["session_id"])
+        except Exception:  # the answer is given; the record of it could not be kept
+            log.exception("local control: %s not audited", action)
 
 
 def request_kill(data_dir: Path, session_id: str, note: str) -> bool:
